@@ -1,0 +1,3 @@
+from stream_ae.cli import main
+
+raise SystemExit(main())

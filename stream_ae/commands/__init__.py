@@ -1,0 +1,1 @@
+"""Subcommands of the stream-ae CLI, one module each."""

@@ -1,0 +1,52 @@
+"""The exception tree of stream-ae.
+
+Every error the worker can meet is one of these types, so callers can tell what went wrong
+(and whether trying again can help) without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class StreamAEError(Exception):
+    """Base class of every stream-ae error."""
+
+    retriable: bool = False
+
+
+class ConfigError(StreamAEError):
+    """The settings are invalid; raised once, at start-up."""
+
+
+class SchemaError(StreamAEError):
+    """An input message cannot be decoded or validated; it goes to the dead-letter topic.
+
+    ``reason`` is a short machine-readable code (``not_json``, ``bad_value``...), ``detail`` the
+    human-readable explanation naming the offending value.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ArtifactError(StreamAEError):
+    """A model artifact is missing, corrupt, or does not match what the caller expects."""
+
+
+class StoreError(StreamAEError):
+    """The window store cannot be reached or answered something unexpected."""
+
+    retriable = True
+
+
+class StateFormatError(StoreError):
+    """A stored window state cannot be decoded (wrong magic, version or shape)."""
+
+    retriable = False
+
+
+class BrokerError(StreamAEError):
+    """The Kafka broker cannot be reached or refused a request."""
+
+    retriable = True

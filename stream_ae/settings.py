@@ -1,0 +1,246 @@
+"""One frozen settings object, built once at start-up and passed down.
+
+Every field can be set by an environment variable ``STREAM_AE_<FIELD>`` (upper case) or in a
+``.env`` file; list fields take JSON (``STREAM_AE_INPUT_TOPICS='["a","b"]'``) or a comma-separated
+string. Unknown keys are rejected, secrets are ``SecretStr`` and never appear in logs or reprs.
+
+>>> s = Settings(input_topics=["metrics"], window_size=32)
+>>> s.window_size, s.redis_url
+(32, 'redis://127.0.0.1:6379/0')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated, Self
+
+from stream_ae.errors import ConfigError
+
+ENV_PREFIX = "STREAM_AE_"
+
+
+class Settings(BaseSettings):
+    """Configuration of the worker and the command-line tools."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    # --- Kafka ------------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["stream-ae.metrics"],
+        description="Topics the worker consumes events from (key = stream id).",
+    )
+    group_id: str = Field("stream-ae", description="Consumer group id of the worker group.")
+    client_id: str = Field("stream-ae", description="Kafka client id prefix.")
+    alerts_topic: str = Field("stream-ae.alerts", description="Topic alerts are produced to.")
+    dlq_topic: str = Field(
+        "stream-ae.dlq", description="Dead-letter topic for messages that cannot be decoded."
+    )
+    auto_offset_reset: Literal["earliest", "latest", "error"] = Field(
+        "earliest",
+        description="What to do when the group has no committed offset or it is out of range: "
+        "'earliest'/'latest' reset explicitly (and log it), 'error' stops the worker.",
+    )
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer session timeout.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="Kafka's limit between polls before a rebalance."
+    )
+    fetch_max_wait_ms: int = Field(100, ge=0, description="Broker-side wait for a fetch.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
+    ssl_password: SecretStr | None = Field(None, description="Password of the private key.")
+
+    # --- Redis ------------------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL of the window store (without credentials: use the fields below).",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user name.")
+    redis_password: SecretStr | None = Field(None, description="Redis ACL password (secret).")
+    redis_key_prefix: str = Field("sae", description="Prefix of every Redis key we write.")
+
+    # --- Windows and batches ----------------------------------------------------------------
+    window_size: int | None = Field(
+        None, ge=2, le=4096, description="Window length W; defaults to the model's, must match."
+    )
+    stride: int = Field(1, ge=1, description="Score a window every `stride` events per stream.")
+    max_poll_records: int = Field(2_000, ge=1, description="Most events in one poll batch.")
+    max_batch_wait_ms: int = Field(200, ge=1, description="Longest wait to fill a poll batch.")
+    max_batch_processing_s: float = Field(
+        30.0,
+        gt=0,
+        description="Budget for processing one batch; a batch that would exceed it is cut "
+        "(its tail is re-polled) so processing stays far below max_poll_interval_ms.",
+    )
+    max_message_bytes: int = Field(
+        65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
+    )
+    batch_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [16, 128, 1024, 8192],
+        description="Batch sizes the model is called with (windows padded up to the next one) "
+        "so the compiled graph is reused instead of retraced.",
+    )
+
+    # --- Model and alert policy -------------------------------------------------------------
+    model_path: Path = Field(
+        Path("artifacts/model"),
+        description="A model artifact directory, or a registry root holding <model_name>/.",
+    )
+    model_name: str = Field("default", description="Model name in the registry.")
+    model_poll_interval_s: float = Field(
+        30.0, gt=0, description="How often the registry pointer is re-read (fallback to pub/sub)."
+    )
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Alert score threshold; defaults to the artifact's."
+    )
+    resolve_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Hysteresis: an open alert resolves when the score falls below "
+        "threshold * resolve_ratio.",
+    )
+    open_after_windows: int = Field(
+        1, ge=1, description="Consecutive windows above threshold before an alert opens."
+    )
+    resolve_after_windows: int = Field(
+        3, ge=1, description="Consecutive windows below the resolve level before it resolves."
+    )
+    cooldown_windows: int = Field(
+        0, ge=0, description="Windows after a resolve during which no new alert opens."
+    )
+
+    # --- Operations -------------------------------------------------------------------------
+    metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics and /healthz.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="")
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON or text.")
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="Longest backoff between retries when Kafka or Redis is down."
+    )
+    worker_id: str | None = Field(
+        None, description="Name of this worker in heartbeats; defaults to host-pid."
+    )
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("input_topics")
+    @classmethod
+    def _non_empty_topics(cls, value: list[str]) -> list[str]:
+        if not value or any(not t.strip() for t in value):
+            raise ValueError("at least one non-empty topic is required")
+        return value
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _sorted_buckets(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 for b in value):
+            raise ValueError("batch_buckets must be positive integers")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "security_protocol SASL_* needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        if self.max_batch_processing_s * 1000 > self.max_poll_interval_ms / 2:
+            raise ValueError(
+                "max_batch_processing_s must be under half of max_poll_interval_ms "
+                "so a slow batch never triggers a rebalance"
+            )
+        if self.alerts_topic in self.input_topics or self.dlq_topic in self.input_topics:
+            raise ValueError("alerts_topic and dlq_topic must differ from the input topics")
+        return self
+
+    @property
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{os.uname().nodename}-{os.getpid()}"
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict for logs: secrets masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def field_names() -> set[str]:
+    """Names of every setting, as used after the ``STREAM_AE_`` prefix (lower case)."""
+    return set(Settings.model_fields)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from the environment, ``.env`` and ``overrides``.
+
+    Raises :class:`ConfigError` with one message listing every invalid or unknown key.
+    """
+    env = os.environ if environ is None else environ
+    known = field_names()
+    unknown = sorted(
+        key
+        for key in env
+        if key.upper().startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() not in known
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
