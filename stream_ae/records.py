@@ -1,0 +1,255 @@
+"""Message schemas: input events, alerts and dead-letter records.
+
+Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": number |
+[numbers] | {name: number}}``. Decoding never raises anything but :class:`SchemaError`, whose
+``reason`` is the dead-letter reason code.
+
+Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v1.json``; ``alert_id`` is a hash of
+what determines the alert (stream, source position, status, model version), so a replay yields
+the same ids and consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream_ae.errors import SchemaError
+
+ALERT_SCHEMA_ID = "stream-ae.alert/v1"
+MAX_STREAM_ID_CHARS = 256
+# Epoch-ms timestamps outside [1970, 2262) are rejected: they are almost always seconds or
+# microseconds sent by mistake, and int64 nanoseconds (pandas, numpy) end in 2262.
+_MAX_TS_MS = 9_000_000_000_000
+
+
+# Dead-letter reason codes.
+class Reason:
+    OVERSIZE = "oversize"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    BAD_STREAM = "bad_stream"
+    BAD_TS = "bad_ts"
+    BAD_VALUE = "bad_value"
+    NOT_FINITE = "not_finite"
+    FEATURE_COUNT = "feature_count"
+    UNKNOWN_FEATURE = "unknown_feature"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded input event with its Kafka position."""
+
+    stream: str
+    ts_ms: int
+    values: np.ndarray  # (F,) float32
+    topic: str
+    partition: int
+    offset: int
+
+
+def decode_event(
+    key: bytes | None,
+    payload: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    feature_names: Sequence[str],
+    max_bytes: int,
+) -> Event:
+    """Decode and validate one message; raise :class:`SchemaError` with the DLQ reason."""
+    if payload is None:
+        raise SchemaError(Reason.NOT_JSON, "empty message (tombstone)")
+    if len(payload) > max_bytes:
+        raise SchemaError(Reason.OVERSIZE, f"{len(payload)} bytes > max_message_bytes {max_bytes}")
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError(Reason.NOT_JSON, str(exc)) from None
+    if not isinstance(body, dict):
+        raise SchemaError(Reason.NOT_OBJECT, f"expected a JSON object, got {type(body).__name__}")
+    stream = _stream_id(body.get("stream"), key)
+    ts_ms = parse_ts(body.get("ts"))
+    values = _feature_values(body.get("value"), feature_names)
+    return Event(stream, ts_ms, values, topic, partition, offset)
+
+
+def _stream_id(raw: Any, key: bytes | None) -> str:
+    if raw is None:
+        if key is None:
+            raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
+        try:
+            raw = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemaError(Reason.BAD_STREAM, "message key is not UTF-8") from None
+    if not isinstance(raw, str) or not raw or len(raw) > MAX_STREAM_ID_CHARS:
+        raise SchemaError(
+            Reason.BAD_STREAM,
+            f"'stream' must be a non-empty string of at most {MAX_STREAM_ID_CHARS} characters, "
+            f"got {raw!r:.80}",
+        )
+    if any(ch in raw for ch in "{}\n\r\x00"):
+        # Braces would break the Redis Cluster hash tag; control characters the logs.
+        raise SchemaError(
+            Reason.BAD_STREAM, f"'stream' contains a forbidden character: {raw!r:.80}"
+        )
+    return raw
+
+
+def parse_ts(raw: Any) -> int:
+    """An ISO-8601 string or epoch milliseconds, as integer epoch milliseconds."""
+    if isinstance(raw, bool) or raw is None:
+        raise SchemaError(Reason.BAD_TS, f"'ts' must be ISO-8601 or epoch ms, got {raw!r:.80}")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw) or not 0 <= raw < _MAX_TS_MS:
+            raise SchemaError(Reason.BAD_TS, f"epoch ms out of range: {raw!r:.80}")
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise SchemaError(Reason.BAD_TS, f"not an ISO-8601 time: {raw!r:.80}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)  # naive times are taken as UTC
+        ms = round(parsed.timestamp() * 1000)
+        if not 0 <= ms < _MAX_TS_MS:
+            raise SchemaError(Reason.BAD_TS, f"time out of range: {raw!r:.80}")
+        return ms
+    raise SchemaError(Reason.BAD_TS, f"'ts' must be ISO-8601 or epoch ms, got {type(raw).__name__}")
+
+
+def _feature_values(raw: Any, feature_names: Sequence[str]) -> np.ndarray:
+    n = len(feature_names)
+    if isinstance(raw, dict):
+        unknown = set(raw) - set(feature_names)
+        if unknown:
+            raise SchemaError(
+                Reason.UNKNOWN_FEATURE, f"unknown feature(s) {sorted(unknown)!r:.120}"
+            )
+        missing = [name for name in feature_names if name not in raw]
+        if missing:
+            raise SchemaError(Reason.FEATURE_COUNT, f"missing feature(s) {missing!r:.120}")
+        items = [raw[name] for name in feature_names]
+    elif isinstance(raw, list):
+        if len(raw) != n:
+            raise SchemaError(Reason.FEATURE_COUNT, f"{len(raw)} values, the model expects {n}")
+        items = raw
+    elif raw is not None and not isinstance(raw, str):
+        if n != 1:
+            raise SchemaError(Reason.FEATURE_COUNT, f"1 value, the model expects {n}")
+        items = [raw]
+    else:
+        raise SchemaError(
+            Reason.BAD_VALUE, f"'value' must be a number, list or object: {raw!r:.80}"
+        )
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            raise SchemaError(Reason.BAD_VALUE, f"feature value {item!r:.80} is not a number")
+    values = np.array(items, dtype=np.float64)
+    # float32 is what the model sees: a finite float64 beyond its range is as bad as inf.
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) > np.finfo(np.float32).max):
+        raise SchemaError(Reason.NOT_FINITE, f"non-finite or out-of-range value in {items!r:.80}")
+    return values.astype(np.float32)
+
+
+def encode_event(
+    stream: str, ts_ms: int, value: float | Sequence[float] | dict[str, float]
+) -> bytes:
+    """The JSON an input producer sends (used by ``stream-ae produce`` and the tests)."""
+    return orjson.dumps({"stream": stream, "ts": ts_ms, "value": value})
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+def alert_id(
+    stream: str, topic: str, partition: int, offset: int, status: str, model_version: str
+) -> str:
+    """Deterministic id: the same input and model version always give the same id."""
+    token = f"{stream}\x1f{topic}\x1f{partition}\x1f{offset}\x1f{status}\x1f{model_version}"
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def ms_to_iso(ts_ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def build_alert(
+    *,
+    stream: str,
+    status: str,
+    score: float,
+    threshold: float,
+    distance: float,
+    start_ts_ms: int,
+    end_ts_ms: int,
+    window_size: int,
+    topic: str,
+    partition: int,
+    offset: int,
+    model_name: str,
+    model_version: str,
+    feature_names: Sequence[str],
+    contributions: np.ndarray,
+    directions: np.ndarray,
+    emitted_at_ms: int,
+) -> dict[str, Any]:
+    """An alert as the dict that is serialised to the alerts topic (schema v1)."""
+    return {
+        "schema": ALERT_SCHEMA_ID,
+        "alert_id": alert_id(stream, topic, partition, offset, status, model_version),
+        "stream": stream,
+        "status": status,
+        "score": float(score),
+        "threshold": float(threshold),
+        "distance": float(distance),
+        "window": {
+            "start_ts": ms_to_iso(start_ts_ms),
+            "end_ts": ms_to_iso(end_ts_ms),
+            "size": window_size,
+        },
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "model": {"name": model_name, "version": model_version},
+        "features": [
+            {
+                "name": name,
+                "contribution": float(share),
+                "direction": "above" if sign > 0 else "below",
+            }
+            for name, share, sign in zip(feature_names, contributions, directions, strict=True)
+        ],
+        "emitted_at": ms_to_iso(emitted_at_ms),
+    }
+
+
+def alert_schema() -> dict[str, Any]:
+    """The shipped JSON Schema of alerts (v1)."""
+    text = resources.files("stream_ae").joinpath("schemas/alert.v1.json").read_bytes()
+    schema: dict[str, Any] = orjson.loads(text)
+    return schema
+
+
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-lettered message (the value is the original bytes)."""
+    return [
+        ("stream-ae.reason", reason.encode()),
+        ("stream-ae.detail", detail[:1000].encode()),
+        ("stream-ae.source.topic", topic.encode()),
+        ("stream-ae.source.partition", str(partition).encode()),
+        ("stream-ae.source.offset", str(offset).encode()),
+    ]

@@ -1,0 +1,1 @@
+"""Offline training of stream-ae models: data, fitting, calibration, registry."""
