@@ -1,0 +1,124 @@
+"""Prometheus metrics and the health endpoints of a worker.
+
+One :class:`WorkerMetrics` per worker, on its own registry (tests run several in a process).
+:class:`HealthServer` serves ``/metrics``, ``/healthz`` (liveness: the poll loop turned recently)
+and ``/readyz`` (readiness: a model is loaded and partitions are assigned) on one port.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "stream_ae_events", "Input events by outcome", ["outcome"], registry=r
+        )
+        self.windows_scored = Counter(
+            "stream_ae_windows_scored", "Windows scored by the model", registry=r
+        )
+        self.batch_size = Histogram(
+            "stream_ae_batch_size", "Events per poll batch", buckets=_BATCH_SIZES, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "stream_ae_batch_seconds",
+            "Processing time of a poll batch",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "stream_ae_model_seconds", "Model call time per batch", buckets=_SECONDS, registry=r
+        )
+        self.alerts = Counter("stream_ae_alerts", "Alerts produced", ["status"], registry=r)
+        self.dlq = Counter("stream_ae_dlq", "Messages dead-lettered", ["reason"], registry=r)
+        self.errors = Counter("stream_ae_errors", "Errors by kind (retried)", ["kind"], registry=r)
+        self.consumer_lag = Gauge(
+            "stream_ae_consumer_lag",
+            "Messages behind the log end",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "stream_ae_model_info", "The model in use (value 1)", ["name", "version"], registry=r
+        )
+        self.model_swaps = Counter(
+            "stream_ae_model_swaps", "Model hot-swaps by result", ["result"], registry=r
+        )
+        self.fenced_refused = Counter(
+            "stream_ae_fenced_writes_refused",
+            "State writes refused by the fence (another worker is ahead)",
+            registry=r,
+        )
+        self.last_loop_ts = time.monotonic()
+        self.ready = False
+
+    def set_model(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version).set(1)
+
+    def heartbeat(self) -> None:
+        self.last_loop_ts = time.monotonic()
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` in a daemon thread."""
+
+    def __init__(self, metrics: WorkerMetrics, host: str, port: int, stale_after_s: float) -> None:
+        self.metrics = metrics
+        self.stale_after_s = stale_after_s
+        handler = self._handler()
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="health")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                metrics = outer.metrics
+                if self.path == "/metrics":
+                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    age = time.monotonic() - metrics.last_loop_ts
+                    ok = age < outer.stale_after_s
+                    self._reply(200 if ok else 503, f"loop age {age:.1f}s\n".encode())
+                elif self.path == "/readyz":
+                    self._reply(
+                        200 if metrics.ready else 503,
+                        b"ready\n" if metrics.ready else b"not ready\n",
+                    )
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would flood the logs
+
+        return Handler
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
