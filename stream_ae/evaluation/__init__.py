@@ -1,0 +1,1 @@
+"""Offline evaluation of detectors: NAB scoring and the runs that feed it."""
