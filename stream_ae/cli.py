@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter is noise for a command-line user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args_list = list(sys.argv[1:] if argv is None else argv)
     # Only the chosen command's module is imported (heavy ones pull in Keras).
     chosen = next((a for a in args_list if a in COMMANDS), None)

@@ -33,7 +33,11 @@ def window_errors(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray,
     """
     residual = np.asarray(targets, dtype=np.float64) - np.asarray(outputs, dtype=np.float64)
     mse = np.mean(residual**2, axis=1)
-    return np.log(mse + _LOG_EPS), np.mean(residual, axis=1)
+    # The direction is that of the largest deviation: a spike at one step says "above" even if
+    # the model shifted the rest of its reconstruction up to meet it.
+    worst = np.argmax(np.abs(residual), axis=1)  # (N, F)
+    signed = np.take_along_axis(residual, worst[:, None, :], axis=1)[:, 0, :]
+    return np.log(mse + _LOG_EPS), signed
 
 
 @dataclass(frozen=True)
