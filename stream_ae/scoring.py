@@ -28,8 +28,8 @@ def window_errors(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray,
     """Per-window, per-feature error of the model's output against its target.
 
     ``targets`` and ``outputs`` are (N, T, F) in the model's (scaled) space. Returns the log mean
-    squared error (N, F) and the mean signed residual ``target - output`` (N, F), whose sign says
-    whether the observed values lie above or below the reconstruction.
+    squared error (N, F) and the residual ``target - output`` at the step of largest deviation
+    (N, F), whose sign says whether the observed values lie above or below the reconstruction.
     """
     residual = np.asarray(targets, dtype=np.float64) - np.asarray(outputs, dtype=np.float64)
     mse = np.mean(residual**2, axis=1)
