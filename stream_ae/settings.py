@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     # --- Operations -------------------------------------------------------------------------
     metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics and /healthz.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON or text.")
     retry_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest backoff between retries when Kafka or Redis is down."
