@@ -125,6 +125,7 @@ class Worker:
         self._stop = threading.Event()
         self._backoff_s = 0.0
         self._assigned: set[Any] = set()
+        self._fatal: str | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -147,10 +148,34 @@ class Worker:
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 worker._assigned |= set(assigned)  # states load lazily, on first event
+                worker._check_committed(assigned)
                 worker.metrics.ready = bool(worker._assigned)
                 log.info("partitions assigned", extra=fields(partitions=_tps(assigned)))
 
         self.consumer.subscribe(self.settings.input_topics, listener=Listener())
+
+    def _check_committed(self, assigned: Any) -> None:
+        """Say loudly when a committed offset is out of the log's range: Kafka would reset it
+        by ``auto_offset_reset`` silently; with ``error`` the worker stops instead."""
+        try:
+            tps = list(assigned)
+            begin = self.consumer.beginning_offsets(tps)
+            end = self.consumer.end_offsets(tps)
+            for tp in tps:
+                committed = self.consumer.committed(tp)
+                if committed is None or begin[tp] <= committed <= end[tp]:
+                    continue
+                policy = self.settings.auto_offset_reset
+                message = (
+                    f"committed offset {committed} of {tp.topic}:{tp.partition} is outside the "
+                    f"log [{begin[tp]}, {end[tp]}]"
+                )
+                if policy == "error":
+                    self._fatal = message + " and auto_offset_reset is 'error'"
+                    self.stop()
+                log.warning(message + f"; resetting per auto_offset_reset={policy!r}")
+        except Exception as exc:  # a metadata hiccup must not break the rebalance
+            log.warning("could not check committed offsets", extra=fields(error=str(exc)))
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -177,6 +202,9 @@ class Worker:
                 batches += 1
         finally:
             self.close()
+        if self._fatal:
+            log.error(self._fatal)
+            return 1
         return 0
 
     def close(self) -> None:
