@@ -234,19 +234,58 @@ def _pid_runs(pid: int, binary_name: str, port: int) -> bool:
     return binary_name in cmdline and str(port) in cmdline
 
 
-def terminate_pid(pid: int, timeout_s: float = 10.0) -> None:
-    """Stop process ``pid``: SIGTERM, then SIGKILL if it is still there after ``timeout_s``."""
+def terminate_pid(pid: int, timeout_s: float = 10.0, *, group: bool = False) -> None:
+    """Stop process ``pid``: SIGTERM, then SIGKILL if it is still there after ``timeout_s``.
+
+    With ``group``, signal its whole process group, children included; only for a server we
+    started in its own session (its group id is its pid), never for a shell's job.
+    """
+    group = group and _leads_own_group(pid)
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, sig)
+            os.killpg(pid, sig) if group else os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if not pid_is_alive(pid):
+                if group:
+                    _kill_group(pid)
                 return
             time.sleep(_READY_POLL_INTERVAL_S)
     raise DevStackError(f"process {pid} is still alive after SIGKILL")
+
+
+def _leads_own_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _wait_exited(pid: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for our child ``pid`` to exit, without reaping it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped
+        if result is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a server's process group once the server itself has exited.
+
+    Tansu and Redis (without persistence) do not fork, but a child they or a wrapper script
+    left behind would otherwise outlive the stack.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,17 +438,20 @@ class ServerProcess:
         # Append: a retry on another port keeps the log of the failed attempt.
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
         with _RUNNING_LOCK:
-            self._process = subprocess.Popen(
-                self._command(binary, self.port),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                env=self._environment(),
-                # Own session: Ctrl-C in the terminal signals only us, and we stop the
-                # server in order; a detached server is not killed with its parent.
-                start_new_session=True,
-            )
+            try:
+                self._process = subprocess.Popen(
+                    self._command(binary, self.port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.run_dir,
+                    env=self._environment(),
+                    # Own session: Ctrl-C in the terminal signals only us, and we stop the
+                    # server in order; a detached server is not killed with its parent.
+                    start_new_session=True,
+                )
+            except OSError as exc:  # e.g. a binary built for another platform
+                raise DevStackError(f"cannot run {self.name} binary {binary}: {exc}") from exc
             _RUNNING.add(self)
 
     def _wait_until_ready(self) -> None:
@@ -448,13 +490,16 @@ class ServerProcess:
     def _stop(self, *, keep_run_dir: bool) -> None:
         process = self._process
         if process is not None:
+            # The server leads its own process group (start_new_session): signal the group,
+            # so that nothing it started outlives it.
             if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(self.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()  # cannot be ignored; wait() then reaps it
-                    process.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                if not _wait_exited(process.pid, self.stop_timeout_s):
+                    _kill_group(process.pid)  # SIGKILL cannot be ignored
+            # Still unreaped here, so its pid (the group id) cannot have been reused.
+            _kill_group(process.pid)
+            process.wait()
             self.returncode = process.returncode
         self._release_handles()
         if self._owns_run_dir and not keep_run_dir and self._run_dir is not None:
@@ -509,9 +554,11 @@ class BrokerProcess(ServerProcess):
     """A Tansu Kafka-protocol broker with in-memory storage (everything is lost on stop).
 
     Tansu's behaviour worth knowing in tests: a consumer group join takes about half of
-    ``session_timeout_ms`` (use ~6000), a fetch waits about half of ``fetch_max_wait_ms``,
-    there are no transactions, offset commits are not fenced, and a topic auto-created by a
-    producer gets 4 partitions (create topics explicitly with :func:`create_topics`).
+    ``session_timeout_ms`` and a rebalance about all of it (use ~6000, not kafka-python 3's
+    default 45000); an idle consumer sees new data only when its held fetch returns, so keep
+    ``fetch_max_wait_ms`` at 10-50; there are no transactions and offset commits are not
+    fenced; a topic auto-created by a producer or a subscription gets 4 partitions (create
+    topics explicitly with :func:`create_topics`).
     """
 
     name = "broker"
@@ -889,9 +936,9 @@ def stop_stack(state: StackState, *, timeout_s: float = 10.0) -> None:
         assert state.supervisor_pid is not None
         terminate_pid(state.supervisor_pid, timeout_s=2 * timeout_s)
     if state.redis_alive():
-        terminate_pid(state.redis_pid, timeout_s)
+        terminate_pid(state.redis_pid, timeout_s, group=True)
     if state.broker_alive():
-        terminate_pid(state.broker_pid, timeout_s)
+        terminate_pid(state.broker_pid, timeout_s, group=True)
 
 
 # --------------------------------------------------------------------------------------------
