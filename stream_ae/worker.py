@@ -126,6 +126,9 @@ class Worker:
         self._backoff_s = 0.0
         self._assigned: set[Any] = set()
         self._fatal: str | None = None
+        self._rebalance_lock = threading.Lock()
+        self._revoked_pending: set[Any] = set()
+        self._assigned_pending: set[Any] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -135,24 +138,35 @@ class Worker:
         worker = self
 
         class Listener(ConsumerRebalanceListener):
+            # kafka-python 3 calls these on its background IO thread, possibly in the middle of
+            # a batch, and blocking client calls are forbidden there: only note the change.
+            # The poll thread applies it between batches (_apply_rebalance), so a revoked
+            # partition's cached states are dropped after its batch was committed.
             def on_partitions_revoked(self, revoked: Any) -> None:
-                # Called inside poll(): the previous batch is committed by then, so dropping
-                # the cached states of revoked partitions loses nothing.
-                dropped = worker.processor.forget_partitions(
-                    (tp.topic, tp.partition) for tp in revoked
-                )
-                worker._assigned -= set(revoked)
-                log.info(
-                    "partitions revoked", extra=fields(partitions=_tps(revoked), dropped=dropped)
-                )
+                with worker._rebalance_lock:
+                    worker._revoked_pending |= set(revoked)
+                    worker._assigned -= set(revoked)
+                log.info("partitions revoked", extra=fields(partitions=_tps(revoked)))
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                worker._assigned |= set(assigned)  # states load lazily, on first event
-                worker._check_committed(assigned)
+                with worker._rebalance_lock:
+                    worker._assigned_pending |= set(assigned)
+                    worker._assigned |= set(assigned)  # states load lazily, on first event
                 worker.metrics.ready = bool(worker._assigned)
                 log.info("partitions assigned", extra=fields(partitions=_tps(assigned)))
 
         self.consumer.subscribe(self.settings.input_topics, listener=Listener())
+
+    def _apply_rebalance(self) -> None:
+        """Apply partition changes noted by the listener, on the poll thread, between batches."""
+        with self._rebalance_lock:
+            revoked, self._revoked_pending = self._revoked_pending, set()
+            assigned, self._assigned_pending = self._assigned_pending, set()
+        if revoked:
+            dropped = self.processor.forget_partitions((tp.topic, tp.partition) for tp in revoked)
+            log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
+        if assigned:
+            self._check_committed(assigned)
 
     def _check_committed(self, assigned: Any) -> None:
         """Say loudly when a committed offset is out of the log's range: Kafka would reset it
@@ -222,11 +236,13 @@ class Worker:
     def run_batch(self) -> BatchStats:
         """One pass of the poll-batch protocol (see the module docstring)."""
         self.metrics.heartbeat()
+        self._apply_rebalance()
         # 1. Poll: bounded in count (max_records) and in wait (max_batch_wait_ms).
         polled = self.consumer.poll(
             timeout_ms=self.settings.max_batch_wait_ms, max_records=self.max_records
         )
         messages = [m for tp_messages in polled.values() for m in tp_messages]
+        self._apply_rebalance()  # a rebalance during the poll: drop stale states before use
         stats = BatchStats(consumed=len(messages))
         if not messages:
             return stats
