@@ -191,7 +191,9 @@ def fit_calibration(
         precision=precision,
         ref_distances=ref,
         tail_start=tail_start,
-        tail_prob=float(np.mean(distances > tail_start)),
+        # P(distance > u) read off the body's own curve, not counted afresh: a count can
+        # differ by 1/N and make the score drop where the tail takes over (non-monotone).
+        tail_prob=1.0 - float(np.interp(tail_start, ref, np.linspace(0.0, 1.0, len(ref)))),
         tail_shape=shape,
         tail_scale=scale,
         threshold=level,
