@@ -81,14 +81,14 @@ class InMemoryWindowStore:
         self.round_trips = 0
 
     def load(self, streams: Sequence[str]) -> dict[str, StreamState | None]:
-        self.round_trips += 1
+        self.round_trips += bool(streams)  # counted like Redis: an empty batch costs nothing
         return {
             s: decode_state(self._data[s], self.window, self.features) if s in self._data else None
             for s in streams
         }
 
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
-        self.round_trips += 1
+        self.round_trips += bool(states)
         landed: dict[str, bool] = {}
         for stream, state in states.items():
             blob = self._data.get(stream)
@@ -131,9 +131,13 @@ class RedisWindowStore:
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.get(self.key(stream))
-        blobs = self._execute(pipe)
+        blobs = self._execute(pipe, raise_on_error=False)
         out: dict[str, StreamState | None] = {}
         for stream, blob in zip(streams, blobs, strict=True):
+            if isinstance(blob, Exception):
+                # WRONGTYPE: another application's list/hash/... sits at our key.
+                error = StateFormatError if "WRONGTYPE" in str(blob) else StoreError
+                raise error(f"read of {self.key(stream)} failed: {blob}")
             out[stream] = None if blob is None else decode_state(blob, self.window, self.features)
         return out
 
@@ -157,7 +161,7 @@ class RedisWindowStore:
             return self.save(states)
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, Exception):
-                if "STATEFORMAT" in str(result):
+                if "STATEFORMAT" in str(result) or "WRONGTYPE" in str(result):
                     raise StateFormatError(f"{self.key(stream)}: {result}")
                 raise StoreError(f"fenced write of {self.key(stream)} failed: {result}")
         return {stream: bool(r) for stream, r in zip(streams, results, strict=True)}
