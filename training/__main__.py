@@ -1,0 +1,5 @@
+"""``python -m training``: the same as the ``stream-ae-train`` command."""
+
+from training.cli import main
+
+raise SystemExit(main())

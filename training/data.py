@@ -1,0 +1,582 @@
+"""Where training data comes from: CSV files, NAB directories and replays of a Kafka topic.
+
+Every source ends as a list of :class:`Series`: one stream's values in time order with their
+timestamps (and, from Kafka, their offsets). Windows are built later, by the worker's own
+windowing (:func:`stream_ae.windowing.series_windows`, through :mod:`training.fit`), never here.
+
+- CSV, one series per file: a time column and one or more value columns; the file's stem names
+  the stream.
+- CSV, long format: a stream column as well; one series per distinct stream, rows of a stream in
+  file order (the time column is parsed, not used to sort, exactly as the worker sees a topic).
+- NAB layout: ``<root>/<category>/<name>.csv`` with ``timestamp,value``; the stream is named
+  ``<category>/<name>.csv``, the key NAB's label files use, so labels attach directly.
+- A Kafka topic: every partition read from the earliest offset (or the first offset at or after
+  a start time) up to the end offsets seen when the replay started, decoded with
+  :func:`stream_ae.records.decode_event` (invalid messages are counted by reason, not used), and
+  bounded per stream to the newest ``max_events_per_stream`` events.
+
+Parsing errors raise :class:`DataSourceError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import re
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_ae.errors import BrokerError, SchemaError, StreamAEError
+from stream_ae.records import decode_event, parse_ts
+
+log = logging.getLogger(__name__)
+
+NO_OFFSETS = np.zeros(0, dtype=np.int64)
+
+
+class DataSourceError(StreamAEError):
+    """Training data cannot be read: a missing file, a bad row, an unreachable topic."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One stream's events in time order.
+
+    ``labels`` are labelled anomaly time ranges ``(start_ms, end_ms)``, both ends included (NAB's
+    windows); ``offsets`` the Kafka offsets of the events when the series came from a topic
+    (empty otherwise) and ``partition`` their partition.
+    """
+
+    name: str
+    values: np.ndarray  # (T, F) float32
+    ts_ms: np.ndarray  # (T,) int64
+    labels: tuple[tuple[int, int], ...] = ()
+    offsets: np.ndarray = field(default_factory=lambda: NO_OFFSETS)
+    partition: int = -1
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.values, dtype=np.float32)
+        if values.ndim == 1:
+            values = values[:, None]
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "ts_ms", np.asarray(self.ts_ms, dtype=np.int64).reshape(-1))
+        object.__setattr__(self, "offsets", np.asarray(self.offsets, dtype=np.int64).reshape(-1))
+        if len(self.ts_ms) != len(values) or (
+            len(self.offsets) and len(self.offsets) != len(values)
+        ):
+            raise ValueError(
+                f"series {self.name!r}: {len(values)} values, {len(self.ts_ms)} timestamps, "
+                f"{len(self.offsets)} offsets"
+            )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def features(self) -> int:
+        return int(self.values.shape[1])
+
+    def rows(self, part: slice) -> Series:
+        """The events in ``part`` (a slice of positions), labels kept."""
+        return replace(
+            self,
+            values=self.values[part],
+            ts_ms=self.ts_ms[part],
+            offsets=self.offsets[part] if len(self.offsets) else NO_OFFSETS,
+        )
+
+    def head(self, fraction: float) -> Series:
+        """The first ``fraction`` of the events (NAB trains on the first 15%)."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        return self.rows(slice(0, int(len(self) * fraction)))
+
+    def label_mask(self) -> np.ndarray:
+        """True for every event inside a labelled anomaly range (T,)."""
+        inside = np.zeros(len(self), dtype=bool)
+        for start, end in self.labels:
+            inside |= (self.ts_ms >= start) & (self.ts_ms <= end)
+        return inside
+
+
+def as_series(item: Series | tuple[str, np.ndarray]) -> Series:
+    """A :class:`Series` from itself or a ``(name, values)`` pair (timestamps 0, 1, 2...)."""
+    if isinstance(item, Series):
+        return item
+    name, values = item
+    return Series(name, np.asarray(values), np.arange(len(values), dtype=np.int64))
+
+
+# --- transformations ---------------------------------------------------------------------
+
+
+def head_fraction(series: Iterable[Series], fraction: float) -> list[Series]:
+    """The first ``fraction`` of every series."""
+    return [s.head(fraction) for s in series]
+
+
+def time_range(series: Iterable[Series], start_ms: int | None, end_ms: int | None) -> list[Series]:
+    """Every series cut to events with ``start_ms <= ts <= end_ms`` (None: unbounded)."""
+    out = []
+    for s in series:
+        keep = np.ones(len(s), dtype=bool)
+        if start_ms is not None:
+            keep &= s.ts_ms >= start_ms
+        if end_ms is not None:
+            keep &= s.ts_ms <= end_ms
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            out.append(s.rows(slice(int(rows[0]), int(rows[-1]) + 1)))
+    return out
+
+
+def split_at_gaps(series: Iterable[Series], max_gap_ms: int) -> list[Series]:
+    """Cut each series where consecutive timestamps are more than ``max_gap_ms`` apart.
+
+    An irregular series (a sensor that went silent for a day) otherwise yields windows that
+    silently join two unrelated stretches. Segments are named ``<name>#<k>`` after the first.
+    """
+    out: list[Series] = []
+    for s in series:
+        cuts = np.flatnonzero(np.diff(s.ts_ms) > max_gap_ms) + 1
+        bounds = [0, *cuts.tolist(), len(s)]
+        for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            part = s.rows(slice(lo, hi))
+            out.append(part if k == 0 else replace(part, name=f"{s.name}#{k}"))
+    return out
+
+
+def split_recent(
+    series: Iterable[Series], fraction: float, window: int
+) -> tuple[list[Series], list[Series]]:
+    """Split every series by time into an older part and its most recent ``fraction``.
+
+    The recent part starts ``window - 1`` events early, so its first window ends on its first
+    new event: every event of the recent part ends exactly one window, none of the older part's.
+    """
+    older, recent = [], []
+    for s in series:
+        cut = len(s) - round(len(s) * fraction)
+        older.append(s.rows(slice(0, cut)))
+        recent.append(s.rows(slice(max(cut - window + 1, 0), len(s))))
+    return older, recent
+
+
+# --- CSV and NAB ---------------------------------------------------------------------------
+
+
+def _parse_time(raw: str, path: Path, line: int) -> int:
+    text = raw.strip()
+    try:
+        return parse_ts(int(text) if re.fullmatch(r"-?\d+", text) else text)
+    except SchemaError as exc:
+        raise DataSourceError(f"{path}:{line}: {exc.detail}") from None
+
+
+def _parse_float(raw: str, path: Path, line: int, column: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataSourceError(
+            f"{path}:{line}: column {column!r}: {raw!r} is not a number"
+        ) from None
+    if not np.isfinite(value):
+        raise DataSourceError(f"{path}:{line}: column {column!r}: {raw!r} is not finite")
+    return value
+
+
+def read_csv(
+    path: Path | str,
+    *,
+    time_column: str = "timestamp",
+    value_columns: Sequence[str] | None = None,
+    stream_column: str | None = None,
+    name: str | None = None,
+) -> list[Series]:
+    """The series of one CSV file (see the module docstring for the two layouts).
+
+    ``value_columns`` default to every column except the time and stream columns; times are
+    ISO-8601 (naive = UTC) or integer epoch milliseconds.
+    """
+    path = Path(path)
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataSourceError(f"cannot read {path}: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        needed = [time_column] + ([stream_column] if stream_column else [])
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataSourceError(f"{path}: no column(s) {missing} (header: {header})")
+        columns = list(value_columns or [c for c in header if c not in needed])
+        unknown = [c for c in columns if c not in header]
+        if not columns or unknown:
+            raise DataSourceError(f"{path}: value column(s) {unknown or columns} not in {header}")
+        rows: dict[str, tuple[list[int], list[list[float]]]] = defaultdict(lambda: ([], []))
+        for line, row in enumerate(reader, start=2):
+            stream = row[stream_column] if stream_column else (name or path.stem)
+            ts, values = rows[stream]
+            ts.append(_parse_time(row[time_column] or "", path, line))
+            values.append([_parse_float(row[c] or "", path, line, c) for c in columns])
+    return [
+        Series(
+            stream,
+            np.asarray(values, dtype=np.float32).reshape(-1, len(columns)),
+            np.asarray(ts, dtype=np.int64),
+        )
+        for stream, (ts, values) in rows.items()
+    ]
+
+
+def load_nab_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
+    """NAB's ``combined_windows.json``: ``<category>/<name>.csv`` -> labelled time ranges."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataSourceError(f"cannot read NAB labels {path}: {exc}") from None
+    return {
+        key: [(_parse_time(a, path, 0), _parse_time(b, path, 0)) for a, b in windows]
+        for key, windows in raw.items()
+    }
+
+
+def read_nab(
+    root: Path | str,
+    *,
+    categories: Sequence[str] | None = None,
+    labels: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+) -> list[Series]:
+    """Every ``<root>/<category>/<name>.csv`` (only ``categories`` when given), sorted by key,
+    with the labelled ranges of ``labels`` (see :func:`load_nab_labels`) attached."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataSourceError(f"NAB data directory {root} does not exist")
+    chosen = (
+        sorted(categories) if categories else sorted(p.name for p in root.iterdir() if p.is_dir())
+    )
+    out: list[Series] = []
+    for category in chosen:
+        folder = root / category
+        if not folder.is_dir():
+            raise DataSourceError(f"NAB category {category!r}: no directory {folder}")
+        for path in sorted(folder.glob("*.csv")):
+            key = f"{category}/{path.name}"
+            (series,) = read_csv(path, time_column="timestamp", value_columns=["value"], name=key)
+            out.append(replace(series, labels=tuple((labels or {}).get(key, ()))))
+    if not out:
+        raise DataSourceError(f"no CSV files under {root} (categories: {chosen})")
+    return out
+
+
+# --- Kafka ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """What a topic replay read: messages per partition, invalid ones by reason."""
+
+    messages: int
+    used: int
+    invalid: dict[str, int]
+    dropped_by_bound: int
+    out_of_range: int
+    seconds: float
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """``"6h"``, ``"90s"``, ``"1d12h"``, ``"250ms"`` in seconds; :class:`ValueError` otherwise."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != compact.replace(" ", ""):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 6h, 1d, 1d12h)")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_time_bound(text: str | None, now_ms: int | None = None) -> int | None:
+    """A replay bound: ``earliest``/``latest``/empty (None), ISO-8601, epoch ms, or a duration
+    before now (``-6h`` or ``6h``)."""
+    if text is None or text.strip().lower() in ("", "earliest", "latest", "now"):
+        return None
+    text = text.strip()
+    if re.fullmatch(r"\d{10,}", text):
+        return int(text)
+    if _DURATION.match(text.lstrip("-")):
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        return now - int(parse_duration_s(text.lstrip("-")) * 1000)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (use earliest, an ISO-8601 time, epoch ms or e.g. -6h)"
+        ) from None
+    return int(parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp() * 1000)
+
+
+def replay_topic(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    feature_names: Sequence[str] = ("value",),
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    max_events_per_stream: int | None = None,
+    max_message_bytes: int = 65_536,
+    timeout_s: float = 60.0,
+    consumer_config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[Series], ReplayStats]:
+    """Read ``topic`` from ``start_ms`` (None: the earliest offset) to the end offsets of the
+    moment the replay starts, and return one series per stream.
+
+    Events whose own timestamp lies outside ``[start_ms, end_ms]`` are left out (the seek uses
+    the broker's record timestamps, which producers may set differently). No consumer group is
+    joined and nothing is committed: a replay never disturbs the workers' offsets.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    started = time.monotonic()
+    config = {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": "stream-ae-train",
+        "group_id": None,
+        "enable_auto_commit": False,
+        "fetch_max_wait_ms": 100,
+        **dict(consumer_config or {}),
+    }
+    bound = max_events_per_stream or None
+    # Per stream: (partition, offset, ts, values), the newest `bound` kept.
+    events: dict[str, deque[tuple[int, int, int, np.ndarray]]] = defaultdict(
+        lambda: deque(maxlen=bound)
+    )
+    invalid: Counter[str] = Counter()
+    messages = out_of_range = 0
+    try:
+        consumer = KafkaConsumer(**config)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
+    try:
+        partitions = _wait_for_partitions(consumer, topic, deadline=started + timeout_s)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        end_offsets = consumer.end_offsets(tps)
+        if start_ms is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            found = consumer.offsets_for_times({tp: start_ms for tp in tps})
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else end_offsets[tp])
+        pending = {tp for tp in tps if consumer.position(tp) < end_offsets[tp]}
+        total = sum(end_offsets[tp] - consumer.position(tp) for tp in pending)
+        bar = _progress_bar(total, f"replay {topic}", progress)
+        while pending:
+            if time.monotonic() - started > timeout_s:
+                raise BrokerError(
+                    f"replay of {topic} did not reach the end offsets within {timeout_s:.0f}s "
+                    f"({messages} of {total} messages read)"
+                )
+            batch = consumer.poll(timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= end_offsets[tp]:
+                        break  # newer than the replay's snapshot of the topic
+                    messages += 1
+                    try:
+                        event = decode_event(
+                            record.key,
+                            record.value,
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            offset=record.offset,
+                            feature_names=feature_names,
+                            max_bytes=max_message_bytes,
+                        )
+                    except SchemaError as exc:
+                        invalid[exc.reason] += 1
+                        continue
+                    if (start_ms is not None and event.ts_ms < start_ms) or (
+                        end_ms is not None and event.ts_ms > end_ms
+                    ):
+                        out_of_range += 1
+                        continue
+                    events[event.stream].append(
+                        (tp.partition, event.offset, event.ts_ms, event.values)
+                    )
+                bar.update(len(records))
+            for tp in list(pending):
+                if consumer.position(tp) >= end_offsets[tp]:
+                    pending.discard(tp)
+        bar.close()
+    except KafkaError as exc:
+        raise BrokerError(f"replay of {topic} from {bootstrap_servers} failed: {exc}") from None
+    finally:
+        consumer.close()
+    series = [_events_to_series(stream, list(rows)) for stream, rows in sorted(events.items())]
+    used = sum(len(s) for s in series)
+    stats = ReplayStats(
+        messages=messages,
+        used=used,
+        invalid=dict(invalid),
+        dropped_by_bound=messages - sum(invalid.values()) - out_of_range - used,
+        out_of_range=out_of_range,
+        seconds=time.monotonic() - started,
+    )
+    log.info("replayed %s: %s", topic, stats)
+    return series, stats
+
+
+def _wait_for_partitions(consumer: Any, topic: str, deadline: float) -> list[int]:
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        if time.monotonic() > deadline:
+            raise DataSourceError(f"topic {topic!r} does not exist (or has no partitions)")
+        time.sleep(0.2)
+
+
+def _events_to_series(stream: str, rows: list[tuple[int, int, int, np.ndarray]]) -> Series:
+    # A stream's events live in one partition (they share a key); should a re-keying have
+    # spread them, partition-then-offset order is still the order the worker applied them in.
+    rows.sort(key=lambda row: (row[0], row[1]))
+    partitions = {row[0] for row in rows}
+    return Series(
+        stream,
+        np.stack([row[3] for row in rows]),
+        np.array([row[2] for row in rows], dtype=np.int64),
+        offsets=np.array([row[1] for row in rows], dtype=np.int64),
+        partition=partitions.pop() if len(partitions) == 1 else -1,
+    )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        del n
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="msg", leave=False)
+
+
+def read_alerts(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    model_name: str | None = None,
+    start_ms: int | None = None,
+    timeout_s: float = 60.0,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Every alert on the alerts topic (of ``model_name`` when given), oldest first.
+
+    Alerts are read raw (JSON objects); records that are not alerts are skipped.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    started = time.monotonic()
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="stream-ae-train-alerts",
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        **dict(consumer_config or {}),
+    )
+    alerts: list[tuple[int, int, dict[str, Any]]] = []
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for p in _wait_for_partitions(consumer, topic, started + timeout_s)
+        ]
+        consumer.assign(tps)
+        end_offsets = consumer.end_offsets(tps)
+        if start_ms is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            found = consumer.offsets_for_times({tp: start_ms for tp in tps})
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else end_offsets[tp])
+        pending = {tp for tp in tps if consumer.position(tp) < end_offsets[tp]}
+        while pending and time.monotonic() - started < timeout_s:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    try:
+                        body = json.loads(record.value)
+                    except (TypeError, ValueError):
+                        continue
+                    if not isinstance(body, dict) or "stream" not in body or "window" not in body:
+                        continue
+                    if model_name and body.get("model", {}).get("name") != model_name:
+                        continue
+                    alerts.append((tp.partition, record.offset, body))
+            pending = {tp for tp in pending if consumer.position(tp) < end_offsets[tp]}
+    except KafkaError as exc:
+        raise BrokerError(f"reading alerts from {topic} failed: {exc}") from None
+    finally:
+        consumer.close()
+    return [body for _, _, body in sorted(alerts, key=lambda row: (row[0], row[1]))]
+
+
+def alert_spans(alerts: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """Per stream, the time spans alerts covered: from the window that opened an alert to the
+    end of the window that resolved it (open to the end of time if it never resolved).
+
+    Windows in between raised no alert of their own (the policy emits on transitions only), but
+    they were above the threshold: they are anomalous data too.
+    """
+    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    opened: dict[str, int] = {}
+    ordered = sorted(alerts, key=lambda a: parse_ts(a["window"]["end_ts"]))
+    for alert in ordered:
+        stream = str(alert["stream"])
+        start = parse_ts(alert["window"]["start_ts"])
+        end = parse_ts(alert["window"]["end_ts"])
+        if alert.get("status") == "open":
+            opened.setdefault(stream, start)
+        elif stream in opened:
+            spans[stream].append((opened.pop(stream), end))
+        else:
+            spans[stream].append((start, end))  # resolved, its opening not in the range read
+    for stream, start in opened.items():
+        spans[stream].append((start, np.iinfo(np.int64).max))
+    return dict(spans)
+
+
+def describe(series: Sequence[Series]) -> str:
+    """One line about a list of series, for logs."""
+    if not series:
+        return "no series"
+    lengths = [len(s) for s in series]
+    first = min(int(s.ts_ms[0]) for s in series if len(s))
+    last = max(int(s.ts_ms[-1]) for s in series if len(s))
+    span = timedelta(milliseconds=last - first)
+    return (
+        f"{len(series)} series, {sum(lengths)} events ({min(lengths)}..{max(lengths)} per series), "
+        f"{series[0].features} feature(s), spanning {span}"
+    )

@@ -1,0 +1,286 @@
+"""Refits: fit a challenger on recent data, gate it against the champion, publish.
+
+One refit (:func:`refit_once`), in order:
+
+1. load the recent data (a replay of the input topic, bounded per stream);
+2. load the champion, if any; the challenger warm-starts from its weights when the spec is
+   unchanged (a refit then only adapts the model to drift instead of learning from scratch);
+3. decide which windows are anomalous and leave them out of training: those covered by alerts
+   on the alerts topic, and/or those the champion scores above its threshold (so the model
+   does not learn the anomalies as normal), and any labelled anomaly ranges the data carries.
+   The gate's "normal data" leaves out the alert-covered and labelled windows too, but not the
+   ones only the champion's scores flagged: that would make its false-alert rate zero by
+   construction;
+4. hold out the most recent ``gate_fraction`` of every series for the gate, fit on the rest;
+5. publish the challenger (atomically), evaluate both models on the held-out recent windows,
+   and promote it or keep it as a rejected candidate with the reason
+   (:func:`publish_gated`, shared with ``train --registry``).
+
+:func:`run_every` repeats a refit on a fixed period until asked to stop (SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from stream_ae.artifacts import Artifact, load_artifact
+from stream_ae.errors import StreamAEError
+from stream_ae.model import ModelSpec
+from training.calibrate import scores_and_thresholds
+from training.data import Series, alert_spans, split_recent
+from training.fit import FitConfig, FitResult, Windows, fit_series, run_model, save_fit
+from training.gate import GateConfig, GateDecision, decide, evaluate_artifact
+from training.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ExcludeMode = Literal["alerts", "scores", "both", "none"]
+WindowFilter = Callable[[Windows], np.ndarray]
+
+
+def spans_filter(spans: Mapping[str, Sequence[tuple[int, int]]]) -> WindowFilter:
+    """Keep the windows that overlap no span of their stream."""
+
+    def keep(windows: Windows) -> np.ndarray:
+        out = np.ones(len(windows), dtype=bool)
+        names = np.asarray(windows.streams, dtype=object)
+        for stream, stream_spans in spans.items():
+            rows = names == stream
+            for start, end in stream_spans:
+                out &= ~(rows & (windows.start_ts_ms <= end) & (windows.end_ts_ms >= start))
+        return out
+
+    return keep
+
+
+def labels_filter(series: Sequence[Series]) -> WindowFilter | None:
+    """Keep the windows that overlap no labelled anomaly range (None when nothing is
+    labelled): known anomalies are neither training data nor "normal" data for the gate."""
+    spans = {s.name: list(s.labels) for s in series if s.labels}
+    return spans_filter(spans) if spans else None
+
+
+def champion_filter(champion: Artifact) -> WindowFilter:
+    """Keep the windows the champion scores below its threshold (its windows must have the
+    champion's length; the worker never changes the window length under a running model)."""
+
+    def keep(windows: Windows) -> np.ndarray:
+        spec = champion.spec
+        if not len(windows):
+            return np.ones(0, dtype=bool)
+        if windows.raw.shape[1] != spec.window:
+            log.warning("champion window %d differs: no score-based exclusion", spec.window)
+            return np.ones(len(windows), dtype=bool)
+        view = run_model(champion.model, spec, champion.scaling, windows)
+        _, scores, thresholds = scores_and_thresholds(
+            champion.calibration, view.errors, windows.streams
+        )
+        return np.asarray(scores < thresholds)
+
+    return keep
+
+
+def all_of(filters: Sequence[WindowFilter]) -> WindowFilter | None:
+    """A filter keeping what every one of ``filters`` keeps (None when there are none)."""
+    if not filters:
+        return None
+
+    def keep(windows: Windows) -> np.ndarray:
+        out = np.ones(len(windows), dtype=bool)
+        for f in filters:
+            out &= f(windows)
+        return out
+
+    return keep
+
+
+def load_champion(registry: Registry, name: str) -> Artifact | None:
+    """The champion artifact, verified, or None when the model has none yet."""
+    version = registry.champion(name)
+    return None if version is None else load_artifact(registry.path(name, version))
+
+
+@dataclass(frozen=True)
+class GatedPublish:
+    """The outcome of :func:`publish_gated`."""
+
+    version: str
+    promoted: bool
+    decision: GateDecision | None
+    reason: str
+
+
+def publish_gated(
+    registry: Registry,
+    name: str,
+    result: FitResult,
+    *,
+    gate_series: Sequence[Series],
+    gate: GateConfig,
+    keep: WindowFilter | None = None,
+    champion: Artifact | None = None,
+    force: bool = False,
+    extra_metrics: dict[str, Any] | None = None,
+) -> GatedPublish:
+    """Publish ``result`` and promote it if it passes the gate (``force``: promote anyway).
+
+    With no gate data (``gate_series`` empty) a challenger is promoted only when there is no
+    champion or with ``force``; otherwise it stays a candidate for a manual ``promote``.
+    """
+    version = registry.publish(
+        name,
+        lambda directory, v: save_fit(
+            result, directory, name=name, version=v, extra_metrics=extra_metrics
+        ),
+    )
+    if champion is None:
+        champion = load_champion(registry, name)
+    if force:
+        registry.promote(name, version, reason="forced (gate skipped)")
+        return GatedPublish(version, True, None, "forced (gate skipped)")
+    if champion is None:
+        registry.promote(name, version, reason="first champion")
+        return GatedPublish(version, True, None, "first champion")
+    if not gate_series:
+        reason = "no gate data: kept as a candidate (promote it by hand)"
+        log.warning("%s/%s: %s", name, version, reason)
+        return GatedPublish(version, False, None, reason)
+    challenger = load_artifact(registry.path(name, version))
+    decision = decide(
+        evaluate_artifact(challenger, list(gate_series), keep=keep),
+        evaluate_artifact(champion, list(gate_series), keep=keep),
+        gate,
+    )
+    if decision.accepted:
+        registry.promote(name, version, reason=decision.reason, gate=decision.to_dict())
+    else:
+        registry.reject(name, version, decision.reason, gate=decision.to_dict())
+    return GatedPublish(version, decision.accepted, decision, decision.reason)
+
+
+@dataclass(frozen=True)
+class RefitPlan:
+    """What a refit does besides loading data (see the module docstring)."""
+
+    name: str = "default"
+    spec: ModelSpec | None = None  # None: the champion's
+    fit: FitConfig = field(default_factory=FitConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    gate_fraction: float = 0.2
+    exclude: ExcludeMode = "both"
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gate_fraction < 1.0:
+            raise ValueError(f"gate_fraction must be in [0, 1), got {self.gate_fraction}")
+
+
+@dataclass(frozen=True)
+class RefitOutcome:
+    version: str
+    promoted: bool
+    reason: str
+    warm_start: bool
+    excluded_windows: int
+    train_seconds: float
+
+
+def refit_once(
+    registry: Registry,
+    plan: RefitPlan,
+    load_series: Callable[[], list[Series]],
+    load_alerts: Callable[[], list[dict[str, Any]]] | None = None,
+) -> RefitOutcome:
+    """One refit: load, exclude, fit (warm), publish, gate (see the module docstring)."""
+    series = [s for s in load_series() if len(s)]
+    champion = load_champion(registry, plan.name)
+    spec = plan.spec or (champion.spec if champion else None)
+    if spec is None:
+        raise StreamAEError(
+            f"model {plan.name!r} has no champion yet: give the model spec for its first fit"
+        )
+    warm = (
+        champion.model.get_weights()
+        if plan.warm_start and champion is not None and champion.spec == spec
+        else None
+    )
+    alert_keep: WindowFilter | None = None
+    if plan.exclude in ("alerts", "both") and load_alerts is not None:
+        spans = alert_spans(load_alerts())
+        log.info(
+            "alerts cover %d span(s) in %d stream(s)", sum(map(len, spans.values())), len(spans)
+        )
+        alert_keep = spans_filter(spans)
+    score_keep = (
+        champion_filter(champion)
+        if plan.exclude in ("scores", "both") and champion is not None
+        else None
+    )
+    label_keep = labels_filter(series)
+    train_keep = all_of([f for f in (alert_keep, score_keep, label_keep) if f is not None])
+    gate_keep = all_of([f for f in (alert_keep, label_keep) if f is not None])
+    # Without a champion there is nothing to gate against: every event goes into the fit.
+    older, recent = (
+        split_recent(series, plan.gate_fraction, spec.window)
+        if plan.gate_fraction and champion is not None
+        else (series, [])
+    )
+    result = fit_series(older, spec, plan.fit, initial_weights=warm, keep=train_keep)
+    published = publish_gated(
+        registry,
+        plan.name,
+        result,
+        gate_series=recent,
+        gate=plan.gate,
+        # The gate leaves out only what alerts flagged: windows dropped because the champion
+        # scored them high would make the champion's false-alert rate zero by construction.
+        keep=gate_keep,
+        champion=champion,
+        extra_metrics={
+            "refit": {
+                "warm_start_from": champion.version if warm is not None and champion else None,
+                "exclude": plan.exclude,
+                "gate_fraction": plan.gate_fraction,
+            }
+        },
+    )
+    return RefitOutcome(
+        version=published.version,
+        promoted=published.promoted,
+        reason=published.reason,
+        warm_start=warm is not None,
+        excluded_windows=result.excluded_windows,
+        train_seconds=result.train_seconds,
+    )
+
+
+def run_every(
+    interval_s: float,
+    job: Callable[[], Any],
+    stop: threading.Event,
+    *,
+    max_runs: int | None = None,
+) -> int:
+    """Run ``job`` now and then every ``interval_s`` (start to start) until ``stop`` is set;
+    returns the number of failed runs. A failing run is logged and the loop goes on: the next
+    period may find the broker back."""
+    failures = runs = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            job()
+        except Exception:
+            failures += 1
+            log.exception("refit failed (will try again in %.0fs)", interval_s)
+        runs += 1
+        if max_runs is not None and runs >= max_runs:
+            break
+        stop.wait(max(interval_s - (time.monotonic() - started), 0.0))
+    return failures

@@ -1,0 +1,372 @@
+"""A filesystem model registry: versioned artifacts, a champion pointer, decisions, history.
+
+Layout under the registry root (the worker's ``STREAM_AE_MODEL_PATH``)::
+
+    <name>/CHAMPION              one line: the champion's version (what workers load)
+    <name>/<version>/            an artifact (stream_ae.artifacts), immutable once there
+    <name>/decisions/<version>.json   status of a version: candidate, rejected (with the reason)
+    <name>/HISTORY.jsonl         every champion change (promote, rollback), append-only
+    <name>/.staging-*            a publish in progress; readers ignore it
+
+Publishing is atomic: the artifact is written into a staging directory next to its final
+place, every file and the directory are fsynced, its manifest is verified, and one
+``rename`` puts it in place, so a reader either sees no ``<version>/`` or a complete one. The
+champion pointer flips last, by writing a temporary file, fsyncing it and ``os.replace``-ing
+the pointer; a worker reading ``CHAMPION`` therefore always finds a version that is complete.
+Changes of the champion are serialised by an advisory lock (``<name>/.lock``) so concurrent
+promotions cannot interleave their history records.
+
+After a flip, running workers are told through Redis pub/sub (channel ``stream-ae.models``,
+payload ``{"name": ..., "version": ...}``) when a Redis URL is configured; they also re-read
+the pointer periodically, so a lost notification only delays the switch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stream_ae.artifacts import (
+    CHAMPION_POINTER,
+    MANIFEST,
+    new_version,
+    read_champion,
+    read_manifest,
+)
+from stream_ae.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+MODELS_CHANNEL = "stream-ae.models"
+HISTORY_FILE = "HISTORY.jsonl"
+DECISIONS_DIR = "decisions"
+STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".lock"
+
+Notifier = Callable[[str, str], None]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory bottom-up (so the entries that
+    name the files are durable too)."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for fname in filenames:
+            fd = os.open(Path(dirpath) / fname, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content atomically: write a temp file beside it, fsync, rename over,
+    fsync the directory. Readers see the old content or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def redis_notifier(redis_url: str, channel: str = MODELS_CHANNEL) -> Notifier:
+    """A notifier that publishes ``{"name", "version"}`` on ``channel`` of the Redis at
+    ``redis_url``. A Redis that cannot be reached is logged, not raised: the pointer is already
+    flipped and workers poll it anyway."""
+
+    def notify(name: str, version: str) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            receivers = client.publish(channel, json.dumps({"name": name, "version": version}))
+            log.info("notified %s workers on %s: %s %s", receivers, channel, name, version)
+        except redis.RedisError as exc:
+            log.warning("could not notify workers through %s: %s", redis_url, exc)
+        finally:
+            client.close()
+
+    return notify
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a model as ``list`` shows it."""
+
+    version: str
+    status: str  # champion, candidate, rejected, retired, incomplete
+    created_at: str
+    kind: str
+    window: int
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "status": self.status,
+            "created_at": self.created_at,
+            "kind": self.kind,
+            "window": self.window,
+            "reason": self.reason,
+            "metrics": self.metrics,
+        }
+
+
+class Registry:
+    """The registry rooted at ``root`` (see the module docstring).
+
+    ``notifier`` is called with ``(name, version)`` after every champion change, e.g.
+    :func:`redis_notifier`; None notifies nobody.
+    """
+
+    def __init__(self, root: Path | str, notifier: Notifier | None = None) -> None:
+        self.root = Path(root)
+        self.notifier = notifier
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def model_dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ArtifactError(f"bad model name {name!r}")
+        return self.root / name
+
+    def path(self, name: str, version: str) -> Path:
+        return self.model_dir(name) / version
+
+    def champion(self, name: str) -> str | None:
+        """The version the pointer names, or None."""
+        return read_champion(self.root, name)
+
+    def versions(self, name: str) -> list[str]:
+        """Published versions (complete artifact directories), oldest first."""
+        folder = self.model_dir(name)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name != DECISIONS_DIR
+        )
+
+    def decision(self, name: str, version: str) -> dict[str, Any]:
+        """The status record of a version (``{}`` when it has none)."""
+        path = self.model_dir(name) / DECISIONS_DIR / f"{version}.json"
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        return record
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every champion change, oldest first."""
+        path = self.model_dir(name) / HISTORY_FILE
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        """Every version with its status, oldest first."""
+        champion = self.champion(name)
+        former = {e["version"] for e in self.history(name)}
+        out = []
+        for version in self.versions(name):
+            folder = self.path(name, version)
+            try:
+                manifest = read_manifest(folder, verify=False)
+            except ArtifactError:
+                out.append(VersionInfo(version, "incomplete", "", "", 0))
+                continue
+            record = self.decision(name, version)
+            if version == champion:
+                status = "champion"
+            elif record.get("status") == "rejected":
+                status = "rejected"
+            elif version in former:
+                status = "retired"
+            else:
+                status = "candidate"
+            try:
+                metrics = json.loads((folder / "metrics.json").read_text())
+            except (OSError, ValueError):
+                metrics = {}
+            out.append(
+                VersionInfo(
+                    version=version,
+                    status=status,
+                    created_at=str(manifest.get("created_at", "")),
+                    kind=str(manifest.get("kind", "")),
+                    window=int(manifest.get("window", 0)),
+                    reason=str(record.get("reason", "")),
+                    metrics={
+                        k: metrics[k]
+                        for k in ("val_loss", "train_windows", "epochs_run", "train_seconds")
+                        if k in metrics
+                    },
+                )
+            )
+        return out
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def publish(
+        self,
+        name: str,
+        write: Callable[[Path, str], Any],
+        version: str | None = None,
+    ) -> str:
+        """Publish a new version: ``write(directory, version)`` writes the artifact into an
+        empty staging directory; it is verified, fsynced and renamed into place. Returns the
+        version. The champion is not changed (see :meth:`promote`)."""
+        version = version or new_version()
+        folder = self.model_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / version
+        if final.exists():
+            raise ArtifactError(f"{final} already exists: versions are immutable")
+        staging = folder / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            write(staging, version)
+            manifest = read_manifest(staging, verify=True)
+            if manifest.get("name") != name or manifest.get("version") != version:
+                raise ArtifactError(
+                    f"artifact says {manifest.get('name')}/{manifest.get('version')}, "
+                    f"published as {name}/{version}"
+                )
+            _fsync_tree(staging)
+            # rename() onto an existing empty directory would succeed: check once more.
+            if final.exists():
+                raise ArtifactError(f"{final} already exists: versions are immutable")
+            os.rename(staging, final)
+            _fsync_dir(folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        self._record(name, version, {"status": "candidate", "reason": "published"})
+        log.info("published %s/%s", name, version)
+        return version
+
+    def publish_dir(self, name: str, source: Path) -> str:
+        """Publish a copy of an existing artifact directory under its own version."""
+        manifest = read_manifest(source, verify=True)
+        if manifest.get("name") != name:
+            raise ArtifactError(
+                f"{source} is an artifact of model {manifest.get('name')!r}, not {name!r}"
+            )
+
+        def copy(directory: Path, version: str) -> None:
+            del version
+            shutil.copytree(source, directory)
+
+        return self.publish(name, copy, version=str(manifest["version"]))
+
+    def reject(self, name: str, version: str, reason: str, gate: dict[str, Any]) -> None:
+        """Keep ``version`` as a rejected candidate, with the reason."""
+        self._record(name, version, {"status": "rejected", "reason": reason, "gate": gate})
+        log.warning("rejected %s/%s: %s", name, version, reason)
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        reason: str = "promoted",
+        gate: dict[str, Any] | None = None,
+        event: str = "promote",
+    ) -> None:
+        """Make ``version`` the champion: verify it, flip the pointer, log it, notify."""
+        folder = self.path(name, version)
+        if not (folder / MANIFEST).is_file():
+            raise ArtifactError(f"{name}/{version} is not a published version")
+        read_manifest(folder, verify=True)
+        with self._lock(name):
+            previous = self.champion(name)
+            write_atomic(self.model_dir(name) / CHAMPION_POINTER, version + "\n")
+            self._append_history(
+                name,
+                {"event": event, "version": version, "previous": previous, "reason": reason},
+            )
+            self._record(
+                name,
+                version,
+                {"status": "champion", "reason": reason} | ({"gate": gate} if gate else {}),
+            )
+        log.info("%s: %s is the champion of %s (was %s)", event, version, name, previous)
+        if self.notifier is not None:
+            self.notifier(name, version)
+
+    def rollback(self, name: str, to: str | None = None, reason: str = "rollback") -> str:
+        """Make the previous champion (or ``to``) the champion again; returns its version.
+
+        History is a stack: a promotion pushes, a rollback pops, so rolling back twice goes two
+        champions back rather than flipping between the last two.
+        """
+        if to is None:
+            stack = self.champion_stack(name)
+            if len(stack) < 2:
+                raise ArtifactError(f"{name}: no earlier champion to roll back to")
+            to = stack[-2]
+        self.promote(name, to, reason=reason, event="rollback")
+        return to
+
+    def champion_stack(self, name: str) -> list[str]:
+        """The champions a rollback would return to, oldest first, the current one last."""
+        stack: list[str] = []
+        for entry in self.history(name):
+            if entry["event"] == "rollback" and len(stack) >= 2 and stack[-2] == entry["version"]:
+                stack.pop()
+            else:
+                stack.append(entry["version"])
+        return stack
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _record(self, name: str, version: str, record: dict[str, Any]) -> None:
+        folder = self.model_dir(name) / DECISIONS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        body = {"version": version, "at": datetime.now(UTC).isoformat()} | record
+        write_atomic(folder / f"{version}.json", json.dumps(body, indent=2, sort_keys=True))
+
+    def _append_history(self, name: str, entry: dict[str, Any]) -> None:
+        path = self.model_dir(name) / HISTORY_FILE
+        line = json.dumps({"at": datetime.now(UTC).isoformat()} | entry, sort_keys=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        folder = self.model_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / LOCK_FILE).open("a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
