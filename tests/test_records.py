@@ -305,7 +305,7 @@ def test_arbitrary_bytes_only_ever_raise_schema_error(
     assert_only_schema_errors(key, payload)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(key=keys, message=messages)
 def test_arbitrary_json_objects_only_ever_raise_schema_error(
     key: bytes | None, message: dict[str, Any]
@@ -333,7 +333,7 @@ near_valid = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(key=keys, message=near_valid)
 def test_near_valid_messages_only_ever_raise_schema_error(
     key: bytes | None, message: dict[str, Any]

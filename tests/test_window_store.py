@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from stream_ae.errors import StateFormatError, StoreError
 from stream_ae.window_store import InMemoryWindowStore, RedisWindowStore, WindowStore
@@ -319,7 +321,10 @@ def test_redis_unavailable_is_a_retriable_store_error(redis_client: redis.Redis)
     from stream_ae.devstack import find_free_port
 
     store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
-    store.client = redis.Redis(port=find_free_port(), socket_connect_timeout=1)
+    # Nobody listens there; no client-side retries, so the test does not wait out a backoff.
+    store.client = redis.Redis(
+        port=find_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(StoreError) as info:
         store.load(["s"])
     assert info.value.retriable

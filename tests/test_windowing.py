@@ -352,7 +352,7 @@ def stream_states(draw: st.DrawFn) -> StreamState:
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(state=stream_states())
 def test_encode_decode_round_trip(state: StreamState) -> None:
     blob = encode_state(state)
