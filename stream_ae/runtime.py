@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from stream_ae.artifacts import load_artifact, resolve_artifact_dir
-from stream_ae.errors import BrokerError, StoreError
+from stream_ae.errors import ArtifactError, BrokerError, StoreError
 from stream_ae.inference import Scorer
 from stream_ae.kafka_io import TrackedProducer, make_consumer, make_producer
 from stream_ae.logs import fields
@@ -76,9 +76,24 @@ def build_model_source(settings: Settings, scorer: Scorer, metrics: WorkerMetric
     return ModelManager(settings, scorer, metrics)
 
 
+def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
+    """Load the model, waiting (alive, not ready) while the registry has none yet or the
+    artifact is unreadable: a worker deployed before the first training run comes up when it
+    is published instead of crash-looping."""
+    backoff = 1.0
+    while True:
+        metrics.heartbeat()
+        try:
+            return load_scorer(settings)
+        except ArtifactError as exc:
+            log.error("no usable model yet, waiting", extra=fields(error=str(exc), retry_s=backoff))
+        time.sleep(backoff)
+        backoff = min(backoff * 2, settings.model_poll_interval_s)
+
+
 def build_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
     metrics = metrics or WorkerMetrics()
-    scorer = load_scorer(settings)
+    scorer = wait_for_model(settings, metrics)
     metrics.set_model(scorer.artifact.name, scorer.version)
     spec = scorer.artifact.spec
     store = retry_until_up(

@@ -163,6 +163,11 @@ class Worker:
             revoked, self._revoked_pending = self._revoked_pending, set()
             assigned, self._assigned_pending = self._assigned_pending, set()
         if revoked:
+            for tp in revoked:  # another worker reports its lag now; a stale series would alert
+                try:
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                except KeyError:
+                    pass
             dropped = self.processor.forget_partitions((tp.topic, tp.partition) for tp in revoked)
             log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
         if assigned:
