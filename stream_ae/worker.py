@@ -26,6 +26,7 @@ offsets, drops the batch's cached states and retries with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -164,10 +165,8 @@ class Worker:
             assigned, self._assigned_pending = self._assigned_pending, set()
         if revoked:
             for tp in revoked:  # another worker reports its lag now; a stale series would alert
-                try:
+                with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-                except KeyError:
-                    pass
             dropped = self.processor.forget_partitions((tp.topic, tp.partition) for tp in revoked)
             log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
         if assigned:
