@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -341,12 +341,87 @@ def replay_topic(
     consumer_config: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> tuple[list[Series], ReplayStats]:
-    """Read ``topic`` from ``start_ms`` (None: the earliest offset) to the end offsets of the
-    moment the replay starts, and return one series per stream.
+    """Read ``topic`` from ``start_ms`` (None: the earliest offset) to its end as of the start
+    of the replay, and return one series per stream.
 
     Events whose own timestamp lies outside ``[start_ms, end_ms]`` are left out (the seek uses
     the broker's record timestamps, which producers may set differently). No consumer group is
     joined and nothing is committed: a replay never disturbs the workers' offsets.
+    """
+    started = time.monotonic()
+    bound = max_events_per_stream or None
+    # Per stream: (partition, offset, ts, values), the newest `bound` kept.
+    events: dict[str, deque[tuple[int, int, int, np.ndarray]]] = defaultdict(
+        lambda: deque(maxlen=bound)
+    )
+    invalid: Counter[str] = Counter()
+    counts = {"messages": 0, "out_of_range": 0}
+
+    def handle(partition: int, record: Any) -> None:
+        counts["messages"] += 1
+        try:
+            event = decode_event(
+                record.key,
+                record.value,
+                topic=topic,
+                partition=partition,
+                offset=record.offset,
+                feature_names=feature_names,
+                max_bytes=max_message_bytes,
+            )
+        except SchemaError as exc:
+            invalid[exc.reason] += 1
+            return
+        if (start_ms is not None and event.ts_ms < start_ms) or (
+            end_ms is not None and event.ts_ms > end_ms
+        ):
+            counts["out_of_range"] += 1
+            return
+        events[event.stream].append((partition, event.offset, event.ts_ms, event.values))
+
+    read_topic(
+        bootstrap_servers,
+        topic,
+        handle,
+        start_ms=start_ms,
+        timeout_s=timeout_s,
+        consumer_config=consumer_config,
+        progress=progress,
+    )
+    series = [_events_to_series(stream, list(rows)) for stream, rows in sorted(events.items())]
+    used = sum(len(s) for s in series)
+    messages = counts["messages"]
+    stats = ReplayStats(
+        messages=messages,
+        used=used,
+        invalid=dict(invalid),
+        dropped_by_bound=messages - sum(invalid.values()) - counts["out_of_range"] - used,
+        out_of_range=counts["out_of_range"],
+        seconds=time.monotonic() - started,
+    )
+    log.info("replayed %s: %s", topic, stats)
+    return series, stats
+
+
+def read_topic(
+    bootstrap_servers: str,
+    topic: str,
+    handle: Callable[[int, Any], None],
+    *,
+    start_ms: int | None = None,
+    timeout_s: float = 60.0,
+    consumer_config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    client_id: str = "stream-ae-train",
+) -> None:
+    """Call ``handle(partition, record)`` for every record of ``topic`` from ``start_ms`` (None:
+    the earliest offset) to the end of each partition as of the replay's start, partition by
+    partition in offset order.
+
+    The end of a partition is the larger of its end offset and the high watermark of the first
+    fetch from it, frozen there so a busy topic cannot keep a replay going forever. (Some
+    brokers, Tansu among them, answer the end-offset request with the base offset of the last
+    record batch + 1; the fetch's high watermark is right.)
     """
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
@@ -354,92 +429,62 @@ def replay_topic(
     started = time.monotonic()
     config = {
         "bootstrap_servers": bootstrap_servers,
-        "client_id": "stream-ae-train",
+        "client_id": client_id,
         "group_id": None,
         "enable_auto_commit": False,
         "fetch_max_wait_ms": 100,
         **dict(consumer_config or {}),
     }
-    bound = max_events_per_stream or None
-    # Per stream: (partition, offset, ts, values), the newest `bound` kept.
-    events: dict[str, deque[tuple[int, int, int, np.ndarray]]] = defaultdict(
-        lambda: deque(maxlen=bound)
-    )
-    invalid: Counter[str] = Counter()
-    messages = out_of_range = 0
     try:
         consumer = KafkaConsumer(**config)
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
+    read = 0
     try:
         partitions = _wait_for_partitions(consumer, topic, deadline=started + timeout_s)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        end_offsets = consumer.end_offsets(tps)
+        end = dict(consumer.end_offsets(tps))
         if start_ms is None:
             consumer.seek_to_beginning(*tps)
         else:
             found = consumer.offsets_for_times({tp: start_ms for tp in tps})
             for tp in tps:
                 hit = found.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else end_offsets[tp])
-        pending = {tp for tp in tps if consumer.position(tp) < end_offsets[tp]}
-        total = sum(end_offsets[tp] - consumer.position(tp) for tp in pending)
-        bar = _progress_bar(total, f"replay {topic}", progress)
+                consumer.seek(tp, hit.offset if hit is not None else end[tp])
+        watermark_seen: set[Any] = set()
+        bar = _progress_bar(
+            sum(max(end[tp] - consumer.position(tp), 0) for tp in tps), topic, progress
+        )
+        pending = set(tps)
         while pending:
             if time.monotonic() - started > timeout_s:
                 raise BrokerError(
-                    f"replay of {topic} did not reach the end offsets within {timeout_s:.0f}s "
-                    f"({messages} of {total} messages read)"
+                    f"reading {topic} did not reach the end of partition(s) "
+                    f"{sorted(tp.partition for tp in pending)} within {timeout_s:.0f}s "
+                    f"({read} records read)"
                 )
             batch = consumer.poll(timeout_ms=500, max_records=5000)
+            for tp in pending - watermark_seen:
+                watermark = consumer.highwater(tp)
+                if watermark is not None:
+                    end[tp] = max(end[tp], watermark)
+                    watermark_seen.add(tp)
             for tp, records in batch.items():
                 for record in records:
-                    if record.offset >= end_offsets[tp]:
-                        break  # newer than the replay's snapshot of the topic
-                    messages += 1
-                    try:
-                        event = decode_event(
-                            record.key,
-                            record.value,
-                            topic=tp.topic,
-                            partition=tp.partition,
-                            offset=record.offset,
-                            feature_names=feature_names,
-                            max_bytes=max_message_bytes,
-                        )
-                    except SchemaError as exc:
-                        invalid[exc.reason] += 1
-                        continue
-                    if (start_ms is not None and event.ts_ms < start_ms) or (
-                        end_ms is not None and event.ts_ms > end_ms
-                    ):
-                        out_of_range += 1
-                        continue
-                    events[event.stream].append(
-                        (tp.partition, event.offset, event.ts_ms, event.values)
-                    )
+                    if record.offset >= end[tp]:
+                        break  # newer than the replay's view of the topic
+                    handle(tp.partition, record)
+                    read += 1
                 bar.update(len(records))
-            for tp in list(pending):
-                if consumer.position(tp) >= end_offsets[tp]:
-                    pending.discard(tp)
+            pending = {
+                tp for tp in pending if tp not in watermark_seen or consumer.position(tp) < end[tp]
+            }
         bar.close()
     except KafkaError as exc:
-        raise BrokerError(f"replay of {topic} from {bootstrap_servers} failed: {exc}") from None
+        raise BrokerError(f"reading {topic} from {bootstrap_servers} failed: {exc}") from None
     finally:
         consumer.close()
-    series = [_events_to_series(stream, list(rows)) for stream, rows in sorted(events.items())]
-    used = sum(len(s) for s in series)
-    stats = ReplayStats(
-        messages=messages,
-        used=used,
-        invalid=dict(invalid),
-        dropped_by_bound=messages - sum(invalid.values()) - out_of_range - used,
-        out_of_range=out_of_range,
-        seconds=time.monotonic() - started,
-    )
-    log.info("replayed %s: %s", topic, stats)
-    return series, stats
 
 
 def _wait_for_partitions(consumer: Any, topic: str, deadline: float) -> list[int]:
@@ -474,12 +519,12 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+def _progress_bar(total: int, topic: str, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="msg", leave=False)
+    return tqdm(total=total, desc=f"replay {topic}", unit="msg", leave=False)
 
 
 def read_alerts(
@@ -491,56 +536,33 @@ def read_alerts(
     timeout_s: float = 60.0,
     consumer_config: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every alert on the alerts topic (of ``model_name`` when given), oldest first.
+    """Every alert on the alerts topic (of ``model_name`` when given), in partition and
+    offset order. Alerts are read raw (JSON objects); records that are not alerts are
+    skipped."""
+    alerts: list[dict[str, Any]] = []
 
-    Alerts are read raw (JSON objects); records that are not alerts are skipped.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    def handle(partition: int, record: Any) -> None:
+        del partition
+        try:
+            body = json.loads(record.value)
+        except (TypeError, ValueError):
+            return
+        if not isinstance(body, dict) or "stream" not in body or "window" not in body:
+            return
+        if model_name and body.get("model", {}).get("name") != model_name:
+            return
+        alerts.append(body)
 
-    started = time.monotonic()
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    read_topic(
+        bootstrap_servers,
+        topic,
+        handle,
+        start_ms=start_ms,
+        timeout_s=timeout_s,
+        consumer_config=consumer_config,
         client_id="stream-ae-train-alerts",
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        **dict(consumer_config or {}),
     )
-    alerts: list[tuple[int, int, dict[str, Any]]] = []
-    try:
-        tps = [
-            TopicPartition(topic, p)
-            for p in _wait_for_partitions(consumer, topic, started + timeout_s)
-        ]
-        consumer.assign(tps)
-        end_offsets = consumer.end_offsets(tps)
-        if start_ms is None:
-            consumer.seek_to_beginning(*tps)
-        else:
-            found = consumer.offsets_for_times({tp: start_ms for tp in tps})
-            for tp in tps:
-                hit = found.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else end_offsets[tp])
-        pending = {tp for tp in tps if consumer.position(tp) < end_offsets[tp]}
-        while pending and time.monotonic() - started < timeout_s:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    try:
-                        body = json.loads(record.value)
-                    except (TypeError, ValueError):
-                        continue
-                    if not isinstance(body, dict) or "stream" not in body or "window" not in body:
-                        continue
-                    if model_name and body.get("model", {}).get("name") != model_name:
-                        continue
-                    alerts.append((tp.partition, record.offset, body))
-            pending = {tp for tp in pending if consumer.position(tp) < end_offsets[tp]}
-    except KafkaError as exc:
-        raise BrokerError(f"reading alerts from {topic} failed: {exc}") from None
-    finally:
-        consumer.close()
-    return [body for _, _, body in sorted(alerts, key=lambda row: (row[0], row[1]))]
+    return alerts
 
 
 def alert_spans(alerts: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[int, int]]]:

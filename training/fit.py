@@ -9,9 +9,11 @@ Variable-length sequences: with ``spec.masking`` a series shorter than the windo
 ``config.min_length`` events) becomes one window padded with :data:`stream_ae.model.PAD_VALUE`.
 The Masking layer makes the encoder skip padded steps, and every padded target step gets weight
 0 in the loss (per-timestep sample weights with the ``mean_with_sample_weight`` reduction), so
-the loss is the mean squared error over real steps only. Reconstruction models are padded at
-the end (the decoder's first steps are the real ones); prediction models at the start, so the
-predicted horizon is always real data.
+the loss is the mean squared error over real steps only. Padding goes where the real target
+steps stay at the decoder's first positions, so a padded sequence has exactly the loss it
+would have unpadded: at the end for a plain reconstruction; at the start for a reversed one
+(reversal brings the real steps first) and for prediction (the horizon stays real). A
+composite model should therefore reconstruct reversed when it masks (warned otherwise).
 """
 
 from __future__ import annotations
@@ -126,8 +128,9 @@ class Windows:
 
 
 def pad_side(spec: ModelSpec) -> PadSide:
-    """Where padding goes for ``spec`` (see the module docstring)."""
-    return "post" if spec.kind == "reconstruct" else "pre"
+    """Where padding goes for ``spec`` (see the module docstring): wherever it keeps the real
+    target steps at the decoder's first positions and the predicted horizon real."""
+    return "post" if spec.kind == "reconstruct" and not spec.reverse else "pre"
 
 
 def step_mask(lengths: np.ndarray, window: int, side: PadSide) -> np.ndarray:
@@ -465,6 +468,11 @@ def fit_series(
 
     config = config or FitConfig()
     side = pad_side(spec) if spec.masking else None
+    if spec.masking and spec.kind == "composite" and not spec.reverse:
+        log.warning(
+            "a masked composite model is padded at the start for its horizon; without "
+            "--reverse its decoder must learn where the real steps begin"
+        )
     train, val = split_series_windows(
         series,
         spec.window,
