@@ -34,7 +34,13 @@ from training.fit import (
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_reconstructs_better_than_a_constant(kind: ModelKind) -> None:
     series = [sine_series("a", 500, seed=1), sine_series("b", 500, seed=2)]
-    result = fit_series(series, tiny_spec(kind, hidden=16), replace(TINY_FIT, epochs=5))
+    # The reconstruct case also trains with masking on a series shorter than the window.
+    masking = kind == "reconstruct"
+    if masking:
+        series.append(sine_series("short", 9, seed=3))
+    spec = tiny_spec(kind, hidden=16, masking=masking)
+    result = fit_series(series, spec, replace(TINY_FIT, epochs=5, min_length=5))
+    assert result.metrics["padded_windows"] == (1 if masking else 0)
     view = run_model(result.model, result.spec, result.scaling, result.val)
     model_mse = float(np.mean((view.targets - view.outputs) ** 2))
     # The best constant on scaled data is the training mean, ~0 after scaling.
@@ -69,7 +75,7 @@ def test_masked_padding_does_not_change_the_loss_of_the_unpadded_part(
     outputs = 2 if kind == "composite" else 1
     _compile(long_model, outputs, masked_loss())
     rng = np.random.default_rng(0)
-    for length in (9, 14):
+    for length in (11,):
         seq = rng.standard_normal((length, 1)).astype(np.float32)
         short_spec = replace(long_spec, window=length, masking=False)
         short_model = build_model(short_spec, seed=4)
@@ -109,11 +115,6 @@ def test_short_series_become_one_padded_window_when_masking() -> None:
     unmasked, _ = split_series_windows([short], spec.window, 1, 0.2)
     assert len(unmasked) == 0
 
-    series = [sine_series("a", 300), short]
-    result = fit_series(series, spec, replace(TINY_FIT, epochs=1, min_length=5))
-    assert result.metrics["padded_windows"] == 1
-    assert np.isfinite(result.metrics["val_loss"])
-
 
 def test_split_is_time_ordered() -> None:
     rising = Series("r", np.arange(200, dtype=np.float32), 1000 * np.arange(200))
@@ -134,6 +135,10 @@ def test_save_load_round_trip_gives_identical_outputs(fitted: FitResult, tmp_pat
     assert artifact.spec == fitted.spec
     assert artifact.scaling == fitted.scaling
     assert artifact.calibration.to_dict() == fitted.calibration.to_dict()
+    # Scaling was fitted on the training windows alone, not on the validation ones too.
+    everything = np.concatenate([fitted.train.raw, fitted.val.raw])
+    assert artifact.scaling.mean[0] == pytest.approx(fitted.train.raw.mean(), rel=1e-6)
+    assert artifact.scaling.mean[0] != pytest.approx(everything.mean(), rel=1e-6)
     x = np.random.default_rng(1).standard_normal((33, 12, 1)).astype(np.float32)
     before = keras.ops.convert_to_numpy(fitted.model(x))
     after = keras.ops.convert_to_numpy(artifact.model(x))
@@ -154,19 +159,3 @@ def test_train_artifact_with_the_same_seed_gives_the_same_model(
     assert (artifact.name, artifact.version) == ("demo", "v7")
     weights = zip(fitted.model.get_weights(), artifact.model.get_weights(), strict=True)
     assert all(np.array_equal(a, b) for a, b in weights)
-
-
-def test_keep_filter_leaves_windows_out_and_scaling_sees_training_data_only() -> None:
-    rising = Series("r", np.linspace(0, 30, 400, dtype=np.float32), 1000 * np.arange(400))
-    lo, hi = int(rising.ts_ms[100]), int(rising.ts_ms[150])
-
-    def outside(w: Windows) -> np.ndarray:
-        return ~((w.end_ts_ms >= lo) & (w.end_ts_ms < hi))
-
-    result = fit_series([rising], tiny_spec(), replace(TINY_FIT, epochs=1), keep=outside)
-    assert result.excluded_windows == 25  # ends at 100, 102, ..., 148 (stride 2)
-    assert outside(result.train).all() and outside(result.val).all()
-    assert result.metrics["excluded_windows"] == 25
-    # Scaling comes from the kept training windows: the later validation part is not in it.
-    assert result.scaling.mean[0] == pytest.approx(result.train.raw.mean(), rel=1e-5)
-    assert result.scaling.mean[0] < rising.values.mean() - 2
