@@ -27,10 +27,10 @@ from tests.helpers import (
     committed_offsets,
     decode_states_equal,
     expected_outcome,
-    fleet,
     good_counts,
     live_messages,
     load_tiny_scorer,
+    long_fleet,
     read_topic,
     running_worker,
     settings_of,
@@ -72,7 +72,10 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     )
     prefix = config["redis_key_prefix"]
     producer = BackgroundProducer(
-        broker.bootstrap_servers, input_topic, live_messages(fleet(1500)), rate_per_s=RATE_PER_S
+        broker.bootstrap_servers,
+        input_topic,
+        live_messages(long_fleet(5000)),
+        rate_per_s=RATE_PER_S,
     ).start()
     worker = WorkerProcess(config, tmp_path / "worker.log").start()
     try:
