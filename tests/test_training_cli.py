@@ -145,6 +145,25 @@ def test_train_then_thresholds(
     assert "distance thr" in capsys.readouterr().out
 
 
+def test_calibrate_refits_the_thresholds(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, artifact_dir = trained
+    out = tmp_path / "recalibrated"
+    argv = ["calibrate", "--artifact", str(artifact_dir), "--nab", str(data), "--stride", "2"]
+    assert (
+        main([*argv, "--threshold-method", "pot", "--threshold-level", "0.99", "--out", str(out)])
+        == 0
+    )
+    assert "peaks over threshold" in capsys.readouterr().out
+    before, after = load_artifact(artifact_dir), load_artifact(out)
+    assert after.calibration.default.method == "pot" and not after.calibration.per_stream
+    assert after.metrics["recalibrated_from"] == "v1"
+    # Same model, same preprocessing: only the calibration changed.
+    assert after.spec == before.spec and after.scaling == before.scaling
+    assert after.calibration.default.details["windows"] == after.metrics["calibration_windows"]
+
+
 def test_report_writes_the_plots_and_the_summary(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -649,6 +649,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     series = load_data(args, spec.feature_names)
     side = pad_side(spec)
     windows = all_windows(series, spec.window, args.stride, pad=side if spec.masking else None)
+    # Thresholds are fitted on normal data: labelled anomalies, if any, are left out.
+    windows = windows.select(~windows.labels(series))
     errors = run_model(artifact.model, spec, artifact.scaling, windows).errors
     calibration = fit_calibration_set(
         errors,
@@ -791,7 +793,7 @@ def add_publish(parser: argparse.ArgumentParser) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     from stream_ae.artifacts import load_artifact, read_manifest
     from training.gate import decide, evaluate_artifact
-    from training.refit import load_champion
+    from training.refit import labels_filter, load_champion
 
     registry = _registry(args)
     name = args.name or str(read_manifest(args.artifact, verify=False).get("name"))
@@ -807,9 +809,10 @@ def run_publish(args: argparse.Namespace) -> int:
     if not series:
         print(f"published {path} as a candidate: no gate data given (see --csv/--nab/--topic)")
         return 0
+    keep = labels_filter(series)  # labelled anomalies are not "normal data"
     decision = decide(
-        evaluate_artifact(load_artifact(path), series),
-        evaluate_artifact(champion, series),
+        evaluate_artifact(load_artifact(path), series, keep=keep),
+        evaluate_artifact(champion, series, keep=keep),
         _gate_config(args),
     )
     if decision.accepted:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +61,9 @@ class FitConfig:
     min_length: int = 8
     # Per-stream calibrations need this many validation windows of the stream.
     min_stream_windows: int = 50
+    # Leave out windows overlapping a labelled anomaly range of their series (known anomalies
+    # are neither training nor calibration data).
+    exclude_labelled: bool = True
 
 
 @dataclass
@@ -115,16 +118,20 @@ class Windows:
             lengths=self.lengths[rows],
         )
 
-    def labels(self, series: Sequence[Series]) -> np.ndarray:
-        """True for each window overlapping a labelled anomaly range of its series (N,)."""
-        ranges = {s.name: s.labels for s in series}
+    def overlapping(self, spans: Mapping[str, Sequence[tuple[int, int]]]) -> np.ndarray:
+        """True for each window overlapping one of its stream's time ``spans`` (N,); spans
+        include both ends."""
         out = np.zeros(len(self), dtype=bool)
         names = np.asarray(self.streams, dtype=object)
-        for name, spans in ranges.items():
+        for name, stream_spans in spans.items():
             rows = names == name
-            for start, end in spans:
+            for start, end in stream_spans:
                 out |= rows & (self.start_ts_ms <= end) & (self.end_ts_ms >= start)
         return out
+
+    def labels(self, series: Sequence[Series]) -> np.ndarray:
+        """True for each window overlapping a labelled anomaly range of its series (N,)."""
+        return self.overlapping({s.name: s.labels for s in series})
 
 
 def pad_side(spec: ModelSpec) -> PadSide:
@@ -462,7 +469,8 @@ def fit_series(
     """Window, split, scale, fit and calibrate.
 
     ``keep`` returns a boolean mask of the windows to use (refits leave out windows that raised
-    alerts); it applies after the time split, so the split itself is unaffected.
+    alerts); it applies after the time split, so the split itself is unaffected. Windows that
+    overlap a labelled anomaly range are left out as well (``config.exclude_labelled``).
     """
     from training.calibrate import fit_calibration_set
 
@@ -482,6 +490,14 @@ def fit_series(
         min_length=config.min_length,
     )
     excluded = 0
+    labelled = {s.name: s.labels for s in map(as_series, series) if s.labels}
+    if config.exclude_labelled and labelled:
+        outer = keep
+
+        def keep(windows: Windows) -> np.ndarray:
+            normal = ~windows.overlapping(labelled)
+            return normal if outer is None else normal & np.asarray(outer(windows), bool)
+
     if keep is not None:
         keep_train, keep_val = np.asarray(keep(train), bool), np.asarray(keep(val), bool)
         excluded = int((~keep_train).sum() + (~keep_val).sum())

@@ -49,13 +49,7 @@ def spans_filter(spans: Mapping[str, Sequence[tuple[int, int]]]) -> WindowFilter
     """Keep the windows that overlap no span of their stream."""
 
     def keep(windows: Windows) -> np.ndarray:
-        out = np.ones(len(windows), dtype=bool)
-        names = np.asarray(windows.streams, dtype=object)
-        for stream, stream_spans in spans.items():
-            rows = names == stream
-            for start, end in stream_spans:
-                out &= ~(rows & (windows.start_ts_ms <= end) & (windows.end_ts_ms >= start))
-        return out
+        return ~windows.overlapping(spans)
 
     return keep
 
@@ -223,9 +217,9 @@ def refit_once(
         if plan.exclude in ("scores", "both") and champion is not None
         else None
     )
-    label_keep = labels_filter(series)
-    train_keep = all_of([f for f in (alert_keep, score_keep, label_keep) if f is not None])
-    gate_keep = all_of([f for f in (alert_keep, label_keep) if f is not None])
+    # (fit_series itself leaves out labelled windows from training.)
+    train_keep = all_of([f for f in (alert_keep, score_keep) if f is not None])
+    gate_keep = all_of([f for f in (alert_keep, labels_filter(series)) if f is not None])
     # Without a champion there is nothing to gate against: every event goes into the fit.
     older, recent = (
         split_recent(series, plan.gate_fraction, spec.window)
