@@ -1,23 +1,26 @@
 """Helpers of the worker's integration tests: a tiny model, workers, topics and Redis state.
 
-Fixtures (import them into a test module, ``from tests.helpers import tiny_model``):
+Fixture (import it into a test module: ``from tests.helpers import tiny_model``):
 
 ``tiny_model`` (session)
     A :class:`TinyModel`: an LSTM autoencoder (window 16, hidden 16) trained for a few epochs on
     the history of :func:`fleet`'s streams, written as an artifact once per session. The
-    streams' live continuation (see :func:`fleet`) is what the tests send.
+    streams' live continuation is what the tests send (:func:`fleet`, :func:`long_fleet`).
 
 Everything else is plain functions and classes:
 
-- :func:`worker_config` -> a dict of worker settings for one test (unique group, key prefix and
-  output topics); :func:`settings_of` turns it into :class:`Settings` for an in-process worker,
+- :func:`worker_config` -> a dict of worker settings for one test (unique group id and Redis
+  key prefix); :func:`settings_of` turns it into :class:`Settings` for an in-process worker,
   :func:`env_of` into ``STREAM_AE_*`` variables for a worker subprocess.
 - :func:`running_worker`: an in-process :class:`Worker` (built by ``build_worker``) on a thread.
 - :class:`WorkerProcess`: ``python -m stream_ae worker`` as a child process, ready when its
-  ``/readyz`` answers 200; killed, terminated and reaped.
+  ``/readyz`` answers 200; killed, terminated and reaped. :class:`PortGate` holds a pre-started
+  one at a closed port in front of Redis until it is its turn.
 - :func:`produce` sends messages and returns where each one landed (:class:`Sent`);
-  :func:`read_topic` reads a topic from the beginning to its current end.
-- :func:`stored_states` / :func:`stored_blobs`: the window states under a Redis key prefix.
+  :class:`BackgroundProducer` does it at a steady rate on a thread; :func:`read_topic` reads a
+  topic from the beginning to its current end; :func:`committed_offsets` reads a group's.
+- :func:`stored_blobs` / :func:`stored_states` / :func:`applied_counts`: the window states
+  under a Redis key prefix.
 - :func:`expected_outcome`: the oracle. It replays what was sent through the same core
   (:class:`StreamProcessor` on an in-memory store) in one batch, which, calibration being fixed
   in the artifact, gives the states and alert ids any correct worker run must end with.

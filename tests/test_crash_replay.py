@@ -51,7 +51,7 @@ from tests.helpers import (
 
 __all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = 5
 # Events per second sent while the worker is killed and restarted: while it is down a backlog

@@ -43,7 +43,7 @@ from tests.helpers import (
 
 __all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Kubernetes' default terminationGracePeriodSeconds.
 GRACE_S = 30.0
@@ -92,6 +92,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
         returncode = worker.wait(GRACE_S)  # raises TimeoutExpired past the grace time
         assert returncode == 0, worker.tail()
         assert "signal received" in worker.tail(20_000)
+        time.sleep(0.5)  # the stream flows on past the stop: events no worker has consumed
     finally:
         sent = producer.finish()
         worker.stop()
