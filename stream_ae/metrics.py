@@ -104,11 +104,14 @@ class HealthServer:
                     self._reply(404, b"not found\n")
 
             def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the prober gave up (e.g. while the model loads): nothing to tell it
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # scrapes every few seconds would flood the logs

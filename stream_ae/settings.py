@@ -99,9 +99,10 @@ class Settings(BaseSettings):
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
     )
     batch_buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [16, 128, 1024, 8192],
+        default_factory=lambda: [32, 128, 512, 2048],
         description="Batch sizes the model is called with (windows padded up to the next one) "
-        "so the compiled graph is reused instead of retraced.",
+        "so the compiled graph is reused instead of retraced; larger batches are cut into chunks "
+        "of the largest. Keep the largest near max_poll_records: padding is wasted work.",
     )
 
     # --- Model and alert policy -------------------------------------------------------------
@@ -136,7 +137,9 @@ class Settings(BaseSettings):
     # --- Operations -------------------------------------------------------------------------
     metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics and /healthz.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables the endpoint.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON or text.")
     retry_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest backoff between retries when Kafka or Redis is down."
