@@ -33,7 +33,7 @@ class ScoredBatch:
 class Scorer:
     """Scores windows with one artifact. Thread-safe for one caller at a time per instance."""
 
-    def __init__(self, artifact: Artifact, buckets: Sequence[int] = (16, 128, 1024, 8192)) -> None:
+    def __init__(self, artifact: Artifact, buckets: Sequence[int] = (32, 128, 512, 2048)) -> None:
         self.artifact = artifact
         self.buckets = tuple(sorted(set(buckets)))
         self._lock = threading.Lock()
