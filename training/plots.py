@@ -134,10 +134,19 @@ def pca_2d(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return projected, np.pad(share, (0, 2 - len(share)))
 
 
-def plot_latent(codes: np.ndarray, groups: Sequence[str], path: Path, title: str) -> Path:
-    """2-D PCA of latent codes, one colour per group (label or stream)."""
+def plot_latent(
+    codes: np.ndarray,
+    groups: Sequence[str],
+    path: Path,
+    title: str,
+    shown: np.ndarray | None = None,
+) -> Path:
+    """2-D PCA of latent codes, one colour per group (label or stream); the projection is
+    fitted on every code, only the rows ``shown`` (default: all) are drawn."""
     plt = _pyplot()
     projected, share = pca_2d(np.asarray(codes, dtype=np.float64))
+    if shown is not None:
+        projected, groups = projected[shown], [groups[i] for i in shown]
     fig, ax = plt.subplots(figsize=(7, 6))
     names = np.asarray(groups, dtype=object)
     unique = sorted(set(groups), key=lambda g: (g == "anomaly", g))
@@ -191,7 +200,7 @@ def plot_error_histogram(
     else:
         ax.hist(np.clip(d, 0, top), bins=bins, alpha=0.7, label="windows")
         ax.set_ylabel("windows")
-    ax.axvline(threshold_distance, color="black", ls="--", label="alert threshold")
+    ax.axvline(threshold_distance, color="black", ls="--", label="alert threshold (global)")
     ax.set_xlabel("window distance (one-sided Mahalanobis of log-MSE)")
     ax.set_yscale("log")
     ax.set_title("Error distribution and threshold")
@@ -312,20 +321,18 @@ def build_report(
         )
     )
     codes = encode(artifact, scaled)
-    sample = np.unique(
-        np.linspace(0, len(codes) - 1, min(len(codes), MAX_LATENT_POINTS)).astype(int)
-    )
     if labelled:
-        colour = np.where(anomalous, "anomaly", "normal")
+        colour = np.where(anomalous, "anomaly", "normal").astype(object)
         latent_title = "Latent codes (PCA), coloured by label"
     else:
-        colour = np.asarray(windows.streams, dtype=object)
+        colour = np.asarray([Path(s).name for s in windows.streams], dtype=object)
         latent_title = "Latent codes (PCA), coloured by stream"
-    # Labelled windows are rare: keep all of them in the scatter, subsample the rest.
-    sample = np.union1d(sample, np.flatnonzero(anomalous))
-    files.append(
-        plot_latent(codes[sample], list(colour[sample]), out_dir / LATENT_PNG, latent_title)
+    # The PCA is fitted on every code; the scatter shows an even subsample of each group, so
+    # neither a big group nor a rare one drowns the other.
+    sample = _even_sample_per_group(
+        colour, MAX_LATENT_POINTS // 2 if labelled else MAX_LATENT_POINTS
     )
+    files.append(plot_latent(codes, list(colour), out_dir / LATENT_PNG, latent_title, shown=sample))
     files.append(
         plot_error_histogram(
             distances,
@@ -334,10 +341,30 @@ def build_report(
             anomalous=anomalous if labelled else None,
         )
     )
-    summary = _markdown(artifact, groups, title, data_description, files, windows, labelled)
+    per_series = {
+        name: {
+            group: _group(rows & (names == name), mse, distances, alert)
+            for group, rows in (("normal", normal), ("labelled anomaly", anomalous))
+        }
+        for name in sorted(set(windows.streams))
+        for names in [np.asarray(windows.streams, dtype=object)]
+    }
+    summary = _markdown(
+        artifact, groups, title, data_description, files, windows, labelled, per_series
+    )
     (out_dir / REPORT_MD).write_text(summary)
     files.append(out_dir / REPORT_MD)
     return ReportResult(files, groups, summary)
+
+
+def _even_sample_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
+    """Row indices: up to ``per_group`` of each group, evenly spread over its rows."""
+    rows: list[np.ndarray] = []
+    for group in sorted(set(groups.tolist())):
+        members = np.flatnonzero(groups == group)
+        picks = np.linspace(0, len(members) - 1, min(len(members), per_group)).astype(int)
+        rows.append(members[np.unique(picks)])
+    return np.sort(np.concatenate(rows))
 
 
 def encode(artifact: Artifact, scaled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -384,7 +411,7 @@ def _pick_windows(
             chosen.append(int(row))
             titles.append("labelled anomaly" if anomalous.any() else "highest distance")
     full_titles = [
-        f"{t}: {windows.streams[i][-40:]} d={distances[i]:.2f}"
+        f"{t}: {Path(windows.streams[i]).name[:40]} d={distances[i]:.2f}"
         for t, i in zip(titles, chosen, strict=True)
     ]
     return np.asarray(chosen, dtype=int), full_titles
@@ -413,6 +440,7 @@ def _markdown(
     files: Sequence[Path],
     windows: Windows,
     labelled: bool,
+    per_series: Mapping[str, Mapping[str, GroupStats]],
 ) -> str:
     spec, metrics = artifact.spec, artifact.metrics
     lines = [
@@ -446,8 +474,21 @@ def _markdown(
     if labelled and groups["normal"].windows and groups["labelled anomaly"].windows:
         ratio = groups["labelled anomaly"].mse_median / max(groups["normal"].mse_median, 1e-12)
         lines += [f"Median MSE of labelled-anomaly windows / normal windows: **{ratio:.2f}x**.", ""]
-    lines += ["## Thresholds", ""]
-    for row in describe_thresholds(artifact.calibration)[:11]:
+    lines += [
+        "## By series (windows after the training part)",
+        "",
+        "| series | normal windows | normal median MSE | normal above thr. |"
+        + (" anomaly windows | anomaly median MSE | anomaly above thr. |" if labelled else ""),
+        "|---|---|---|---|" + ("---|---|---|" if labelled else ""),
+    ]
+    for name, stats in per_series.items():
+        n, a = stats["normal"], stats["labelled anomaly"]
+        cells = f"| {name} | {n.windows} | {n.mse_median:.4g} | {n.above_threshold:.2%} |"
+        if labelled:
+            cells += f" {a.windows} | {a.mse_median:.4g} | {a.above_threshold:.2%} |"
+        lines.append(cells)
+    lines += ["", "## Thresholds", ""]
+    for row in describe_thresholds(artifact.calibration):
         lines.append(
             f"- {row.scope}: score >= {row.threshold_score:.6f} "
             f"(distance {row.threshold_distance:.4g}); {row.how}"
