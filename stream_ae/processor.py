@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -138,14 +138,21 @@ class StreamProcessor:
             # 6. The alert policy, per stream over its windows in order.
             now_ms = self.clock_ms()
             row = 0
+            policies: dict[float, AlertPolicy] = {}  # one per calibration threshold, not stream
             for stream, result in zip(scored_streams, parts, strict=True):
                 rows = slice(row, row + len(result.windows))
                 row += len(result.windows)
-                policy = self.policy.policy(float(batch.thresholds[rows.start]))
+                threshold = float(batch.thresholds[rows.start])
+                policy = policies.get(threshold) or policies.setdefault(
+                    threshold, self.policy.policy(threshold)
+                )
                 alert_state, transitions = policy.step(
                     result.state.alert, batch.scores.scores[rows], result.end_offsets
                 )
-                results[stream] = replace(result, state=replace(result.state, alert=alert_state))
+                # In place: append() made this state for this batch (a stream with windows
+                # applied events), nothing else holds it yet, and a dataclasses.replace per
+                # stream per batch was a measurable share of the batch (docs/performance.md).
+                result.state.alert = alert_state
                 for index, status in transitions:
                     i = rows.start + index
                     alerts.append(
@@ -207,7 +214,9 @@ class StreamProcessor:
             return _merge_results(collected, total_applied, total_skipped)
         return append(
             state,
-            np.stack([e.values for e in events]),
+            # np.array, not np.stack: the same (n, F) array for equal shapes (decode_event
+            # guarantees them), at a fraction of np.stack's per-call cost.
+            np.array([e.values for e in events]),
             np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=len(events)),
             np.fromiter((e.offset for e in events), dtype=np.int64, count=len(events)),
             topic=first.topic,

@@ -24,7 +24,7 @@ a 62-byte header, the topic name, the Welford statistics, delta-of-delta encoded
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -158,7 +158,13 @@ def append(
     if not (len(values) == len(ts_ms) == len(offsets)):
         raise ValueError("values, ts_ms and offsets must have the same length")
     total = len(values)
-    if state.partition == partition and state.topic == topic and state.offset != NO_OFFSET:
+    if (
+        total
+        and state.partition == partition
+        and state.topic == topic
+        and state.offset != NO_OFFSET
+        and offsets.min() <= state.offset
+    ):
         fresh = offsets > state.offset
         values, ts_ms, offsets = values[fresh], ts_ms[fresh], offsets[fresh]
     n = len(values)
@@ -171,42 +177,48 @@ def append(
     concat = np.concatenate([state.values, values])
     concat_ts = np.concatenate([state.ts_ms, ts_ms])
     counts = state.count + np.arange(1, n + 1)
-    done = (counts >= window) & ((counts - window) % stride == 0)
-    ends = np.flatnonzero(done)
+    if stride == 1 and state.count + 1 >= window:
+        # The steady state of a stride-1 stream: every new event completes a window. Taking
+        # all of them directly saves the mask arithmetic below (this runs per stream per batch).
+        ends = np.arange(n)
+    else:
+        ends = np.flatnonzero((counts >= window) & ((counts - window) % stride == 0))
 
     # Running mean/M2 after each new event, by Welford's recurrence one event at a time. Not
     # the vectorised (Chan) merge of batch statistics: that rounds differently for every split
     # of the stream into poll batches, and the state after a replay must be bit-identical.
     run_mean, run_m2 = _welford(state.stat_mean, state.stat_m2, state.count, values)
-    total_n = (state.count + np.arange(1, n + 1, dtype=np.float64))[:, None]
 
     if len(ends):
-        view = np.lib.stride_tricks.sliding_window_view(concat, window, axis=0)
-        # view[i] has shape (F, W) and starts at row i; window j starts at row j + 1.
-        windows = np.ascontiguousarray(view[ends + 1].transpose(0, 2, 1))
+        # Fancy indexing builds the (k, W, F) windows in one copy; a sliding_window_view costs
+        # more in numpy call overhead than it saves for the few windows of one stream.
+        windows = concat[(ends + 1)[:, None] + np.arange(window)]
         start_ts = concat_ts[ends + 1]
         end_ts = ts_ms[ends]
         end_offsets = offsets[ends]
-        denom = np.maximum(total_n[ends] - 1, 1.0)
-        stds = np.where(
-            total_n[ends] >= 2, np.maximum(np.sqrt(run_m2[ends] / denom), std_floor), 1.0
-        )
+        seen = counts[ends].astype(np.float64)[:, None]
+        denom = np.maximum(seen - 1, 1.0)
+        stds = np.where(seen >= 2, np.maximum(np.sqrt(run_m2[ends] / denom), std_floor), 1.0)
         means = run_mean[ends]
     else:
         windows = np.zeros((0, window, features), dtype=np.float32)
         start_ts = end_ts = end_offsets = np.zeros(0, dtype=np.int64)
         means = stds = np.zeros((0, features))
 
-    new = replace(
-        state,
-        values=np.ascontiguousarray(concat[-window:]),
-        ts_ms=np.ascontiguousarray(concat_ts[-window:]),
+    # The constructor, not dataclasses.replace: replace re-reads every field by name, several
+    # times slower, and this runs per stream per batch.
+    new = StreamState(
+        window=window,
+        features=features,
+        values=concat[-window:].copy(),
+        ts_ms=concat_ts[-window:].copy(),
         count=state.count + n,
         topic=topic,
         partition=partition,
         offset=int(offsets[-1]),
         stat_mean=run_mean[-1],
         stat_m2=run_m2[-1],
+        alert=state.alert,
     )
     return AppendResult(
         state=new,
@@ -291,8 +303,12 @@ def encode_state(state: StreamState) -> bytes:
     topic = state.topic.encode()
     ts_width, ts_blob = _encode_ts(state.ts_ms)
     head = state.count % window
-    # Storage order is the ring's: the slot for event number c is c % W.
-    ring = np.roll(state.values, head, axis=0).astype("<f4", copy=False)
+    # Storage order is the ring's: the slot for event number c is c % W (np.roll by head,
+    # written as two slices: np.roll's generality costs more than the copy itself).
+    values = state.values
+    ring = (np.concatenate((values[-head:], values[:-head])) if head else values).astype(
+        "<f4", copy=False
+    )
     alert = state.alert
     header = _HEADER.pack(
         MAGIC,
@@ -364,10 +380,13 @@ def decode_state(
     pos += 16 * f
     ts_ms, pos = _decode_ts(blob, pos, w, ts_width, last_ts)
     ring = np.frombuffer(blob, dtype="<f4", count=w * f, offset=pos).reshape(w, f)
+    # Back to time order: np.roll by -head, as two slices (a new, writable array either way).
+    head %= w
+    values = np.concatenate((ring[head:], ring[:head])) if head else ring.copy()
     return StreamState(
         window=w,
         features=f,
-        values=np.roll(ring, -head, axis=0).astype(np.float32),
+        values=values.astype(np.float32, copy=False),
         ts_ms=ts_ms,
         count=count,
         topic=topic,
@@ -392,8 +411,8 @@ def _encode_ts(ts_ms: np.ndarray) -> tuple[int, bytes]:
     """Timestamps as first value, first delta and delta-of-deltas in the narrowest integer
     type that holds them: 1 byte per event for a regular series, exact for any series."""
     ts = np.asarray(ts_ms, dtype=np.int64)
-    deltas = np.diff(ts)
-    dod = np.diff(deltas)
+    deltas = ts[1:] - ts[:-1]  # np.diff, without its per-call overhead
+    dod = deltas[1:] - deltas[:-1]
     biggest = int(np.abs(dod).max()) if len(dod) else 0
     width = next(
         w for w, limit in ((1, 127), (2, 32767), (4, 2**31 - 1), (8, 2**63)) if biggest <= limit
@@ -410,9 +429,15 @@ def _decode_ts(
     first = np.frombuffer(blob, dtype="<i8", count=2, offset=pos)
     pos += 16
     n_dod = max(window - 2, 0)
-    dod = np.frombuffer(blob, dtype=_TS_DTYPES[width], count=n_dod, offset=pos).astype(np.int64)
+    dod = np.frombuffer(blob, dtype=_TS_DTYPES[width], count=n_dod, offset=pos)
     pos += width * n_dod
-    deltas = np.concatenate([[first[1]], first[1] + np.cumsum(dod)])[: window - 1]
-    ts = np.concatenate([[first[0]], first[0] + np.cumsum(deltas)]).astype(np.int64)
     del last_ts  # kept in the header for readers that only need the newest time
-    return ts, pos
+    if window < 2:
+        return first[:1].astype(np.int64), pos
+    # steps = [ts0, delta0, dod...]: the deltas are the running sum from delta0 on, the
+    # timestamps the running sum of [ts0, deltas...] (int64 sums: exact, wrap-around included).
+    steps = np.empty(window, dtype=np.int64)
+    steps[:2] = first
+    steps[2:] = dod
+    np.cumsum(steps[1:], out=steps[1:])
+    return np.cumsum(steps), pos
