@@ -13,7 +13,8 @@ Three threads share a :class:`ModelManager`:
   once), then loads and validates the artifact (manifest sha256, ``.keras`` loaded with
   ``safe_mode``, window, feature names and the model's input/output shapes against the running
   model, a warm-up call at every bucket size, a finite probe) and *stages* it. It also writes
-  this worker's heartbeat key and frees retired models;
+  this worker's heartbeat key (``<redis_key_prefix>:workers:<worker_id>``, with a TTL; read by
+  ``stream-ae model status``) and frees retired models;
 - the **notify thread** listens on the Redis channel :data:`MODELS_CHANNEL`, where the
   registry announces champion changes, and wakes the watch thread. Polling stays on as the
   fallback, so a missed message (Redis away, a worker restarting) only delays a swap.
@@ -34,24 +35,30 @@ new deployment instead: publish it under a new model name (or registry), start a
 group on the same input topics with its own ``group_id`` and ``redis_key_prefix``, wait until its
 windows have filled (``W`` events per stream) and its alerts look right, then stop the old group.
 
-Warm-up without tracing: a freshly loaded Keras model traces its predict graph on its first
-calls (about 1.5 s per call shape here), and tracing is Python holding the GIL, so it would slow
-the worker thread's batches for seconds. A retrain keeps the architecture, so the manager keeps
-one retired model as a *spare*, already traced at every bucket size, and copies the new
-version's weights into it (tens of milliseconds): the graphs capture the variables, not their
-values, so nothing is traced again. The new version is still loaded in full (safe mode) first,
-to validate it and to read its weights; a new architecture is traced the slow way.
+Keeping the hot path quiet while a model loads (the watch thread shares the interpreter, and
+with it the GIL, with the worker thread):
 
-Memory: at most three models stay loaded: the current, the previous (rollback) and the spare.
-Any other retired model is dropped and the garbage collector run in the watch thread. Keras
-models hold reference cycles (layers and their model track each other), so dropping the last
-reference is not enough; and ``keras.backend.clear_session()`` is not an option, because it
-resets Keras' global state while the running (and the staged) model still use it. A full
-collection of a process with TensorFlow loaded walks some 300k objects (~150 ms with the GIL
-held: a latency spike in the batch running meanwhile), so at start-up the manager collects once
-and freezes every object alive then (:func:`gc.freeze`): later collections walk only what was
-created since, mainly the models loaded after start-up. The start-up model's own cycles are
-frozen too, so it is never freed, only recycled as a spare.
+- *No tracing.* A freshly loaded Keras model traces its predict graph on its first calls
+  (about 1.5 s of Python per call shape here), which would slow the worker's batches for
+  seconds. A retrain keeps the architecture, so the new version's weights are copied into a
+  model of the same architecture that is traced already (tens of milliseconds; the graphs
+  capture the variables, not their values): a *spare* (one is prepared at start-up, so even
+  the first swap needs no tracing), else the *previous* model. The previous one is then the
+  model running now, so a rollback to the version before stays instant; only a second rollback
+  in a row reloads from disk. A recycled model needs no warm-up; a new architecture is loaded
+  and warmed up the slow way.
+- *No full garbage collections.* Keras models hold reference cycles (layers and their model
+  track each other), so a dropped model is freed only by the cycle collector, and a full
+  collection of a process with TensorFlow loaded walks some 300k objects (~150 ms with the GIL
+  held). At start-up the manager collects once and freezes every object alive then
+  (:func:`gc.freeze`): later collections walk only what was created since. The start-up
+  model's own cycles are frozen too, so it is never freed, only recycled.
+
+Memory: two models stay loaded (the current and the previous), a third only while a spare
+waits for its first use; a model loaded only for its weights, or one of an architecture no
+longer in use, is dropped and collected in the watch thread. ``keras.backend.clear_session()``
+is not an option: it resets Keras' global state while the running (and the staged) model still
+use it.
 """
 
 from __future__ import annotations
@@ -127,8 +134,10 @@ class ModelManager:
             ``min(10, model_poll_interval_s)``. Its TTL is three intervals.
         start: start the watch and notify threads now (tests drive :meth:`refresh` by hand).
         freeze_gc: collect and :func:`gc.freeze` at start-up (see the module docstring).
-        recycle_models: copy a new version's weights into the spare model when their
-            architectures match, instead of tracing a new one (see the module docstring).
+        recycle_models: copy a new version's weights into a traced model of the same
+            architecture instead of tracing a new one (see the module docstring).
+        prepare_spare: at start, load a second copy of the running model in the watch thread
+            and warm it up, so that even the first swap needs no tracing.
         seed: seed of the jitter's random generator.
     """
 
@@ -144,6 +153,7 @@ class ModelManager:
         start: bool = True,
         freeze_gc: bool = True,
         recycle_models: bool = True,
+        prepare_spare: bool = True,
         seed: int | None = None,
     ) -> None:
         self.settings = settings
@@ -163,6 +173,7 @@ class ModelManager:
         self._redis_client = redis_client
         self._rng = random.Random(seed)
         self.recycle_models = recycle_models
+        self.prepare_spare = prepare_spare and recycle_models
 
         self._current = scorer
         self._previous: Scorer | None = None
@@ -252,6 +263,11 @@ class ModelManager:
         return previous.version if previous is not None else None
 
     @property
+    def spare_ready(self) -> bool:
+        """Whether a traced spare model waits to be recycled (see the module docstring)."""
+        return self._spare is not None
+
+    @property
     def staged_version(self) -> str | None:
         staged = self._staged
         return staged.version if staged is not None else None
@@ -276,6 +292,8 @@ class ModelManager:
         self._wakeup.set()
 
     def _watch_loop(self) -> None:
+        if self.prepare_spare and self.registry_root is not None:
+            self._prepare_spare()
         next_poll = time.monotonic() + self.poll_interval_s
         next_beat = 0.0
         while not self._stop.is_set():
@@ -296,6 +314,21 @@ class ModelManager:
             timeout = min(next_poll, next_beat) - time.monotonic()
             self._wakeup.wait(max(0.0, timeout))
             self._wakeup.clear()
+
+    def _prepare_spare(self) -> None:
+        """A second, warm copy of the running model, for the first swap to recycle."""
+        started = time.perf_counter()
+        try:
+            running = self._current
+            scorer = Scorer(load_artifact(running.artifact.path), running.buckets)
+            scorer.warm_up()
+        except Exception as exc:  # only an optimisation: the first swap will trace instead
+            log.warning("no spare model prepared", extra=fields(error=str(exc)))
+            return
+        with self._swap_lock:
+            if self._spare is None:
+                self._spare = scorer
+        log.info("spare model ready", extra=fields(seconds=round(time.perf_counter() - started, 3)))
 
     def _notify_loop(self) -> None:
         backoff_s = 0.5
@@ -465,36 +498,56 @@ class ModelManager:
                     f"{directory}: model {what} shape {_shape(new)} differs from the running "
                     f"model's {_shape(old)}"
                 )
-        # 4. Warm-up at every bucket size, so the first real batch does not trace graphs (on
-        # a recycled spare they are traced already); then a probe: weights that produce NaN
-        # would turn every score into garbage.
-        artifact = self._on_spare(artifact)
+        # 4. Onto a traced model of the same architecture if there is one (then nothing needs
+        # a warm-up: its graphs are traced at every bucket size already), else a warm-up call
+        # at every bucket size, so that the first real batch does not trace them.
+        artifact, recycled = self._recycle(artifact)
         scorer = Scorer(artifact, self._current.buckets)
-        scorer.warm_up()
+        if not recycled:
+            scorer.warm_up()
+        # 5. A probe: weights that produce NaN would turn every score into garbage.
         spec = artifact.spec
         probe = np.zeros((scorer.buckets[0], spec.input_steps, spec.features), dtype=np.float32)
         if not all(np.isfinite(out).all() for out in scorer.predict(probe)):
             raise ArtifactError(f"{directory}: the model outputs non-finite values")
         return scorer
 
-    def _on_spare(self, artifact: Artifact) -> Artifact:
-        """``artifact`` with its weights copied into the spare model when the architectures
-        match (the loaded model is then garbage); else ``artifact`` as it is."""
+    def _recycle(self, artifact: Artifact) -> tuple[Artifact, bool]:
+        """``artifact`` on a traced model of the same architecture, and whether it is: the
+        spare, else the previous model (a rollback to it then reloads from disk; a rollback
+        to the model running now, the likely one, stays instant). The loaded model's weights
+        are copied into it and the loaded model becomes garbage."""
         if not self.recycle_models:
-            return artifact
+            return artifact, False
         with self._swap_lock:
-            spare, self._spare = self._spare, None
-        if spare is None:
-            return artifact
-        if not same_architecture(spare.artifact, artifact):
-            with self._swap_lock:
-                self._garbage.append(spare)  # a new architecture: the spare is of no use
-            return artifact
-        model = spare.artifact.model
-        model.set_weights(artifact.model.get_weights())
+            slots = {"spare": self._spare, "previous": self._previous}
+        # Compared outside the lock: the worker thread takes it at every batch boundary.
+        matching = {
+            slot: scorer
+            for slot, scorer in slots.items()
+            if scorer is not None and same_architecture(scorer.artifact, artifact)
+        }
+        target: Scorer | None = None
         with self._swap_lock:
+            stale = slots["spare"] is not None and "spare" not in matching
+            if stale and self._spare is slots["spare"]:
+                self._garbage.append(self._spare)  # an older architecture: of no use now
+                self._spare = None
+            for slot, scorer in matching.items():
+                if scorer is self._staged:  # may go live at any moment: never overwrite it
+                    continue
+                if slot == "spare" and self._spare is scorer:
+                    self._spare, target = None, scorer
+                    break
+                if slot == "previous" and self._previous is scorer:
+                    self._previous, target = None, scorer
+                    break
+            if target is None:
+                return artifact, False
             self._garbage.append(artifact.model)
-        return replace(artifact, model=model)
+        model = target.artifact.model
+        model.set_weights(artifact.model.get_weights())
+        return replace(artifact, model=model), True
 
     def _refuse(self, version: str, result: str, reason: str) -> None:
         self.failures += 1

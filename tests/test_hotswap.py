@@ -198,8 +198,8 @@ def registry(tmp_path: Path) -> Registry:
 def manager_factory(
     registry: Registry, redis_server: Any, redis_client: redis.Redis
 ) -> Iterator[Callable[..., ModelManager]]:
-    """``make(**settings_overrides, start=False, ...)``: a manager on the registry's champion;
-    closed after the test."""
+    """``make(**settings_overrides, start=False, manager_kw=...)``: a manager on the registry's
+    champion (no spare prepared unless asked: it costs a trace); closed after the test."""
     made: list[ModelManager] = []
 
     def make(start: bool = False, manager_kw: dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -210,9 +210,7 @@ def manager_factory(
             WorkerMetrics(),
             redis_client=redis.Redis.from_url(redis_server.url),
             start=start,
-            freeze_gc=False,
-            seed=0,
-            **(manager_kw or {}),
+            **{"freeze_gc": False, "seed": 0, "prepare_spare": False, **(manager_kw or {})},
         )
         made.append(manager)
         return manager
@@ -395,24 +393,26 @@ def test_memory_stays_bounded_over_many_swaps(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory()
+    _parts(SPEC, 1)  # the publishers' own (cached) models, built before counting
     counts = []
-    for i in range(6):
+    for i in range(4):
         publish(registry, seed=i % 2)
         assert manager.refresh() == "staged"
         manager.between_batches()
         manager.release_retired()
         counts.append(_live_keras_models())
-    # current + previous + spare from the third swap on: nothing accumulates.
-    assert counts[2:] == [counts[2]] * 4, counts
-    assert manager.swaps == 6
+    # Current and previous from the first swap on; nothing accumulates (a leak of one model
+    # per swap would add one each time).
+    assert counts == [counts[0]] * 4, counts
+    assert manager.swaps == 4
 
 
 def test_without_recycling_retired_models_are_freed(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory(manager_kw={"recycle_models": False})
-    models = []
-    for _ in range(4):
+    models = [weakref.ref(manager.current().artifact.model)]
+    for _ in range(3):
         publish(registry)
         manager.refresh()
         models.append(weakref.ref(manager._staged.artifact.model))  # type: ignore[union-attr]
@@ -424,50 +424,107 @@ def test_without_recycling_retired_models_are_freed(
     assert alive == [False, False, True, True]
 
 
-def test_a_recycled_spare_computes_the_new_versions_function(
+def _tracing_count(scorer: Scorer) -> int | None:
+    """How many graphs the model's predict function traced (TensorFlow backend only)."""
+    function = getattr(scorer.artifact.model, "predict_function", None)
+    count = getattr(function, "experimental_get_tracing_count", None)
+    return int(count()) if count is not None else None
+
+
+def test_a_recycled_model_computes_the_new_versions_function_without_tracing(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory()
-    first_model = manager.current().artifact.model
-    for seed in (1, 2):  # v1 -> v2 -> v3: v1 is retired and becomes the spare
-        publish(registry, seed=seed)
-        manager.refresh()
-        manager.between_batches()
-        manager.release_retired()
-    v4 = publish(registry, seed=3)
+    first = manager.current()
+    first.warm_up()
+    traced = _tracing_count(first)
+    v1 = publish(registry, seed=1)
+    manager.refresh()  # nothing to recycle yet: a fresh load
+    manager.between_batches()
+    v2 = publish(registry, seed=2)
     assert manager.refresh() == "staged"
     manager.between_batches()
+    # v2 runs on the first model's graphs (the previous one, v0), with v2's weights; v1 is
+    # the previous one now, so a rollback stays instant.
     recycled = manager.current()
-    assert recycled.version == v4
-    assert recycled.artifact.model is first_model  # v1's graphs, v4's weights
-    fresh = Scorer(load_artifact(registry.path(NAME, v4)), BUCKETS)
+    assert recycled.version == v2 and manager.previous_version == v1
+    assert recycled.artifact.model is first.artifact.model
     windows = np.sin(np.arange(5 * 16, dtype=np.float32) / 3.0).reshape(5, 16, 1)
-    expected = fresh.predict(windows)[0]
+    expected = Scorer(load_artifact(registry.path(NAME, v2)), BUCKETS).predict(windows)[0]
     np.testing.assert_allclose(recycled.predict(windows)[0], expected, rtol=1e-5, atol=1e-6)
-    # ... and not v1's function: the weights did change.
-    assert not np.allclose(
-        Scorer(load_artifact(registry.path(NAME, registry.versions(NAME)[0])), BUCKETS).predict(
-            windows
-        )[0],
-        expected,
-    )
+    assert not np.allclose(first_version_output(registry, windows), expected)
+    assert _tracing_count(recycled) == traced  # the graphs were reused, not traced again
 
 
-def test_a_new_architecture_is_loaded_without_the_spare(
+def first_version_output(registry: Registry, windows: np.ndarray) -> np.ndarray:
+    first = registry.versions(NAME)[0]
+    return Scorer(load_artifact(registry.path(NAME, first)), BUCKETS).predict(windows)[0]
+
+
+def test_a_prepared_spare_serves_the_first_swap(
+    registry: Registry, manager_factory: Callable[..., ModelManager]
+) -> None:
+    manager = manager_factory(start=True, manager_kw={"prepare_spare": True})
+    wait_until(lambda: manager._spare is not None, what="the spare")
+    spare = manager._spare.artifact.model  # type: ignore[union-attr]
+    v1 = publish(registry, seed=1)
+    manager.request_check()
+    wait_until(lambda: manager.staged_version == v1, what="the staged model")
+    manager.between_batches()
+    assert manager.current().artifact.model is spare and manager._spare is None
+
+
+def test_a_staged_model_is_never_overwritten(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory()
-    for seed in (1, 2):
+    v0, first = manager.version, manager.current()
+    publish(registry, seed=1)
+    manager.refresh()
+    manager.between_batches()
+    registry.rollback(NAME)  # stages the previous model (v0) ...
+    assert manager.refresh() == "staged" and manager._staged is first
+    windows = np.zeros((2, 16, 1), dtype=np.float32)
+    before = first.predict(windows)[0]
+    v2 = publish(registry, seed=2)  # ... which must not be recycled for v2 before its swap
+    assert manager.refresh() == "staged"
+    assert manager._staged is not first
+    np.testing.assert_array_equal(first.predict(windows)[0], before)
+    manager.between_batches()
+    assert manager.version == v2 and v0 != v2
+
+
+def test_rollback_stays_instant_after_recycling(
+    registry: Registry, manager_factory: Callable[..., ModelManager]
+) -> None:
+    manager = manager_factory()
+    for seed in (1, 2):  # the second swap recycles the first model
         publish(registry, seed=seed)
         manager.refresh()
         manager.between_batches()
         manager.release_retired()
-    spare_model = manager._spare.artifact.model  # type: ignore[union-attr]
-    v4 = publish(registry, ModelSpec(window=16, hidden=4))
+    previous = manager._previous
+    rolled_back_to = registry.rollback(NAME)
     assert manager.refresh() == "staged"
     manager.between_batches()
-    assert manager.version == v4
-    assert manager.current().artifact.model is not spare_model
+    assert manager.version == rolled_back_to and manager.current() is previous
+
+
+def test_a_new_architecture_is_loaded_fresh(
+    registry: Registry, manager_factory: Callable[..., ModelManager]
+) -> None:
+    manager = manager_factory()
+    publish(registry, seed=1)
+    manager.refresh()
+    manager.between_batches()
+    previous = manager._previous
+    assert previous is not None
+    old_models = {manager.current().artifact.model, previous.artifact.model}
+    v3 = publish(registry, ModelSpec(window=16, hidden=4))
+    assert manager.refresh() == "staged"
+    manager.between_batches()
+    assert manager.version == v3
+    assert manager.current().artifact.model not in old_models
     assert manager.current().artifact.model.get_layer("code").units == 4
 
 
