@@ -18,7 +18,7 @@ from stream_ae.artifacts import Artifact
 from stream_ae.model import encoder_of, split_window
 from stream_ae.records import ms_to_iso
 from training.data import Series
-from training.fit import Windows, all_windows, pad_side, scale_windows
+from training.fit import Windows, all_windows, pad_side, predict_verbosity, scale_windows
 
 
 def export_encoder(artifact: Artifact, path: Path) -> Path:
@@ -37,7 +37,10 @@ def embed_windows(artifact: Artifact, windows: Windows, batch_size: int = 1024) 
     scaled = scale_windows(artifact.scaling, windows, side)
     inputs, _ = split_window(artifact.spec, scaled)
     encoder = encoder_of(artifact.model)
-    return np.asarray(encoder.predict(inputs, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return np.asarray(
+        encoder.predict(inputs, batch_size=batch_size, verbose=predict_verbosity(len(inputs))),
+        dtype=np.float32,
+    )
 
 
 def embed_series(

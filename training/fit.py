@@ -365,8 +365,19 @@ def predict(
     if not len(inputs):
         empty = np.zeros((0, sum(t.shape[1] for t in targets), spec.features), np.float32)
         return empty, empty
-    outputs = as_output_list(model.predict(inputs, batch_size=batch_size, verbose=0))
+    outputs = as_output_list(
+        model.predict(inputs, batch_size=batch_size, verbose=predict_verbosity(len(inputs)))
+    )
     return np.concatenate(targets, axis=1), np.concatenate(outputs, axis=1)
+
+
+# Scoring this many windows takes long enough on a CPU to deserve a progress bar.
+_PROGRESS_MIN_WINDOWS = 20_000
+
+
+def predict_verbosity(windows: int) -> int:
+    """Keras's progress bar for long predictions on a terminal, silence otherwise."""
+    return 1 if windows >= _PROGRESS_MIN_WINDOWS and sys.stderr.isatty() else 0
 
 
 def masked_window_errors(

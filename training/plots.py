@@ -27,7 +27,14 @@ from stream_ae.artifacts import Artifact
 from stream_ae.model import ModelSpec, encoder_of, split_window
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
-from training.fit import Windows, all_windows, pad_side, run_model, step_mask
+from training.fit import (
+    Windows,
+    all_windows,
+    pad_side,
+    predict_verbosity,
+    run_model,
+    step_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +377,10 @@ def _even_sample_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:
 def encode(artifact: Artifact, scaled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Latent codes (N, D) of scaled windows, by the artifact's encoder."""
     inputs, _ = split_window(artifact.spec, scaled)
-    return np.asarray(encoder_of(artifact.model).predict(inputs, batch_size=batch_size, verbose=0))
+    encoder = encoder_of(artifact.model)
+    return np.asarray(
+        encoder.predict(inputs, batch_size=batch_size, verbose=predict_verbosity(len(inputs)))
+    )
 
 
 def _training_rows(
