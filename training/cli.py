@@ -320,7 +320,12 @@ def _registry(args: argparse.Namespace) -> Any:
     from training.registry import Registry, redis_notifier
 
     url = getattr(args, "redis_url", None) or os.environ.get("STREAM_AE_REDIS_URL")
-    return Registry(_registry_root(args), redis_notifier(url) if url else None)
+    if not url:
+        return Registry(_registry_root(args), None)
+    settings = _settings()  # the ACL credentials are secrets of the settings, as for the worker
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    notifier = redis_notifier(url, username=settings.redis_username, password=password)
+    return Registry(_registry_root(args), notifier)
 
 
 def _artifact_dir(args: argparse.Namespace) -> Path:

@@ -92,7 +92,13 @@ def write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def redis_notifier(redis_url: str, channel: str = MODELS_CHANNEL) -> Notifier:
+def redis_notifier(
+    redis_url: str,
+    channel: str = MODELS_CHANNEL,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> Notifier:
     """A notifier that publishes ``{"name", "version"}`` on ``channel`` of the Redis at
     ``redis_url``. A Redis that cannot be reached is logged, not raised: the pointer is already
     flipped and workers poll it anyway."""
@@ -100,7 +106,13 @@ def redis_notifier(redis_url: str, channel: str = MODELS_CHANNEL) -> Notifier:
     def notify(name: str, version: str) -> None:
         import redis
 
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+        client = redis.Redis.from_url(
+            redis_url,
+            username=username,
+            password=password,
+            socket_connect_timeout=5,
+            socket_timeout=5,
+        )
         try:
             receivers = client.publish(channel, json.dumps({"name": name, "version": version}))
             log.info("notified %s workers on %s: %s %s", receivers, channel, name, version)
