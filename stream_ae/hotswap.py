@@ -292,22 +292,24 @@ class ModelManager:
         self._wakeup.set()
 
     def _watch_loop(self) -> None:
-        if self.prepare_spare and self.registry_root is not None:
-            self._prepare_spare()
+        spare_pending = self.prepare_spare and self.registry_root is not None
         next_poll = time.monotonic() + self.poll_interval_s
         next_beat = 0.0
         while not self._stop.is_set():
             try:
+                if self._beat_requested.is_set() or time.monotonic() >= next_beat:
+                    self._beat_requested.clear()
+                    self.write_heartbeat()
+                    next_beat = time.monotonic() + self.heartbeat_interval_s
+                if spare_pending:  # after the first heartbeat: status lists the worker at once
+                    spare_pending = False
+                    self._prepare_spare()
                 self.release_retired()
                 if self._check_requested.is_set() or time.monotonic() >= next_poll:
                     self._check_requested.clear()
                     next_poll = time.monotonic() + self.poll_interval_s
                     if self.registry_root is not None:
                         self.refresh(jitter_s=self._rng.uniform(0.0, self.reload_jitter_s))
-                if self._beat_requested.is_set() or time.monotonic() >= next_beat:
-                    self._beat_requested.clear()
-                    self.write_heartbeat()
-                    next_beat = time.monotonic() + self.heartbeat_interval_s
             except Exception:  # never let the watcher die: the worker would stop following
                 log.exception("model watcher error")
                 next_poll = time.monotonic() + self.poll_interval_s
@@ -498,25 +500,29 @@ class ModelManager:
                     f"{directory}: model {what} shape {_shape(new)} differs from the running "
                     f"model's {_shape(old)}"
                 )
+        # Checked before any copy: NaN weights must never reach a model kept for recycling.
+        weights = artifact.model.get_weights()
+        if not all(np.isfinite(w).all() for w in weights):
+            raise ArtifactError(f"{directory}: the model has non-finite weights")
         # 4. Onto a traced model of the same architecture if there is one (then nothing needs
         # a warm-up: its graphs are traced at every bucket size already), else a warm-up call
         # at every bucket size, so that the first real batch does not trace them.
-        artifact, recycled = self._recycle(artifact)
+        artifact, recycled = self._recycle(artifact, weights)
         scorer = Scorer(artifact, self._current.buckets)
         if not recycled:
             scorer.warm_up()
-        # 5. A probe: weights that produce NaN would turn every score into garbage.
+        # 5. A probe: a model that outputs NaN would turn every score into garbage.
         spec = artifact.spec
         probe = np.zeros((scorer.buckets[0], spec.input_steps, spec.features), dtype=np.float32)
         if not all(np.isfinite(out).all() for out in scorer.predict(probe)):
             raise ArtifactError(f"{directory}: the model outputs non-finite values")
         return scorer
 
-    def _recycle(self, artifact: Artifact) -> tuple[Artifact, bool]:
+    def _recycle(self, artifact: Artifact, weights: list[Any]) -> tuple[Artifact, bool]:
         """``artifact`` on a traced model of the same architecture, and whether it is: the
         spare, else the previous model (a rollback to it then reloads from disk; a rollback
         to the model running now, the likely one, stays instant). The loaded model's weights
-        are copied into it and the loaded model becomes garbage."""
+        (``weights``) are copied into it and the loaded model becomes garbage."""
         if not self.recycle_models:
             return artifact, False
         with self._swap_lock:
@@ -546,7 +552,7 @@ class ModelManager:
                 return artifact, False
             self._garbage.append(artifact.model)
         model = target.artifact.model
-        model.set_weights(artifact.model.get_weights())
+        model.set_weights(weights)
         return replace(artifact, model=model), True
 
     def _refuse(self, version: str, result: str, reason: str) -> None:
@@ -560,6 +566,7 @@ class ModelManager:
             ),
         )
         self._beat_requested.set()
+        self._wakeup.set()
 
     def _retire(self, scorer: Scorer) -> None:
         with self._swap_lock:

@@ -294,6 +294,43 @@ def test_a_broken_artifact_is_refused_and_the_old_model_kept(
     assert manager.current().score(windows, ["a", "b"]).model_version == v1
 
 
+def test_non_finite_weights_are_refused_before_touching_a_kept_model(
+    registry: Registry, manager_factory: Callable[..., ModelManager]
+) -> None:
+    manager = manager_factory()
+    v0, first = manager.version, manager.current()
+    v1 = publish(registry, seed=1)
+    manager.refresh()
+    manager.between_batches()  # the first model is now the previous one, to be recycled
+    model, scaling, calibration = _parts(SPEC, 2)
+    weights = model.get_weights()
+    poisoned = [w.copy() for w in weights]
+    poisoned[0].flat[0] = np.nan
+
+    def write(directory: Path, version: str) -> None:
+        model.set_weights(poisoned)
+        try:
+            save_artifact(
+                directory,
+                model=model,
+                spec=SPEC,
+                scaling=scaling,
+                calibration=calibration,
+                name=NAME,
+                version=version,
+            )
+        finally:
+            model.set_weights(weights)
+
+    bad = registry.publish(NAME, write, new_version())
+    registry.promote(NAME, bad)
+    assert manager.refresh() == "refused"
+    assert manager.last_refusal is not None and "non-finite" in manager.last_refusal.reason
+    assert manager.version == v1 and manager.previous_version == v0
+    windows = np.sin(np.arange(2 * 16, dtype=np.float32) / 3.0).reshape(2, 16, 1)
+    assert np.isfinite(first.predict(windows)[0]).all()
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -484,11 +521,13 @@ def test_a_staged_model_is_never_overwritten(
     manager.between_batches()
     registry.rollback(NAME)  # stages the previous model (v0) ...
     assert manager.refresh() == "staged" and manager._staged is first
-    windows = np.zeros((2, 16, 1), dtype=np.float32)
+    # Not zeros: an untrained LSTM's output for a zero input does not depend on its weights.
+    windows = np.sin(np.arange(2 * 16, dtype=np.float32) / 3.0).reshape(2, 16, 1)
     before = first.predict(windows)[0]
     v2 = publish(registry, seed=2)  # ... which must not be recycled for v2 before its swap
     assert manager.refresh() == "staged"
     assert manager._staged is not first
+    assert manager._staged.artifact.model is not first.artifact.model
     np.testing.assert_array_equal(first.predict(windows)[0], before)
     manager.between_batches()
     assert manager.version == v2 and v0 != v2
