@@ -310,7 +310,7 @@ def format_description(info: dict[str, Any]) -> str:
         f"scaling    {scaling['mode']}: mean {_floats(scaling['mean'])}, "
         f"std {_floats(scaling['std'])}"
     )
-    lines.append("calibration (score = calibrated tail probability of the error distance)")
+    lines.append("calibration (a window's score: the CDF of its error distance on normal data)")
     for key, cal in info["calibration"].items():
         lines.append(
             f"  [{key}] threshold {cal['threshold']:.6g} on the score, method {cal['method']}"
