@@ -234,14 +234,13 @@ def resolve_artifact_dir(model_path: Path, model_name: str) -> Path:
     return model_path / model_name / version
 
 
-def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
-    """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
-
-    ``expect``: the running model's spec; the new one must have the same window and features
-    (a different shape would need new window states, see docs/operations.md).
-    """
+def read_metadata(
+    directory: Path, verify: bool = True
+) -> tuple[dict[str, Any], ModelSpec, Scaling, CalibrationSet, dict[str, Any]]:
+    """Everything of an artifact but the model: manifest (files checked when ``verify``), spec,
+    scaling, calibration and metrics. Cheap: TensorFlow is not needed."""
     directory = Path(directory)
-    manifest = read_manifest(directory, verify=True)
+    manifest = read_manifest(directory, verify=verify)
     try:
         spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
         scaling = Scaling.from_dict(json.loads((directory / "preprocessing.json").read_text()))
@@ -251,6 +250,17 @@ def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
         metrics = json.loads((directory / "metrics.json").read_text())
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{directory}: invalid artifact metadata: {exc}") from None
+    return manifest, spec, scaling, calibration, metrics
+
+
+def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
+    """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
+
+    ``expect``: the running model's spec; the new one must have the same window and features
+    (a different shape would need new window states, see docs/operations.md).
+    """
+    directory = Path(directory)
+    manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
     if expect is not None and (
         spec.window != expect.window or spec.feature_names != expect.feature_names
     ):

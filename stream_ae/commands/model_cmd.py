@@ -217,19 +217,9 @@ def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
     """What ``model show`` prints, as a dict: manifest, integrity, spec, scaling,
     calibrations (threshold and derivation of each) and metrics. Raises
     :class:`ArtifactError` when the artifact is incomplete or (``verify``) corrupt."""
-    from stream_ae.artifacts import CalibrationSet, Scaling, read_manifest
-    from stream_ae.model import ModelSpec
+    from stream_ae.artifacts import read_metadata
 
-    manifest = read_manifest(directory, verify=verify)
-    try:
-        spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
-        scaling = Scaling.from_dict(json.loads((directory / "preprocessing.json").read_text()))
-        calibration = CalibrationSet.from_dict(
-            json.loads((directory / "calibration.json").read_text())
-        )
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{directory}: invalid artifact metadata: {exc}") from None
+    manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=verify)
     calibrations = {"default": calibration.default, **calibration.per_stream}
     return {
         "path": str(directory),
