@@ -111,7 +111,14 @@ def _add_nab_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evaluate nab``: to be added with ``stream_ae.evaluation.nab_run``.
 
     This is the place for them; ``_run_nab`` hands the parsed namespace to ``nab_run.run``.
+    ``nab_run`` imports no model runtime at module level, so this costs ``evaluate score``
+    no TensorFlow.
     """
+    if importlib.util.find_spec("stream_ae.evaluation.nab_run") is None:
+        return
+    from stream_ae.evaluation import nab_run  # type: ignore[attr-defined,unused-ignore]
+
+    nab_run.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
