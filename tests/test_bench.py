@@ -90,6 +90,19 @@ def test_a_plain_dict_result_becomes_a_bench_result() -> None:
     assert result.details == {"runs": 3}
 
 
+def test_swap_measurements_become_table_lines() -> None:
+    from stream_ae.commands.bench_cmd import swap_figures
+
+    figures = swap_figures(
+        {"batch_latency_max_over_median": 2.5, "rss_ratio": 0.99, "unrelated": "x"}
+    )
+    assert [(f.name, f.met) for f in figures] == [
+        ("slowest / median poll batch during swaps", False),
+        ("RSS after 20 swaps / after 1", None),
+    ]
+    assert swap_figures({}) == []
+
+
 def test_prometheus_text_is_parsed_into_named_series() -> None:
     text = (
         "# HELP stream_ae_events_total Input events\n"
@@ -228,21 +241,25 @@ def test_e2e_bench_smallest_configuration(
         heavy_events=300,
         streams=20,
         latency_s=2.0,
+        latency_loads=(0.5,),
     )
     assert_well_formed(result, "e2e")
     targets = {f.name: f.target for f in result.figures if f.target}
     assert targets == {
         "e2e / raw consume, cheap model": ">= 0.5",
         "e2e / model alone, H=64 model": ">= 0.8",
-        "event-to-alert p99, half load, H=64": "<= 200",
+        "event-to-alert p99, 50% load, cheap": "<= 200",
+        "event-to-alert p99, 50% load, H=64": "<= 200",
     }
     for run in (result.details["cheap"], result.details["h64"]):
         # Every event of the backlog was consumed, and every one completed a window.
         assert run["events_measured"] + run["consumed_before_measuring"] >= 300
         assert run["windows_measured"] == run["events_measured"]
-    latency = result.details["h64"]["latency"]
-    assert latency["alerts"] > 0  # the spikes alerted: the latency has samples
-    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        latency = run["latency"]
+        assert latency is run["latency_by_load"]["0.5"]
+        assert latency["alerts"] > 0  # the spikes alerted: the latency has samples
+        assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        assert latency["sent"] > 0 and latency["batches"] > 0
 
 
 @pytest.mark.integration

@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,12 +49,14 @@ class Plan:
     model_min_seconds: float = 1.0
     store_streams: int = 100_000
     store_batches: int = 10
-    cheap_events: int = 30_000
+    cheap_events: int = 20_000
     heavy_events: int = 4_000
-    latency_s: float = 8.0
+    latency_s: float = 6.0
+    latency_loads: tuple[float, ...] = (0.25, 0.5)
     scaling_workers: tuple[int, ...] = (1, 2, 4)
     scaling_streams: tuple[int, ...] = (1_000, 10_000, 100_000)
-    scaling_events: int = 30_000
+    scaling_events: int = 20_000
+    buckets: tuple[int, ...] | None = None  # None: Settings' default batch_buckets
 
     @classmethod
     def quick(cls) -> Plan:
@@ -66,7 +68,8 @@ class Plan:
             store_batches=3,
             cheap_events=6_000,
             heavy_events=1_500,
-            latency_s=4.0,
+            latency_s=3.0,
+            latency_loads=(0.5,),
             scaling_workers=(1, 2),
             scaling_streams=(1_000, 10_000),
             scaling_events=6_000,
@@ -87,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where the JSON file goes"
+    )
+    parser.add_argument(
+        "--buckets",
+        type=_buckets,
+        metavar="SIZES",
+        help="the model's batch buckets for the model, e2e and scaling sections, e.g. "
+        "16,128,1024,2048 (default: the settings' default, as a worker runs out of the box)",
     )
     parser.add_argument(
         "--profile",
@@ -112,8 +122,20 @@ def parse_sections(text: str) -> tuple[str, ...]:
     return tuple(s for s in SECTIONS if s in wanted)
 
 
+def _buckets(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of batch sizes: {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+    return sizes
+
+
 def run(args: argparse.Namespace) -> int:
     plan = Plan.quick() if args.quick else Plan()
+    if args.buckets:
+        plan = replace(plan, buckets=args.buckets)
     sections: tuple[str, ...] = args.only
     machine = machine_info()
     started = time.perf_counter()
@@ -181,7 +203,13 @@ def _run_sections(
             e2e = _guard(
                 "e2e",
                 lambda: _e2e(
-                    plan, stack.bootstrap_servers, redis_url, models, workdir, profile_dir
+                    plan,
+                    stack.bootstrap_servers,
+                    redis_url,
+                    models,
+                    workdir,
+                    profile_dir,
+                    {"broker": stack.broker.pid, "redis": stack.redis.pid},
                 ),
             )
             results.append(e2e)
@@ -224,9 +252,13 @@ def _guard(section: str, bench: Callable[[], BenchResult]) -> BenchResult:
 
 def _model(plan: Plan) -> BenchResult:
     from stream_ae.bench.model_bench import run_model_bench
+    from stream_ae.settings import Settings
 
+    defaults = Settings.model_construct()  # not this shell's environment: the defaults
     return run_model_bench(
         features=plan.model_features,
+        buckets=plan.buckets or tuple(defaults.batch_buckets),
+        worker_batch=defaults.max_poll_records,
         naive_windows=plan.model_naive_windows,
         min_seconds=plan.model_min_seconds,
     )
@@ -256,6 +288,7 @@ def _e2e(
     models: dict[str, Path],
     workdir: Path,
     profile_dir: Path | None,
+    servers: dict[str, int],
 ) -> BenchResult:
     from stream_ae.bench.e2e_bench import run_e2e_bench
 
@@ -268,7 +301,10 @@ def _e2e(
         cheap_events=plan.cheap_events,
         heavy_events=plan.heavy_events,
         latency_s=plan.latency_s,
+        latency_loads=plan.latency_loads,
         profile=profile_dir is not None,
+        buckets=plan.buckets,
+        servers=servers,
         progress=_progress,
     )
     if profile_dir is not None:
@@ -308,6 +344,7 @@ def _scaling(
         streams=plan.scaling_streams,
         events=plan.scaling_events,
         baseline=usable,
+        buckets=plan.buckets,
         progress=_progress,
     )
 
@@ -323,7 +360,7 @@ def _swap(plan: Plan, bootstrap: str, redis_url: str, workdir: Path) -> BenchRes
         return BenchResult("swap", skipped="stream_ae.bench.swap_bench is not installed")
     bench = module.run_swap_bench
     offered: dict[str, Any] = {
-        "quick": plan == Plan.quick(),
+        "quick": plan.cheap_events == Plan.quick().cheap_events,
         "bootstrap": bootstrap,
         "bootstrap_servers": bootstrap,
         "redis_url": redis_url,
@@ -332,7 +369,35 @@ def _swap(plan: Plan, bootstrap: str, redis_url: str, workdir: Path) -> BenchRes
     }
     accepted = inspect.signature(bench).parameters
     kwargs = {k: v for k, v in offered.items() if k in accepted}
-    return _guard("swap", lambda: as_result("swap", bench(**kwargs)))
+    result = _guard("swap", lambda: as_result("swap", bench(**kwargs)))
+    if not result.figures and not result.skipped:
+        result.figures = swap_figures(result.details)
+    return result
+
+
+def swap_figures(details: dict[str, Any]) -> list[Figure]:
+    """Table lines for a swap result that brings only measurements (the keys it is known to
+    report; absent ones are left out)."""
+    figures: list[Figure] = []
+    ratio = details.get("batch_latency_max_over_median")
+    if isinstance(ratio, float | int):
+        baseline = details.get("baseline_max_over_median")
+        note = f"baseline without swaps {baseline:.2f}" if isinstance(baseline, float) else ""
+        figures.append(
+            Figure.check(
+                "swap", "slowest / median poll batch during swaps", ratio, "x", "<=", 2.0, note=note
+            )
+        )
+    for key, name, unit, scale in (
+        ("batch_latency_median_s", "median poll batch during swaps", "ms", 1000.0),
+        ("boundary_max_s", "batch boundary where a swap lands, max", "ms", 1000.0),
+        ("swap_to_live_median_s", "publish to live, median", "s", 1.0),
+        ("rss_ratio", "RSS after 20 swaps / after 1", "x", 1.0),
+    ):
+        value = details.get(key)
+        if isinstance(value, float | int):
+            figures.append(Figure.info("swap", name, value * scale, unit))
+    return figures
 
 
 def as_result(section: str, value: Any) -> BenchResult:
