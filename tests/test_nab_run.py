@@ -129,7 +129,9 @@ def test_the_command_writes_nab_results_and_scores_them(
     out = tmp_path / "results"
 
     args = ["evaluate", "nab", str(tmp_path / "nab"), "--out", str(out)]
-    rc = cli.main([*args, "--params", str(params_path), "--no-progress"])
+    # Our own results serve as the baseline: same scorer, same files, so the same scores.
+    extra = ["--baseline-dir", str(out), "--plot", "jump"]
+    rc = cli.main([*args, "--params", str(params_path), "--no-progress", *extra])
     assert rc == 0, capsys.readouterr().err
 
     for key, series in written.items():
@@ -157,7 +159,11 @@ def test_the_command_writes_nab_results_and_scores_them(
     assert all(math.isfinite(v) for v in report["scores"].values())
     assert [f["key"] for f in report["files"]] == sorted(written)
     assert report["params"]["window"] == TINY.window
-    assert "normalised score" in capsys.readouterr().out
+    assert report["baseline"]["scores"] == report["scores"]
+    assert (out / "plots" / "tiny_jump.png").stat().st_size > 1000
+    assert not (out / "plots" / "tiny_calm.png").exists()
+    printed = capsys.readouterr().out
+    assert "NAB normalised scores on 2 files" in printed and "baseline" in printed
 
 
 def test_the_command_refuses_missing_arguments_and_bad_parameters(

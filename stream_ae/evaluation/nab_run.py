@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -45,10 +44,14 @@ from tqdm import tqdm
 from stream_ae.artifacts import Artifact, load_artifact
 from stream_ae.errors import StreamAEError
 from stream_ae.evaluation.nab_score import (
+    CorpusScore,
+    CostProfile,
     NABScoringError,
     load_profiles,
     load_windows,
     probation_length,
+    read_results_csv,
+    read_results_dir,
     score_corpus,
     window_bounds,
 )
@@ -58,6 +61,7 @@ from stream_ae.postprocess import PostParams, new_post_state, post_scores
 from stream_ae.processor import PolicyParams, StreamProcessor
 from stream_ae.records import Event
 from stream_ae.window_store import InMemoryWindowStore
+from stream_ae.windowing import StreamState
 from training.fit import FitConfig, fit_series, save_fit
 
 DETECTOR_NAME = "streamae"
@@ -168,7 +172,8 @@ class StreamTrace:
     """What the processor said about every row of one file (NaN where no window ended).
 
     ``model_index[i]`` is the fit that scored row ``i`` (0 the first fit, k the k-th refit,
-    -1 none); ``fit_rows`` the row count each fit had seen.
+    -1 none); ``fit_rows`` the row count each fit had seen; ``final_state`` the stream's window
+    state as the in-memory store holds it at the end (what Redis would hold).
     """
 
     distances: np.ndarray
@@ -177,6 +182,7 @@ class StreamTrace:
     fit_rows: list[int]
     fit_s: float = 0.0
     stream_s: float = 0.0
+    final_state: StreamState | None = None  # the stream's window state after the last row
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -327,6 +333,7 @@ def stream_file(
         start = end
         if progress is not None:
             progress.set_postfix(fits=k + 1, refresh=False)
+    trace.final_state = processor.store.load([series.key])[series.key]
     return trace
 
 
@@ -514,6 +521,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep every fitted artifact under RESULTS_DIR/artifacts",
     )
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="results of another detector in NAB's layout (e.g. NAB's results-numenta) to "
+        "score with the same scorer on the same files, side by side",
+    )
+    parser.add_argument(
+        "--plot",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="write RESULTS_DIR/plots/<file>.png for the files whose <category>/<file> "
+        "contains TEXT (repeatable; needs matplotlib)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -565,29 +588,115 @@ def run(args: argparse.Namespace) -> int:
         "files": [asdict(r) for r in runs],
     }
     print(f"{len(runs)} files, {sum(r.rows for r in runs)} rows in {elapsed:.1f} s -> {out_dir}")
+    keys = [r.key for r in runs]
     profiles_path = _find(windows_path.parent, args.profiles, "config-profiles.json")
+    thresholds: dict[str, float] = {}
     if profiles_path is not None:
         try:
-            report["scores"] = score_run(out_dir, windows, profiles_path, [r.key for r in runs])
+            profiles = load_profiles(profiles_path)
+            ours = score_results(out_dir, windows, profiles, keys, DETECTOR_NAME)
+            report["scores"] = {name: c.normalised_score for name, c in ours.items()}
+            report["thresholds"] = thresholds = {name: c.threshold for name, c in ours.items()}
+            baseline = None
+            if args.baseline_dir is not None:
+                baseline = score_results(args.baseline_dir, windows, profiles, keys)
+                report["baseline"] = {
+                    "dir": str(args.baseline_dir),
+                    "scores": {name: c.normalised_score for name, c in baseline.items()},
+                    "thresholds": {name: c.threshold for name, c in baseline.items()},
+                }
         except NABScoringError as exc:
             print(f"error: scoring failed: {exc}", file=sys.stderr)
             return 2
-        for profile, score in report["scores"].items():
-            print(f"  {profile:<20} normalised score {score:7.2f}")
+        print(f"NAB normalised scores on {len(keys)} files (null detector 0, perfect 100):")
+        for name, score in ours.items():
+            line = f"  {name:<20} {DETECTOR_NAME} {score.normalised_score:7.2f}"
+            if baseline is not None:
+                line += f"   baseline {baseline[name].normalised_score:7.2f}"
+            print(line)
+    if args.plot:
+        plot_dir = out_dir / "plots"
+        baseline_thresholds = report.get("baseline", {}).get("thresholds", {})
+        for key in keys:
+            if any(text in key for text in args.plot):
+                path = plot_file(
+                    plot_dir,
+                    key,
+                    out_dir,
+                    windows[key],
+                    threshold=thresholds.get("standard"),
+                    baseline_dir=args.baseline_dir,
+                    baseline_threshold=baseline_thresholds.get("standard"),
+                )
+                print(f"  plot {path}")
     (out_dir / RUN_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
-def score_run(
-    out_dir: Path, windows: dict[str, Any], profiles_path: Path, keys: Sequence[str]
-) -> dict[str, float]:
-    """Normalised NAB score of the results just written, per profile (NAB's threshold sweep)."""
-    from stream_ae.evaluation.nab_score import read_results_dir
+def score_results(
+    results_dir: Path,
+    windows: dict[str, Any],
+    profiles: dict[str, CostProfile],
+    keys: Sequence[str],
+    detector: str | None = None,
+) -> dict[str, CorpusScore]:
+    """NAB's score, per profile, of the results for ``keys`` in ``results_dir``, each profile
+    at the threshold NAB's sweep picks over these files."""
+    results = read_results_dir(results_dir, known_files=windows.keys(), detector=detector)
+    missing = sorted(set(keys) - set(results))
+    if missing:
+        raise NABScoringError(f"{results_dir} has no results for {missing}")
+    chosen = {key: results[key] for key in keys}
+    return {name: score_corpus(chosen, windows, profile) for name, profile in profiles.items()}
 
-    results = read_results_dir(out_dir, known_files=windows.keys(), detector=DETECTOR_NAME)
-    results = {k: v for k, v in results.items() if k in set(keys)}
-    scores = {}
-    for name, profile in load_profiles(profiles_path).items():
-        corpus = score_corpus(results, windows, profile)
-        scores[name] = corpus.normalised_score
-    return {k: (v if not math.isnan(v) else float("nan")) for k, v in scores.items()}
+
+def plot_file(
+    plot_dir: Path,
+    key: str,
+    results_dir: Path,
+    windows: Sequence[Any],
+    *,
+    threshold: float | None = None,
+    baseline_dir: Path | None = None,
+    baseline_threshold: float | None = None,
+) -> Path:
+    """A PNG of one file: its values, and our anomaly score (and the baseline's) over time,
+    with the labelled windows shaded, the probationary period marked and the thresholds NAB's
+    sweep chose for the standard profile dashed. Needs matplotlib (the ``plots`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = read_results_csv(results_path(results_dir, key))
+    times = ours.timestamps.astype("datetime64[s]").astype(object)
+    with results_path(results_dir, key).open(newline="") as handle:
+        values = [float(row["value"]) for row in csv.DictReader(handle)]
+    bounds = window_bounds(ours.timestamps, windows) if len(windows) else np.zeros((0, 2), int)
+    probation = probation_length(len(values))
+    panels = 3 if baseline_dir is not None else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 2.2 * panels + 0.6), sharex=True)
+    axes[0].plot(times, values, lw=0.6, color="0.2")
+    axes[0].set_ylabel("value")
+    series = [(axes[1], ours.anomaly_scores, DETECTOR_NAME, threshold, "C0")]
+    if baseline_dir is not None:
+        base = read_results_dir(baseline_dir, known_files=[key])[key]
+        series.append((axes[2], base.anomaly_scores, "baseline (HTM)", baseline_threshold, "C3"))
+    for axis, scores, label, level, colour in series:
+        axis.plot(times, scores, lw=0.7, color=colour, label=label)
+        if level is not None:
+            axis.axhline(level, ls="--", lw=0.8, color="0.4", label="threshold (standard)")
+        axis.set_ylim(-0.02, 1.05)
+        axis.set_ylabel("anomaly score")
+        axis.legend(loc="upper left", fontsize=8)
+    for axis in axes:
+        for first, last in bounds:
+            axis.axvspan(times[first], times[last], color="red", alpha=0.12, lw=0)
+        axis.axvline(times[probation], color="0.5", lw=0.8, ls=":")
+    axes[0].set_title(f"{key}  (shaded: labelled windows; dotted: end of probation)")
+    fig.tight_layout()
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    path = plot_dir / f"{Path(key).stem}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
