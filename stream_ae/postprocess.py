@@ -22,7 +22,7 @@ stream's windows in time order with a small fixed-size state:
    per incident, as an alert policy with a cool-down would give.
 
 :func:`post_scores` chains them: the larger of the two tail scores, then the peak hold. Its
-state is one float64 array (:func:`new_post_state`, ``PostParams.state_size`` numbers: 44 with
+state is one float64 array (:func:`new_post_state`, ``PostParams.state_size`` numbers: 53 with
 the defaults), the concatenation of the three stages' states, meant to be stored next to a
 stream's window state. Every stage gives the same outputs and final state whether the windows
 come one at a time or in any split into batches, so a replayed poll batch is exact.
@@ -74,11 +74,11 @@ class LikelihoodParams:
     (None: no clipping, as Numenta).
     """
 
-    short_window: int = 1
+    short_window: int = 10
     long_window: int = 8000
     learning_windows: int = 100
     min_std: float = 0.2
-    decades: float = 30.0
+    decades: float = 20.0
     clip_z: float | None = None
 
     def __post_init__(self) -> None:
@@ -193,7 +193,7 @@ class SeasonalParams:
     memory: int = 14
     learning_windows: int = 3
     min_std: float = 0.05
-    decades: float = 30.0
+    decades: float = 20.0
 
     def __post_init__(self) -> None:
         if self.slots < 1 or self.memory < 1 or self.learning_windows < 0:
@@ -289,7 +289,7 @@ class PostParams:
 
     likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)
     seasonal: SeasonalParams | None = field(default_factory=SeasonalParams)
-    hold: int = 300
+    hold: int = 250
 
     def __post_init__(self) -> None:
         if self.hold < 0:

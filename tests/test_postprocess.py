@@ -110,7 +110,7 @@ def test_clipping_keeps_one_anomaly_from_masking_the_next() -> None:
 
 
 def test_scores_are_monotone_in_the_raw_score_for_the_same_history() -> None:
-    # With the default 30 decades a z of 11.6 scores 1; 5 raw units above a history of std
+    # With the default 20 decades a z of 9.3 scores 1; 5 raw units above a history of std
     # 0.1 is z = 40.
     _, state = run_all(SMALL, noise(100))
     candidates = np.linspace(0.0, 5.0, 21)
@@ -217,7 +217,7 @@ def test_peak_hold_keeps_one_score_per_run_of_high_scores() -> None:
 # --- the chain ---------------------------------------------------------------------------------
 
 CHAIN = PostParams(
-    likelihood=LikelihoodParams(long_window=100, learning_windows=10),
+    likelihood=LikelihoodParams(short_window=1, long_window=100, learning_windows=10),
     seasonal=SeasonalParams(slots=4, memory=5, learning_windows=2),
     hold=7,
 )
@@ -252,7 +252,7 @@ def test_the_chain_takes_the_larger_tail_then_holds_peaks() -> None:
     got, state = post_scores(CHAIN, new_post_state(CHAIN), d, ts)
     np.testing.assert_array_equal(got, expected)
     assert state.shape == (CHAIN.state_size,) == (6 + 12 + 2,)
-    assert PostParams().state_size == 44  # the default: small enough for every window state
+    assert PostParams().state_size == 53  # the default: small enough for every window state
 
 
 def test_post_params_round_trip_and_can_switch_the_profile_off() -> None:
