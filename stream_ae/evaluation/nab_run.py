@@ -92,7 +92,7 @@ class DetectorParams:
     kind: ModelKind = "predict"
     window: int = 32
     horizon: int = 4
-    hidden: int = 16
+    hidden: int = 32
     reverse: bool = False
     scaling: Literal["global", "stream"] = "global"
     epochs: int = 15
