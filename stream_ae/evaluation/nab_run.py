@@ -291,16 +291,16 @@ def stream_file(
         model_index=np.full(n, -1, dtype=np.int64),
         fit_rows=fit_rows,
     )
-    current: list[Scorer] = []
+    current: list[Scorer] = []  # the model in service; a refit replaces it between batches
+    # Alerts carry the event time of the batch in hand, not wall time: replays are reproducible.
+    batch_time_ms = [0]
     processor = StreamProcessor(
         InMemoryWindowStore(spec.window, spec.features),
         lambda: current[0],
         stride=1,
         policy=PolicyParams(),
-        # Alerts carry the event time of the batch, not wall time, so replays are reproducible.
-        clock_ms=lambda: clock_ms,
+        clock_ms=lambda: batch_time_ms[0],
     )
-    clock_ms = 0
     artifact: Artifact | None = None
     start = 0
     for k, (seen, end) in enumerate(zip(fit_rows, segment_ends, strict=True)):
@@ -320,7 +320,7 @@ def stream_file(
         stream_started = time.perf_counter()
         for lo in range(start, end, params.batch_events):
             batch = events[lo : min(lo + params.batch_events, end)]
-            clock_ms = batch[-1].ts_ms
+            batch_time_ms[0] = batch[-1].ts_ms
             outcome = processor.process(batch)
             processor.save(outcome.touched)
             rows = outcome.windows.end_offsets
