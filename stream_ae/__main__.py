@@ -1,3 +1,3 @@
-from stream_ae.cli import main
+from stream_ae.cli.app import main
 
 raise SystemExit(main())

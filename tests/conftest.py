@@ -3,13 +3,13 @@
 Fixtures (generic names, meant for every test module):
 
 ``broker`` (session)
-    A started :class:`stream_ae.devstack.BrokerProcess` (Tansu, in memory). Connect with
+    A started :class:`stream_ae_dev.devstack.BrokerProcess` (Tansu, in memory). Connect with
     ``broker.bootstrap_servers``. Topics and consumer groups live for the whole session:
     take topics from ``topic_factory`` and give each consumer a unique ``group_id``.
     Consumers joining a group: ``session_timeout_ms=6000`` (the join takes about half of it)
     and ``fetch_max_wait_ms=20`` (an empty fetch waits about half of it).
 ``redis_server`` (session)
-    A started :class:`stream_ae.devstack.RedisProcess` without persistence. Connect with
+    A started :class:`stream_ae_dev.devstack.RedisProcess` without persistence. Connect with
     ``redis_server.url``.
 ``redis_client`` (function)
     A ``redis.Redis`` on ``redis_server`` (replies are bytes), with the database flushed
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from stream_ae.devstack import (
+from stream_ae_dev.devstack import (
     BinaryNotFoundError,
     BrokerProcess,
     RedisProcess,

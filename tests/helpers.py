@@ -51,15 +51,15 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from stream_ae.core.records import Event, decode_event, encode_event
+from stream_ae.core.synthetic import SyntheticStream, make_stream
+from stream_ae.core.windowing import StreamState, decode_state, encode_state
 from stream_ae.errors import SchemaError
-from stream_ae.inference import Scorer
-from stream_ae.processor import PolicyParams, StreamProcessor
-from stream_ae.records import Event, decode_event, encode_event
+from stream_ae.io.window_store import InMemoryWindowStore
+from stream_ae.model.inference import Scorer
 from stream_ae.settings import ENV_PREFIX, Settings
-from stream_ae.synthetic import SyntheticStream, make_stream
-from stream_ae.window_store import InMemoryWindowStore
-from stream_ae.windowing import StreamState, decode_state, encode_state
-from stream_ae.worker import Worker
+from stream_ae.worker.loop import Worker
+from stream_ae.worker.processor import PolicyParams, StreamProcessor
 
 TINY_WINDOW = 16
 TINY_HIDDEN = 16
@@ -136,7 +136,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
 
 def _train_tiny_model(out_dir: Path) -> TinyModel:
-    from stream_ae.model import ModelSpec
+    from stream_ae.model.network import ModelSpec
     from training.fit import FitConfig, train_artifact
 
     streams = fleet()
@@ -153,7 +153,7 @@ def _train_tiny_model(out_dir: Path) -> TinyModel:
 @functools.cache
 def load_tiny_scorer(model: TinyModel) -> Scorer:
     """An in-process scorer of the tiny model (the worker's buckets, warmed up), loaded once."""
-    from stream_ae.artifacts import load_artifact
+    from stream_ae.model.artifacts import load_artifact
 
     scorer = Scorer(load_artifact(model.path), DEFAULT_BUCKETS)
     scorer.warm_up()
@@ -164,7 +164,7 @@ def live_messages(
     streams: Iterable[SyntheticStream], start: int = HISTORY_STEPS
 ) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) of every stream's events from step ``start`` on, interleaved in time."""
-    from stream_ae.producing import interleave
+    from stream_ae.io.producing import interleave
 
     for stream, ts_ms, values in interleave(list(streams), start=start):
         yield stream.encode(), encode_event(stream, ts_ms, values[0])
@@ -238,7 +238,7 @@ def running_worker(settings: Settings) -> Iterator[Worker]:
     On exit the worker is stopped (it finishes its batch, commits and closes) and joined; an
     exception raised on the worker thread is re-raised here.
     """
-    from stream_ae.runtime import build_worker
+    from stream_ae.worker.bootstrap import build_worker
 
     worker = build_worker(settings)
     failure: list[BaseException] = []
@@ -268,7 +268,7 @@ class WorkerProcess:
     """``python -m stream_ae worker`` with the given settings, as a child process."""
 
     def __init__(self, config: Mapping[str, Any], log_path: Path) -> None:
-        from stream_ae.devstack import find_free_port
+        from stream_ae_dev.devstack import find_free_port
 
         self.config = {**config, "metrics_port": find_free_port()}
         self.log_path = log_path
@@ -364,7 +364,7 @@ class PortGate:
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        from stream_ae.devstack import find_free_port
+        from stream_ae_dev.devstack import find_free_port
 
         self.target = (target_host, target_port)
         self.port = find_free_port()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_ae.artifacts import ARTIFACT_FORMAT, MANIFEST
-from stream_ae.model import ModelKind, ModelSpec
+from stream_ae.model.artifacts import ARTIFACT_FORMAT, MANIFEST
+from stream_ae.model.network import ModelKind, ModelSpec
 from training.data import Series
 from training.fit import FitConfig
 

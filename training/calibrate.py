@@ -1,6 +1,6 @@
 """Thresholds: fitting the error model globally or per stream, and saying how each was derived.
 
-The fitting itself is :func:`stream_ae.scoring.fit_calibration` (EncDec-AD's Gaussian error
+The fitting itself is :func:`stream_ae.core.scoring.fit_calibration` (EncDec-AD's Gaussian error
 model, a one-sided Mahalanobis distance, an empirical body and a generalised Pareto tail);
 this module decides *which* windows each calibration is fitted on and explains the result.
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_ae.artifacts import CalibrationSet
-from stream_ae.scoring import Calibration, ThresholdMethod, fit_calibration
+from stream_ae.core.scoring import Calibration, ThresholdMethod, fit_calibration
+from stream_ae.model.artifacts import CalibrationSet
 
 DEFAULT_MIN_STREAM_WINDOWS = 50
 

@@ -329,15 +329,15 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _artifact_dir(args: argparse.Namespace) -> Path:
-    from stream_ae.artifacts import resolve_artifact_dir
     from stream_ae.errors import ArtifactError
+    from stream_ae.model.artifacts import resolve_artifact_dir
 
     if args.artifact:
         return resolve_artifact_dir(args.artifact, _model_name(args))
     root, name = _registry_root(args), _model_name(args)
     if args.version:
         return root / name / args.version
-    from stream_ae.artifacts import read_champion
+    from stream_ae.model.artifacts import read_champion
 
     version = read_champion(root, name)
     if version is None:
@@ -346,7 +346,7 @@ def _artifact_dir(args: argparse.Namespace) -> Path:
 
 
 def _load_artifact(args: argparse.Namespace) -> Any:
-    from stream_ae.artifacts import load_artifact
+    from stream_ae.model.artifacts import load_artifact
 
     return load_artifact(_artifact_dir(args))
 
@@ -426,7 +426,7 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
 
 
 def _spec(args: argparse.Namespace, features: int, names: Sequence[str]) -> Any:
-    from stream_ae.model import ModelKind, ModelSpec
+    from stream_ae.model.network import ModelKind, ModelSpec
 
     kind = args.kind or "reconstruct"
     return ModelSpec(
@@ -522,7 +522,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from stream_ae.artifacts import load_artifact
+    from stream_ae.model.artifacts import load_artifact
     from training.fit import fit_series, save_fit
     from training.refit import RefitPlan, refit_once
 
@@ -584,7 +584,7 @@ def add_thresholds(parser: argparse.ArgumentParser) -> None:
 
 
 def run_thresholds(args: argparse.Namespace) -> int:
-    from stream_ae.artifacts import CalibrationSet, read_manifest
+    from stream_ae.model.artifacts import CalibrationSet, read_manifest
     from training.calibrate import describe_thresholds, format_thresholds
 
     directory = _artifact_dir(args)
@@ -643,7 +643,7 @@ def add_calibrate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from stream_ae.artifacts import save_artifact
+    from stream_ae.model.artifacts import save_artifact
     from training.calibrate import describe_thresholds, fit_calibration_set, format_thresholds
     from training.fit import all_windows, pad_side, run_model
 
@@ -796,7 +796,7 @@ def add_publish(parser: argparse.ArgumentParser) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from stream_ae.artifacts import load_artifact, read_manifest
+    from stream_ae.model.artifacts import load_artifact, read_manifest
     from training.gate import decide, evaluate_artifact
     from training.refit import labels_filter, load_champion
 

@@ -2,7 +2,8 @@
 
 Every source ends as a list of :class:`Series`: one stream's values in time order with their
 timestamps (and, from Kafka, their offsets). Windows are built later, by the worker's own
-windowing (:func:`stream_ae.windowing.series_windows`, through :mod:`training.fit`), never here.
+windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.fit`),
+never here.
 
 - CSV, one series per file: a time column and one or more value columns; the file's stem names
   the stream.
@@ -12,7 +13,8 @@ windowing (:func:`stream_ae.windowing.series_windows`, through :mod:`training.fi
   ``<category>/<name>.csv``, the key NAB's label files use, so labels attach directly.
 - A Kafka topic: every partition read from the earliest offset (or the first offset at or after
   a start time) up to the end offsets seen when the replay started, decoded with
-  :func:`stream_ae.records.decode_event` (invalid messages are counted by reason, not used), and
+  :func:`stream_ae.core.records.decode_event` (invalid messages are counted by reason, not
+  used), and
   bounded per stream to the newest ``max_events_per_stream`` events.
 
 Parsing errors raise :class:`DataSourceError` naming the file and line.
@@ -35,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from stream_ae.core.records import decode_event, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
-from stream_ae.records import decode_event, parse_ts
 
 log = logging.getLogger(__name__)
 

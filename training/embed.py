@@ -1,6 +1,6 @@
 """The encoder as an embedding model: export it alone, embed windows with it.
 
-The exported ``.keras`` file is :func:`stream_ae.model.encoder_of` the artifact's model: it
+The exported ``.keras`` file is :func:`stream_ae.model.network.encoder_of` the artifact's model: it
 maps *scaled* windows (N, window - horizon, F) to latent codes (N, D). Scaling stays with the
 artifact (``preprocessing.json``), so :func:`embed_series` scales with it first; a user of the
 bare encoder must apply the same scaling.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_ae.artifacts import Artifact
-from stream_ae.model import encoder_of, split_window
-from stream_ae.records import ms_to_iso
+from stream_ae.core.records import ms_to_iso
+from stream_ae.model.artifacts import Artifact
+from stream_ae.model.network import encoder_of, split_window
 from training.data import Series
 from training.fit import Windows, all_windows, pad_side, predict_verbosity, scale_windows
 

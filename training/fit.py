@@ -1,12 +1,13 @@
 """Fitting an autoencoder and calibrating its error: series in, artifact out.
 
-Windows come from :func:`stream_ae.windowing.series_windows` (the worker's own windowing), the
+Windows come from :func:`stream_ae.core.windowing.series_windows` (the worker's own windowing), the
 train/validation split is by time within each series (the last ``val_fraction`` of its windows
 validate; nothing is shuffled across the split), scaling is fitted on training data only, and
 the calibration on the held-out validation windows, which the model never trained on.
 
 Variable-length sequences: with ``spec.masking`` a series shorter than the window (but at least
-``config.min_length`` events) becomes one window padded with :data:`stream_ae.model.PAD_VALUE`.
+``config.min_length`` events) becomes one window padded with
+:data:`stream_ae.model.network.PAD_VALUE`.
 The Masking layer makes the encoder skip padded steps, and every padded target step gets weight
 0 in the loss (per-timestep sample weights with the ``mean_with_sample_weight`` reduction), so
 the loss is the mean squared error over real steps only. Padding goes where the real target
@@ -28,15 +29,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stream_ae.artifacts import CalibrationSet, Scaling, save_artifact
-from stream_ae.model import PAD_VALUE, ModelSpec, as_output_list, build_model, split_window
-from stream_ae.scoring import ThresholdMethod, window_errors
-from stream_ae.windowing import series_windows
+from stream_ae.core.scoring import ThresholdMethod, window_errors
+from stream_ae.core.windowing import series_windows
+from stream_ae.model.artifacts import CalibrationSet, Scaling, save_artifact
+from stream_ae.model.network import PAD_VALUE, ModelSpec, as_output_list, build_model, split_window
 from training.data import Series, as_series
 
 log = logging.getLogger(__name__)
 
-# The same floor as stream_ae.scoring.window_errors, so unpadded windows get identical errors.
+# The same floor as stream_ae.core.scoring.window_errors, so unpadded windows get identical errors.
 _LOG_EPS = 1e-10
 PadSide = Literal["pre", "post"]
 
@@ -384,7 +385,7 @@ def masked_window_errors(
     targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray | None
 ) -> np.ndarray:
     """Per-window, per-feature log-MSE over the real steps only (N, F); without weights this
-    is exactly :func:`stream_ae.scoring.window_errors`."""
+    is exactly :func:`stream_ae.core.scoring.window_errors`."""
     if weights is None:
         return window_errors(targets, outputs)[0]
     residual = np.asarray(targets, np.float64) - np.asarray(outputs, np.float64)
@@ -589,7 +590,7 @@ def save_fit(
     version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a fit as an artifact directory (see :mod:`stream_ae.artifacts`)."""
+    """Write a fit as an artifact directory (see :mod:`stream_ae.model.artifacts`)."""
     return save_artifact(
         out_dir,
         model=result.model,

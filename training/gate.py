@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_ae.artifacts import Artifact
+from stream_ae.model.artifacts import Artifact
 from training.calibrate import alert_rate
 from training.data import Series
 from training.fit import Windows, all_windows, pad_side, run_model

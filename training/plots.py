@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_ae.artifacts import Artifact
-from stream_ae.model import ModelSpec, encoder_of, split_window
+from stream_ae.model.artifacts import Artifact
+from stream_ae.model.network import ModelSpec, encoder_of, split_window
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
 from training.fit import (

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stream_ae.artifacts import Artifact, load_artifact
 from stream_ae.errors import StreamAEError
-from stream_ae.model import ModelSpec
+from stream_ae.model.artifacts import Artifact, load_artifact
+from stream_ae.model.network import ModelSpec
 from training.calibrate import scores_and_thresholds
 from training.data import Series, alert_spans, split_recent
 from training.fit import FitConfig, FitResult, Windows, fit_series, run_model, save_fit

@@ -3,7 +3,7 @@
 Layout under the registry root (the worker's ``STREAM_AE_MODEL_PATH``)::
 
     <name>/CHAMPION              one line: the champion's version (what workers load)
-    <name>/<version>/            an artifact (stream_ae.artifacts), immutable once there
+    <name>/<version>/            an artifact (stream_ae.model.artifacts), immutable once there
     <name>/decisions/<version>.json   status of a version: candidate, rejected (with the reason)
     <name>/HISTORY.jsonl         every champion change (promote, rollback), append-only
     <name>/.staging-*            a publish in progress; readers ignore it
@@ -36,14 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stream_ae.artifacts import (
+from stream_ae.errors import ArtifactError
+from stream_ae.model.artifacts import (
     CHAMPION_POINTER,
     MANIFEST,
     new_version,
     read_champion,
     read_manifest,
 )
-from stream_ae.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

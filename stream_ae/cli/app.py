@@ -1,0 +1,84 @@
+"""The ``stream-ae`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them together. Modules are imported lazily:
+``stream-ae --help`` does not load TensorFlow.
+
+The worker's own commands are listed in ``COMMANDS``. Commands that belong to packages above
+``stream_ae`` (the trainer's ``evaluate``, the development tools' ``dev-stack``, ``demo`` and
+``bench``) are plugged in through the ``stream_ae.commands`` entry-point group declared in
+``pyproject.toml``: ``stream_ae`` never imports them, so the dependencies point one way and the
+worker image, which does not ship the development tools, simply lacks those commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "worker": ("stream_ae.cli.worker", "run the streaming worker (long-lived)"),
+    "produce": ("stream_ae.cli.produce", "replay a CSV or synthetic streams to Kafka"),
+    "alerts": ("stream_ae.cli.alerts", "follow the alerts topic and print a table"),
+    "model": ("stream_ae.cli.model", "inspect artifacts and the models workers run"),
+}
+
+PLUGIN_GROUP = "stream_ae.commands"
+
+
+def plugin_commands() -> dict[str, tuple[str, str]]:
+    """Commands of installed packages above ``stream_ae``: name -> (module, one-line help).
+
+    An entry point names the command's module; the module's ``HELP`` is its one-line help.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in COMMANDS:
+            continue
+        found[ep.name] = (ep.module, _help_of(ep.module))
+    return found
+
+
+def _help_of(module_name: str) -> str:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return "(not installed here: needs a checkout with the development tools)"
+    return str(getattr(module, "HELP", "")) or (module.__doc__ or "").strip().splitlines()[0]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-ae",
+        description="Streaming anomaly detection on Kafka with LSTM autoencoders. "
+        "Settings come from STREAM_AE_* environment variables or .env (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in {**COMMANDS, **plugin_commands()}.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command_parser)
+            command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter is noise for a command-line user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Only the chosen command's module is imported (heavy ones pull in Keras).
+    names = set(COMMANDS) | {ep.name for ep in entry_points(group=PLUGIN_GROUP)}
+    chosen = next((a for a in args_list if a in names), None)
+    parser = build_parser(only=chosen)
+    args = parser.parse_args(args_list)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""``stream-ae model``: which model every worker runs, and what is inside an artifact.
+
+``stream-ae model status`` reads the workers' heartbeat keys in Redis
+(``<redis_key_prefix>:workers:<worker_id>``, written by :mod:`stream_ae.worker.swap` and expiring
+when a worker stops beating) and lists each live worker's model version, its swap and refusal
+counts, next to the champion the registry names.
+
+``stream-ae model show PATH`` prints an artifact's manifest (with an integrity check of every
+file), its model spec, its scaling and, for the global calibration and every per-stream one, the
+alert threshold and how it was derived. It reads JSON only: no TensorFlow start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stream_ae.errors import ArtifactError, StreamAEError
+
+# The fixed-width columns of ``model status``.
+_STATUS_COLUMNS = (
+    ("worker", 28),
+    ("group", 16),
+    ("model", 12),
+    ("version", 24),
+    ("swaps", 6),
+    ("failures", 8),
+    ("age_s", 6),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Inspect models: 'status' lists the model version of every live worker (from their "
+        "Redis heartbeats), 'show' prints what an artifact contains and how its thresholds "
+        "were derived. Unset options come from the STREAM_AE_* settings."
+    )
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    status = sub.add_parser(
+        "status",
+        help="the model version every live worker runs",
+        description="List every live worker's model, version, swaps and refusals, from the "
+        "heartbeat keys the workers refresh in Redis (a stopped worker's key expires). With a "
+        "registry, workers not on its champion are marked.",
+    )
+    status.add_argument(
+        "--redis-url",
+        help="Redis holding the heartbeats (default: STREAM_AE_REDIS_URL); credentials come "
+        "from STREAM_AE_REDIS_USERNAME/PASSWORD",
+    )
+    status.add_argument(
+        "--key-prefix",
+        help="key prefix the workers use (default: STREAM_AE_REDIS_KEY_PREFIX)",
+    )
+    status.add_argument(
+        "--group", help="only workers of this consumer group (default: every group)"
+    )
+    status.add_argument(
+        "--registry",
+        type=Path,
+        help="registry root whose champion is compared with each worker's version "
+        "(default: STREAM_AE_MODEL_PATH when it is a registry)",
+    )
+    status.add_argument("--name", help="model name in the registry (default: STREAM_AE_MODEL_NAME)")
+    status.add_argument(
+        "--json", action="store_true", help="print the heartbeats as a JSON list instead"
+    )
+
+    show = sub.add_parser(
+        "show",
+        help="an artifact's manifest, spec and threshold derivation",
+        description="Print an artifact's manifest (every file checked against its sha256), "
+        "model spec, scaling and calibrations: for each, the alert threshold and how it was "
+        "derived (method, level, distance, alert rate on normal data). Exit 1 if the artifact "
+        "is corrupt or incomplete.",
+    )
+    show.add_argument(
+        "path",
+        type=Path,
+        help="an artifact directory, or a registry root (then --version, or its champion)",
+    )
+    show.add_argument(
+        "--name",
+        help="model name when PATH is a registry root (default: STREAM_AE_MODEL_NAME)",
+    )
+    show.add_argument(
+        "--version", help="version when PATH is a registry root (default: the champion)"
+    )
+    show.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the sha256 check of the files (faster on large models)",
+    )
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.model_command == "status":
+            return _status(args)
+        return _show(args)
+    except StreamAEError as exc:
+        print(f"stream-ae model {args.model_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def read_heartbeats(client: Any, prefix: str, group: str | None = None) -> list[dict[str, Any]]:
+    """Every live worker's heartbeat (sorted by group, then worker), optionally of one group."""
+    from stream_ae.worker.swap import WORKERS_KEY
+
+    keys = sorted(client.scan_iter(match=f"{prefix}{WORKERS_KEY}*", count=500))
+    if not keys:
+        return []
+    beats: list[dict[str, Any]] = []
+    for key, raw in zip(keys, client.mget(keys), strict=True):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            beat = {"worker_id": _text(key), "error": "unreadable heartbeat"}
+        if group is None or beat.get("group") == group:
+            beats.append(beat)
+    return sorted(beats, key=lambda b: (str(b.get("group")), str(b.get("worker_id"))))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from stream_ae.io.window_store import connect_redis
+    from stream_ae.model.artifacts import read_champion
+    from stream_ae.settings import load_settings
+
+    overrides = {"redis_url": args.redis_url} if args.redis_url else {}
+    settings = load_settings(overrides)
+    prefix = args.key_prefix or settings.redis_key_prefix
+    name = args.name or settings.model_name
+    registry = args.registry or settings.model_path
+    champion = read_champion(registry, name) if registry is not None else None
+    client = connect_redis(settings)
+    try:
+        beats = read_heartbeats(client, prefix, args.group)
+    except Exception as exc:
+        print(f"stream-ae model status: cannot read {settings.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(beats, indent=2, sort_keys=True))
+        return 0
+    if champion is not None:
+        print(f"registry {registry}: champion of {name} is {champion}")
+    if not beats:
+        scope = f" in group {args.group}" if args.group else ""
+        print(f"no live workers{scope} (no {prefix}:workers:* heartbeat keys)")
+        return 0
+    print("  ".join(title.ljust(width) for title, width in _STATUS_COLUMNS) + "  note")
+    now = datetime.now(UTC)
+    for beat in beats:
+        row = [
+            beat.get("worker_id"),
+            beat.get("group"),
+            beat.get("model"),
+            beat.get("version"),
+            beat.get("swaps"),
+            beat.get("failures"),
+            _age_s(beat.get("updated_at"), now),
+        ]
+        line = "  ".join(
+            str("-" if v is None else v).ljust(w)
+            for v, (_, w) in zip(row, _STATUS_COLUMNS, strict=True)
+        )
+        print(f"{line}  {_note(beat, champion)}".rstrip())
+    versions = {b.get("version") for b in beats}
+    summary = f"{len(beats)} worker(s), {len(versions)} version(s)"
+    if champion is not None:
+        behind = sum(1 for b in beats if b.get("version") != champion)
+        summary += f", {behind} not on the champion"
+    print(summary)
+    return 0
+
+
+def _note(beat: dict[str, Any], champion: str | None) -> str:
+    notes = []
+    if beat.get("error"):
+        notes.append(str(beat["error"]))
+    refused = beat.get("refused")
+    if isinstance(refused, dict):
+        notes.append(f"refused {refused.get('version')} ({refused.get('result')})")
+    if champion is not None and beat.get("version") not in (None, champion):
+        notes.append("not on the champion")
+    return "; ".join(notes)
+
+
+def _age_s(updated_at: Any, now: datetime) -> str:
+    try:
+        then = datetime.fromisoformat(str(updated_at))
+    except ValueError:
+        return "?"
+    return f"{(now - then).total_seconds():.0f}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- show ----------------------------------------------------------------------------------
+
+
+def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """What ``model show`` prints, as a dict: manifest, integrity, spec, scaling,
+    calibrations (threshold and derivation of each) and metrics. Raises
+    :class:`ArtifactError` when the artifact is incomplete or (``verify``) corrupt."""
+    from stream_ae.model.artifacts import read_metadata
+
+    manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=verify)
+    calibrations = {"default": calibration.default, **calibration.per_stream}
+    return {
+        "path": str(directory),
+        "integrity": "verified" if verify else "not checked",
+        "manifest": manifest,
+        "spec": spec.to_dict(),
+        "scaling": scaling.to_dict(),
+        "calibration": {
+            key: {
+                "method": cal.method,
+                "threshold": cal.threshold,
+                "threshold_distance": cal.details.get("threshold_distance"),
+                "level": cal.details.get("level"),
+                "normal_alert_rate": cal.details.get("normal_alert_rate"),
+                "windows": cal.details.get("windows"),
+                "how": cal.details.get("how", "no derivation recorded"),
+                "tail": {
+                    "start": cal.tail_start,
+                    "prob": cal.tail_prob,
+                    "shape": cal.tail_shape,
+                    "scale": cal.tail_scale,
+                },
+            }
+            for key, cal in calibrations.items()
+        },
+        "metrics": metrics,
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    from stream_ae.model.artifacts import MANIFEST, read_champion
+
+    directory = Path(args.path)
+    if args.version or not (directory / MANIFEST).is_file():
+        # A registry root: the named version, or the one its champion pointer names.
+        name = args.name
+        if name is None:
+            from stream_ae.settings import load_settings
+
+            name = load_settings().model_name
+        version = args.version or read_champion(directory, name)
+        if version is None:
+            print(
+                f"stream-ae model show: {directory} is neither an artifact nor a registry with "
+                f"a champion for model {name!r}",
+                file=sys.stderr,
+            )
+            return 1
+        directory = directory / name / version
+    try:
+        info = describe_artifact(directory, verify=not args.no_verify)
+    except ArtifactError as exc:
+        print(f"stream-ae model show: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+    else:
+        print(format_description(info))
+    return 0
+
+
+def format_description(info: dict[str, Any]) -> str:
+    """The human-readable text of :func:`describe_artifact`'s dict."""
+    manifest, spec, scaling = info["manifest"], info["spec"], info["scaling"]
+    lines = [
+        f"artifact   {info['path']}",
+        f"model      {manifest.get('name')} version {manifest.get('version')}",
+        f"created    {manifest.get('created_at')} (keras {manifest.get('keras_version')}, "
+        f"format {manifest.get('format')})",
+        f"integrity  {info['integrity']}: {len(manifest.get('files', {}))} files, sha256 each",
+    ]
+    for fname, digest in sorted(manifest.get("files", {}).items()):
+        lines.append(f"             {fname:<20} {digest[:16]}...")
+    lines.append("spec")
+    for key, value in spec.items():
+        lines.append(f"  {key:<14} {value}")
+    lines.append(
+        f"scaling    {scaling['mode']}: mean {_floats(scaling['mean'])}, "
+        f"std {_floats(scaling['std'])}"
+    )
+    lines.append("calibration (a window's score: the CDF of its error distance on normal data)")
+    for key, cal in info["calibration"].items():
+        lines.append(
+            f"  [{key}] threshold {cal['threshold']:.6g} on the score, method {cal['method']}"
+        )
+        lines.append(f"      how: {cal['how']}")
+        if cal["threshold_distance"] is not None:
+            lines.append(
+                f"      = distance {cal['threshold_distance']:.6g}; level {cal['level']}; "
+                f"{cal['windows']} normal windows, of which "
+                f"{100 * (cal['normal_alert_rate'] or 0):.3f}% exceed it"
+            )
+        tail = cal["tail"]
+        lines.append(
+            f"      tail: GPD above distance {tail['start']:.4g} (P={tail['prob']:.3g}), "
+            f"xi={tail['shape']:.3f}, sigma={tail['scale']:.4g}"
+        )
+    if info["metrics"]:
+        lines.append("metrics")
+        for key, value in sorted(info["metrics"].items()):
+            text = json.dumps(value, default=str)
+            lines.append(f"  {key:<14} {text if len(text) <= 80 else text[:77] + '...'}")
+    return "\n".join(lines)
+
+
+def _floats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"

@@ -1,1 +1,0 @@
-"""Subcommands of the stream-ae CLI, one module each."""

@@ -1,0 +1,299 @@
+"""Model artifacts: what the trainer publishes and the worker loads.
+
+An artifact is a directory::
+
+    model.keras          the Keras model (loaded with safe_mode=True: no arbitrary code)
+    spec.json            the ModelSpec
+    preprocessing.json   the Scaling
+    calibration.json     the CalibrationSet (global error model and per-stream overrides)
+    metrics.json         training metrics (free-form)
+    manifest.json        name, version, sha256 of every file above; written last
+
+A registry root holds ``<name>/<version>/`` artifacts and a ``<name>/CHAMPION`` pointer (one
+line: the version) that workers follow; :func:`resolve_artifact_dir` accepts either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from stream_ae.core.scoring import Calibration
+from stream_ae.errors import ArtifactError
+from stream_ae.model.network import ModelSpec
+
+ARTIFACT_FORMAT = "stream-ae.artifact/v1"
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.keras"
+CHAMPION_POINTER = "CHAMPION"
+_JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How raw values are scaled before the model sees them.
+
+    ``global``: ``(x - mean) / std`` with constants fitted on the training data.
+    ``stream``: each stream by its own running mean/std at the window's last event (kept in
+    the window state), so streams of different levels share one model.
+    """
+
+    mode: Literal["global", "stream"] = "global"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def apply(
+        self,
+        windows: np.ndarray,
+        stat_mean: np.ndarray | None = None,
+        stat_std: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scale raw windows (N, W, F); ``stat_*`` (N, F) are the running stats per window."""
+        if self.mode == "stream":
+            if stat_mean is None or stat_std is None:
+                raise ValueError("stream scaling needs the running statistics of each window")
+            mean, std = stat_mean[:, None, :], stat_std[:, None, :]
+        else:
+            mean, std = np.asarray(self.mean), np.asarray(self.std)
+        return ((windows - mean) / std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scaling:
+        return cls(data["mode"], tuple(data["mean"]), tuple(data["std"]))
+
+    @classmethod
+    def fit(cls, values: np.ndarray, mode: Literal["global", "stream"] = "global") -> Scaling:
+        """Fit global constants on training values (T, F); ``stream`` keeps them as fallback."""
+        values = np.asarray(values, dtype=np.float64).reshape(-1, np.shape(values)[-1])
+        std = np.maximum(values.std(axis=0), 1e-6)
+        return cls(mode, tuple(values.mean(axis=0).tolist()), tuple(std.tolist()))
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The global calibration and optional per-stream ones (streams differ in baseline)."""
+
+    default: Calibration
+    per_stream: dict[str, Calibration] = field(default_factory=dict)
+
+    def for_stream(self, stream: str) -> Calibration:
+        return self.per_stream.get(stream, self.default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "default": self.default.to_dict(),
+            "per_stream": {name: cal.to_dict() for name, cal in self.per_stream.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationSet:
+        return cls(
+            Calibration.from_dict(data["default"]),
+            {name: Calibration.from_dict(c) for name, c in data.get("per_stream", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded, verified artifact."""
+
+    name: str
+    version: str
+    path: Path
+    spec: ModelSpec
+    scaling: Scaling
+    calibration: CalibrationSet
+    metrics: dict[str, Any]
+    model: Any  # keras.Model
+    manifest: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def new_version() -> str:
+    """A sortable version string: UTC time to the microsecond."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def save_artifact(
+    directory: Path,
+    *,
+    model: Any,
+    spec: ModelSpec,
+    scaling: Scaling,
+    calibration: CalibrationSet,
+    name: str,
+    version: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write an artifact into ``directory`` (created; must be empty). The manifest, with the
+    sha256 of every file, is written last, so a directory without one is incomplete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise ArtifactError(f"artifact directory {directory} is not empty")
+    version = version or new_version()
+    model.save(directory / MODEL_FILE)
+    _write_json(directory / "spec.json", spec.to_dict())
+    _write_json(directory / "preprocessing.json", scaling.to_dict())
+    _write_json(directory / "calibration.json", calibration.to_dict())
+    _write_json(directory / "metrics.json", metrics or {})
+    import keras
+
+    files = {fname: sha256_file(directory / fname) for fname in (MODEL_FILE, *_JSON_FILES)}
+    _write_json(
+        directory / MANIFEST,
+        {
+            "format": ARTIFACT_FORMAT,
+            "name": name,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+            "keras_version": keras.__version__,
+            "window": spec.window,
+            "features": list(spec.feature_names),
+            "kind": spec.kind,
+            "files": files,
+        },
+    )
+    return directory
+
+
+def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest of an artifact, after checking every file's sha256 (``verify``)."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{directory}: no {MANIFEST} (not an artifact, or incomplete)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest: {exc}") from None
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(
+            f"{path}: format {manifest.get('format')!r}, expected {ARTIFACT_FORMAT}"
+        )
+    if verify:
+        for fname, expected in manifest.get("files", {}).items():
+            file_path = Path(directory) / fname
+            if not file_path.is_file():
+                raise ArtifactError(f"{directory}: {fname} is missing")
+            actual = sha256_file(file_path)
+            if actual != expected:
+                raise ArtifactError(
+                    f"{directory}: {fname} is corrupt (sha256 {actual[:12]}..., "
+                    f"manifest says {expected[:12]}...)"
+                )
+    return manifest
+
+
+def read_champion(registry_root: Path, name: str) -> str | None:
+    """The champion version the registry pointer names, or None."""
+    pointer = Path(registry_root) / name / CHAMPION_POINTER
+    try:
+        return pointer.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def resolve_artifact_dir(model_path: Path, model_name: str) -> Path:
+    """``model_path`` itself if it is an artifact, else the champion of ``model_name`` in the
+    registry rooted there."""
+    model_path = Path(model_path)
+    if (model_path / MANIFEST).is_file():
+        return model_path
+    version = read_champion(model_path, model_name)
+    if version is None:
+        raise ArtifactError(
+            f"{model_path} is neither an artifact (no {MANIFEST}) nor a registry with a "
+            f"champion for model {model_name!r} (no {model_name}/{CHAMPION_POINTER})"
+        )
+    return model_path / model_name / version
+
+
+def read_metadata(
+    directory: Path, verify: bool = True
+) -> tuple[dict[str, Any], ModelSpec, Scaling, CalibrationSet, dict[str, Any]]:
+    """Everything of an artifact but the model: manifest (files checked when ``verify``), spec,
+    scaling, calibration and metrics. Cheap: TensorFlow is not needed."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, verify=verify)
+    try:
+        spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
+        scaling = Scaling.from_dict(json.loads((directory / "preprocessing.json").read_text()))
+        calibration = CalibrationSet.from_dict(
+            json.loads((directory / "calibration.json").read_text())
+        )
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{directory}: invalid artifact metadata: {exc}") from None
+    return manifest, spec, scaling, calibration, metrics
+
+
+def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
+    """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
+
+    ``expect``: the running model's spec; the new one must have the same window and features
+    (a different shape would need new window states, see docs/operations.md).
+    """
+    directory = Path(directory)
+    manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
+    if expect is not None and (
+        spec.window != expect.window or spec.feature_names != expect.feature_names
+    ):
+        raise ArtifactError(
+            f"{directory}: window {spec.window} x {list(spec.feature_names)} differs from the "
+            f"running model's {expect.window} x {list(expect.feature_names)}"
+        )
+    if len(scaling.mean) != spec.features or calibration.default.error_mean.shape != (
+        spec.features,
+    ):
+        raise ArtifactError(
+            f"{directory}: scaling/calibration do not match {spec.features} features"
+        )
+    import keras
+
+    try:
+        model = keras.saving.load_model(directory / MODEL_FILE, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises many types for a bad file
+        raise ArtifactError(f"{directory}: cannot load {MODEL_FILE}: {exc}") from None
+    expected_input = (None, spec.input_steps, spec.features)
+    if tuple(model.input_shape) != expected_input:
+        raise ArtifactError(
+            f"{directory}: model input {tuple(model.input_shape)} does not match the spec's "
+            f"{expected_input}"
+        )
+    return Artifact(
+        name=str(manifest["name"]),
+        version=str(manifest["version"]),
+        path=directory,
+        spec=spec,
+        scaling=scaling,
+        calibration=calibration,
+        metrics=metrics,
+        model=model,
+        manifest=manifest,
+    )

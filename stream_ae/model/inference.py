@@ -1,0 +1,117 @@
+"""The model runtime: one call of the autoencoder per batch of windows, bucketed.
+
+Windows are padded up to the next of a few fixed batch sizes (``buckets``), so a compiled
+graph is reused instead of retraced for every new batch size; batches larger than the largest
+bucket are cut into chunks of it. Everything after the model call is pure numpy
+(:mod:`stream_ae.core.scoring`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_ae.core.scoring import WindowScores, score_windows
+from stream_ae.model.artifacts import Artifact
+from stream_ae.model.network import as_output_list, split_window
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scores of a batch of windows plus the model's version and the time its call took."""
+
+    scores: WindowScores
+    thresholds: np.ndarray  # (N,) the alert threshold of each window's calibration
+    model_version: str
+    model_latency_s: float
+
+
+class Scorer:
+    """Scores windows with one artifact. Thread-safe for one caller at a time per instance."""
+
+    def __init__(self, artifact: Artifact, buckets: Sequence[int] = (32, 128, 512, 2048)) -> None:
+        self.artifact = artifact
+        self.buckets = tuple(sorted(set(buckets)))
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    def bucket_for(self, n: int) -> int:
+        """The padded batch size for ``n`` windows."""
+        for size in self.buckets:
+            if n <= size:
+                return size
+        return self.buckets[-1]
+
+    def predict(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """The model's output(s) for scaled inputs (N, T, F), in bucket-sized calls."""
+        n = len(inputs)
+        outputs: list[list[np.ndarray]] = []
+        largest = self.buckets[-1]
+        with self._lock:
+            for start in range(0, max(n, 1), largest):
+                chunk = inputs[start : start + largest]
+                size = self.bucket_for(len(chunk))
+                padded = np.zeros((size, *inputs.shape[1:]), dtype=np.float32)
+                padded[: len(chunk)] = chunk
+                result = as_output_list(self.artifact.model.predict_on_batch(padded))
+                outputs.append([r[: len(chunk)] for r in result])
+        return [np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0]))]
+
+    def warm_up(self) -> None:
+        """Call the model once at every bucket size so the first real batch is not slow."""
+        spec = self.artifact.spec
+        for size in self.buckets:
+            self.predict(np.zeros((size, spec.input_steps, spec.features), dtype=np.float32))
+
+    def score(
+        self,
+        windows: np.ndarray,
+        streams: Sequence[str],
+        stat_mean: np.ndarray | None = None,
+        stat_std: np.ndarray | None = None,
+    ) -> ScoredBatch:
+        """Score raw windows (N, W, F) of the given streams: one model call for the batch."""
+        artifact = self.artifact
+        scaled = artifact.scaling.apply(windows, stat_mean, stat_std)
+        inputs, targets = split_window(artifact.spec, scaled)
+        started = time.perf_counter()
+        outputs = self.predict(inputs) if len(inputs) else [np.zeros_like(t) for t in targets]
+        latency = time.perf_counter() - started
+        target = np.concatenate(targets, axis=1)
+        output = np.concatenate(outputs, axis=1)
+        calibrations = artifact.calibration
+        if not calibrations.per_stream:
+            scores = score_windows(calibrations.default, target, output)
+            thresholds = np.full(len(windows), calibrations.default.threshold)
+        else:
+            scores, thresholds = self._score_per_stream(streams, target, output)
+        return ScoredBatch(scores, thresholds, artifact.version, latency)
+
+    def _score_per_stream(
+        self, streams: Sequence[str], target: np.ndarray, output: np.ndarray
+    ) -> tuple[WindowScores, np.ndarray]:
+        calibrations = self.artifact.calibration
+        n, features = len(streams), target.shape[2]
+        distances, scores = np.zeros(n), np.zeros(n)
+        contributions, directions = np.zeros((n, features)), np.zeros((n, features), dtype=int)
+        thresholds = np.zeros(n)
+        names = np.asarray(streams, dtype=object)
+        for key in {s if s in calibrations.per_stream else None for s in streams}:
+            rows = (
+                np.flatnonzero(names == key)
+                if key is not None
+                else np.flatnonzero([s not in calibrations.per_stream for s in streams])
+            )
+            calibration = calibrations.for_stream(key) if key else calibrations.default
+            part = score_windows(calibration, target[rows], output[rows])
+            distances[rows], scores[rows] = part.distances, part.scores
+            contributions[rows], directions[rows] = part.contributions, part.directions
+            thresholds[rows] = calibration.threshold
+        return WindowScores(distances, scores, contributions, directions), thresholds

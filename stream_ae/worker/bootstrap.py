@@ -1,0 +1,117 @@
+"""Assembling a worker from settings: the only place that wires Kafka, Redis and the model.
+
+Start-up waits (with backoff and a clear log line) for Redis and the broker instead of
+crashing, so a worker started alongside its dependencies simply comes up when they do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from stream_ae.errors import ArtifactError, BrokerError, StoreError
+from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
+from stream_ae.io.window_store import RedisWindowStore
+from stream_ae.logs import fields
+from stream_ae.model.artifacts import load_artifact, resolve_artifact_dir
+from stream_ae.model.inference import Scorer
+from stream_ae.settings import Settings
+from stream_ae.worker.loop import ModelSource, StaticModel, Worker
+from stream_ae.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def retry_until_up(
+    what: str, connect: Callable[[], T], settings: Settings, stop: threading.Event | None = None
+) -> T:
+    """Call ``connect`` until it succeeds, backing off up to ``retry_backoff_max_s``."""
+    backoff = 0.5
+    while True:
+        try:
+            return connect()
+        except (StoreError, BrokerError, OSError) as exc:
+            log.error(
+                f"{what} unavailable, retrying", extra=fields(error=str(exc), backoff_s=backoff)
+            )
+        except Exception as exc:  # redis/kafka client errors of many types
+            if type(exc).__module__.split(".")[0] not in ("redis", "kafka"):
+                raise
+            log.error(
+                f"{what} unavailable, retrying", extra=fields(error=str(exc), backoff_s=backoff)
+            )
+        if stop is not None and stop.wait(backoff):
+            raise KeyboardInterrupt
+        if stop is None:
+            time.sleep(backoff)
+        backoff = min(backoff * 2, settings.retry_backoff_max_s)
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """The artifact named by the settings (an artifact dir, or a registry's champion)."""
+    directory = resolve_artifact_dir(settings.model_path, settings.model_name)
+    artifact = load_artifact(directory)
+    if settings.window_size is not None and settings.window_size != artifact.spec.window:
+        from stream_ae.errors import ConfigError
+
+        raise ConfigError(
+            f"window_size {settings.window_size} differs from the model's window "
+            f"{artifact.spec.window} ({directory})"
+        )
+    scorer = Scorer(artifact, settings.batch_buckets)
+    scorer.warm_up()
+    return scorer
+
+
+def build_model_source(settings: Settings, scorer: Scorer, metrics: WorkerMetrics) -> ModelSource:
+    """A hot-swapping model source when the hot-swap module is available, else a static one."""
+    try:
+        from stream_ae.worker.swap import ModelManager
+    except ImportError:
+        return StaticModel(scorer)
+    return ModelManager(settings, scorer, metrics)
+
+
+def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
+    """Load the model, waiting (alive, not ready) while the registry has none yet or the
+    artifact is unreadable: a worker deployed before the first training run comes up when it
+    is published instead of crash-looping."""
+    backoff = 1.0
+    while True:
+        metrics.heartbeat()
+        try:
+            return load_scorer(settings)
+        except ArtifactError as exc:
+            log.error("no usable model yet, waiting", extra=fields(error=str(exc), retry_s=backoff))
+        time.sleep(backoff)
+        backoff = min(backoff * 2, settings.model_poll_interval_s)
+
+
+def build_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Worker:
+    metrics = metrics or WorkerMetrics()
+    scorer = wait_for_model(settings, metrics)
+    metrics.set_model(scorer.artifact.name, scorer.version)
+    spec = scorer.artifact.spec
+    store = retry_until_up(
+        "Redis",
+        lambda: RedisWindowStore.from_settings(settings, spec.window, spec.features),
+        settings,
+    )
+    producer = retry_until_up(
+        "Kafka producer", lambda: TrackedProducer(make_producer(settings)), settings
+    )
+    consumer = retry_until_up("Kafka consumer", lambda: make_consumer(settings), settings)
+    worker = Worker(
+        settings,
+        consumer=consumer,
+        producer=producer,
+        store=store,
+        model=build_model_source(settings, scorer, metrics),
+        metrics=metrics,
+    )
+    worker.subscribe()
+    return worker

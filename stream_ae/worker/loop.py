@@ -1,0 +1,415 @@
+"""The long-lived Kafka worker: the poll-batch protocol.
+
+One batch, in this order (:meth:`Worker.run_batch`):
+
+1. **Poll** at most ``max_records`` events, waiting at most ``max_batch_wait_ms``: bounded in
+   count and in time, so one batch never nears ``max_poll_interval_ms``.
+2. **Decode and validate**; each bad message is sent to the dead-letter topic with its reason.
+   Before anything is written, so a bad message can never block the good ones.
+3. **Load** the states of the batch's streams that are not cached: one Redis round trip.
+4. **Append** events in offset order, skipping offsets at or below the stored last applied one:
+   after a crash, events already applied are replayed by Kafka and must change nothing.
+5. **Score** every completed window of the batch in one model call (padded to a bucket size).
+6. **Alert policy**, then produce the alerts and **flush** the producer (alerts and dead
+   letters). Before the state write: if we crash after the flush, the replay finds the old
+   state, recomputes the same windows and re-sends the same alert ids (duplicates are allowed,
+   losses are not). Had the state been written first, a crash would lose those alerts.
+7. **Write** the touched states back, fenced, in one pipelined round trip. Before the commit:
+   a crash between 7 and 8 replays events that the fence then skips.
+8. **Commit** the offsets consumed. Last: committing earlier would lose the batch on a crash.
+
+No step depends on the broker's commit semantics: correctness comes from the fenced, offset-
+stamped state (a replay is a no-op), so it holds on brokers without transactions or fenced
+commits. Any failure in 3-8 (Redis or Kafka away) rewinds the consumer to the batch's first
+offsets, drops the batch's cached states and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Protocol
+
+import orjson
+
+from stream_ae.core.records import Event, dead_letter_headers, decode_event
+from stream_ae.errors import BrokerError, SchemaError, StoreError
+from stream_ae.io.kafka import TrackedProducer
+from stream_ae.io.window_store import WindowStore
+from stream_ae.logs import fields
+from stream_ae.model.inference import Scorer
+from stream_ae.settings import Settings
+from stream_ae.worker.metrics import WorkerMetrics
+from stream_ae.worker.processor import PolicyParams, StreamProcessor
+
+log = logging.getLogger(__name__)
+
+
+class ModelSource(Protocol):
+    """Where the worker gets its scorer; ``between_batches`` is the only point a hot-swap
+    may take effect, so a batch is always scored by one model."""
+
+    def current(self) -> Scorer: ...
+
+    def between_batches(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StaticModel:
+    """A model that never changes."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def current(self) -> Scorer:
+        return self.scorer
+
+    def between_batches(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class BatchStats:
+    consumed: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    windows: int = 0
+    alerts: int = 0
+    seconds: float = 0.0
+
+
+class Worker:
+    """Consumes, scores and alerts until :meth:`stop` (or SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: Any,
+        producer: TrackedProducer,
+        store: WindowStore,
+        model: ModelSource,
+        metrics: WorkerMetrics | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.model = model
+        self.metrics = metrics or WorkerMetrics()
+        self.processor = StreamProcessor(
+            store,
+            model.current,
+            stride=settings.stride,
+            policy=PolicyParams(
+                threshold=settings.threshold,
+                resolve_ratio=settings.resolve_ratio,
+                open_after=settings.open_after_windows,
+                resolve_after=settings.resolve_after_windows,
+                cooldown=settings.cooldown_windows,
+            ),
+            clock_ms=clock_ms or (lambda: int(time.time() * 1000)),
+        )
+        self.max_records = settings.max_poll_records
+        self.totals = BatchStats()
+        self._stop = threading.Event()
+        self._backoff_s = 0.0
+        self._assigned: set[Any] = set()
+        self._fatal: str | None = None
+        self._rebalance_lock = threading.Lock()
+        self._revoked_pending: set[Any] = set()
+        self._assigned_pending: set[Any] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        worker = self
+
+        class Listener(ConsumerRebalanceListener):
+            # kafka-python 3 calls these on its background IO thread, possibly in the middle of
+            # a batch, and blocking client calls are forbidden there: only note the change.
+            # The poll thread applies it between batches (_apply_rebalance), so a revoked
+            # partition's cached states are dropped after its batch was committed.
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                with worker._rebalance_lock:
+                    worker._revoked_pending |= set(revoked)
+                    worker._assigned -= set(revoked)
+                log.info("partitions revoked", extra=fields(partitions=_tps(revoked)))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                with worker._rebalance_lock:
+                    worker._assigned_pending |= set(assigned)
+                    worker._assigned |= set(assigned)  # states load lazily, on first event
+                worker.metrics.ready = bool(worker._assigned)
+                log.info("partitions assigned", extra=fields(partitions=_tps(assigned)))
+
+        self.consumer.subscribe(self.settings.input_topics, listener=Listener())
+
+    def _apply_rebalance(self) -> None:
+        """Apply partition changes noted by the listener, on the poll thread, between batches."""
+        with self._rebalance_lock:
+            revoked, self._revoked_pending = self._revoked_pending, set()
+            assigned, self._assigned_pending = self._assigned_pending, set()
+        if revoked:
+            for tp in revoked:  # another worker reports its lag now; a stale series would alert
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            dropped = self.processor.forget_partitions((tp.topic, tp.partition) for tp in revoked)
+            log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
+        if assigned:
+            self._check_committed(assigned)
+
+    def _check_committed(self, assigned: Any) -> None:
+        """Say loudly when a committed offset is out of the log's range: Kafka would reset it
+        by ``auto_offset_reset`` silently; with ``error`` the worker stops instead."""
+        try:
+            tps = list(assigned)
+            begin = self.consumer.beginning_offsets(tps)
+            end = self.consumer.end_offsets(tps)
+            for tp in tps:
+                committed = self.consumer.committed(tp)
+                if committed is None or begin[tp] <= committed <= end[tp]:
+                    continue
+                policy = self.settings.auto_offset_reset
+                message = (
+                    f"committed offset {committed} of {tp.topic}:{tp.partition} is outside the "
+                    f"log [{begin[tp]}, {end[tp]}]"
+                )
+                if policy == "error":
+                    self._fatal = message + " and auto_offset_reset is 'error'"
+                    self.stop()
+                log.warning(message + f"; resetting per auto_offset_reset={policy!r}")
+        except Exception as exc:  # a metadata hiccup must not break the rebalance
+            log.warning("could not check committed offsets", extra=fields(error=str(exc)))
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal received, finishing the current batch", extra=fields(signal=signum))
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, max_batches: int | None = None) -> int:
+        """Poll batches until stopped; then commit (done per batch), close and return 0."""
+        batches = 0
+        try:
+            while not self._stop.is_set() and (max_batches is None or batches < max_batches):
+                self.model.between_batches()
+                self.run_batch()
+                batches += 1
+        finally:
+            self.close()
+        if self._fatal:
+            log.error(self._fatal)
+            return 1
+        return 0
+
+    def close(self) -> None:
+        self.metrics.ready = False
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("consumer close failed: %s", exc)
+        self.producer.close()
+        self.model.close()
+        log.info("worker stopped", extra=fields(**self.totals.__dict__))
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def run_batch(self) -> BatchStats:
+        """One pass of the poll-batch protocol (see the module docstring)."""
+        self.metrics.heartbeat()
+        self._apply_rebalance()
+        # 1. Poll: bounded in count (max_records) and in wait (max_batch_wait_ms).
+        polled = self.consumer.poll(
+            timeout_ms=self.settings.max_batch_wait_ms, max_records=self.max_records
+        )
+        messages = [m for tp_messages in polled.values() for m in tp_messages]
+        self._apply_rebalance()  # a rebalance during the poll: drop stale states before use
+        stats = BatchStats(consumed=len(messages))
+        if not messages:
+            return stats
+        started = time.perf_counter()
+        try:
+            # 2. Decode; bad messages to the dead-letter topic (sent now, flushed in step 6).
+            events = self._decode(messages, stats)
+            # 3.-6. Load, append, score, alert policy.
+            outcome = self.processor.process(events)
+            for alert in outcome.alerts:
+                self.producer.send(
+                    self.settings.alerts_topic,
+                    orjson.dumps(alert),
+                    key=alert["stream"].encode(),
+                )
+            # 6. Flush alerts and dead letters: all acknowledged before the state moves on.
+            self.producer.flush(timeout_s=30.0)
+            # 7. Write the touched states, fenced, one round trip.
+            refused = self.processor.save(outcome.touched)
+            if refused:
+                self.metrics.fenced_refused.inc(len(refused))
+                log.warning(
+                    "fenced writes refused: another worker is ahead on these streams",
+                    extra=fields(streams=refused[:10], count=len(refused)),
+                )
+            # 8. Commit what was consumed.
+            self._commit(messages)
+        except (StoreError, BrokerError) as exc:
+            self._recover(messages, exc)
+            return stats
+        self._backoff_s = 0.0
+        stats.applied, stats.skipped = outcome.events_applied, outcome.events_skipped
+        stats.windows, stats.alerts = len(outcome.windows.scores), len(outcome.alerts)
+        stats.seconds = time.perf_counter() - started
+        self._account(stats, outcome.alerts, outcome.model_latency_s)
+        self._adapt_batch_size(stats.seconds)
+        return stats
+
+    def _decode(self, messages: list[Any], stats: BatchStats) -> list[Event]:
+        spec = self.model.current().artifact.spec
+        events: list[Event] = []
+        for m in messages:
+            try:
+                events.append(
+                    decode_event(
+                        m.key,
+                        m.value,
+                        topic=m.topic,
+                        partition=m.partition,
+                        offset=m.offset,
+                        feature_names=spec.feature_names,
+                        max_bytes=self.settings.max_message_bytes,
+                    )
+                )
+            except SchemaError as exc:
+                stats.dead_lettered += 1
+                self.metrics.dlq.labels(reason=exc.reason).inc()
+                self.producer.send(
+                    self.settings.dlq_topic,
+                    m.value,
+                    key=m.key,
+                    headers=dead_letter_headers(
+                        exc.reason, exc.detail, m.topic, m.partition, m.offset
+                    ),
+                )
+        return events
+
+    def _commit(self, messages: list[Any]) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        last: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            last[tp] = max(last.get(tp, -1), m.offset)
+        offsets = {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
+        try:
+            self.consumer.commit(offsets=offsets)
+        except Exception as exc:
+            # A failed commit loses nothing: the replay is skipped by the fenced state.
+            raise BrokerError(f"offset commit failed: {exc}") from exc
+
+    def _recover(self, messages: list[Any], exc: Exception) -> None:
+        """Rewind to the batch's first offsets and retry after a backoff; nothing committed."""
+        from kafka import TopicPartition
+
+        kind = "store" if isinstance(exc, StoreError) else "broker"
+        self.metrics.errors.labels(kind=kind).inc()
+        self.producer.discard()
+        self.processor.forget({self._stream_of(m) for m in messages})
+        first: dict[Any, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            first[tp] = min(first.get(tp, m.offset), m.offset)
+        for tp, offset in first.items():
+            try:
+                self.consumer.seek(tp, offset)
+            except Exception as seek_exc:  # revoked meanwhile: the new owner replays it
+                log.warning("seek failed", extra=fields(partition=str(tp), error=str(seek_exc)))
+        self._backoff_s = min(max(self._backoff_s * 2, 0.5), self.settings.retry_backoff_max_s)
+        log.error(
+            f"{kind} unavailable; batch rewound, retrying",
+            extra=fields(error=str(exc), backoff_s=self._backoff_s),
+        )
+        self._stop.wait(self._backoff_s)
+
+    @staticmethod
+    def _stream_of(message: Any) -> str:
+        try:
+            body = orjson.loads(message.value)
+            if isinstance(body, dict) and isinstance(body.get("stream"), str):
+                return str(body["stream"])
+        except (orjson.JSONDecodeError, TypeError):
+            pass
+        return message.key.decode("utf-8", "replace") if message.key else ""
+
+    def _account(self, stats: BatchStats, alerts: list[dict[str, Any]], model_s: float) -> None:
+        m = self.metrics
+        m.events.labels(outcome="applied").inc(stats.applied)
+        m.events.labels(outcome="skipped").inc(stats.skipped)
+        m.events.labels(outcome="dead_lettered").inc(stats.dead_lettered)
+        m.windows_scored.inc(stats.windows)
+        m.batch_size.observe(stats.consumed)
+        m.batch_seconds.observe(stats.seconds)
+        if stats.windows:
+            m.model_seconds.observe(model_s)
+        for alert in alerts:
+            m.alerts.labels(status=alert["status"]).inc()
+        for name in (
+            "consumed",
+            "applied",
+            "skipped",
+            "dead_lettered",
+            "windows",
+            "alerts",
+            "seconds",
+        ):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))
+        for tp in list(self._assigned):
+            try:
+                highwater = self.consumer.highwater(tp)
+                position = (
+                    self.consumer.position(tp, timeout_ms=0) if highwater is not None else None
+                )
+            except Exception:
+                continue
+            if highwater is not None and position is not None:
+                m.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    highwater - position
+                )
+
+    def _adapt_batch_size(self, seconds: float) -> None:
+        """Keep a batch's processing inside its time budget: halve the poll size after a slow
+        batch, grow it back slowly after fast ones (bounded by max_poll_records)."""
+        budget = self.settings.max_batch_processing_s
+        if seconds > budget and self.max_records > 1:
+            self.max_records = max(1, self.max_records // 2)
+            log.warning(
+                "batch over its time budget; polling fewer records",
+                extra=fields(seconds=round(seconds, 3), max_records=self.max_records),
+            )
+        elif seconds < budget / 4 and self.max_records < self.settings.max_poll_records:
+            self.max_records = min(self.settings.max_poll_records, int(self.max_records * 1.5) + 1)
+
+
+def _tps(tps: Any) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)

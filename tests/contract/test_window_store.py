@@ -1,0 +1,333 @@
+"""One contract for every window store (stream_ae.io.window_store), run over the in-memory store and
+over Redis (a real redis-server from tests/conftest.py): round trips, fencing, deletes, batch
+cost, hash-tagged keys, and refusing to clobber what is not ours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stream_ae.core.windowing import StreamState, append, encode_state, new_state
+from stream_ae.errors import StateFormatError, StoreError
+from stream_ae.io.window_store import InMemoryWindowStore, RedisWindowStore, WindowStore
+
+WINDOW, FEATURES = 4, 2
+TOPIC = "metrics"
+
+RawWriter = Callable[[str, bytes], None]
+
+
+class Backend:
+    """A store under test plus what the contract needs to reach behind it."""
+
+    def __init__(self, store: Any, put_raw: RawWriter, get_raw: Callable[[str], bytes | None]):
+        self.store = store
+        self.put_raw = put_raw
+        self.get_raw = get_raw
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        memory = InMemoryWindowStore(WINDOW, FEATURES)
+
+        def put_memory(stream: str, blob: bytes) -> None:
+            memory._data[stream] = blob  # a foreign writer, as Redis allows
+
+        yield Backend(memory, put_memory, memory.raw)
+        memory.close()
+    else:
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        store = RedisWindowStore(client, WINDOW, FEATURES, prefix="test")
+
+        def put_redis(stream: str, blob: bytes) -> None:
+            client.set(store.key(stream), blob)
+
+        def get_redis(stream: str) -> bytes | None:
+            value = client.get(store.key(stream))
+            assert value is None or isinstance(value, bytes)
+            return value
+
+        yield Backend(store, put_redis, get_redis)
+
+
+def state_at(
+    offset: int, partition: int = 0, topic: str = TOPIC, events: int = 6, level: float = 0.0
+) -> StreamState:
+    """A state whose last applied event is ``offset`` on ``topic``/``partition``."""
+    offsets = np.arange(offset - events + 1, offset + 1)
+    values = level + np.arange(events * FEATURES, dtype=np.float32).reshape(events, FEATURES)
+    return append(
+        new_state(WINDOW, FEATURES),
+        values,
+        1_700_000_000_000 + 1000 * offsets,
+        offsets,
+        topic=topic,
+        partition=partition,
+        stride=1,
+    ).state
+
+
+def stored(backend: Backend, stream: str) -> StreamState | None:
+    return backend.store.load([stream])[stream]
+
+
+# --- the contract -----------------------------------------------------------------------------
+
+
+def test_both_stores_implement_the_protocol(backend: Backend) -> None:
+    store: WindowStore = backend.store  # checked by mypy
+    assert callable(store.load) and callable(store.save) and callable(store.delete)
+
+
+def test_unknown_streams_load_as_none(backend: Backend) -> None:
+    assert backend.store.load(["never-seen", "nor-this"]) == {
+        "never-seen": None,
+        "nor-this": None,
+    }
+
+
+def test_empty_batches_cost_nothing(backend: Backend) -> None:
+    before = backend.store.round_trips
+    assert backend.store.load([]) == {}
+    assert backend.store.save({}) == {}
+    assert backend.store.round_trips == before
+
+
+@pytest.mark.parametrize("stream", ["s1", "host-7/cpu:user", "ünïcode stream", "a" * 256])
+def test_save_load_round_trip(backend: Backend, stream: str) -> None:
+    state = state_at(100)
+    assert backend.store.save({stream: state}) == {stream: True}
+    loaded = stored(backend, stream)
+    assert loaded is not None and loaded.same_as(state)
+    assert backend.get_raw(stream) == encode_state(state)  # the compact binary form, as is
+
+
+def test_round_trip_of_a_partly_filled_window_and_alert_state(backend: Backend) -> None:
+    from stream_ae.core.windowing import AlertState
+
+    young = state_at(2, events=2)  # fewer events than the window
+    young.alert = AlertState(open=True, above_run=0, below_run=2, cooldown_left=0, open_offset=1)
+    backend.store.save({"young": young})
+    loaded = stored(backend, "young")
+    assert loaded is not None and loaded.same_as(young) and loaded.count == 2
+
+
+def test_fencing_refuses_older_or_equal_offsets_on_the_same_partition(backend: Backend) -> None:
+    store = backend.store
+    assert store.save({"s": state_at(100)}) == {"s": True}
+    raw = backend.get_raw("s")
+
+    assert store.save({"s": state_at(99, level=5.0)}) == {"s": False}  # a zombie's older state
+    assert store.save({"s": state_at(100, level=5.0)}) == {"s": False}  # equal: already there
+    assert backend.get_raw("s") == raw  # untouched
+
+    assert store.save({"s": state_at(101, level=5.0)}) == {"s": True}
+    loaded = stored(backend, "s")
+    assert loaded is not None and loaded.offset == 101 and loaded.values[0, 0] >= 5.0
+
+
+def test_fencing_accepts_another_partition_or_topic(backend: Backend) -> None:
+    """A stream that moved partitions starts a new offset sequence: lower offsets land."""
+    store = backend.store
+    store.save({"s": state_at(1000, partition=0)})
+    assert store.save({"s": state_at(5, partition=1)}) == {"s": True}
+    loaded = stored(backend, "s")
+    assert loaded is not None and loaded.position() == (TOPIC, 1, 5)
+    assert store.save({"s": state_at(3, partition=1, topic="metrics-v2")}) == {"s": True}
+    loaded = stored(backend, "s")
+    assert loaded is not None and loaded.position() == ("metrics-v2", 1, 3)
+
+
+def test_fencing_is_per_stream_within_one_batch(backend: Backend) -> None:
+    store = backend.store
+    store.save({"a": state_at(50), "b": state_at(50)})
+    assert store.save({"a": state_at(40), "b": state_at(60), "c": state_at(1)}) == {
+        "a": False,
+        "b": True,
+        "c": True,
+    }
+    loaded = store.load(["a", "b", "c"])
+    assert [loaded[s].offset for s in "abc"] == [50, 60, 1]
+
+
+def test_delete(backend: Backend) -> None:
+    store = backend.store
+    store.save({"gone": state_at(10), "kept": state_at(10)})
+    store.delete(["gone", "never-existed"])
+    store.delete([])
+    assert store.load(["gone", "kept"])["gone"] is None
+    assert stored(backend, "kept") is not None
+    # After a delete, any offset lands again (a reset stream).
+    assert store.save({"gone": state_at(3)}) == {"gone": True}
+
+
+def test_a_batch_of_many_streams_is_one_round_trip_each_way(backend: Backend) -> None:
+    store = backend.store
+    states = {f"stream-{i}": state_at(100 + i) for i in range(300)}
+    before = store.round_trips
+    assert all(store.save(states).values())
+    assert store.round_trips == before + 1
+    loaded = store.load(list(states))
+    assert store.round_trips == before + 2
+    assert all(loaded[s] is not None and loaded[s].same_as(states[s]) for s in states)
+
+
+def test_a_foreign_value_is_refused_not_clobbered(backend: Backend) -> None:
+    foreign = b'{"owner": "another application"}'
+    backend.put_raw("taken", foreign)
+    with pytest.raises(StateFormatError):
+        backend.store.save({"taken": state_at(10)})
+    assert backend.get_raw("taken") == foreign
+    with pytest.raises(StateFormatError):
+        backend.store.load(["taken"])
+    # Short values that merely start like ours are not taken for a state either.
+    backend.put_raw("short", b"SAE1")
+    with pytest.raises(StateFormatError):
+        backend.store.save({"short": state_at(10)})
+    assert backend.get_raw("short") == b"SAE1"
+
+
+def test_a_state_of_another_window_shape_is_refused_on_load(backend: Backend) -> None:
+    other = append(
+        new_state(WINDOW * 2, FEATURES),
+        np.zeros((3, FEATURES)),
+        np.arange(3),
+        np.arange(3),
+        topic=TOPIC,
+        partition=0,
+        stride=1,
+    ).state
+    backend.put_raw("reshaped", encode_state(other))
+    with pytest.raises(StateFormatError, match="model expects"):
+        backend.store.load(["reshaped"])
+
+
+def test_state_format_errors_are_not_retriable() -> None:
+    assert StoreError.retriable and not StateFormatError.retriable
+    assert issubclass(StateFormatError, StoreError)
+
+
+# --- Redis specifics --------------------------------------------------------------------------
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+class SendCounter:
+    """Counts writes of commands to the Redis socket: one per network round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sends = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counting(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.sends += 1
+            original(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+
+
+def test_redis_batch_cost_in_commands_and_network_round_trips(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    states = {f"stream-{i}": state_at(100 + i) for i in range(200)}
+    counter = SendCounter(monkeypatch)
+
+    before = command_calls(redis_client)
+    sends = counter.sends
+    store.save(states)
+    save_sends = counter.sends - sends
+    between = command_calls(redis_client)
+    sends = counter.sends
+    store.load(list(states))
+    load_sends = counter.sends - sends
+    after = command_calls(redis_client)
+
+    # INFO itself shows up in its own counter; everything else is the store's.
+    save_cmds = {k: v for k, v in delta(between, before).items() if k != "info"}
+    load_cmds = {k: v for k, v in delta(after, between).items() if k != "info"}
+    assert save_cmds == {"evalsha": 200, "get": 200, "set": 200}  # GET/SET run inside the script
+    assert load_cmds == {"get": 200}
+    assert save_sends == 1 and load_sends == 1  # one pipelined write to the socket each way
+
+
+def test_redis_keys_carry_the_stream_as_hash_tag(redis_client: redis.Redis) -> None:
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="sae-test")
+    store.save({"host-1/cpu": state_at(5), "x:y": state_at(5)})
+    assert sorted(redis_client.keys("*")) == [b"sae-test:w:{host-1/cpu}", b"sae-test:w:{x:y}"]
+    assert store.key("s") == "sae-test:w:{s}"
+    # Redis Cluster hashes only what is inside the first {...}: the stream id.
+    key = store.key("host-1/cpu")
+    assert key[key.index("{") + 1 : key.index("}")] == "host-1/cpu"
+
+
+def test_redis_prefixes_keep_stores_apart(redis_client: redis.Redis) -> None:
+    first = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="one")
+    second = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="two")
+    first.save({"s": state_at(5)})
+    assert second.load(["s"]) == {"s": None}
+
+
+def test_redis_a_zombie_worker_on_another_connection_cannot_overwrite(
+    redis_client: redis.Redis, redis_server: Any
+) -> None:
+    owner = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    zombie = RedisWindowStore(redis.Redis.from_url(redis_server.url), WINDOW, FEATURES, "test")
+    try:
+        owner.save({"s": state_at(200)})
+        assert zombie.save({"s": state_at(150)}) == {"s": False}
+        loaded = owner.load(["s"])["s"]
+        assert loaded is not None and loaded.offset == 200
+    finally:
+        zombie.close()
+
+
+def test_redis_script_cache_flush_is_survived(redis_client: redis.Redis) -> None:
+    """After a Redis restart the script cache is empty: the store loads the script again."""
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    store.save({"s": state_at(10)})
+    redis_client.script_flush()
+    assert store.save({"s": state_at(11), "t": state_at(3)}) == {"s": True, "t": True}
+    redis_client.script_flush()
+    assert store.save({"s": state_at(9)}) == {"s": False}  # the fence still holds
+
+
+def test_redis_a_value_of_another_redis_type_is_not_clobbered(redis_client: redis.Redis) -> None:
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    redis_client.rpush(store.key("listy"), b"x")
+    # Not retriable: waiting will not turn another application's list into our state.
+    with pytest.raises(StateFormatError):
+        store.save({"listy": state_at(10)})
+    with pytest.raises(StateFormatError):
+        store.load(["listy", "other"])
+    assert redis_client.lrange(store.key("listy"), 0, -1) == [b"x"]
+
+
+def test_redis_unavailable_is_a_retriable_store_error(redis_client: redis.Redis) -> None:
+    from stream_ae_dev.devstack import find_free_port
+
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    # Nobody listens there; no client-side retries, so the test does not wait out a backoff.
+    store.client = redis.Redis(
+        port=find_free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    with pytest.raises(StoreError) as info:
+        store.load(["s"])
+    assert info.value.retriable
+    with pytest.raises(StoreError) as info:
+        store.save({"s": state_at(1)})
+    assert info.value.retriable

@@ -1,0 +1,292 @@
+"""Smoke tests of the benchmarks: the smallest configuration of each benchmark function runs and
+returns figures of the documented structure. No assertion is on time: speed is what the
+``stream-ae bench`` command reports, not what tests check. What is asserted is what must hold
+on any machine: the store makes exactly its round trips, holds every stream, and counts agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream_ae_dev.bench.e2e_bench import parse_metrics
+from stream_ae_dev.bench.report import (
+    BenchResult,
+    Figure,
+    format_markdown,
+    format_table,
+    write_json,
+)
+from stream_ae_dev.cli.bench import SECTIONS, as_result, parse_sections
+from stream_ae_dev.devstack import BrokerProcess, RedisProcess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def assert_well_formed(result: BenchResult, section: str) -> None:
+    assert result.section == section
+    assert result.skipped is None
+    assert result.figures, "a benchmark without figures"
+    for f in result.figures:
+        assert f.section == section
+        assert isinstance(f.value, float) and math.isfinite(f.value), f
+        assert f.unit
+        if f.target is None:
+            assert f.met is None
+        else:
+            assert f.target.split()[0] in (">=", "<=")
+            assert isinstance(f.met, bool)
+    json.dumps(result.to_dict(), default=str)  # the JSON file can hold it
+
+
+# --- report and command line ------------------------------------------------------------------
+
+
+def test_a_checked_figure_knows_whether_it_met_its_target() -> None:
+    assert Figure.check("s", "n", 3.0, "x", ">=", 2.0).met is True
+    assert Figure.check("s", "n", 1.0, "x", ">=", 2.0).met is False
+    assert Figure.check("s", "n", 250.0, "ms", "<=", 200.0).met is False
+    assert Figure.info("s", "n", 1.0, "x").met is None
+
+
+def test_table_markdown_and_json_hold_every_figure(tmp_path: Path) -> None:
+    figures = [
+        Figure.check("model", "speedup", 612.4, "x", ">=", 500),
+        Figure.check("e2e", "p99", 250.0, "ms", "<=", 200, note="40 alerts"),
+        Figure.info("store", "memory", 520.0, "bytes"),
+    ]
+    table = format_table(figures)
+    assert "612" in table and "NO" in table and "yes" in table
+    markdown = format_markdown(figures)
+    assert markdown.count("\n") == len(figures) + 1 and "**no**" in markdown
+    path = write_json(
+        [BenchResult("model", figures=figures, details={"n": 1})],
+        tmp_path / "out" / "bench.json",
+        argv=["bench"],
+        machine={"cpu": "x"},
+    )
+    document = json.loads(path.read_text())
+    assert document["sections"][0]["figures"][0]["value"] == pytest.approx(612.4)
+    assert document["sections"][0]["figures"][1]["met"] is False
+
+
+def test_sections_are_parsed_in_canonical_order_and_unknown_ones_refused() -> None:
+    assert parse_sections("scaling,model") == ("model", "scaling")
+    assert parse_sections(",".join(SECTIONS)) == SECTIONS
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_sections("model,gpu")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_sections(" , ")
+
+
+def test_a_plain_dict_result_becomes_a_bench_result() -> None:
+    result = as_result(
+        "swap",
+        {"figures": [{"name": "swap p99", "value": 1.5, "unit": "s"}], "runs": 3},
+    )
+    assert result.figures[0].section == "swap" and result.figures[0].name == "swap p99"
+    assert result.details == {"runs": 3}
+
+
+def test_swap_measurements_become_table_lines() -> None:
+    from stream_ae_dev.cli.bench import swap_figures
+
+    figures = swap_figures(
+        {"batch_latency_max_over_median": 2.5, "rss_ratio": 0.99, "unrelated": "x"}
+    )
+    assert [(f.name, f.met) for f in figures] == [
+        ("slowest / median poll batch during swaps", False),
+        ("RSS after 20 swaps / after 1", None),
+    ]
+    assert swap_figures({}) == []
+
+
+def test_prometheus_text_is_parsed_into_named_series() -> None:
+    text = (
+        "# HELP stream_ae_events_total Input events\n"
+        "# TYPE stream_ae_events_total counter\n"
+        'stream_ae_events_total{outcome="applied"} 1500.0\n'
+        'stream_ae_events_total{outcome="skipped"} 2.0\n'
+        "stream_ae_batch_size_count 7.0\n"
+    )
+    metrics = parse_metrics(text)
+    assert metrics['stream_ae_events_total{outcome="applied"}'] == 1500.0
+    assert metrics["stream_ae_batch_size_count"] == 7.0
+    assert len(metrics) == 3
+
+
+# --- the GPU script ----------------------------------------------------------------------------
+
+
+def test_the_gpu_script_never_imports_tensorflow() -> None:
+    source = (REPO / "stream_ae" / "bench" / "gpu_bench.py").read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "tensorflow" not in imported
+    # Its help and its environment check run without Keras or a backend at all.
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    code = (
+        "import sys, stream_ae_dev.bench.gpu_bench as g\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "print(g.parse_args(['--batches', '1024,4096']).batches)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1024, 4096]"
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_bench_smallest_configuration() -> None:
+    from stream_ae_dev.bench.model_bench import run_model_bench
+
+    result = run_model_bench(
+        window=8,
+        features=(1, 2),
+        hidden=4,
+        buckets=(4, 16),
+        worker_batch=10,
+        naive_windows=2,
+        min_seconds=0.0,
+    )
+    assert_well_formed(result, "model")
+    names = [f.name for f in result.figures]
+    assert len(names) == 8  # four figures per feature count
+    speedups = [f for f in result.figures if f.target is not None]
+    assert [f.target for f in speedups] == [">= 500", ">= 500"]
+    for key in ("F=1", "F=2"):
+        details = result.details[key]
+        assert set(details["scorer_windows_per_s"]) == {"4", "16"}
+        assert details["full_poll_batch"]["padded_to"] == 16
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_store_bench_counts_round_trips_and_holds_every_stream(
+    redis_server: RedisProcess,
+) -> None:
+    import redis
+
+    from stream_ae_dev.bench.store_bench import run_store_bench
+
+    result = run_store_bench(
+        redis_server.url,
+        window=8,
+        features=(1, 3),
+        streams=50,
+        batch_events=10,
+        batches=2,
+        memory_sample=5,
+        prefix="test-bench-store",
+    )
+    assert_well_formed(result, "store")
+    for f, key in ((1, "F=1"), (3, "F=3")):
+        details = result.details[key]
+        assert details["streams_held"] == 50
+        assert details["raw_window_bytes"] == 8 * f * 4
+        # Redis holds the whole value and its own overhead on top.
+        assert details["memory_usage_bytes_mean"] > details["stored_value_bytes"]
+        cold, warm = details["cold"], details["warm"]
+        # Cold cache: one pipelined load, one pipelined fenced write. Warm: the write only.
+        assert cold["round_trips_per_batch"] == 2.0 == cold["socket_writes_per_batch"]
+        assert warm["round_trips_per_batch"] == 1.0 == warm["socket_writes_per_batch"]
+        # One GET per stream loaded and one EVALSHA per stream written, nothing else.
+        assert cold["get_per_batch"] == 10 and cold["evalsha_per_batch"] == 10
+        assert warm["get_per_batch"] == 0 and warm["evalsha_per_batch"] == 10
+        assert cold["other_commands"] == 0 == warm["other_commands"]
+        assert cold["scripted_set_per_batch"] == 10  # every fenced write landed
+    # Its keys are gone afterwards.
+    client = redis.Redis.from_url(redis_server.url)
+    assert not list(client.scan_iter(match="test-bench-store*"))
+    client.close()
+
+
+# --- end to end and scaling --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cheap_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stream_ae_dev.bench.workload import bench_artifact, bench_spec, write_artifact
+
+    directory = tmp_path_factory.mktemp("bench-model") / "cheap"
+    return write_artifact(bench_artifact(bench_spec(window=8, hidden=4)), directory)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_e2e_bench_smallest_configuration(
+    broker: BrokerProcess, redis_server: RedisProcess, cheap_model: Path, tmp_path: Path
+) -> None:
+    from stream_ae_dev.bench.e2e_bench import run_e2e_bench
+
+    result = run_e2e_bench(
+        bootstrap=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        cheap_model_dir=cheap_model,
+        heavy_model_dir=cheap_model,
+        workdir=tmp_path,
+        cheap_events=300,
+        heavy_events=300,
+        streams=20,
+        latency_s=2.0,
+        latency_loads=(0.5,),
+    )
+    assert_well_formed(result, "e2e")
+    targets = {f.name: f.target for f in result.figures if f.target}
+    assert targets == {
+        "e2e / raw consume, cheap model": ">= 0.5",
+        "e2e / model alone, H=64 model": ">= 0.8",
+        "event-to-alert p99, 50% load, cheap": "<= 200",
+        "event-to-alert p99, 50% load, H=64": "<= 200",
+    }
+    for run in (result.details["cheap"], result.details["h64"]):
+        # Every event of the backlog was consumed, and every one completed a window.
+        assert run["events_measured"] + run["consumed_before_measuring"] >= 300
+        assert run["windows_measured"] == run["events_measured"]
+        latency = run["latency"]
+        assert latency is run["latency_by_load"]["0.5"]
+        assert latency["alerts"] > 0  # the spikes alerted: the latency has samples
+        assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+        assert latency["sent"] > 0 and latency["batches"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scaling_bench_smallest_configuration(
+    broker: BrokerProcess, redis_server: RedisProcess, cheap_model: Path, tmp_path: Path
+) -> None:
+    from stream_ae_dev.bench.e2e_bench import run_scaling_bench
+
+    result = run_scaling_bench(
+        bootstrap=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        model_dir=cheap_model,
+        workdir=tmp_path,
+        workers=(2,),
+        streams=(),
+        base_streams=20,
+        events=300,
+    )
+    assert_well_formed(result, "scaling")
+    assert [f.name for f in result.figures] == ["e2e, workers 2 streams 20"]
+    run = result.details["workers=2 streams=20"]
+    assert run["run"]["partitions"] == 2 and run["run"]["workers"] == 2
+    assert run["raw_consume_per_s"] > 0

@@ -1,0 +1,212 @@
+"""Dead letters on the real broker: over a thousand malformed messages of every kind, mixed
+with good ones. The worker does not crash; every bad message is in the dead-letter topic with
+its original bytes, its reason and its source topic/partition/offset in headers; and input
+consumed = events applied + events dead-lettered, in the worker's totals and on its
+``/metrics`` endpoint."""
+
+from __future__ import annotations
+
+import random
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis
+
+from stream_ae.core.records import MAX_STREAM_ID_CHARS, Reason
+from stream_ae.worker.metrics import HealthServer
+from stream_ae_dev.devstack import BrokerProcess, RedisProcess, find_free_port
+from tests.helpers import (
+    TinyModel,
+    decode_states_equal,
+    expected_outcome,
+    fleet,
+    live_messages,
+    load_tiny_scorer,
+    metric_value,
+    produce,
+    read_topic,
+    running_worker,
+    settings_of,
+    stored_blobs,
+    tiny_model,
+    wait_until,
+    worker_config,
+)
+
+__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+
+pytestmark = pytest.mark.integration
+
+MAX_MESSAGE_BYTES = 1024  # small, so that oversize messages stay cheap to send
+BAD_MESSAGES = 1100
+GOOD_STEPS = 100  # live steps per stream sent among the bad messages
+TS = 1_700_000_000_000
+
+
+def _event(**fields: object) -> bytes:
+    body: dict[str, object] = {"stream": "host-0", "ts": TS, "value": 1.0}
+    body.update(fields)
+    return orjson.dumps({k: v for k, v in body.items() if v is not _MISSING})
+
+
+_MISSING = object()
+
+# (key, value, reason): one of each kind of malformed message the worker must dead-letter.
+MALFORMED: list[tuple[bytes | None, bytes | None, str]] = [
+    # not JSON at all, or JSON that orjson refuses (NaN/inf literals, numbers beyond double)
+    (b"host-0", b"not json", Reason.NOT_JSON),
+    (b"host-0", b'{"stream": "host-0", "ts": 1', Reason.NOT_JSON),
+    (b"host-0", b"\xff\xfe\x00garbage", Reason.NOT_JSON),
+    (b"host-0", b"", Reason.NOT_JSON),
+    (b"host-0", b'{"stream": "host-0", "ts": 1700000000000, "value": NaN}', Reason.NOT_JSON),
+    (b"host-0", b'{"stream": "host-0", "ts": 1700000000000, "value": Infinity}', Reason.NOT_JSON),
+    (b"host-0", b'{"stream": "host-0", "ts": 1700000000000, "value": 1e400}', Reason.NOT_JSON),
+    (b"host-1", None, Reason.NOT_JSON),  # a tombstone
+    # JSON, but not an object
+    (b"host-0", b"[1, 2, 3]", Reason.NOT_OBJECT),
+    (b"host-0", b'"a string"', Reason.NOT_OBJECT),
+    (b"host-0", b"42", Reason.NOT_OBJECT),
+    (b"host-0", b"null", Reason.NOT_OBJECT),
+    # wrong types of value
+    (b"host-0", _event(value="1.5"), Reason.BAD_VALUE),
+    (b"host-0", _event(value=True), Reason.BAD_VALUE),
+    (b"host-0", _event(value=None), Reason.BAD_VALUE),
+    (b"host-0", _event(value=[["1"]]), Reason.BAD_VALUE),
+    (b"host-0", _event(value=_MISSING), Reason.BAD_VALUE),
+    # NaN and infinities as strings, and numbers beyond float32
+    (b"host-0", _event(value="NaN"), Reason.BAD_VALUE),
+    (b"host-0", _event(value="inf"), Reason.BAD_VALUE),
+    (b"host-0", _event(value=["-Infinity"]), Reason.BAD_VALUE),
+    (b"host-0", _event(value=1e39), Reason.NOT_FINITE),
+    (b"host-0", _event(value=[-1e300]), Reason.NOT_FINITE),
+    (b"host-0", _event(value={"value": 3.5e38}), Reason.NOT_FINITE),
+    # wrong feature count or names (the model has one feature, "value")
+    (b"host-0", _event(value=[]), Reason.FEATURE_COUNT),
+    (b"host-0", _event(value=[1.0, 2.0]), Reason.FEATURE_COUNT),
+    (b"host-0", _event(value={}), Reason.FEATURE_COUNT),
+    (b"host-0", _event(value={"cpu": 1.0}), Reason.UNKNOWN_FEATURE),
+    # timestamps
+    (b"host-0", _event(ts="yesterday"), Reason.BAD_TS),
+    (b"host-0", _event(ts=True), Reason.BAD_TS),
+    (b"host-0", _event(ts=-5), Reason.BAD_TS),
+    (b"host-0", _event(ts=1e20), Reason.BAD_TS),
+    (b"host-0", _event(ts=_MISSING), Reason.BAD_TS),
+    # stream ids
+    (b"host-0", _event(stream=""), Reason.BAD_STREAM),
+    (b"host-0", _event(stream="a{b}"), Reason.BAD_STREAM),
+    (b"host-0", _event(stream="line\nbreak"), Reason.BAD_STREAM),
+    (b"host-0", _event(stream="x" * (MAX_STREAM_ID_CHARS + 1)), Reason.BAD_STREAM),
+    (b"host-0", _event(stream=123), Reason.BAD_STREAM),
+    (None, _event(stream=_MISSING), Reason.BAD_STREAM),  # no stream and no key
+    (b"\xff\xfe", _event(stream=_MISSING), Reason.BAD_STREAM),  # key is not UTF-8
+    # oversize (valid JSON otherwise)
+    (b"host-0", _event(pad="p" * MAX_MESSAGE_BYTES), Reason.OVERSIZE),
+]
+
+
+def _mixed_input(seed: int) -> tuple[list[tuple[bytes | None, bytes | None]], list[str | None]]:
+    """Good live events and ``BAD_MESSAGES`` malformed ones, shuffled into each other while
+    each stream's good events keep their order; with the reason expected of each (None: good)."""
+    rng = random.Random(seed)
+    streams = fleet()
+    good = list(live_messages(streams))[: GOOD_STEPS * len(streams)]
+    # A good event may leave the stream to the key: it is still good.
+    good[0] = (
+        good[0][0],
+        orjson.dumps({k: v for k, v in orjson.loads(good[0][1]).items() if k != "stream"}),
+    )
+    bad = [MALFORMED[i % len(MALFORMED)] for i in range(BAD_MESSAGES)]
+    rng.shuffle(bad)
+    slots = sorted(rng.sample(range(len(good) + len(bad)), len(bad)))
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    reasons: list[str | None] = []
+    good_iter, bad_iter = iter(good), iter(bad)
+    slot_set = set(slots)
+    for position in range(len(good) + len(bad)):
+        if position in slot_set:
+            key, value, reason = next(bad_iter)
+            messages.append((key, value))
+            reasons.append(reason)
+        else:
+            messages.append(next(good_iter))
+            reasons.append(None)
+    return messages, reasons
+
+
+def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+) -> None:
+    input_topic = topic_factory(1, prefix="in")
+    dlq_topic = topic_factory(1, prefix="dlq")
+    settings = settings_of(
+        worker_config(
+            bootstrap_servers=broker.bootstrap_servers,
+            redis_url=redis_server.url,
+            model=tiny_model,
+            input_topic=input_topic,
+            alerts_topic=topic_factory(1, prefix="alerts"),
+            dlq_topic=dlq_topic,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+        )
+    )
+    messages, reasons = _mixed_input(seed=7)
+    sent = produce(broker.bootstrap_servers, input_topic, messages)
+    good_total = sum(r is None for r in reasons)
+    bad_total = len(reasons) - good_total
+    assert bad_total >= 1000 and set(reasons) - {None} == {r for _, _, r in MALFORMED}
+
+    with running_worker(settings) as worker:
+        health = HealthServer(worker.metrics, "127.0.0.1", find_free_port(), 60.0).start()
+        try:
+            wait_until(
+                lambda: worker.totals.consumed >= len(sent), 120, f"{len(sent)} messages consumed"
+            )
+            url = f"http://127.0.0.1:{health.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                metrics_text = reply.read().decode()
+        finally:
+            health.stop()
+        totals = worker.totals
+
+    # No crash (running_worker re-raises a failure of the worker thread), and the counts add up.
+    assert totals.consumed == totals.applied + totals.skipped + totals.dead_lettered
+    assert (totals.applied, totals.skipped, totals.dead_lettered) == (good_total, 0, bad_total)
+    applied = metric_value(metrics_text, "stream_ae_events_total", {"outcome": "applied"})
+    dead = metric_value(metrics_text, "stream_ae_events_total", {"outcome": "dead_lettered"})
+    assert (applied, dead) == (good_total, bad_total)
+    expected_reasons = Counter(r for r in reasons if r is not None)
+    for reason, count in expected_reasons.items():
+        assert metric_value(metrics_text, "stream_ae_dlq_total", {"reason": reason}) == count
+
+    # Every bad message is in the DLQ once: original bytes and key, reason, source position.
+    dead_letters = read_topic(broker.bootstrap_servers, dlq_topic)
+    assert len(dead_letters) == bad_total
+    by_offset = {}
+    for record in dead_letters:
+        headers = {name: value.decode() for name, value in record.headers}
+        assert headers["stream-ae.source.topic"] == input_topic
+        assert headers["stream-ae.source.partition"] == "0"
+        assert headers["stream-ae.detail"]
+        offset = int(headers["stream-ae.source.offset"])
+        assert offset not in by_offset, f"offset {offset} dead-lettered twice"
+        by_offset[offset] = record
+        original = sent[offset]
+        assert (original.partition, original.offset) == (0, offset)
+        assert record.value == original.value and record.key == original.key
+        assert headers["stream-ae.reason"] == reasons[offset], (original.value or b"")[:100]
+    assert sorted(by_offset) == [i for i, r in enumerate(reasons) if r is not None]
+
+    # The good events were applied as if the bad ones had never been there.
+    oracle = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+    assert (oracle.applied, oracle.dead_lettered) == (good_total, bad_total)
+    assert (
+        decode_states_equal(stored_blobs(redis_client, settings.redis_key_prefix), oracle.blobs)
+        == []
+    )

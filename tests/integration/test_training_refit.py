@@ -1,0 +1,136 @@
+"""Refits: warm start from the champion, alerted windows left out, the periodic loop, and
+``refit --once`` against the test broker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from stream_ae.core.records import encode_event, ms_to_iso
+from stream_ae_dev.devstack import BrokerProcess
+from tests.training_helpers import START_MS, STEP_MS, TINY_FIT, sine_series, tiny_spec
+from training.cli import main
+from training.refit import RefitPlan, refit_once, run_every
+from training.registry import Registry
+
+
+def _alert(stream: str, status: str, start_ms: int, end_ms: int, model: str = "m") -> dict:
+    return {
+        "stream": stream,
+        "status": status,
+        "window": {"start_ts": ms_to_iso(start_ms), "end_ts": ms_to_iso(end_ms), "size": 12},
+        "model": {"name": model, "version": "x"},
+    }
+
+
+def test_refit_warm_starts_and_leaves_out_windows_that_raised_alerts(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    series = [sine_series("a", 400, seed=1), sine_series("b", 400, seed=2)]
+    plan = RefitPlan(name="m", spec=tiny_spec(), fit=TINY_FIT, exclude="alerts")
+
+    first = refit_once(registry, plan, lambda: series)
+    assert first.promoted and first.reason == "first champion"
+    assert not first.warm_start and first.excluded_windows == 0
+
+    def at(step: int) -> int:
+        return START_MS + STEP_MS * step
+
+    # Stream a alerted from the window over steps 89..100 until the one over 119..130.
+    alerts = [_alert("a", "open", at(89), at(100)), _alert("a", "resolved", at(119), at(130))]
+    second = refit_once(registry, replace(plan, spec=None), lambda: series, lambda: alerts)
+    assert second.warm_start
+    # Windows of a (12 steps, one ending at every odd step) touching steps 89..130 end at
+    # 89, 91, ..., 141: 27 windows.
+    assert second.excluded_windows == 27
+    metrics = json.loads((registry.path("m", second.version) / "metrics.json").read_text())
+    assert metrics["refit"]["warm_start_from"] == first.version
+    assert metrics["excluded_windows"] == 27
+    # Warm: the first epoch starts about where the champion's training ended, below the first
+    # epoch of the champion's own (cold, same seed) fit.
+    cold = json.loads((registry.path("m", first.version) / "metrics.json").read_text())["history"]
+    warm = metrics["history"]
+    assert warm["loss"][0] < cold["loss"][0]
+    assert warm["loss"][0] < 1.25 * cold["loss"][-1]
+    assert registry.champion("m") in (first.version, second.version)
+    assert second.reason
+
+
+def test_run_every_repeats_until_stopped_and_survives_failures() -> None:
+    calls: list[float] = []
+    stop = threading.Event()
+
+    def job() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("broker down")
+        if len(calls) == 3:
+            stop.set()
+
+    failures = run_every(0.05, job, stop)
+    assert len(calls) == 3 and failures == 1
+    assert all(b - a >= 0.04 for a, b in itertools.pairwise(calls))
+    assert run_every(10.0, lambda: None, threading.Event(), max_runs=1) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_refit_once_from_the_command_line(
+    broker: BrokerProcess,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic, alerts_topic = topic_factory(partitions=2), topic_factory(partitions=1)
+    start = int(time.time() * 1000) - 300 * STEP_MS
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+    for stream, seed in (("a", 1), ("b", 2)):
+        values = sine_series(stream, 300, seed=seed).values[:, 0]
+        for k, value in enumerate(values):
+            producer.send(
+                topic,
+                key=stream.encode(),
+                value=encode_event(stream, start + STEP_MS * k, float(value)),
+            )
+    alert = _alert("a", "open", start + STEP_MS * 200, start + STEP_MS * 211)
+    producer.send(alerts_topic, value=json.dumps(alert).encode())
+    producer.flush()
+    producer.close()
+
+    common = [
+        "refit",
+        "--once",
+        "--topic",
+        topic,
+        "--bootstrap-servers",
+        broker.bootstrap_servers,
+        "--since",
+        "1d",
+        "--alerts-topic",
+        alerts_topic,
+        "--exclude",
+        "alerts",
+        "--registry",
+        str(tmp_path),
+        "--name",
+        "m",
+        "--epochs",
+        "1",
+        "--stride",
+        "2",
+        "--quiet",
+    ]
+    assert main([*common, "--window", "12", "--hidden", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "promoted (first champion)" in out and "warm start: False" in out
+    # The open alert covers stream a from step 200 on: those training windows are left out.
+    excluded = int(out.split("excluded windows: ")[1].split(",")[0])
+    assert excluded == 50  # the windows of a ending at 201, 203, ..., 299
+    assert len(Registry(tmp_path).versions("m")) == 1

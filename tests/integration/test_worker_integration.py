@@ -1,0 +1,348 @@
+"""The worker end to end on the real broker and a real Redis (issue 3, integration tests).
+
+- streams with injected anomalies give alerts at the anomalies and none on normal streams;
+  every alert validates against the shipped JSON Schema; the final states and alert ids are
+  exactly those of the oracle (the same core replayed in one batch); a poll batch costs at
+  most two Redis round trips;
+- Redis going away mid-run (its server stopped and restarted on the same port): nothing is
+  committed past unprocessed data, and the run ends with nothing lost or applied twice;
+- two workers of one group split two partitions and their totals add up;
+- fencing: a zombie's stale write is refused.
+
+The workers run in-process here (``build_worker``, as ``stream-ae worker`` builds them), on a
+thread; the worker as a subprocess is exercised by the crash-replay and SIGTERM tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import redis
+from jsonschema import Draft202012Validator
+
+from stream_ae.core.records import alert_schema, parse_ts
+from stream_ae.core.windowing import decode_state
+from stream_ae.io.window_store import RedisWindowStore
+from stream_ae_dev.devstack import BrokerProcess, RedisProcess
+from tests.helpers import (
+    ANOMALOUS_STREAMS,
+    HISTORY_STEPS,
+    TinyModel,
+    alerts_of,
+    applied_counts,
+    committed_offsets,
+    decode_states_equal,
+    expected_outcome,
+    fleet,
+    good_counts,
+    live_messages,
+    load_tiny_scorer,
+    produce,
+    read_topic,
+    running_worker,
+    settings_of,
+    stored_blobs,
+    tiny_model,
+    wait_until,
+    worker_config,
+)
+
+__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+
+pytestmark = pytest.mark.integration
+
+PROCESS_TIMEOUT_S = 120.0
+
+
+def _topics(topic_factory: Callable[..., str], partitions: int = 1) -> dict[str, str]:
+    return {
+        "input_topic": topic_factory(partitions, prefix="in"),
+        "alerts_topic": topic_factory(1, prefix="alerts"),
+        "dlq_topic": topic_factory(1, prefix="dlq"),
+    }
+
+
+def _commandstats(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name: int(entry["calls"]) for name, entry in stats.items()}
+
+
+def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+) -> None:
+    streams = fleet()
+    topics = _topics(topic_factory, partitions=2)
+    config = worker_config(
+        bootstrap_servers=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        model=tiny_model,
+        **topics,
+    )
+    settings = settings_of(config)
+    # A backlog, so the worker's rate below is its own, not the producer's.
+    sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(streams))
+    expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+    assert expected.alert_ids, "the oracle finds no alert: the test data has lost its anomalies"
+
+    redis_client.config_resetstat()
+    with running_worker(settings) as worker:
+        wait_until(lambda: worker.metrics.ready, PROCESS_TIMEOUT_S, "partition assignment")
+        started = time.perf_counter()
+        wait_until(
+            lambda: worker.totals.applied >= len(sent),
+            PROCESS_TIMEOUT_S,
+            f"{len(sent)} events applied",
+            interval_s=0.02,
+        )
+        elapsed_s = time.perf_counter() - started
+        store = worker.processor.store
+        assert isinstance(store, RedisWindowStore)
+        round_trips = store.round_trips
+        batches = worker.metrics.registry.get_sample_value("stream_ae_batch_size_count") or 0
+        totals = worker.totals
+    commands = _commandstats(redis_client)
+
+    # Every event applied once; nothing dead-lettered or skipped; state = the oracle's.
+    assert (totals.consumed, totals.applied, totals.skipped) == (len(sent), len(sent), 0)
+    assert totals.dead_lettered == 0
+    blobs = stored_blobs(redis_client, settings.redis_key_prefix)
+    assert decode_states_equal(blobs, expected.blobs) == []
+
+    # At most two round trips per poll batch: one pipelined load (only for streams not cached)
+    # and one pipelined fenced write.
+    assert batches >= 1
+    assert batches <= round_trips <= 2 * batches
+    # The fenced write is one EVALSHA per touched state; each state is loaded once (then
+    # cached), so GETs outside the script number the streams (other users of Redis, such as
+    # the hot-swap heartbeat, may add a few of their own).
+    evalsha = commands.get("cmdstat_evalsha", 0)
+    loads = commands.get("cmdstat_get", 0) - evalsha
+    assert len(streams) <= loads <= len(streams) + 2 * batches
+    assert len(streams) <= evalsha <= len(streams) * batches
+    print(
+        f"\n[e2e] {len(sent)} events in {elapsed_s:.2f} s from assignment: "
+        f"{len(sent) / elapsed_s:.0f} events/s end to end; batch processing "
+        f"{len(sent) / totals.seconds:.0f} events/s; {int(batches)} poll batches, "
+        f"{round_trips} Redis round trips ({round_trips / batches:.2f} per batch), "
+        f"commandstats: {loads} GET outside scripts, {evalsha} EVALSHA"
+    )
+
+    # Alerts: valid, at the anomalies, none on normal streams, exactly the oracle's ids.
+    records = read_topic(broker.bootstrap_servers, topics["alerts_topic"])
+    validator = Draft202012Validator(
+        alert_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+    parsed = alerts_of(records)
+    for record, alert in zip(records, parsed, strict=True):
+        validator.validate(alert)
+        assert record.key == alert["stream"].encode()
+    assert {a["alert_id"] for a in parsed} == expected.alert_ids
+    by_position = {(m.partition, m.offset): m for m in sent}
+    window = tiny_model.window
+    anomalous = {s.name: s for s in streams[:ANOMALOUS_STREAMS]}
+    for alert in parsed:
+        assert alert["stream"] in anomalous, f"alert on a normal stream: {alert}"
+        # The source is the window's last event: that stream's event at the window's end.
+        source = by_position[(alert["source"]["partition"], alert["source"]["offset"])]
+        assert source.key == alert["stream"].encode()
+        assert alert["source"]["topic"] == topics["input_topic"]
+        end_ts = parse_ts(alert["window"]["end_ts"])
+        assert orjson.loads(source.value or b"{}")["ts"] == end_ts
+        if alert["status"] == "open":
+            stream = anomalous[alert["stream"]]
+            step = int(np.searchsorted(stream.ts_ms, end_ts))
+            # A window touches an anomaly [start, end) when it ends in [start, end + W - 1).
+            assert any(start <= step < end + window - 1 for start, end, _ in stream.anomalies), (
+                f"{alert['stream']}: alert at live step {step - HISTORY_STEPS}, anomalies at "
+                f"{[(a - HISTORY_STEPS, b - HISTORY_STEPS) for a, b, _ in stream.anomalies]}"
+            )
+    opened = {a["stream"] for a in parsed if a["status"] == "open"}
+    assert opened == set(anomalous), f"streams with an alert: {sorted(opened)}"
+
+
+def test_redis_restart_mid_run_loses_and_doubles_nothing(
+    broker: BrokerProcess,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stops (its data saved, as a persistent Redis keeps it) while events arrive, and
+    comes back on the same port: no commit past unprocessed data, nothing lost or doubled."""
+    streams = fleet()
+    messages = list(live_messages(streams))
+    first, second, third = messages[:600], messages[600:1200], messages[1200:]
+    server = RedisProcess(run_dir=tmp_path / "redis").start()
+    try:
+        topics = _topics(topic_factory)
+        config = worker_config(
+            bootstrap_servers=broker.bootstrap_servers,
+            redis_url=server.url,
+            model=tiny_model,
+            **topics,
+        )
+        settings = settings_of(config)
+        client = redis.Redis.from_url(server.url)
+        sent = produce(broker.bootstrap_servers, topics["input_topic"], first)
+        caplog.set_level(logging.ERROR, logger="stream_ae.worker.loop")
+        with running_worker(settings) as worker:
+            wait_until(lambda: worker.totals.applied == len(first), PROCESS_TIMEOUT_S, "first part")
+            committed_before = committed_offsets(
+                broker.bootstrap_servers, settings.group_id, topics["input_topic"]
+            )
+            assert committed_before == {0: len(first)}
+
+            # Redis goes away (saving its data to the run dir first), events keep coming.
+            client.shutdown(save=True)
+            server.stop()
+            client.close()
+            sent += produce(broker.bootstrap_servers, topics["input_topic"], second)
+            wait_until(
+                lambda: (
+                    (
+                        worker.metrics.registry.get_sample_value(
+                            "stream_ae_errors_total", {"kind": "store"}
+                        )
+                        or 0
+                    )
+                    >= 2
+                ),
+                PROCESS_TIMEOUT_S,
+                "the worker to fail on Redis (twice)",
+            )
+            # Nothing committed past what was processed, nothing counted as applied.
+            assert committed_offsets(
+                broker.bootstrap_servers, settings.group_id, topics["input_topic"]
+            ) == {0: len(first)}
+            assert worker.totals.applied == len(first)
+            assert any("unavailable" in r.getMessage() for r in caplog.records)
+
+            # Redis comes back on the same port with its data; the worker resumes.
+            server = RedisProcess(run_dir=tmp_path / "redis", port=server.port).start()
+            sent += produce(broker.bootstrap_servers, topics["input_topic"], third)
+            wait_until(lambda: worker.totals.applied >= len(sent), PROCESS_TIMEOUT_S, "all events")
+            totals = worker.totals
+        client = redis.Redis.from_url(server.url)
+        expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+        blobs = stored_blobs(client, settings.redis_key_prefix)
+        assert decode_states_equal(blobs, expected.blobs) == []
+        assert applied_counts(client, settings.redis_key_prefix, tiny_model) == good_counts(sent)
+        assert totals.applied == len(sent) and totals.dead_lettered == 0
+        alert_ids = {
+            a["alert_id"]
+            for a in alerts_of(read_topic(broker.bootstrap_servers, topics["alerts_topic"]))
+        }
+        assert alert_ids == expected.alert_ids
+        assert committed_offsets(
+            broker.bootstrap_servers, settings.group_id, topics["input_topic"]
+        ) == {0: len(sent)}
+    finally:
+        server.stop()
+
+
+def test_two_workers_in_one_group_split_the_partitions_and_totals_add_up(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+) -> None:
+    topics = _topics(topic_factory, partitions=2)
+    settings = settings_of(
+        worker_config(
+            bootstrap_servers=broker.bootstrap_servers,
+            redis_url=redis_server.url,
+            model=tiny_model,
+            **topics,
+        )
+    )
+    with running_worker(settings) as first, running_worker(settings) as second:
+        workers = (first, second)
+        wait_until(
+            lambda: all(len(w.consumer.assignment()) == 1 for w in workers),
+            PROCESS_TIMEOUT_S,
+            "one partition for each worker",
+        )
+        sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(fleet()))
+        assert {m.partition for m in sent} == {0, 1}, "the streams' keys should use both"
+        wait_until(
+            lambda: (
+                applied_counts(redis_client, settings.redis_key_prefix, tiny_model)
+                == good_counts(sent)
+            ),
+            PROCESS_TIMEOUT_S,
+            "every event applied",
+        )
+        totals = [w.totals for w in workers]
+        partitions = [{tp.partition for tp in w.consumer.assignment()} for w in workers]
+        cached = [set(w.processor.cache) for w in workers]
+
+    # Each worker did its partition's share, and only that: the totals add up to the input.
+    assert partitions[0] | partitions[1] == {0, 1} and not partitions[0] & partitions[1]
+    for worker_totals, worker_partitions in zip(totals, partitions, strict=True):
+        share = sum(m.partition in worker_partitions for m in sent)
+        assert (worker_totals.consumed, worker_totals.applied) == (share, share)
+        assert worker_totals.skipped == 0
+    assert sum(t.applied for t in totals) == len(sent)
+    assert cached[0] and cached[1] and not cached[0] & cached[1]
+    expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+    blobs = stored_blobs(redis_client, settings.redis_key_prefix)
+    assert decode_states_equal(blobs, expected.blobs) == []
+
+
+def test_a_zombie_write_is_refused_by_the_fence(
+    redis_client: redis.Redis, tiny_model: TinyModel
+) -> None:
+    """A worker that lost its partition without noticing (a zombie) still holds an old cached
+    state and processes a stale batch; its write must not overwrite the newer state written
+    by the partition's new owner."""
+    from stream_ae.core.records import Event
+    from stream_ae.worker.processor import PolicyParams, StreamProcessor
+
+    scorer = load_tiny_scorer(tiny_model)
+    stream = fleet()[0]
+    events = [
+        Event(stream.name, int(stream.ts_ms[k]), stream.values[k], "metrics", 3, offset)
+        for offset, k in enumerate(range(HISTORY_STEPS, HISTORY_STEPS + 200))
+    ]
+
+    def processor() -> StreamProcessor:
+        store = RedisWindowStore(redis_client, tiny_model.window, tiny_model.features, "fence")
+        return StreamProcessor(
+            store, lambda: scorer, stride=1, policy=PolicyParams(), clock_ms=lambda: 0
+        )
+
+    zombie, owner = processor(), processor()
+    key = f"fence:w:{{{stream.name}}}"
+    first = zombie.process(events[:100])
+    assert zombie.save(first.touched) == []
+
+    # The partition moves: the new owner loads the state at offset 99 and goes on to 199.
+    newer = owner.process(events[100:])
+    assert newer.events_applied == 100
+    assert owner.save(newer.touched) == []
+    stored = redis_client.get(key)
+
+    # The zombie, from its cache at offset 99, applies a stale batch up to offset 149 and
+    # writes: refused, and its cached state is dropped so it cannot build on it.
+    stale = zombie.process(events[100:150])
+    assert stale.touched[stream.name].offset == 149
+    assert zombie.save(stale.touched) == [stream.name]
+    assert stream.name not in zombie.cache
+    assert redis_client.get(key) == stored
+    # An equal offset is refused too (the same batch written twice changes nothing)...
+    replay = processor().process(events[:100])
+    assert replay.events_skipped == 100 and not replay.touched
+    # ...and the state the zombie would have written was genuinely older.
+    assert isinstance(stored, bytes)
+    assert decode_state(stored).offset == 199 and decode_state(stored).count == 200

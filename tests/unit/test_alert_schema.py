@@ -1,0 +1,211 @@
+"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v1.json), and alert ids are
+deterministic: the same input and model version always give the same id."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator, FormatChecker
+
+import stream_ae
+from stream_ae.core.records import ALERT_SCHEMA_ID, alert_id, alert_schema, build_alert, ms_to_iso
+
+SCHEMA_FILE = Path(stream_ae.__file__).parent / "schemas" / "alert.v1.json"
+# RFC 3339 date-time, as JSON Schema's "date-time" format means it. jsonschema only checks this
+# format when the optional rfc3339-validator is installed, so the check is spelled out here.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _checker() -> FormatChecker:
+    checker = copy.deepcopy(Draft202012Validator.FORMAT_CHECKER)
+
+    @checker.checks("date-time", raises=ValueError)
+    def is_date_time(instance: object) -> bool:
+        if not isinstance(instance, str):
+            return True
+        if not _RFC3339.match(instance):
+            return False
+        datetime.fromisoformat(instance.upper().replace("Z", "+00:00"))  # real calendar date
+        return True
+
+    return checker
+
+
+VALIDATOR = Draft202012Validator(alert_schema(), format_checker=_checker())
+
+
+def make_alert(**overrides: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "stream": "host-7/cpu",
+        "status": "open",
+        "score": 0.9993,
+        "threshold": 0.999,
+        "distance": 4.2,
+        "start_ts_ms": 1_704_067_200_000,
+        "end_ts_ms": 1_704_067_263_000,
+        "window_size": 64,
+        "topic": "metrics",
+        "partition": 3,
+        "offset": 12_345,
+        "model_name": "default",
+        "model_version": "20240101T000000000000Z",
+        "feature_names": ("cpu", "mem"),
+        "contributions": np.array([0.75, 0.25]),
+        "directions": np.array([1, -1]),
+        "emitted_at_ms": 1_704_067_264_123,
+    }
+    arguments.update(overrides)
+    return build_alert(**arguments)
+
+
+def test_the_shipped_schema_is_a_valid_draft_2020_12_schema() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema == alert_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["properties"]["schema"]["const"] == ALERT_SCHEMA_ID
+
+
+def test_an_alert_validates_and_survives_json() -> None:
+    alert = make_alert()
+    VALIDATOR.validate(alert)
+    VALIDATOR.validate(json.loads(json.dumps(alert)))
+    assert alert["schema"] == ALERT_SCHEMA_ID
+    assert alert["window"] == {
+        "start_ts": "2024-01-01T00:00:00.000Z",
+        "end_ts": "2024-01-01T00:01:03.000Z",
+        "size": 64,
+    }
+    assert alert["source"] == {"topic": "metrics", "partition": 3, "offset": 12_345}
+    assert alert["features"] == [
+        {"name": "cpu", "contribution": 0.75, "direction": "above"},
+        {"name": "mem", "contribution": 0.25, "direction": "below"},
+    ]
+    assert alert["emitted_at"] == "2024-01-01T00:01:04.123Z"
+
+
+def test_the_validator_does_check_formats_and_constraints() -> None:
+    """Guard against a validator that accepts anything (e.g. formats silently unchecked)."""
+    broken: list[tuple[str, Any]] = [
+        ("emitted_at", "yesterday"),
+        ("emitted_at", "2024-02-30T00:00:00Z"),
+        ("status", "closed"),
+        ("score", 1.5),
+        ("alert_id", "XYZ"),
+        ("schema", "stream-ae.alert/v2"),
+        ("features", []),
+        ("unexpected", 1),
+    ]
+    for field, value in broken:
+        alert = make_alert()
+        alert[field] = value
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATOR.validate(alert)
+    alert = make_alert()
+    alert["window"]["end_ts"] = "2024-01-01 00:00"
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(alert)
+    alert = make_alert()
+    del alert["source"]["offset"]
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(alert)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stream=st.text(min_size=1, max_size=256).filter(lambda s: not set(s) & set("{}\n\r\x00")),
+    status=st.sampled_from(["open", "resolved"]),
+    score=st.floats(0, 1),
+    threshold=st.floats(0, 1),
+    distance=st.floats(0, 1e12),
+    start_ms=st.integers(0, 8_999_999_999_999),
+    span_ms=st.integers(0, 10**9),
+    window=st.integers(1, 4096),
+    partition=st.integers(0, 2**31 - 1),
+    offset=st.integers(0, 2**62),
+    shares=st.lists(st.floats(0.001, 1), min_size=1, max_size=5),
+    version=st.text(max_size=30),
+)
+def test_any_alert_the_worker_can_build_validates(
+    stream: str,
+    status: str,
+    score: float,
+    threshold: float,
+    distance: float,
+    start_ms: int,
+    span_ms: int,
+    window: int,
+    partition: int,
+    offset: int,
+    shares: list[float],
+    version: str,
+) -> None:
+    contributions = np.array(shares) / np.sum(shares)
+    alert = make_alert(
+        stream=stream,
+        status=status,
+        score=score,
+        threshold=threshold,
+        distance=distance,
+        start_ts_ms=start_ms,
+        end_ts_ms=start_ms + span_ms,
+        emitted_at_ms=start_ms + span_ms,
+        window_size=window,
+        partition=partition,
+        offset=offset,
+        model_version=version,
+        feature_names=[f"f{i}" for i in range(len(shares))],
+        contributions=np.clip(contributions, 0.0, 1.0),
+        directions=np.where(np.arange(len(shares)) % 2 == 0, 1, -1),
+    )
+    VALIDATOR.validate(alert)
+
+
+# --- alert_id ---------------------------------------------------------------------------------
+
+
+def test_alert_id_is_deterministic_and_ignores_presentation_fields() -> None:
+    first = make_alert()
+    # Re-scored on replay: emitted later, score and contributions may be recomputed.
+    again = make_alert(emitted_at_ms=1_800_000_000_000, score=0.99931, distance=4.3)
+    assert first["alert_id"] == again["alert_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first["alert_id"])
+    assert first["alert_id"] == alert_id(
+        "host-7/cpu", "metrics", 3, 12_345, "open", "20240101T000000000000Z"
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_version": "20240102T000000000000Z"},
+        {"offset": 12_346},
+        {"status": "resolved"},
+        {"partition": 4},
+        {"topic": "metrics-2"},
+        {"stream": "host-8/cpu"},
+    ],
+)
+def test_alert_id_differs_when_its_inputs_differ(change: dict[str, Any]) -> None:
+    assert make_alert(**change)["alert_id"] != make_alert()["alert_id"]
+
+
+def test_alert_id_fields_cannot_run_into_each_other() -> None:
+    # Naive concatenation would make ("a1", 23) and ("a", 123) the same token.
+    assert alert_id("a1", "t", 2, 3, "open", "v") != alert_id("a", "1t", 2, 3, "open", "v")
+    assert alert_id("s", "t", 12, 3, "open", "v") != alert_id("s", "t", 1, 23, "open", "v")
+
+
+def test_ms_to_iso_is_utc_with_milliseconds() -> None:
+    assert ms_to_iso(0) == "1970-01-01T00:00:00.000Z"
+    assert ms_to_iso(1_704_067_200_001) == "2024-01-01T00:00:00.001Z"

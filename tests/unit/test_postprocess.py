@@ -1,0 +1,269 @@
+"""Tests of the streaming anomaly likelihood (stream_ae.core.postprocess)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_ae.core.postprocess import (
+    DAY_MS,
+    LikelihoodParams,
+    PostParams,
+    SeasonalParams,
+    hold_peaks,
+    likelihood_scores,
+    new_hold_state,
+    new_post_state,
+    new_state,
+    post_scores,
+    seasonal_scores,
+    tail_score,
+)
+
+SMALL = LikelihoodParams(short_window=4, long_window=30, learning_windows=10, min_std=0.01)
+
+
+def run_all(params: LikelihoodParams, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return likelihood_scores(params, new_state(params), raw)
+
+
+def noise(n: int, seed: int = 0, level: float = 1.0) -> np.ndarray:
+    return level + 0.1 * np.random.default_rng(seed).standard_normal(n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    raw=st.lists(st.one_of(st.floats(0.0, 50.0), st.just(math.nan)), min_size=1, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+)
+def test_any_split_into_batches_gives_the_same_scores_and_state(
+    raw: list[float], cuts: list[int]
+) -> None:
+    values = np.asarray(raw)
+    whole, whole_state = run_all(SMALL, values)
+    state = new_state(SMALL)
+    parts = []
+    bounds = sorted({0, len(values), *(c for c in cuts if c <= len(values))})
+    for lo, hi in itertools.pairwise(bounds):
+        scores, state = likelihood_scores(SMALL, state, values[lo:hi])
+        parts.append(scores)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(state, whole_state)
+
+
+def test_state_is_a_small_fixed_size_array_and_input_state_is_not_modified() -> None:
+    state = new_state(SMALL)
+    before = state.copy()
+    _, after = likelihood_scores(SMALL, state, noise(500))
+    assert after.shape == state.shape == (SMALL.state_size,) == (5 + SMALL.short_window,)
+    np.testing.assert_array_equal(state, before)
+    assert after[0] == 500  # windows seen
+
+
+def test_nothing_is_reported_during_the_learning_period() -> None:
+    scores, _ = run_all(SMALL, np.r_[noise(5), 100.0, noise(20)])
+    assert np.all(scores[: SMALL.learning_windows] == 0.0)
+    assert scores[SMALL.learning_windows] > 0.0
+
+
+def test_nan_scores_nan_and_leaves_the_state_alone() -> None:
+    _, state = run_all(SMALL, noise(40))
+    scores, same = likelihood_scores(SMALL, state, np.array([math.nan, math.nan]))
+    assert np.all(np.isnan(scores))
+    np.testing.assert_array_equal(same, state)
+
+
+def test_history_matches_the_mean_and_variance_of_the_smoothed_scores() -> None:
+    # Within long_window windows the weights are equal: the state holds the plain mean and
+    # (population) variance of the moving averages seen so far.
+    params = LikelihoodParams(short_window=3, long_window=1000, learning_windows=0)
+    raw = noise(200, seed=3)
+    _, state = run_all(params, raw)
+    smoothed = np.array([raw[max(0, i - 2) : i + 1].mean() for i in range(len(raw))])
+    assert state[1] == pytest.approx(smoothed.mean(), rel=1e-12)
+    assert state[2] == pytest.approx(smoothed.var(), rel=1e-9)
+
+
+def test_a_jump_scores_high_at_once_and_fades_as_the_history_absorbs_it() -> None:
+    params = LikelihoodParams(short_window=5, long_window=200, learning_windows=50, decades=10)
+    raw = np.r_[noise(400, seed=1), noise(600, seed=2, level=3.0)]
+    scores, _ = run_all(params, raw)
+    before, onset, late = scores[300:400], scores[400:410], scores[-100:]
+    assert before.max() < 0.3
+    assert onset.max() == 1.0  # far beyond 10 decades of tail probability
+    assert late.max() < 0.3  # the new level is the new normal
+
+
+def test_clipping_keeps_one_anomaly_from_masking_the_next() -> None:
+    raw = noise(600, seed=4)
+    raw[300:310] = 30.0  # a first burst
+    raw[400:403] = 3.0  # a second, smaller one
+    common = {"short_window": 3, "long_window": 500, "learning_windows": 50, "decades": 10.0}
+    plain, _ = run_all(LikelihoodParams(**common), raw)  # type: ignore[arg-type]
+    clipped, _ = run_all(LikelihoodParams(**common, clip_z=4.0), raw)  # type: ignore[arg-type]
+    assert clipped[400:405].max() > plain[400:405].max() + 0.2
+
+
+def test_scores_are_monotone_in_the_raw_score_for_the_same_history() -> None:
+    # With the default 20 decades a z of 9.3 scores 1; 5 raw units above a history of std
+    # 0.1 is z = 40.
+    _, state = run_all(SMALL, noise(100))
+    candidates = np.linspace(0.0, 5.0, 21)
+    outs = [likelihood_scores(SMALL, state, np.array([c]))[0][0] for c in candidates]
+    assert np.all(np.diff(outs) >= 0)
+    assert outs[0] == 0.0 or outs[0] < 0.05
+    assert outs[-1] == 1.0
+
+
+def test_tail_score_known_values_and_bounds() -> None:
+    z = np.array([-40.0, 0.0, 1.2815516, 4.2648908, 6.3613409, 1e3])
+    got = tail_score(z)
+    # Q(0) = 0.5, Q(1.28) = 0.1, Q(4.26) = 1e-5, Q(6.36) = 1e-10.
+    np.testing.assert_allclose(got, [0.0, math.log10(2) / 10, 0.1, 0.5, 1.0, 1.0], atol=1e-7)
+    assert tail_score(np.array([8.0]), decades=20)[0] == pytest.approx(
+        -math.log10(0.5 * math.erfc(8 / math.sqrt(2))) / 20
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"short_window": 0},
+        {"long_window": 0},
+        {"learning_windows": -1},
+        {"min_std": 0.0},
+        {"decades": 0.0},
+        {"clip_z": 0.0},
+    ],
+)
+def test_bad_parameters_are_rejected(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        LikelihoodParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_state_of_the_wrong_shape_is_rejected() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        likelihood_scores(SMALL, np.zeros(3), np.ones(2))
+
+
+# --- time-of-day profile -------------------------------------------------------------------
+
+HOUR_MS = 3_600_000
+DAILY = SeasonalParams(slots=24, memory=10, learning_windows=3, min_std=0.05)
+
+
+def hourly(days: int) -> np.ndarray:
+    """End times of hourly windows over ``days`` days, from midnight UTC."""
+    return 1_396_310_400_000 + HOUR_MS * np.arange(24 * days, dtype=np.int64)
+
+
+def daily_errors(days: int, seed: int = 0) -> np.ndarray:
+    """Distances that are high every day at 18:00 and low otherwise."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(24 * days) % 24
+    return np.where(hours == 18, 5.0, 0.5) + 0.05 * rng.standard_normal(24 * days)
+
+
+def test_the_daily_peak_is_normal_for_its_slot_but_the_same_error_elsewhere_is_not() -> None:
+    ts, d = hourly(12), daily_errors(12)
+    d[24 * 10 + 9] = 5.0  # the evening's error, at nine in the morning of day 10
+    scores, _ = seasonal_scores(DAILY, np.zeros(DAILY.state_size), d, ts)
+    evening = scores[24 * 5 + 18 :: 24]
+    assert evening.max() < 0.2
+    assert scores[24 * 10 + 9] == 1.0
+
+
+def test_a_missing_daily_peak_is_anomalous_too() -> None:
+    ts, d = hourly(12), daily_errors(12)
+    d[24 * 10 + 18] = 0.5  # the evening peak does not come
+    scores, _ = seasonal_scores(DAILY, np.zeros(DAILY.state_size), d, ts)
+    assert scores[24 * 10 + 18] > 0.5
+    others = np.delete(scores[24 * 5 :], 24 * 5 + 18)
+    assert others.max() < 0.3
+
+
+def test_slots_follow_the_utc_time_of_day() -> None:
+    params = SeasonalParams(slots=4, memory=5, learning_windows=0)
+    ts = np.array([0, 6 * HOUR_MS - 1, 6 * HOUR_MS, DAY_MS + 23 * HOUR_MS])
+    _, state = seasonal_scores(params, np.zeros(params.state_size), np.ones(4), ts)
+    counts = state[: params.slots]
+    np.testing.assert_array_equal(counts, [2, 1, 0, 1])
+
+
+def test_nothing_is_scored_before_a_slot_has_learned() -> None:
+    ts, d = hourly(2), daily_errors(2)
+    scores, _ = seasonal_scores(DAILY, np.zeros(DAILY.state_size), d, ts)
+    assert np.all(scores[: 24 * DAILY.learning_windows] == 0.0)
+
+
+# --- peak hold -------------------------------------------------------------------------------
+
+
+def test_peak_hold_keeps_one_score_per_run_of_high_scores() -> None:
+    run = np.r_[np.zeros(5), 0.6, 0.8, 0.8, 0.7, 0.9, 0.2, np.zeros(20), 0.5]
+    held, _ = hold_peaks(10, new_hold_state(), run)
+    # Every threshold sees the rise of the run (0.6, 0.8, 0.9: each a new high) and nothing
+    # else in it; after ten windows without a new high the hold expires.
+    assert np.flatnonzero(held).tolist() == [5, 6, 9, len(run) - 1]
+    np.testing.assert_array_equal(held[[5, 6, 9]], [0.6, 0.8, 0.9])
+    assert np.array_equal(hold_peaks(0, new_hold_state(), run)[0], run)
+
+
+# --- the chain ---------------------------------------------------------------------------------
+
+CHAIN = PostParams(
+    likelihood=LikelihoodParams(short_window=1, long_window=100, learning_windows=10),
+    seasonal=SeasonalParams(slots=4, memory=5, learning_windows=2),
+    hold=7,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    raw=st.lists(st.one_of(st.floats(0.0, 20.0), st.just(math.nan)), min_size=1, max_size=150),
+    cuts=st.lists(st.integers(0, 150), max_size=5),
+)
+def test_the_chain_is_the_same_for_any_split_into_batches(
+    raw: list[float], cuts: list[int]
+) -> None:
+    values = np.asarray(raw)
+    ts = 1_396_310_400_000 + 1_800_000 * np.arange(len(values), dtype=np.int64)
+    whole, whole_state = post_scores(CHAIN, new_post_state(CHAIN), values, ts)
+    state, parts = new_post_state(CHAIN), []
+    for lo, hi in itertools.pairwise(sorted({0, len(values), *(c for c in cuts if c < len(raw))})):
+        scores, state = post_scores(CHAIN, state, values[lo:hi], ts[lo:hi])
+        parts.append(scores)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(state, whole_state)
+    assert np.array_equal(np.isnan(whole), np.isnan(values))
+    assert np.all((whole[~np.isnan(whole)] >= 0) & (whole[~np.isnan(whole)] <= 1))
+
+
+def test_the_chain_takes_the_larger_tail_then_holds_peaks() -> None:
+    ts, d = hourly(12), daily_errors(12)
+    likelihood, _ = likelihood_scores(CHAIN.likelihood, new_state(CHAIN.likelihood), d)
+    seasonal, _ = seasonal_scores(CHAIN.seasonal or SeasonalParams(), np.zeros(12), d, ts)
+    expected, _ = hold_peaks(CHAIN.hold, new_hold_state(), np.fmax(likelihood, seasonal))
+    got, state = post_scores(CHAIN, new_post_state(CHAIN), d, ts)
+    np.testing.assert_array_equal(got, expected)
+    assert state.shape == (CHAIN.state_size,) == (6 + 12 + 2,)
+    assert PostParams().state_size == 53  # the default: small enough for every window state
+
+
+def test_post_params_round_trip_and_can_switch_the_profile_off() -> None:
+    assert PostParams.from_dict(CHAIN.to_dict()) == CHAIN
+    off = PostParams.from_dict({**CHAIN.to_dict(), "seasonal": None})
+    assert off.seasonal is None and off.state_size == 6 + 2
+    ts, d = hourly(3), daily_errors(3)
+    scores, _ = post_scores(off, new_post_state(off), d, ts)
+    held, _ = hold_peaks(
+        off.hold,
+        new_hold_state(),
+        likelihood_scores(off.likelihood, new_state(off.likelihood), d)[0],
+    )
+    np.testing.assert_array_equal(scores, held)

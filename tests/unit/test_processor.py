@@ -1,0 +1,301 @@
+"""The poll-batch core (stream_ae.worker.processor) with a tiny real model and the in-memory store:
+any split of the events into poll batches, and any crash-and-replay, gives the same alerts and
+the same stored states; every batch costs one model call at most."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_ae.core.records import Event
+from stream_ae.core.scoring import fit_calibration, window_errors
+from stream_ae.core.synthetic import make_stream
+from stream_ae.core.windowing import series_windows
+from stream_ae.io.window_store import InMemoryWindowStore
+from stream_ae.model.artifacts import (
+    Artifact,
+    CalibrationSet,
+    Scaling,
+    load_artifact,
+    save_artifact,
+)
+from stream_ae.model.inference import Scorer
+from stream_ae.model.network import ModelSpec, build_model, split_window
+from stream_ae.worker.processor import BatchOutcome, PolicyParams, StreamProcessor
+
+WINDOW, FEATURES = 8, 2
+SPEC = ModelSpec(window=WINDOW, features=FEATURES, feature_names=("cpu", "mem"), hidden=4)
+TOPIC = "metrics"
+NOW_MS = 1_750_000_000_000
+POLICY = PolicyParams(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
+STRIDE = 2
+
+
+class CountingModel:
+    """The Keras model behind a counter of its calls."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.calls: list[int] = []  # batch size of each call
+
+    def predict_on_batch(self, inputs: np.ndarray) -> Any:
+        self.calls.append(len(inputs))
+        return self.model.predict_on_batch(inputs)
+
+
+@dataclass
+class Tiny:
+    """A small artifact and a scorer whose model calls are counted."""
+
+    artifact: Artifact
+    model: CountingModel
+    scorer: Scorer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
+    model = build_model(SPEC, seed=1)  # untrained: its errors are what they are, consistently
+    scaling = Scaling(mode="stream", mean=(0.0, 0.0), std=(1.0, 1.0))
+    # Calibrate on the model's own errors on normal data, at a low level so that alerts also
+    # open and resolve on ordinary noise, not only on the injected anomalies.
+    normal = make_stream("calibration", 600, features=FEATURES, seed=99).values
+    windows = series_windows(normal, WINDOW)
+    scaled = scaling.apply(windows.windows, windows.stat_mean, windows.stat_std)
+    inputs, targets = split_window(SPEC, scaled)
+    errors, _ = window_errors(targets[0], np.asarray(model.predict_on_batch(inputs)))
+    calibration = CalibrationSet(fit_calibration(errors, method="quantile", level=0.9))
+    directory = save_artifact(
+        tmp_path_factory.mktemp("artifact") / "tiny",
+        model=model,
+        spec=SPEC,
+        scaling=scaling,
+        calibration=calibration,
+        name="tiny",
+        version="v1",
+    )
+    loaded = load_artifact(Path(directory))
+    counting = CountingModel(loaded.model)
+    scorer = Scorer(replace(loaded, model=counting), buckets=(16, 128, 1024))
+    scorer.warm_up()
+    yield Tiny(loaded, counting, scorer)
+
+
+def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]:
+    """Interleaved events of several streams on two partitions, with injected anomalies."""
+    per_stream = [
+        make_stream(
+            f"s{i}",
+            steps,
+            features=FEATURES,
+            anomalies=1,
+            anomaly_len=4,
+            seed=seed + i,
+            min_anomaly_step=WINDOW * 2,
+        )
+        for i in range(streams)
+    ]
+    events: list[Event] = []
+    next_offset = {0: 1000, 1: 5000}
+    for step in range(steps):
+        for i, stream in enumerate(per_stream):
+            partition = i % 2
+            events.append(
+                Event(
+                    stream=stream.name,
+                    ts_ms=int(stream.ts_ms[step]),
+                    values=stream.values[step],
+                    topic=TOPIC,
+                    partition=partition,
+                    offset=next_offset[partition],
+                )
+            )
+            next_offset[partition] += 1
+    return events
+
+
+def processor(tiny: Tiny, store: InMemoryWindowStore) -> StreamProcessor:
+    return StreamProcessor(
+        store, lambda: tiny.scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
+    )
+
+
+def run_batches(
+    tiny: Tiny, batches: Sequence[Sequence[Event]], store: InMemoryWindowStore | None = None
+) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
+    """Process and save each batch in turn, as the worker does (steps 3-7)."""
+    store = store or InMemoryWindowStore(WINDOW, FEATURES)
+    proc = processor(tiny, store)
+    outcomes = []
+    for batch in batches:
+        outcome = proc.process(batch)
+        assert proc.save(outcome.touched) == []
+        outcomes.append(outcome)
+    return store, outcomes
+
+
+def split(events: list[Event], cuts: Sequence[int]) -> list[list[Event]]:
+    bounds = [0, *sorted(set(cuts)), len(events)]
+    return [events[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def alert_ids(outcomes: Sequence[BatchOutcome]) -> list[str]:
+    """Every alert id emitted, sorted: the order across streams depends on the batching."""
+    return sorted(alert["alert_id"] for outcome in outcomes for alert in outcome.alerts)
+
+
+def stored_bytes(store: InMemoryWindowStore, events: Sequence[Event]) -> dict[str, bytes | None]:
+    return {stream: store.raw(stream) for stream in sorted({e.stream for e in events})}
+
+
+EVENTS = make_events()
+
+
+@pytest.fixture(scope="module")
+def one_go(tiny: Tiny) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
+    return run_batches(tiny, [EVENTS])
+
+
+def test_the_reference_run_alerts_and_scores_every_window(
+    one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+) -> None:
+    store, (outcome,) = one_go
+    assert outcome.events_applied == len(EVENTS) and outcome.events_skipped == 0
+    # Per stream: windows at counts 8, 10, ..., 60.
+    assert len(outcome.windows.scores) == 4 * ((60 - WINDOW) // STRIDE + 1)
+    statuses = [alert["status"] for alert in outcome.alerts]
+    assert "open" in statuses and "resolved" in statuses  # the policy really runs
+    for alert in outcome.alerts:
+        assert alert["model"] == {"name": "tiny", "version": "v1"}
+        assert alert["emitted_at"] == "2025-06-15T15:06:40.000Z"
+        assert alert["window"]["size"] == WINDOW
+    assert all(store.raw(s) is not None for s in ("s0", "s1", "s2", "s3"))
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts=st.lists(st.integers(1, len(EVENTS) - 1), max_size=6), restart=st.booleans())
+def test_any_split_into_poll_batches_gives_the_same_alerts_and_states(
+    tiny: Tiny,
+    one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+    cuts: list[int],
+    restart: bool,
+) -> None:
+    reference_store, reference = one_go
+    batches = split(EVENTS, cuts)
+    if restart:  # a new processor per batch: states come back from the store, not the cache
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        outcomes = []
+        for batch in batches:
+            outcomes += run_batches(tiny, [batch], store)[1]
+    else:
+        store, outcomes = run_batches(tiny, batches)
+    assert alert_ids(outcomes) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+    scores = np.concatenate([o.windows.scores for o in outcomes])
+    offsets = np.concatenate([o.windows.end_offsets for o in outcomes])
+    ref = dict(
+        zip(reference[0].windows.end_offsets.tolist(), reference[0].windows.scores, strict=True)
+    )
+    assert sorted(offsets.tolist()) == sorted(ref)
+    # Scores agree to float32 round-off: the model may batch rows differently.
+    np.testing.assert_allclose(scores, [ref[o] for o in offsets.tolist()], rtol=1e-4, atol=1e-6)
+
+
+def test_one_model_call_per_batch(tiny: Tiny) -> None:
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    proc = processor(tiny, store)
+    for batch in split(EVENTS, [20, 21, 150]):
+        before = len(tiny.model.calls)
+        outcome = proc.process(batch)
+        proc.save(outcome.touched)
+        calls = tiny.model.calls[before:]
+        windows = len(outcome.windows.scores)
+        if windows:
+            assert len(calls) == 1, calls
+            assert calls[0] == tiny.scorer.bucket_for(windows) >= windows  # padded to a bucket
+        else:
+            assert calls == []  # nothing completed: the model is not called at all
+
+
+def test_a_replayed_batch_yields_no_new_windows_alerts_or_writes(tiny: Tiny) -> None:
+    first, second = EVENTS[:100], EVENTS[100:]
+    store, _ = run_batches(tiny, [first, second])
+    before = stored_bytes(store, EVENTS)
+    calls = len(tiny.model.calls)
+
+    # Same processor (cached states) and a fresh one (states from the store).
+    for proc in (processor(tiny, store), processor(tiny, store)):
+        for batch in (second, first, EVENTS):
+            outcome = proc.process(batch)
+            assert outcome.events_applied == 0 and outcome.events_skipped == len(batch)
+            assert len(outcome.windows.scores) == 0
+            assert outcome.alerts == [] and outcome.touched == {}
+            proc.save(outcome.touched)
+    assert len(tiny.model.calls) == calls
+    assert stored_bytes(store, EVENTS) == before
+
+
+def test_crash_before_the_state_write_replays_to_the_same_result(
+    tiny: Tiny, one_go: tuple[InMemoryWindowStore, list[BatchOutcome]]
+) -> None:
+    """A crash after alerts were produced but before states were written (step 6 -> 7): the
+    restarted worker re-polls the batch and re-emits the same alert ids; nothing is lost."""
+    reference_store, reference = one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    first, second, third = EVENTS[:90], EVENTS[90:170], EVENTS[170:]
+    _, before_crash = run_batches(tiny, [first], store)
+    crashed = processor(tiny, store).process(second)  # alerts flushed, state never saved
+    _, after_restart = run_batches(tiny, [second, third], store)
+    emitted = alert_ids([*before_crash, crashed, *after_restart])
+    assert set(emitted) == set(alert_ids(reference))  # duplicates allowed, nothing missing
+    assert alert_ids([*before_crash, *after_restart]) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+
+
+def test_crash_after_the_state_write_skips_what_was_applied(
+    tiny: Tiny, one_go: tuple[InMemoryWindowStore, list[BatchOutcome]]
+) -> None:
+    """A crash after the state write but before the offset commit (step 7 -> 8): the batch is
+    polled again from the old committed offset and skipped event by event."""
+    reference_store, reference = one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    _, outcomes = run_batches(tiny, [EVENTS[:130]], store)
+    # Re-polled from an earlier commit, overlapping what was applied.
+    _, replayed = run_batches(tiny, [EVENTS[60:]], store)
+    assert replayed[0].events_skipped == 70
+    assert alert_ids([*outcomes, *replayed]) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+
+
+def test_a_zombie_write_is_refused_and_its_cache_dropped(tiny: Tiny) -> None:
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    owner, zombie = processor(tiny, store), processor(tiny, store)
+    zombie_outcome = zombie.process(EVENTS[:40])  # the zombie stalls before writing
+    run_batches(tiny, [EVENTS[:120]], store)  # the new owner moves on
+    before = stored_bytes(store, EVENTS)
+    refused = zombie.save(zombie_outcome.touched)
+    assert sorted(refused) == ["s0", "s1", "s2", "s3"]
+    assert zombie.cache == {}  # it reloads (and skips) if it ever gets the streams back
+    assert stored_bytes(store, EVENTS) == before
+    del owner
+
+
+def test_forget_partitions_drops_only_their_streams(tiny: Tiny) -> None:
+    proc = processor(tiny, InMemoryWindowStore(WINDOW, FEATURES))
+    proc.save(proc.process(EVENTS[:40]).touched)
+    assert proc.forget_partitions([(TOPIC, 0)]) == 2
+    assert sorted(proc.cache) == ["s1", "s3"]  # odd streams live on partition 1

@@ -1,0 +1,258 @@
+"""The ``stream-ae-train`` command line: help for every option, and the commands end to end on
+a small NAB-layout directory (train, thresholds, report, embed, export-encoder, registry)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from stream_ae.model.artifacts import load_artifact
+from training.cli import COMMANDS, build_parser, main
+from training.plots import HISTOGRAM_PNG, LATENT_PNG, LOSS_PNG, RECONSTRUCTIONS_PNG, REPORT_MD
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("no subcommands")
+
+
+def test_every_command_explains_every_option() -> None:
+    commands = _subparsers(build_parser())
+    assert set(commands) == set(COMMANDS)
+    for name, parser in commands.items():
+        assert parser.description, name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 8, (name, action.dest)
+        text = parser.format_help()
+        assert "usage:" in text
+
+
+def test_python_m_training_help_needs_no_tensorflow() -> None:
+    for argv in (["--help"], ["train", "--help"], ["refit", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "training", *argv], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+    assert "--every DURATION" in result.stdout and "--once" in result.stdout
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, contextlib, io\n"
+            "from training.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['train', '--help'])\n"
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.stdout.split() == ["False", "False"], probe.stderr
+
+
+def _write_nab(root: Path) -> Path:
+    """Two NAB-layout files of a noisy daily-like sine, a labelled spike in each."""
+    data = root / "data"
+    labels: dict[str, list[list[str]]] = {}
+    rng = np.random.default_rng(0)
+    for category, name, level in (("realA", "one.csv", 10.0), ("artB", "two.csv", 50.0)):
+        (data / category).mkdir(parents=True)
+        times = np.datetime64("2024-01-01T00:00") + np.arange(700) * np.timedelta64(5, "m")
+        values = (
+            level + 3 * np.sin(np.arange(700) * 2 * np.pi / 48) + 0.2 * rng.standard_normal(700)
+        )
+        values[500:506] += 15  # the labelled anomaly
+        lines = ["timestamp,value"] + [
+            f"{str(t).replace('T', ' ')}:00,{v:.4f}" for t, v in zip(times, values, strict=True)
+        ]
+        (data / category / name).write_text("\n".join(lines) + "\n")
+        labels[f"{category}/{name}"] = [
+            [
+                f"{str(times[490]).replace('T', ' ')}:00.000000",
+                f"{str(times[515]).replace('T', ' ')}:00.000000",
+            ]
+        ]
+    (root / "combined_windows.json").write_text(json.dumps(labels))
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("nab")
+    data = _write_nab(root)
+    artifact = root / "artifact"
+    code = main(
+        [
+            "train",
+            "--nab",
+            str(data),
+            "--train-fraction",
+            "0.5",
+            "--scaling",
+            "stream",
+            "--window",
+            "16",
+            "--hidden",
+            "8",
+            "--epochs",
+            "4",
+            "--stride",
+            "2",
+            "--per-stream-thresholds",
+            "--min-stream-windows",
+            "20",
+            "--quiet",
+            "--out",
+            str(artifact),
+            "--name",
+            "nab",
+            "--version",
+            "v1",
+        ]
+    )
+    assert code == 0
+    return data, artifact
+
+
+def test_train_then_thresholds(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, artifact_dir = trained
+    artifact = load_artifact(artifact_dir)
+    assert (artifact.name, artifact.version, artifact.scaling.mode) == ("nab", "v1", "stream")
+    assert artifact.metrics["train_windows"] > 0
+    capsys.readouterr()
+    assert main(["thresholds", "--artifact", str(artifact_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    scopes = [row["scope"] for row in shown["thresholds"]]
+    assert scopes == ["global", "artB/two.csv", "realA/one.csv"]
+    assert all(
+        row["method"] == "far" and "false-alert rate" in row["how"] for row in shown["thresholds"]
+    )
+    assert main(["thresholds", "--artifact", str(artifact_dir)]) == 0
+    assert "distance thr" in capsys.readouterr().out
+
+
+def test_calibrate_refits_the_thresholds(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, artifact_dir = trained
+    out = tmp_path / "recalibrated"
+    argv = ["calibrate", "--artifact", str(artifact_dir), "--nab", str(data), "--stride", "2"]
+    assert (
+        main([*argv, "--threshold-method", "pot", "--threshold-level", "0.99", "--out", str(out)])
+        == 0
+    )
+    assert "peaks over threshold" in capsys.readouterr().out
+    before, after = load_artifact(artifact_dir), load_artifact(out)
+    assert after.calibration.default.method == "pot" and not after.calibration.per_stream
+    assert after.metrics["recalibrated_from"] == "v1"
+    # Same model, same preprocessing: only the calibration changed.
+    assert after.spec == before.spec and after.scaling == before.scaling
+    assert after.calibration.default.details["windows"] == after.metrics["calibration_windows"]
+
+
+def test_report_writes_the_plots_and_the_summary(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, artifact_dir = trained
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                "--artifact",
+                str(artifact_dir),
+                "--nab",
+                str(data),
+                "--trained-fraction",
+                "0.5",
+                "--stride",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for name in (LOSS_PNG, RECONSTRUCTIONS_PNG, LATENT_PNG, HISTOGRAM_PNG):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = (out / REPORT_MD).read_text()
+    assert "| labelled anomaly |" in summary and "| normal |" in summary
+    assert "| training part |" in summary
+
+
+def test_embed_and_export_encoder(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, artifact_dir = trained
+    codes_path, encoder_path = tmp_path / "codes.npz", tmp_path / "encoder.keras"
+    assert (
+        main(
+            [
+                "embed",
+                "--artifact",
+                str(artifact_dir),
+                "--nab",
+                str(data),
+                "--out",
+                str(codes_path),
+                "--encoder-out",
+                str(encoder_path),
+            ]
+        )
+        == 0
+    )
+    saved = np.load(codes_path)
+    assert saved["codes"].shape == (2 * (700 - 15), 8)
+    assert set(saved["streams"].tolist()) == {"realA/one.csv", "artB/two.csv"}
+    encoder = keras.saving.load_model(encoder_path, safe_mode=True)
+    assert encoder.output_shape == (None, 8)
+    # The exported encoder alone, fed the artifact's scaling, gives the same codes.
+    from training.data import load_nab_labels, read_nab
+    from training.fit import all_windows, scale_windows
+
+    artifact = load_artifact(artifact_dir)
+    series = read_nab(data, labels=load_nab_labels(data.parent / "combined_windows.json"))
+    windows = all_windows(series, 16)
+    codes = encoder.predict(scale_windows(artifact.scaling, windows), verbose=0)
+    assert np.allclose(codes, saved["codes"], atol=1e-5)
+    assert (
+        main(
+            ["export-encoder", "--artifact", str(artifact_dir), "--out", str(tmp_path / "e2.keras")]
+        )
+        == 0
+    )
+    assert (tmp_path / "e2.keras").stat().st_size > 0
+
+
+def test_registry_commands(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, artifact_dir = trained
+    registry = str(tmp_path / "registry")
+    assert main(["publish", str(artifact_dir), "--registry", registry]) == 0
+    assert "first champion" in capsys.readouterr().out
+    assert main(["list", "--registry", registry, "--name", "nab", "--json", "--history"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["champion"] == "v1"
+    assert [v["status"] for v in listing["versions"]] == ["champion"]
+    assert listing["history"][0]["event"] == "promote"
+    # A rollback with no earlier champion fails with a message, not a traceback.
+    assert main(["rollback", "--registry", registry, "--name", "nab"]) == 1
+    assert "no earlier champion" in capsys.readouterr().err
+    assert (
+        main(["promote", "v1", "--registry", registry, "--name", "nab", "--reason", "again"]) == 0
+    )
+    assert main(["list", "--registry", registry, "--name", "nab"]) == 0
+    assert "champion" in capsys.readouterr().out

@@ -1,0 +1,179 @@
+"""Training data sources: CSV layouts, NAB directories, topic replays on the test broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from stream_ae.core.records import encode_event, ms_to_iso
+from stream_ae.core.windowing import series_windows
+from stream_ae_dev.devstack import BrokerProcess
+from training.data import (
+    DataSourceError,
+    Series,
+    alert_spans,
+    head_fraction,
+    load_nab_labels,
+    parse_duration_s,
+    parse_time_bound,
+    read_csv,
+    read_nab,
+    replay_topic,
+    split_at_gaps,
+    split_recent,
+    time_range,
+)
+from training.fit import series_to_windows
+
+
+def test_csv_one_series_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.csv"
+    path.write_text("timestamp,value,mem\n2024-01-01 00:00:00,1.5,3\n2024-01-01 00:01:00,2.5,4\n")
+    (series,) = read_csv(path)
+    assert series.name == "cpu"
+    assert series.values.tolist() == [[1.5, 3.0], [2.5, 4.0]]
+    assert np.diff(series.ts_ms).tolist() == [60_000]
+    (only,) = read_csv(path, value_columns=["mem"])
+    assert only.values[:, 0].tolist() == [3.0, 4.0]
+
+
+def test_csv_long_format_keeps_each_streams_rows_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    rows = ["ts,stream,value"] + [f"{1000 * i},{'ab'[i % 2]},{i}" for i in range(10)]
+    path.write_text("\n".join(rows) + "\n")
+    series = {s.name: s for s in read_csv(path, time_column="ts", stream_column="stream")}
+    assert series["a"].values[:, 0].tolist() == [0, 2, 4, 6, 8]
+    assert series["b"].ts_ms.tolist() == [1000, 3000, 5000, 7000, 9000]
+
+
+def test_csv_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,value\n2024-01-01,1\n2024-01-02,oops\n")
+    with pytest.raises(DataSourceError, match=r"bad\.csv:3: column 'value': 'oops'"):
+        read_csv(path)
+    with pytest.raises(DataSourceError, match="no column"):
+        read_csv(path, time_column="time")
+    with pytest.raises(DataSourceError, match="cannot read"):
+        read_csv(tmp_path / "missing.csv")
+
+
+def test_nab_layout_with_labels(tmp_path: Path) -> None:
+    for category, name in (("realA", "x.csv"), ("artB", "y.csv")):
+        (tmp_path / category).mkdir()
+        lines = ["timestamp,value"] + [f"2024-01-01 00:{m:02d}:00,{m}" for m in range(20)]
+        (tmp_path / category / name).write_text("\n".join(lines) + "\n")
+    labels_path = tmp_path / "windows.json"
+    labels_path.write_text(
+        json.dumps({"realA/x.csv": [["2024-01-01 00:05:00.000000", "2024-01-01 00:07:00.000000"]]})
+    )
+    series = read_nab(tmp_path, labels=load_nab_labels(labels_path))
+    assert [s.name for s in series] == ["artB/y.csv", "realA/x.csv"]
+    x = series[1]
+    assert np.flatnonzero(x.label_mask()).tolist() == [5, 6, 7]
+    assert series[0].labels == ()
+    assert [s.name for s in read_nab(tmp_path, categories=["artB"])] == ["artB/y.csv"]
+    assert len(head_fraction(series, 0.15)[0]) == 3
+    with pytest.raises(DataSourceError, match="no directory"):
+        read_nab(tmp_path, categories=["nope"])
+
+
+def test_gaps_ranges_and_recent_split() -> None:
+    ts = np.array([0, 1, 2, 10, 11, 12, 13, 30]) * 1000
+    s = Series("s", np.arange(8, dtype=np.float32), ts)
+    parts = split_at_gaps([s], max_gap_ms=5000)
+    assert [p.name for p in parts] == ["s", "s#1", "s#2"]
+    assert [len(p) for p in parts] == [3, 4, 1]
+    (cut,) = time_range([s], 2000, 12_000)
+    assert cut.values[:, 0].tolist() == [2, 3, 4, 5]
+    long = Series("l", np.arange(100, dtype=np.float32), np.arange(100) * 1000)
+    (older,), (recent,) = split_recent([long], 0.2, window=10)
+    assert len(older) == 80
+    # The recent part starts window - 1 events early: its windows end exactly on the last 20.
+    assert series_windows(recent.values, 10).windows[:, -1, 0].tolist() == list(range(80, 100))
+
+
+def test_durations_and_time_bounds() -> None:
+    assert parse_duration_s("6h") == 6 * 3600
+    assert parse_duration_s("1d12h") == 36 * 3600
+    assert parse_duration_s("250ms") == 0.25
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_s("6 hours")
+    assert parse_time_bound("earliest") is None
+    assert parse_time_bound("-2h", now_ms=10_000_000) == 10_000_000 - 7_200_000
+    assert parse_time_bound("2024-01-01T00:00:00Z") == 1_704_067_200_000
+    assert parse_time_bound("1704067200000") == 1_704_067_200_000
+
+
+def _alert(stream: str, status: str, start_ms: int, end_ms: int) -> dict[str, object]:
+    return {
+        "stream": stream,
+        "status": status,
+        "window": {"start_ts": ms_to_iso(start_ms), "end_ts": ms_to_iso(end_ms), "size": 4},
+    }
+
+
+def test_alert_spans_join_open_and_resolve() -> None:
+    alerts = [
+        _alert("a", "open", 1000, 4000),
+        _alert("b", "open", 9000, 12_000),
+        _alert("a", "resolved", 6000, 9000),
+    ]
+    spans = alert_spans(alerts)
+    assert spans["a"] == [(1000, 9000)]
+    assert spans["b"][0][0] == 9000 and spans["b"][0][1] > 10**15  # still open
+
+
+@pytest.mark.integration
+def test_replay_from_a_real_topic_builds_the_expected_windows(
+    broker: BrokerProcess, topic_factory: Callable[..., str]
+) -> None:
+    topic = topic_factory(partitions=2)
+    start = 1_700_000_000_000
+    expected = {
+        f"s{i}": np.round(np.sin(np.arange(40) / (3 + i)) * 10, 3).astype(np.float32)
+        for i in range(3)
+    }
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
+    try:
+        for k in range(40):
+            for stream, values in expected.items():
+                producer.send(
+                    topic,
+                    key=stream.encode(),
+                    value=encode_event(stream, start + 1000 * k, float(values[k])),
+                )
+            if k == 20:  # a message the worker would dead-letter: counted, not used
+                producer.send(topic, key=b"s0", value=b"{not json")
+        producer.flush()
+    finally:
+        producer.close()
+
+    series, stats = replay_topic(broker.bootstrap_servers, topic, timeout_s=60)
+    assert stats.messages == 121 and stats.used == 120
+    assert stats.invalid == {"not_json": 1}
+    assert sorted(s.name for s in series) == ["s0", "s1", "s2"]
+    for s in series:
+        assert np.array_equal(s.values[:, 0], expected[s.name])
+        assert np.array_equal(s.ts_ms, start + 1000 * np.arange(40))
+        assert np.all(np.diff(s.offsets) > 0) and s.partition in (0, 1)
+        windows = series_to_windows(s, window=8, stride=3)
+        reference = series_windows(expected[s.name], 8, 3)
+        assert np.array_equal(windows.raw, reference.windows)
+        assert np.array_equal(windows.end_ts_ms, start + 1000 * np.arange(7, 40, 3))
+        # The offset of each window's last event is the Kafka offset of that event.
+        assert np.array_equal(windows.end_offsets, s.offsets[np.arange(7, 40, 3)])
+
+    ranged, ranged_stats = replay_topic(
+        broker.bootstrap_servers, topic, start_ms=start + 10_000, end_ms=start + 29_000
+    )
+    assert all(s.ts_ms.tolist() == [start + 1000 * k for k in range(10, 30)] for s in ranged)
+    assert ranged_stats.out_of_range == 60
+
+    bounded, bounded_stats = replay_topic(broker.bootstrap_servers, topic, max_events_per_stream=15)
+    assert all(np.array_equal(s.values[:, 0], expected[s.name][-15:]) for s in bounded)
+    assert bounded_stats.dropped_by_bound == 75

@@ -1,0 +1,453 @@
+"""Properties of the one windowing implementation (stream_ae.core.windowing).
+
+The worker, the evaluator and the trainer all cut windows with :func:`append`; the crash-replay
+guarantee rests on it: any split of a stream into poll batches, and any replay of events
+already applied, must give bit-identical windows, statistics and stored bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_ae.core.windowing import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    NO_OFFSET,
+    AlertState,
+    AppendResult,
+    StreamState,
+    append,
+    decode_state,
+    encode_state,
+    new_state,
+    series_windows,
+)
+from stream_ae.errors import StateFormatError
+
+TOPIC, PARTITION = "metrics", 3
+# Timestamps up to +-2**60 ms keep every delta-of-delta inside int64 (the encoder's domain).
+TS_BOUND = 2**60
+FLOAT32 = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass(frozen=True)
+class Events:
+    """A run of events of one stream on one topic-partition."""
+
+    values: np.ndarray  # (N, F) float32
+    ts_ms: np.ndarray  # (N,) int64
+    offsets: np.ndarray  # (N,) int64, strictly increasing
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def part(self, start: int, stop: int) -> Events:
+        return Events(self.values[start:stop], self.ts_ms[start:stop], self.offsets[start:stop])
+
+
+@st.composite
+def event_runs(
+    draw: st.DrawFn, max_events: int = 40, features: int | None = None
+) -> tuple[int, int, int, Events]:
+    """(window, features, stride, events) with irregular, negative and huge timestamp steps
+    and offsets with gaps (compacted topics, transaction markers)."""
+    window = draw(st.integers(1, 8))
+    f = features or draw(st.integers(1, 3))
+    stride = draw(st.integers(1, 4))
+    n = draw(st.integers(0, max_events))
+    values = np.array(
+        draw(st.lists(st.lists(FLOAT32, min_size=f, max_size=f), min_size=n, max_size=n)),
+        dtype=np.float32,
+    ).reshape(n, f)
+    ts = np.array(
+        draw(st.lists(st.integers(-TS_BOUND, TS_BOUND), min_size=n, max_size=n)), dtype=np.int64
+    )
+    gaps = draw(st.lists(st.integers(1, 1000), min_size=n, max_size=n))
+    first = draw(st.integers(0, 10**12))
+    offsets = first + np.cumsum(np.array(gaps, dtype=np.int64)) if n else np.zeros(0, np.int64)
+    return window, f, stride, Events(values, ts, offsets.astype(np.int64))
+
+
+def cut_points(n: int) -> st.SearchStrategy[list[int]]:
+    """Sorted batch boundaries strictly inside ``0..n``."""
+    if n < 2:
+        return st.just([])
+    return st.lists(st.integers(1, n - 1), unique=True, max_size=n).map(sorted)
+
+
+def apply(state: StreamState, events: Events, stride: int) -> AppendResult:
+    return append(
+        state,
+        events.values,
+        events.ts_ms,
+        events.offsets,
+        topic=TOPIC,
+        partition=PARTITION,
+        stride=stride,
+    )
+
+
+def apply_in_batches(
+    state: StreamState, events: Events, cuts: list[int], stride: int
+) -> tuple[StreamState, list[AppendResult]]:
+    results = []
+    for start, stop in zip([0, *cuts], [*cuts, len(events)], strict=True):
+        result = apply(state, events.part(start, stop), stride)
+        results.append(result)
+        state = result.state
+    return state, results
+
+
+def concat(results: list[AppendResult], name: str) -> np.ndarray:
+    return np.concatenate([getattr(r, name) for r in results])
+
+
+WINDOW_FIELDS = ("windows", "start_ts_ms", "end_ts_ms", "end_offsets", "counts", "stat_mean")
+
+
+# --- split invariance ----------------------------------------------------------------------
+
+
+@FAST
+@given(data=st.data(), run=event_runs())
+def test_any_split_into_batches_gives_the_same_windows_state_and_bytes(
+    data: st.DataObject, run: tuple[int, int, int, Events]
+) -> None:
+    window, features, stride, events = run
+    cuts = data.draw(cut_points(len(events)), label="cuts")
+    whole = apply(new_state(window, features), events, stride)
+    final, parts = apply_in_batches(new_state(window, features), events, cuts, stride)
+
+    for name in (*WINDOW_FIELDS, "stat_std"):
+        assert np.array_equal(concat(parts, name), getattr(whole, name)), name
+    assert sum(p.applied for p in parts) == whole.applied == len(events)
+    assert final.same_as(whole.state)
+    assert encode_state(final) == encode_state(whole.state)
+    # Running statistics bit-identical, not merely close: the Redis bytes are compared.
+    assert np.array_equal(final.stat_mean, whole.state.stat_mean)
+    assert np.array_equal(final.stat_m2, whole.state.stat_m2)
+
+
+def test_event_by_event_statistics_equal_one_batch_bit_for_bit() -> None:
+    # Values far from zero with a small spread: where a batch-merge formula rounds differently.
+    rng = np.random.default_rng(7)
+    values = (1e5 + rng.normal(size=(500, 2)) * [0.3, 40.0]).astype(np.float32)
+    events = Events(values, np.arange(500) * 1000, np.arange(500))
+    whole = apply(new_state(16, 2), events, stride=1)
+    state = new_state(16, 2)
+    for i in range(len(events)):
+        state = apply(state, events.part(i, i + 1), stride=1).state
+    assert encode_state(state) == encode_state(whole.state)
+
+
+def test_running_statistics_are_the_mean_and_sample_std_of_every_value_so_far() -> None:
+    rng = np.random.default_rng(3)
+    values = (50 + 10 * rng.normal(size=(200, 3))).astype(np.float32)
+    result = apply(new_state(5, 3), Events(values, np.arange(200), np.arange(200)), stride=7)
+    for k, count in enumerate(result.counts):
+        seen = values[:count].astype(np.float64)
+        np.testing.assert_allclose(result.stat_mean[k], seen.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(result.stat_std[k], seen.std(axis=0, ddof=1), rtol=1e-9)
+    np.testing.assert_allclose(
+        result.state.stat_std(), values.astype(np.float64).std(axis=0, ddof=1), rtol=1e-9
+    )
+
+
+def test_std_has_a_floor_and_is_one_before_two_values() -> None:
+    constant = Events(np.full((4, 1), 2.5, np.float32), np.arange(4), np.arange(4))
+    result = apply(new_state(1, 1), constant, stride=1)
+    assert result.stat_std[0].tolist() == [1.0]  # one value: no spread yet
+    assert result.stat_std[1:, 0].tolist() == [1e-6] * 3
+    assert new_state(3, 2).stat_std().tolist() == [1.0, 1.0]
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+@FAST
+@given(data=st.data(), run=event_runs())
+def test_replaying_events_already_applied_changes_nothing(
+    data: st.DataObject, run: tuple[int, int, int, Events]
+) -> None:
+    window, features, stride, events = run
+    n = len(events)
+    applied_upto = data.draw(st.integers(0, n), label="applied_upto")
+    state = apply(new_state(window, features), events.part(0, applied_upto), stride).state
+    before = encode_state(state)
+
+    replay_from = data.draw(st.integers(0, applied_upto), label="replay_from")
+    replay = apply(state, events.part(replay_from, applied_upto), stride)
+    assert replay.applied == 0 and replay.skipped == applied_upto - replay_from
+    assert len(replay.windows) == 0
+    assert encode_state(replay.state) == before
+
+    # A re-polled batch that straddles the stored offset applies exactly the new tail.
+    stop = data.draw(st.integers(applied_upto, n), label="stop")
+    straddling = apply(state, events.part(replay_from, stop), stride)
+    fresh = apply(state, events.part(applied_upto, stop), stride)
+    assert straddling.skipped == applied_upto - replay_from
+    assert straddling.applied == stop - applied_upto
+    for name in (*WINDOW_FIELDS, "stat_std"):
+        assert np.array_equal(getattr(straddling, name), getattr(fresh, name)), name
+    assert encode_state(straddling.state) == encode_state(fresh.state)
+
+
+def test_lower_offsets_of_another_partition_or_topic_are_applied() -> None:
+    events = Events(np.ones((3, 1), np.float32), np.arange(3), np.array([100, 101, 102]))
+    state = apply(new_state(2, 1), events, stride=1).state
+    assert state.position() == (TOPIC, PARTITION, 102)
+
+    def low_offsets_from(topic: str, partition: int) -> AppendResult:
+        return append(
+            state,
+            np.zeros((2, 1)),
+            np.array([5, 6]),
+            np.array([0, 1]),
+            topic=topic,
+            partition=partition,
+            stride=1,
+        )
+
+    moved = low_offsets_from(TOPIC, PARTITION + 1)
+    assert moved.applied == 2 and moved.state.position() == (TOPIC, PARTITION + 1, 1)
+    assert low_offsets_from("other", PARTITION).applied == 2
+    same = low_offsets_from(TOPIC, PARTITION)
+    assert same.applied == 0 and same.skipped == 2
+
+
+def test_append_does_not_modify_its_input_state() -> None:
+    state = apply(
+        new_state(3, 1), Events(np.ones((4, 1), np.float32), np.arange(4), np.arange(4)), 1
+    ).state
+    before = encode_state(state)
+    apply(state, Events(np.full((5, 1), 9, np.float32), np.arange(5), np.arange(4, 9)), 1)
+    assert encode_state(state) == before
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        append(
+            new_state(2, 1),
+            np.zeros((3, 1)),
+            np.arange(2),
+            np.arange(3),
+            topic="t",
+            partition=0,
+            stride=1,
+        )
+
+
+# --- the stride rule --------------------------------------------------------------------------
+
+
+@FAST
+@given(run=event_runs(max_events=60))
+def test_windows_complete_where_count_minus_window_is_a_multiple_of_stride(
+    run: tuple[int, int, int, Events],
+) -> None:
+    window, features, stride, events = run
+    result = apply(new_state(window, features), events, stride)
+    counts = np.arange(1, len(events) + 1)
+    expected = counts[(counts >= window) & ((counts - window) % stride == 0)]
+    assert result.counts.tolist() == expected.tolist()
+    assert len(result.windows) == max(0, (len(events) - window) // stride + 1)
+    for k, count in enumerate(expected):
+        assert np.array_equal(result.windows[k], events.values[count - window : count])
+        assert result.start_ts_ms[k] == events.ts_ms[count - window]
+        assert result.end_ts_ms[k] == events.ts_ms[count - 1]
+        assert result.end_offsets[k] == events.offsets[count - 1]
+    assert result.windows.shape[1:] == (window, features)
+    assert result.windows.dtype == np.float32
+
+
+def test_stride_example() -> None:
+    result = series_windows(np.arange(10, dtype=np.float32), window=4, stride=3)
+    assert result.windows[:, :, 0].tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert result.counts.tolist() == [4, 7, 10]
+
+
+@FAST
+@given(run=event_runs(max_events=30))
+def test_series_windows_equals_appending_one_event_at_a_time(
+    run: tuple[int, int, int, Events],
+) -> None:
+    window, features, stride, events = run
+    whole = series_windows(events.values, window, stride, ts_ms=events.ts_ms)
+    state = new_state(window, features)
+    parts = []
+    for i in range(len(events)):
+        result = append(
+            state,
+            events.values[i : i + 1],
+            events.ts_ms[i : i + 1],
+            np.array([i]),
+            topic="",
+            partition=-1,
+            stride=stride,
+        )
+        parts.append(result)
+        state = result.state
+    if parts:
+        for name in (*WINDOW_FIELDS, "stat_std"):
+            assert np.array_equal(concat(parts, name), getattr(whole, name)), name
+    assert encode_state(state) == encode_state(whole.state)
+
+
+def test_series_windows_accepts_a_1d_series_with_default_timestamps() -> None:
+    result = series_windows(np.array([1.0, 2.0, 3.0]), window=2)
+    assert result.windows.shape == (2, 2, 1)
+    assert result.start_ts_ms.tolist() == [0, 1] and result.end_offsets.tolist() == [1, 2]
+
+
+# --- binary encoding --------------------------------------------------------------------------
+
+
+@st.composite
+def stream_states(draw: st.DrawFn) -> StreamState:
+    """Any state the encoding must carry, including a partly filled ring (count < W) and
+    timestamps with irregular, huge or backwards steps."""
+    window = draw(st.integers(1, 70))
+    features = draw(st.integers(1, 4))
+    count = draw(st.one_of(st.integers(0, 3 * window), st.integers(0, 2**40)))
+    values = np.array(
+        draw(st.lists(FLOAT32, min_size=window * features, max_size=window * features)),
+        dtype=np.float32,
+    ).reshape(window, features)
+    regular = draw(st.booleans())
+    if regular:
+        start, step = draw(st.integers(0, 2**43)), draw(st.integers(-(2**20), 2**20))
+        ts = start + step * np.arange(window, dtype=np.int64)
+    else:
+        ts = np.array(
+            draw(st.lists(st.integers(-TS_BOUND, TS_BOUND), min_size=window, max_size=window)),
+            dtype=np.int64,
+        )
+    stats = st.floats(allow_nan=False, allow_infinity=False)
+    return StreamState(
+        window=window,
+        features=features,
+        values=values,
+        ts_ms=ts,
+        count=count,
+        topic=draw(st.text(max_size=20)),
+        partition=draw(st.integers(-1, 2**31 - 1)),
+        offset=draw(st.integers(NO_OFFSET, 2**62)),
+        stat_mean=np.array(draw(st.lists(stats, min_size=features, max_size=features))),
+        stat_m2=np.array(draw(st.lists(stats.map(abs), min_size=features, max_size=features))),
+        alert=AlertState(
+            open=draw(st.booleans()),
+            above_run=draw(st.integers(0, 0xFFFF)),
+            below_run=draw(st.integers(0, 0xFFFF)),
+            cooldown_left=draw(st.integers(0, 2**32 - 1)),
+            open_offset=draw(st.integers(NO_OFFSET, 2**62)),
+        ),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(state=stream_states())
+def test_encode_decode_round_trip(state: StreamState) -> None:
+    blob = encode_state(state)
+    decoded = decode_state(blob, state.window, state.features)
+    assert decoded.same_as(state)
+    assert decoded.topic == state.topic
+    assert encode_state(decoded) == blob
+    # Header fields the Lua fence reads directly.
+    assert blob[:4] == b"SAE1"
+    assert struct.unpack_from("<iq", blob, 10) == (state.partition, state.offset)
+
+
+@FAST
+@given(run=event_runs())
+def test_round_trip_of_states_built_by_append(run: tuple[int, int, int, Events]) -> None:
+    window, features, stride, events = run
+    state = apply(new_state(window, features), events, stride).state
+    decoded = decode_state(encode_state(state), window, features)
+    assert decoded.same_as(state)
+    # And the decoded state goes on exactly like the original.
+    more = Events(
+        np.ones((window + 2, features), np.float32),
+        np.arange(window + 2),
+        np.arange(window + 2) + 10**13,
+    )
+    assert encode_state(apply(decoded, more, stride).state) == encode_state(
+        apply(state, more, stride).state
+    )
+
+
+def test_regular_timestamps_cost_one_byte_per_event() -> None:
+    window = 64
+    state = apply(
+        new_state(window, 1),
+        Events(
+            np.zeros((100, 1), np.float32),
+            1_700_000_000_000 + 1000 * np.arange(100),
+            np.arange(100),
+        ),
+        stride=1,
+    ).state
+    topic_and_stats = len(TOPIC) + 16
+    assert (
+        len(encode_state(state)) == HEADER_SIZE + topic_and_stats + 16 + (window - 2) + 4 * window
+    )
+
+
+def _valid_blob() -> bytes:
+    events = Events(np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6) * 7, np.arange(6))
+    return encode_state(apply(new_state(4, 2), events, stride=1).state)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"", "bad magic"),
+        (b"SAE1", "too short"),
+        (b"XXXX" + _valid_blob()[4:], "bad magic"),
+        (_valid_blob()[:4] + bytes([FORMAT_VERSION + 1]) + _valid_blob()[5:], "version"),
+        (_valid_blob()[:-1], "bytes"),
+        (_valid_blob() + b"\x00", "bytes"),
+        (_valid_blob()[: HEADER_SIZE + 2], "bytes"),
+        (_valid_blob()[:58] + b"\x03" + _valid_blob()[59:], "width"),  # ts width 3
+        (_valid_blob()[:HEADER_SIZE] + b"\xff" + _valid_blob()[HEADER_SIZE + 1 :], "UTF-8"),
+    ],
+    ids=[
+        "empty",
+        "short",
+        "magic",
+        "version",
+        "truncated",
+        "extended",
+        "cut-in-body",
+        "ts-width",
+        "topic-utf8",
+    ],
+)
+def test_decode_rejects_malformed_values(blob: bytes, message: str) -> None:
+    with pytest.raises(StateFormatError, match=message):
+        decode_state(blob)
+
+
+def test_decode_rejects_another_window_shape() -> None:
+    blob = _valid_blob()
+    assert decode_state(blob, 4, 2).window == 4
+    with pytest.raises(StateFormatError, match="4x2"):
+        decode_state(blob, window=8, features=2)
+    with pytest.raises(StateFormatError, match="4x2"):
+        decode_state(blob, window=4, features=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blob=st.binary(max_size=300), cut=st.integers(0, 300), junk=st.binary(max_size=8))
+def test_decode_raises_only_state_format_error(blob: bytes, cut: int, junk: bytes) -> None:
+    valid = _valid_blob()
+    for candidate in (blob, b"SAE1" + blob, valid[:cut], valid[:cut] + junk + valid[cut:]):
+        with contextlib.suppress(StateFormatError):
+            decode_state(candidate, 4, 2)

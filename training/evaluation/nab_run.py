@@ -1,0 +1,704 @@
+"""``stream-ae evaluate nab``: run our detector over NAB data files, as streams, no look-ahead.
+
+Each data file is one stream, replayed in time order through the worker's own code path:
+:class:`~stream_ae.worker.processor.StreamProcessor` over an :class:`InMemoryWindowStore`
+(states are encoded and fenced as in Redis), a :class:`~stream_ae.model.inference.Scorer` over
+an artifact written
+and loaded in the artifact format, fitted with :mod:`training.fit`. Only the per-window outputs
+(``BatchOutcome.windows``) leave the processor; the anomaly score of a row is the streaming
+post-processing of :mod:`stream_ae.core.postprocess` over them, a pure function of the windows that
+ended at or before that row.
+
+What the detector may learn from, for a file of ``n`` rows:
+
+* the first fit sees only NAB's probationary period (the first ``probation_length(n)`` rows,
+  15%), and nothing is scored before it; the windows that ended inside the probationary period
+  are then scored with that model (NAB does not score those rows: they only seed the
+  post-processing's history);
+* every ``refit_every`` rows after it, a refit on the most recent ``refit_history`` rows already
+  seen (never a later row) replaces the model between two poll batches, as a hot swap does in
+  the worker;
+* one :class:`DetectorParams` for every file: nothing is tuned per file.
+
+Outputs, in NAB's layout under the results directory: ``<category>/<detector>_<file>.csv``
+with ``timestamp,value,anomaly_score,label`` (``label`` is 1 inside a labelled window, as in
+NAB's own results files), and ``run.json`` with the parameters and per-file timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
+from stream_ae.core.records import Event
+from stream_ae.core.windowing import StreamState
+from stream_ae.errors import StreamAEError
+from stream_ae.io.window_store import InMemoryWindowStore
+from stream_ae.model.artifacts import Artifact, load_artifact
+from stream_ae.model.inference import Scorer
+from stream_ae.model.network import ModelKind, ModelSpec
+from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from training.evaluation.nab_score import (
+    CorpusScore,
+    CostProfile,
+    NABScoringError,
+    load_profiles,
+    load_windows,
+    probation_length,
+    read_results_csv,
+    read_results_dir,
+    score_corpus,
+    window_bounds,
+)
+from training.fit import FitConfig, fit_series, save_fit
+
+DETECTOR_NAME = "streamae"
+RESULTS_COLUMNS = ("timestamp", "value", "anomaly_score", "label")
+RUN_FILE = "run.json"
+# The topic the replayed events pretend to come from; one partition, offsets = row numbers.
+REPLAY_TOPIC = "nab"
+FEATURE_NAMES = ("value",)
+
+
+class NabRunError(StreamAEError):
+    """A NAB data file or directory cannot be used (missing, malformed, too short)."""
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Everything that defines the detector: one set for every file of the corpus.
+
+    Model: an LSTM autoencoder of ``kind`` over windows of ``window`` rows (``horizon`` rows
+    predicted for ``predict``/``composite``), ``hidden`` units. Fitting: Adam, early stopping on
+    the last ``val_fraction`` of the windows (which also calibrate the error model), ``epochs``
+    for the first fit, ``refit_epochs`` for a refit, which starts from the previous weights when
+    ``warm_start``. Refits: every ``refit_every`` rows after the probationary period (0: never),
+    each on the last ``refit_history`` rows seen. ``batch_events``: events per poll batch.
+    Score: the post-processing ``post`` (:mod:`stream_ae.core.postprocess`) of the windows'
+    distances.
+    """
+
+    kind: ModelKind = "predict"
+    window: int = 32
+    horizon: int = 4
+    hidden: int = 32
+    reverse: bool = False
+    scaling: Literal["global", "stream"] = "global"
+    epochs: int = 15
+    refit_epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    patience: int = 3
+    val_fraction: float = 0.2
+    calibration_level: float = 0.999
+    refit_every: int = 0
+    refit_history: int = 4000
+    warm_start: bool = True
+    seed: int = 0
+    batch_events: int = 1024
+    post: PostParams = field(default_factory=PostParams)
+
+    def spec(self) -> ModelSpec:
+        """The model spec these parameters describe."""
+        return ModelSpec(
+            kind=self.kind,
+            window=self.window,
+            features=len(FEATURE_NAMES),
+            feature_names=FEATURE_NAMES,
+            hidden=self.hidden,
+            reverse=self.reverse,
+            horizon=0 if self.kind == "reconstruct" else self.horizon,
+        )
+
+    def fit_config(self, refit: bool) -> FitConfig:
+        """The training configuration of a first fit or of a refit."""
+        return FitConfig(
+            epochs=self.refit_epochs if refit else self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            scaling=self.scaling,
+            threshold_level=self.calibration_level,
+            verbose=0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorParams:
+        data = dict(data)
+        if "post" in data:
+            data["post"] = PostParams.from_dict(data["post"])
+        return cls(**data)
+
+
+DEFAULT_PARAMS = DetectorParams()
+
+
+@dataclass(frozen=True)
+class NabSeries:
+    """One NAB data file: its relative path (``<category>/<file>.csv``) and its rows."""
+
+    key: str
+    timestamps: list[str]  # as written in the file, copied verbatim into the results
+    ts_ms: np.ndarray  # (n,) int64
+    values: np.ndarray  # (n,) float64
+
+    @property
+    def category(self) -> str:
+        return self.key.split("/", 1)[0]
+
+    @property
+    def file_name(self) -> str:
+        return self.key.split("/", 1)[1]
+
+
+@dataclass
+class StreamTrace:
+    """What the processor said about every row of one file (NaN where no window ended).
+
+    ``model_index[i]`` is the fit that scored row ``i`` (0 the first fit, k the k-th refit,
+    -1 none); ``fit_rows`` the row count each fit had seen; ``final_state`` the stream's window
+    state as the in-memory store holds it at the end (what Redis would hold).
+    """
+
+    distances: np.ndarray
+    calibrated: np.ndarray
+    model_index: np.ndarray
+    fit_rows: list[int]
+    fit_s: float = 0.0
+    stream_s: float = 0.0
+    final_state: StreamState | None = None  # the stream's window state after the last row
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def refit_rows(n_rows: int, probation_rows: int, params: DetectorParams) -> list[int]:
+    """Row counts at which a refit happens: every ``refit_every`` rows after the first fit.
+
+    A refit at ``r`` sees rows ``< r`` and scores rows ``>= r``.
+
+    >>> refit_rows(1000, 150, DetectorParams(refit_every=300))
+    [450, 750]
+    """
+    if params.refit_every <= 0:
+        return []
+    return list(range(probation_rows + params.refit_every, n_rows, params.refit_every))
+
+
+def row_labels(timestamps: Sequence[str], windows: Sequence[Sequence[Any]]) -> np.ndarray:
+    """NAB's ``label`` column: 1 on the rows of a labelled window, else 0."""
+    labels = np.zeros(len(timestamps), dtype=np.int64)
+    if len(windows):
+        for first, last in window_bounds(np.asarray(timestamps), windows):
+            labels[first : last + 1] = 1
+    return labels
+
+
+def anomaly_scores(trace: StreamTrace, ts_ms: np.ndarray, post: PostParams) -> np.ndarray:
+    """The row scores NAB sees: the post-processing of the window distances (each window's
+    score on the row of its last event), 0 where no window ended (the first ``window - 1``
+    rows)."""
+    scores, _ = post_scores(post, new_post_state(post), trace.distances, ts_ms)
+    return np.nan_to_num(scores, nan=0.0)
+
+
+# --- fitting and streaming ------------------------------------------------------------------------
+
+
+def fit_detector(
+    values: np.ndarray,
+    seen_rows: int,
+    params: DetectorParams,
+    directory: Path,
+    *,
+    name: str,
+    version: str,
+    previous: Artifact | None = None,
+) -> Artifact:
+    """Fit on the last ``refit_history`` rows before ``seen_rows``, write an artifact to
+    ``directory`` and load it back, as a worker loads a published model.
+
+    The fit is :func:`training.fit.fit_series`: the windows' time split (the latest
+    ``val_fraction`` validate and calibrate), scaling fitted on the training windows, early
+    stopping. A refit starts from ``previous``'s weights when ``warm_start``.
+    """
+    first_row = max(0, seen_rows - params.refit_history)
+    history = values[first_row:seen_rows].reshape(-1, 1)
+    weights = previous.model.get_weights() if previous is not None and params.warm_start else None
+    try:
+        result = fit_series(
+            [(name, history)],
+            params.spec(),
+            params.fit_config(refit=previous is not None),
+            initial_weights=weights,
+        )
+    except ValueError as exc:  # too few windows
+        raise NabRunError(f"{name}: cannot fit on rows {first_row}..{seen_rows}: {exc}") from exc
+    save_fit(
+        result,
+        directory,
+        name=name,
+        version=version,
+        extra_metrics={"first_row": first_row, "seen_rows": seen_rows},
+    )
+    return load_artifact(directory, expect=result.spec)
+
+
+def replay_events(series: NabSeries) -> list[Event]:
+    """The file's rows as decoded events of one stream, offsets = row numbers."""
+    values = series.values.astype(np.float32).reshape(-1, 1)
+    return [
+        Event(series.key, int(ts), values[i], REPLAY_TOPIC, 0, i)
+        for i, ts in enumerate(series.ts_ms.tolist())
+    ]
+
+
+def stream_file(
+    series: NabSeries,
+    params: DetectorParams,
+    probation_rows: int,
+    artifacts_dir: Path,
+    progress: tqdm | None = None,
+) -> StreamTrace:
+    """Replay one file through the processor, fitting and refitting on rows already seen.
+
+    ``artifacts_dir`` receives one artifact per fit (``fit-<k>``).
+    """
+    n = len(series.values)
+    spec = params.spec()
+    fit_rows = [probation_rows, *refit_rows(n, probation_rows, params)]
+    segment_ends = [*fit_rows[1:], n]
+    events = replay_events(series)
+    trace = StreamTrace(
+        distances=np.full(n, np.nan),
+        calibrated=np.full(n, np.nan),
+        model_index=np.full(n, -1, dtype=np.int64),
+        fit_rows=fit_rows,
+    )
+    current: list[Scorer] = []  # the model in service; a refit replaces it between batches
+    # Alerts carry the event time of the batch in hand, not wall time: replays are reproducible.
+    batch_time_ms = [0]
+    processor = StreamProcessor(
+        InMemoryWindowStore(spec.window, spec.features),
+        lambda: current[0],
+        stride=1,
+        policy=PolicyParams(),
+        clock_ms=lambda: batch_time_ms[0],
+    )
+    artifact: Artifact | None = None
+    start = 0
+    for k, (seen, end) in enumerate(zip(fit_rows, segment_ends, strict=True)):
+        fit_started = time.perf_counter()
+        artifact = fit_detector(
+            series.values,
+            seen,
+            params,
+            artifacts_dir / f"fit-{k}",
+            name=series.key,
+            version=f"{k:03d}-{seen}",
+            previous=artifact,
+        )
+        scorer = Scorer(artifact, buckets=(params.batch_events,))
+        current[:] = [scorer]
+        trace.fit_s += time.perf_counter() - fit_started
+        stream_started = time.perf_counter()
+        for lo in range(start, end, params.batch_events):
+            batch = events[lo : min(lo + params.batch_events, end)]
+            batch_time_ms[0] = batch[-1].ts_ms
+            outcome = processor.process(batch)
+            processor.save(outcome.touched)
+            rows = outcome.windows.end_offsets
+            trace.distances[rows] = outcome.windows.distances
+            trace.calibrated[rows] = outcome.windows.scores
+            trace.model_index[rows] = k
+            if progress is not None:
+                progress.update(len(batch))
+        trace.stream_s += time.perf_counter() - stream_started
+        start = end
+        if progress is not None:
+            progress.set_postfix(fits=k + 1, refresh=False)
+    trace.final_state = processor.store.load([series.key])[series.key]
+    return trace
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def data_files(data_dir: Path) -> dict[str, Path]:
+    """The NAB data files under ``data_dir`` (NAB's root or its ``data`` folder), by key."""
+    root = data_dir / "data" if (data_dir / "data").is_dir() else data_dir
+    files = {f"{p.parent.name}/{p.name}": p for p in sorted(root.glob("*/*.csv"))}
+    if not files:
+        raise NabRunError(f"no NAB data files (<category>/<file>.csv) under {root}")
+    return files
+
+
+def read_series(key: str, path: Path) -> NabSeries:
+    """Read a NAB data file (``timestamp,value``)."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or header[:2] != ["timestamp", "value"]:
+                raise NabRunError(f"{path}: expected a timestamp,value header, got {header}")
+            rows = [row for row in reader if row]
+        stamps = [row[0] for row in rows]
+        values = np.array([float(row[1]) for row in rows], dtype=np.float64)
+        ts_ms = np.array(stamps, dtype="datetime64[ms]").astype(np.int64)
+    except OSError as exc:
+        raise NabRunError(f"cannot read {path}: {exc}") from exc
+    except (ValueError, IndexError) as exc:
+        raise NabRunError(f"{path}: malformed row: {exc}") from exc
+    if not np.all(np.isfinite(values)):
+        raise NabRunError(f"{path}: non-finite values")
+    return NabSeries(key, stamps, ts_ms, values)
+
+
+def write_results(path: Path, series: NabSeries, scores: np.ndarray, labels: np.ndarray) -> None:
+    """One NAB results CSV: ``timestamp,value,anomaly_score,label``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RESULTS_COLUMNS)
+        for stamp, value, score, label in zip(
+            series.timestamps, series.values.tolist(), scores.tolist(), labels.tolist(), strict=True
+        ):
+            writer.writerow([stamp, repr(value), f"{score:.12g}", label])
+
+
+def results_path(out_dir: Path, key: str, detector: str = DETECTOR_NAME) -> Path:
+    """``<out>/<category>/<detector>_<file>.csv``, NAB's results layout."""
+    category, name = key.split("/", 1)
+    return out_dir / category / f"{detector}_{name}"
+
+
+# --- the corpus run -------------------------------------------------------------------------------
+
+
+@dataclass
+class FileRun:
+    """How one file went: its fits and where the time went."""
+
+    key: str
+    rows: int
+    probation_rows: int
+    fit_rows: list[int]
+    fit_s: float
+    stream_s: float
+    total_s: float
+
+
+def run_corpus(
+    data_dir: Path,
+    out_dir: Path,
+    windows: dict[str, Any],
+    params: DetectorParams = DEFAULT_PARAMS,
+    *,
+    only: Sequence[str] | None = None,
+    keep_artifacts: bool = False,
+    progress: bool = True,
+    trace_dir: Path | None = None,
+) -> list[FileRun]:
+    """Run the detector over every data file (or those whose key contains one of ``only``)
+    and write the results CSVs; ``trace_dir`` also keeps each file's :class:`StreamTrace`."""
+    files = data_files(data_dir)
+    if only:
+        files = {k: p for k, p in files.items() if any(o in k for o in only)}
+    runs: list[FileRun] = []
+    artifacts_root = out_dir / "artifacts" if keep_artifacts else Path(tempfile.mkdtemp())
+    try:
+        for key, path in files.items():
+            started = time.perf_counter()
+            series = read_series(key, path)
+            if key not in windows:
+                raise NabRunError(f"{key}: no labelled windows for this file")
+            n = len(series.values)
+            probation = probation_length(n)
+            bar = tqdm(
+                total=n, desc=key, unit="row", file=sys.stderr, disable=not progress, leave=True
+            )
+            with bar:
+                trace = stream_file(
+                    series, params, probation, artifacts_root / key.replace("/", "__"), bar
+                )
+            scores = anomaly_scores(trace, series.ts_ms, params.post)
+            labels = row_labels(series.timestamps, windows[key])
+            write_results(results_path(out_dir, key), series, scores, labels)
+            if trace_dir is not None:
+                trace_dir.mkdir(parents=True, exist_ok=True)
+                np.savez(
+                    trace_dir / f"{key.replace('/', '__')}.npz",
+                    distances=trace.distances,
+                    calibrated=trace.calibrated,
+                    model_index=trace.model_index,
+                )
+            runs.append(
+                FileRun(
+                    key=key,
+                    rows=n,
+                    probation_rows=probation,
+                    fit_rows=trace.fit_rows,
+                    fit_s=trace.fit_s,
+                    stream_s=trace.stream_s,
+                    total_s=time.perf_counter() - started,
+                )
+            )
+    finally:
+        if not keep_artifacts:
+            shutil.rmtree(artifacts_root, ignore_errors=True)
+    return runs
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stream-ae evaluate nab``."""
+    # Both are required; run() says so. They are optional to argparse so that the parser can
+    # be built and inspected without them (the CLI wiring tests parse a bare `evaluate nab`).
+    parser.add_argument(
+        "data_dir",
+        type=Path,
+        nargs="?",
+        metavar="DATA_DIR",
+        help="NAB's root (with data/, combined_windows.json, config-profiles.json) or its data "
+        "folder (<category>/<file>.csv); required",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="RESULTS_DIR",
+        help="where the results CSVs and run.json go; required",
+    )
+    parser.add_argument(
+        "--windows",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="combined_windows.json (default: found in DATA_DIR or its parent)",
+    )
+    parser.add_argument(
+        "--profiles",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="NAB cost profiles, to score the run at the end (default: config-profiles.json "
+        "next to the windows; scoring is skipped if there is none)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="detector parameters overriding the defaults (keys of DetectorParams)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="run only the files whose <category>/<file> contains TEXT (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-artifacts",
+        action="store_true",
+        help="keep every fitted artifact under RESULTS_DIR/artifacts",
+    )
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="results of another detector in NAB's layout (e.g. NAB's results-numenta) to "
+        "score with the same scorer on the same files, side by side",
+    )
+    parser.add_argument(
+        "--plot",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="write RESULTS_DIR/plots/<file>.png for the files whose <category>/<file> "
+        "contains TEXT (repeatable; needs matplotlib)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _find(data_dir: Path, given: Path | None, name: str) -> Path | None:
+    if given is not None:
+        return given
+    for folder in (data_dir, data_dir.parent):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evaluate nab``; returns the exit status."""
+    if args.data_dir is None or args.out is None:
+        print("error: usage: stream-ae evaluate nab DATA_DIR --out RESULTS_DIR", file=sys.stderr)
+        return 2
+    data_dir: Path = args.data_dir
+    out_dir: Path = args.out
+    windows_path = _find(data_dir, args.windows, "combined_windows.json")
+    if windows_path is None:
+        print(f"error: no combined_windows.json in {data_dir}; pass --windows", file=sys.stderr)
+        return 2
+    params = DEFAULT_PARAMS
+    try:
+        if args.params is not None:
+            params = DetectorParams.from_dict(
+                {**DEFAULT_PARAMS.to_dict(), **json.loads(args.params.read_text())}
+            )
+        windows = load_windows(windows_path)
+        started = time.perf_counter()
+        runs = run_corpus(
+            data_dir,
+            out_dir,
+            windows,
+            params,
+            only=args.only,
+            keep_artifacts=args.keep_artifacts,
+            progress=not args.no_progress,
+        )
+        elapsed = time.perf_counter() - started
+    except (StreamAEError, OSError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {
+        "detector": DETECTOR_NAME,
+        "params": params.to_dict(),
+        "elapsed_s": elapsed,
+        "files": [asdict(r) for r in runs],
+    }
+    print(f"{len(runs)} files, {sum(r.rows for r in runs)} rows in {elapsed:.1f} s -> {out_dir}")
+    keys = [r.key for r in runs]
+    profiles_path = _find(windows_path.parent, args.profiles, "config-profiles.json")
+    thresholds: dict[str, float] = {}
+    if profiles_path is not None:
+        try:
+            profiles = load_profiles(profiles_path)
+            ours = score_results(out_dir, windows, profiles, keys, DETECTOR_NAME)
+            report["scores"] = {name: c.normalised_score for name, c in ours.items()}
+            report["thresholds"] = thresholds = {name: c.threshold for name, c in ours.items()}
+            baseline = None
+            if args.baseline_dir is not None:
+                baseline = score_results(args.baseline_dir, windows, profiles, keys)
+                report["baseline"] = {
+                    "dir": str(args.baseline_dir),
+                    "scores": {name: c.normalised_score for name, c in baseline.items()},
+                    "thresholds": {name: c.threshold for name, c in baseline.items()},
+                }
+        except NABScoringError as exc:
+            print(f"error: scoring failed: {exc}", file=sys.stderr)
+            return 2
+        print(f"NAB normalised scores on {len(keys)} files (null detector 0, perfect 100):")
+        for name, score in ours.items():
+            line = f"  {name:<20} {DETECTOR_NAME} {score.normalised_score:7.2f}"
+            if baseline is not None:
+                line += f"   baseline {baseline[name].normalised_score:7.2f}"
+            print(line)
+    if args.plot:
+        plot_dir = out_dir / "plots"
+        baseline_thresholds = report.get("baseline", {}).get("thresholds", {})
+        for key in keys:
+            if any(text in key for text in args.plot):
+                path = plot_file(
+                    plot_dir,
+                    key,
+                    out_dir,
+                    windows[key],
+                    threshold=thresholds.get("standard"),
+                    baseline_dir=args.baseline_dir,
+                    baseline_threshold=baseline_thresholds.get("standard"),
+                )
+                print(f"  plot {path}")
+    (out_dir / RUN_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def score_results(
+    results_dir: Path,
+    windows: dict[str, Any],
+    profiles: dict[str, CostProfile],
+    keys: Sequence[str],
+    detector: str | None = None,
+) -> dict[str, CorpusScore]:
+    """NAB's score, per profile, of the results for ``keys`` in ``results_dir``, each profile
+    at the threshold NAB's sweep picks over these files."""
+    results = read_results_dir(results_dir, known_files=windows.keys(), detector=detector)
+    missing = sorted(set(keys) - set(results))
+    if missing:
+        raise NABScoringError(f"{results_dir} has no results for {missing}")
+    chosen = {key: results[key] for key in keys}
+    return {name: score_corpus(chosen, windows, profile) for name, profile in profiles.items()}
+
+
+def plot_file(
+    plot_dir: Path,
+    key: str,
+    results_dir: Path,
+    windows: Sequence[Any],
+    *,
+    threshold: float | None = None,
+    baseline_dir: Path | None = None,
+    baseline_threshold: float | None = None,
+) -> Path:
+    """A PNG of one file: its values, and our anomaly score (and the baseline's) over time,
+    with the labelled windows shaded, the probationary period marked and the thresholds NAB's
+    sweep chose for the standard profile dashed. Needs matplotlib (the ``plots`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = read_results_csv(results_path(results_dir, key))
+    times = ours.timestamps.astype("datetime64[s]").astype(object)
+    with results_path(results_dir, key).open(newline="") as handle:
+        values = [float(row["value"]) for row in csv.DictReader(handle)]
+    bounds = window_bounds(ours.timestamps, windows) if len(windows) else np.zeros((0, 2), int)
+    probation = probation_length(len(values))
+    panels = 3 if baseline_dir is not None else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 2.2 * panels + 0.6), sharex=True)
+    axes[0].plot(times, values, lw=0.6, color="0.2")
+    axes[0].set_ylabel("value")
+    series = [(axes[1], ours.anomaly_scores, DETECTOR_NAME, threshold, "C0")]
+    if baseline_dir is not None:
+        base = read_results_dir(baseline_dir, known_files=[key])[key]
+        series.append((axes[2], base.anomaly_scores, "baseline (HTM)", baseline_threshold, "C3"))
+    for axis, scores, label, level, colour in series:
+        axis.plot(times, scores, lw=0.7, color=colour, label=label)
+        if level is not None:
+            axis.axhline(level, ls="--", lw=0.8, color="0.4", label="threshold (standard)")
+        axis.set_ylim(-0.02, 1.05)
+        axis.set_ylabel("anomaly score")
+        axis.legend(loc="upper left", fontsize=8)
+    for axis in axes:
+        for first, last in bounds:
+            axis.axvspan(times[first], times[last], color="red", alpha=0.12, lw=0)
+        axis.axvline(times[probation], color="0.5", lw=0.8, ls=":")
+    axes[0].set_title(f"{key}  (shaded: labelled windows; dotted: end of probation)")
+    fig.tight_layout()
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    path = plot_dir / f"{Path(key).stem}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
