@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     log.info("starting", extra=fields(settings=settings.describe()))
-    metrics = WorkerMetrics()
+    metrics = WorkerMetrics(process=True)
     health = None
     if settings.metrics_port:
         stale = settings.max_batch_processing_s * 2 + settings.max_batch_wait_ms / 1000 + 30

@@ -2,27 +2,74 @@
 
 One :class:`WorkerMetrics` per worker, on its own registry (tests run several in a process).
 :class:`HealthServer` serves ``/metrics``, ``/healthz`` (liveness: the poll loop turned recently)
-and ``/readyz`` (readiness: a model is loaded and partitions are assigned) on one port.
+and ``/readyz`` (readiness: a model is loaded and partitions are assigned; when not ready, the
+body says why) on one port.
+
+Every labelled counter starts with its known label values at 0 (:data:`KNOWN_LABELS`): a counter
+that first appears at 1 has no earlier sample, so ``increase()`` in an alert rule would miss
+that first event (e.g. a single refused model swap).
 """
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+import stream_ae
+from stream_ae.core.records import Reason
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
+DLQ_REASONS: tuple[str, ...] = tuple(
+    value for name, value in vars(Reason).items() if name.isupper() and isinstance(value, str)
+)
+
+# The label values each labelled counter is created with (at 0), by metric attribute.
+KNOWN_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "events": {"outcome": ("applied", "skipped", "dead_lettered")},
+    "alerts": {"status": ("open", "resolved")},
+    "dlq": {"reason": DLQ_REASONS},
+    "errors": {"kind": ("store", "broker")},
+    "model_swaps": {"result": ("swapped", "refused_invalid", "refused_incompatible")},
+}
+
+NOT_READY_DEFAULT = "no model loaded yet"
+
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The worker's metrics on one registry, labelled counters pre-initialised.
+
+    ``process=True`` also exports the standard ``process_*`` and ``python_info`` metrics (one
+    worker per process; off for the in-process workers of the tests and benchmarks, whose
+    registries would otherwise all report the same process).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if process:
+            r.register(PROCESS_COLLECTOR)
+            r.register(PLATFORM_COLLECTOR)
+        self.build_info = Info("stream_ae_build", "Version of stream-ae and its Python", registry=r)
+        self.build_info.info(
+            {"version": stream_ae.__version__, "python": platform.python_version()}
+        )
         self.events = Counter(
             "stream_ae_events", "Input events by outcome", ["outcome"], registry=r
         )
@@ -61,12 +108,31 @@ class WorkerMetrics:
             "State writes refused by the fence (another worker is ahead)",
             registry=r,
         )
+        for attribute, labels in KNOWN_LABELS.items():
+            ((label, values),) = labels.items()
+            counter = getattr(self, attribute)
+            for value in values:
+                counter.labels(**{label: value})
         self.last_loop_ts = time.monotonic()
         self.ready = False
+        self.not_ready_reason = NOT_READY_DEFAULT
+
+    def set_not_ready(self, reason: str) -> None:
+        """Mark the worker not ready, with the reason ``/readyz`` gives."""
+        self.ready = False
+        self.not_ready_reason = reason
+
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, why)``: the answer of ``/readyz``."""
+        if self.ready:
+            return True, "ready"
+        return False, f"not ready: {self.not_ready_reason}"
 
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name=name, version=version).set(1)
+        if self.not_ready_reason == NOT_READY_DEFAULT:
+            self.not_ready_reason = "no partitions assigned yet (joining the consumer group)"
 
     def heartbeat(self) -> None:
         self.last_loop_ts = time.monotonic()
@@ -96,10 +162,8 @@ class HealthServer:
                     ok = age < outer.stale_after_s
                     self._reply(200 if ok else 503, f"loop age {age:.1f}s\n".encode())
                 elif self.path == "/readyz":
-                    self._reply(
-                        200 if metrics.ready else 503,
-                        b"ready\n" if metrics.ready else b"not ready\n",
-                    )
+                    ready, why = metrics.readiness()
+                    self._reply(200 if ready else 503, f"{why}\n".encode())
                 else:
                     self._reply(404, b"not found\n")
 
