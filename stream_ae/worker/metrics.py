@@ -16,6 +16,7 @@ import platform
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client import (
@@ -30,7 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-import stream_ae
 from stream_ae.core.records import Reason
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -67,9 +67,7 @@ class WorkerMetrics:
             r.register(PROCESS_COLLECTOR)
             r.register(PLATFORM_COLLECTOR)
         self.build_info = Info("stream_ae_build", "Version of stream-ae and its Python", registry=r)
-        self.build_info.info(
-            {"version": stream_ae.__version__, "python": platform.python_version()}
-        )
+        self.build_info.info({"version": version("stream-ae"), "python": platform.python_version()})
         self.events = Counter(
             "stream_ae_events", "Input events by outcome", ["outcome"], registry=r
         )
