@@ -16,6 +16,13 @@ HEADER = (
 )
 
 
+EXAMPLES = (
+    "stream-ae alerts",
+    "stream-ae alerts --from-beginning --max 10",
+    "stream-ae alerts --json --idle-timeout 30",
+)
+
+
 def format_alert(alert: dict[str, Any]) -> str:
     top = max(alert["features"], key=lambda f: f["contribution"])
     feature = f"{top['name']} {top['direction']} {top['contribution']:.0%}"

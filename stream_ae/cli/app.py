@@ -30,6 +30,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 PLUGIN_GROUP = "stream_ae.commands"
 
+EXAMPLES = (
+    "stream-ae dev-stack up --detach",
+    "stream-ae worker",
+    "stream-ae produce --synthetic 20 --anomalous 5 --rate 200",
+)
+
 
 def plugin_commands() -> dict[str, tuple[str, str]]:
     """Commands of installed packages above ``stream_ae``: name -> (module, one-line help).
@@ -52,18 +58,44 @@ def _help_of(module_name: str) -> str:
     return str(getattr(module, "HELP", "")) or (module.__doc__ or "").strip().splitlines()[0]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but keeps an epilog of examples line for line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def examples_epilog(examples: Sequence[str]) -> str:
+    """The ``--help`` epilog listing a command's examples (each a real, parseable command)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in examples)
+
+
+def plain(text: str | None) -> str | None:
+    """Help text without reStructuredText markup (docstrings double as descriptions)."""
+    return None if text is None else text.replace("``", "'").replace(":mod:", "")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-ae",
         description="Streaming anomaly detection on Kafka with LSTM autoencoders. "
         "Settings come from STREAM_AE_* environment variables or .env (see README).",
+        epilog=examples_epilog(EXAMPLES),
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in {**COMMANDS, **plugin_commands()}.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
         if only == name:
             module = importlib.import_module(module_name)
             module.add_arguments(command_parser)
+            command_parser.description = plain(command_parser.description)
+            if getattr(module, "EXAMPLES", None):
+                command_parser.epilog = examples_epilog(module.EXAMPLES)
             command_parser.set_defaults(_run=module.run)
     return parser
 

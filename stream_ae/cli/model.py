@@ -33,6 +33,13 @@ _STATUS_COLUMNS = (
 )
 
 
+EXAMPLES = (
+    "stream-ae model status",
+    "stream-ae model show registry/default/20261123T162415937574Z",
+    "stream-ae model status --json",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Inspect models: 'status' lists the model version of every live worker (from their "

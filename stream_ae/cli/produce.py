@@ -11,6 +11,12 @@ from stream_ae.core.synthetic import SyntheticStream, make_streams
 from stream_ae.io.producing import interleave, read_csv_series, send_events
 from stream_ae.settings import load_settings
 
+EXAMPLES = (
+    "stream-ae produce --synthetic 20 --anomalous 5 --rate 200",
+    "stream-ae produce --csv cpu.csv mem.csv --rate 1000",
+    "stream-ae produce --csv host1.csv --stream host-1.cpu --topic stream-ae.metrics",
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (

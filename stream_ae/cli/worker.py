@@ -13,6 +13,13 @@ from stream_ae.worker.metrics import HealthServer, WorkerMetrics
 log = logging.getLogger("stream_ae.worker.loop")
 
 
+EXAMPLES = (
+    "stream-ae worker",
+    "stream-ae worker --model-path registry --metrics-port 9464",
+    "stream-ae worker --input-topics metrics.cpu,metrics.mem --group-id stream-ae-blue",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Consume events from the input topics, keep per-stream windows in Redis, score completed "

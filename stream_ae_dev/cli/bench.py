@@ -39,6 +39,12 @@ from stream_ae_dev.bench.report import (
 
 HELP = "benchmarks: throughput, latency, memory"
 
+EXAMPLES = (
+    "stream-ae bench",
+    "stream-ae bench --quick --only model,e2e",
+    "stream-ae bench --only e2e --profile --out bench-results",
+)
+
 SECTIONS = ("model", "store", "e2e", "scaling", "swap")
 
 

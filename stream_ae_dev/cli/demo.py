@@ -25,6 +25,12 @@ import orjson
 
 HELP = "end-to-end demo: stack, model, stream, alerts"
 
+EXAMPLES = (
+    "stream-ae demo",
+    "stream-ae demo --streams 10 --anomalous 4 --epochs 8",
+    "stream-ae demo --workdir .demo --seed 3",
+)
+
 LIVE_TOPIC = "stream-ae.metrics"
 
 

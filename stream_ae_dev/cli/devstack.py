@@ -39,6 +39,12 @@ from stream_ae_dev.devstack import (
 
 HELP = "start a local broker and Redis for dev"
 
+EXAMPLES = (
+    "stream-ae dev-stack up",
+    'eval "$(stream-ae dev-stack up --detach)"',
+    "stream-ae dev-stack down",
+)
+
 # How often a foreground `up` checks that both servers are still alive.
 _SUPERVISE_INTERVAL_S = 0.5
 

@@ -41,6 +41,13 @@ from training.evaluation.nab_score import (
 
 HELP = "NAB evaluation and scoring"
 
+EXAMPLES = (
+    "stream-ae evaluate nab NAB/ --out results",
+    "stream-ae evaluate score results --windows NAB/labels/combined_windows.json "
+    "--profiles NAB/config/profiles.json",
+    "stream-ae evaluate nab NAB/ --only realKnownCause --out results-rkc",
+)
+
 SCORES_FILE = "scores.json"
 
 Handler = Callable[[argparse.Namespace], int]
