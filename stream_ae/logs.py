@@ -1,13 +1,23 @@
-"""Structured logging: one JSON object per line (or plain text for humans).
+"""Logging: one JSON object per line for collectors, or plain text for people.
 
-Fields passed as ``extra={"fields": {...}}`` are merged into the JSON object. Settings are only
-ever logged through :meth:`Settings.describe`, which masks secrets.
+Fields passed as ``extra={"fields": {...}}`` are merged into the JSON object (``key=value`` in
+text). Settings are only ever logged through :meth:`Settings.describe`, which masks secrets.
+
+The native libraries under Keras write start-up chatter straight to file descriptor 2 (oneDNN
+notices, "Could not find cuda drivers", an ERROR "failed call to cuInit" on every machine
+without a GPU), before any Python logging is configured and whatever ``TF_CPP_MIN_LOG_LEVEL``
+says. :func:`quiet_native_stderr` filters those known lines at the descriptor; everything else,
+their real warnings and errors included, passes through unchanged.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import re
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,13 +49,18 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Configure the root logger once (idempotent); quiets chatty client libraries."""
+def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Configure the root logger once (idempotent); quiets chatty client libraries.
+
+    ``fmt``: ``json``, ``text``, or ``auto`` (text when stderr is a terminal, else JSON).
+    """
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
-        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -57,3 +72,52 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
 def fields(**values: Any) -> dict[str, Any]:
     """``log.info("msg", extra=fields(a=1))`` attaches structured fields."""
     return {"fields": values}
+
+
+# Start-up chatter of TensorFlow/XLA/oneDNN/CUDA probes that says nothing actionable.
+NATIVE_NOISE = re.compile(
+    rb"All log messages before absl::InitializeLog"
+    rb"|oneDNN custom operations are on"
+    rb"|cudart_stub\.cc.*Could not find cuda drivers"
+    rb"|failed call to cuInit"
+    rb"|Unable to register cu(DNN|FFT|BLAS) factory"
+    rb"|computation placer already registered"
+    rb"|TF-TRT Warning: Could not find TensorRT"
+    rb"|This TensorFlow binary is optimized to use available CPU instructions"
+    rb"|To enable the following instructions: .* rebuild TensorFlow"
+)
+
+
+def quiet_native_stderr(noise: re.Pattern[bytes] = NATIVE_NOISE) -> None:
+    """Drop the lines matching ``noise`` from everything written to file descriptor 2.
+
+    Call it once, first thing in a command-line process (not in a library: it rewires the
+    process's stderr). A pipe replaces descriptor 2; a thread copies each line to the original
+    stderr unless it is noise. At exit the pipe is closed and drained, so last words are kept.
+    """
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                kept = b"".join(line + b"\n" for line in lines if not noise.search(line))
+                if kept:
+                    os.write(original, kept)
+            if pending and not noise.search(pending):
+                os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=2.0)
+
+    atexit.register(drain)

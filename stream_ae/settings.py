@@ -140,7 +140,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
-    log_format: Literal["json", "text"] = Field("json", description="Structured JSON or text.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines as JSON (for collectors) or text (for people); 'auto': text on "
+        "a terminal, JSON otherwise.",
+    )
     retry_backoff_max_s: float = Field(
         30.0, gt=0, description="Longest backoff between retries when Kafka or Redis is down."
     )

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from stream_ae.logs import quiet_native_stderr
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("stream_ae.cli.worker", "run the streaming worker (long-lived)"),
@@ -101,15 +103,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter is noise for a command-line user.
+    # TensorFlow's C++ start-up chatter is noise for a command-line user. A real process (no
+    # argv given) also filters the native libraries' lines that ignore this variable, unless
+    # debugging; a call from Python (tests, notebooks) leaves the caller's stderr alone.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and not _debugging(args_list):
+        quiet_native_stderr()
     # Only the chosen command's module is imported (heavy ones pull in Keras).
     names = set(COMMANDS) | {ep.name for ep in entry_points(group=PLUGIN_GROUP)}
     chosen = next((a for a in args_list if a in names), None)
     parser = build_parser(only=chosen)
     args = parser.parse_args(args_list)
     return int(args._run(args) or 0)
+
+
+def _debugging(args: Sequence[str]) -> bool:
+    level = os.environ.get("STREAM_AE_LOG_LEVEL", "")
+    return level.upper() == "DEBUG" or "DEBUG" in args
 
 
 if __name__ == "__main__":
