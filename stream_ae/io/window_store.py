@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from stream_ae.core.windowing import (
+from stream_ae.core.state import StreamState
+from stream_ae.core.state_codec import (
     HEADER_SIZE,
     OFFSET_POS,
     PARTITION_POS,
-    StreamState,
     decode_state,
     encode_state,
 )

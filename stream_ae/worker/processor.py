@@ -17,30 +17,10 @@ import numpy as np
 
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event, build_alert
-from stream_ae.core.windowing import AppendResult, StreamState, append, new_state
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.windowing import AppendResult, append
 from stream_ae.io.window_store import WindowStore
 from stream_ae.model.inference import Scorer
-
-
-@dataclass(frozen=True)
-class PolicyParams:
-    """The alert policy without its threshold (which comes from each window's calibration
-    unless ``threshold`` overrides it)."""
-
-    threshold: float | None = None
-    resolve_ratio: float = 0.9
-    open_after: int = 1
-    resolve_after: int = 3
-    cooldown: int = 0
-
-    def policy(self, calibrated_threshold: float) -> AlertPolicy:
-        return AlertPolicy(
-            threshold=self.threshold or calibrated_threshold,
-            resolve_ratio=self.resolve_ratio,
-            open_after=self.open_after,
-            resolve_after=self.resolve_after,
-            cooldown=self.cooldown,
-        )
 
 
 @dataclass
@@ -78,7 +58,7 @@ class StreamProcessor:
         scorer: Callable[[], Scorer],
         *,
         stride: int,
-        policy: PolicyParams,
+        policy: AlertPolicy,
         clock_ms: Callable[[], int],
         max_cached_streams: int = 1_000_000,
     ) -> None:
@@ -144,7 +124,7 @@ class StreamProcessor:
                 row += len(result.windows)
                 threshold = float(batch.thresholds[rows.start])
                 policy = policies.get(threshold) or policies.setdefault(
-                    threshold, self.policy.policy(threshold)
+                    threshold, self.policy.with_default_threshold(threshold)
                 )
                 alert_state, transitions = policy.step(
                     result.state.alert, batch.scores.scores[rows], result.end_offsets
@@ -160,7 +140,7 @@ class StreamProcessor:
                             stream=stream,
                             status=status,
                             score=float(batch.scores.scores[i]),
-                            threshold=policy.threshold,
+                            threshold=float(policy.threshold or threshold),
                             distance=float(batch.scores.distances[i]),
                             start_ts_ms=int(result.start_ts_ms[index]),
                             end_ts_ms=int(result.end_ts_ms[index]),

@@ -13,7 +13,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stream_ae.core.windowing import StreamState, append, encode_state, new_state
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.state_codec import encode_state
+from stream_ae.core.windowing import append
 from stream_ae.errors import StateFormatError, StoreError
 from stream_ae.io.window_store import InMemoryWindowStore, RedisWindowStore, WindowStore
 
@@ -110,7 +112,7 @@ def test_save_load_round_trip(backend: Backend, stream: str) -> None:
 
 
 def test_round_trip_of_a_partly_filled_window_and_alert_state(backend: Backend) -> None:
-    from stream_ae.core.windowing import AlertState
+    from stream_ae.core.alerting import AlertState
 
     young = state_at(2, events=2)  # fewer events than the window
     young.alert = AlertState(open=True, above_run=0, below_run=2, cooldown_left=0, open_offset=1)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.core.synthetic import make_stream
@@ -32,13 +33,13 @@ from stream_ae.model.artifacts import (
 )
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec, build_model, split_window
-from stream_ae.worker.processor import BatchOutcome, PolicyParams, StreamProcessor
+from stream_ae.worker.processor import BatchOutcome, StreamProcessor
 
 WINDOW, FEATURES = 8, 2
 SPEC = ModelSpec(window=WINDOW, features=FEATURES, feature_names=("cpu", "mem"), hidden=4)
 TOPIC = "metrics"
 NOW_MS = 1_750_000_000_000
-POLICY = PolicyParams(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
+POLICY = AlertPolicy(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
 STRIDE = 2
 
 

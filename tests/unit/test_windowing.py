@@ -16,19 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_ae.core.windowing import (
-    FORMAT_VERSION,
-    HEADER_SIZE,
-    NO_OFFSET,
-    AlertState,
-    AppendResult,
-    StreamState,
-    append,
-    decode_state,
-    encode_state,
-    new_state,
-    series_windows,
-)
+from stream_ae.core.alerting import NO_OFFSET, AlertState
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.state_codec import FORMAT_VERSION, HEADER_SIZE, decode_state, encode_state
+from stream_ae.core.windowing import AppendResult, append, series_windows
 from stream_ae.errors import StateFormatError
 
 TOPIC, PARTITION = "metrics", 3
