@@ -4,9 +4,10 @@ Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": n
 [numbers] | {name: number}}``. Decoding never raises anything but :class:`SchemaError`, whose
 ``reason`` is the dead-letter reason code.
 
-Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v1.json``; ``alert_id`` is a hash of
-what determines the alert (stream, source position, status, model version), so a replay yields
-the same ids and consumers can de-duplicate.
+Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v2.json`` (v2 added the window's
+raw score and the stage that fired; ``score`` is the final score the threshold applies to);
+``alert_id`` is a hash of what determines the alert (stream, source position, status, model
+version), so a replay yields the same ids and consumers can de-duplicate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import orjson
 
 from stream_ae.errors import SchemaError
 
-ALERT_SCHEMA_ID = "stream-ae.alert/v1"
+ALERT_SCHEMA_ID = "stream-ae.alert/v2"
+ALERT_SCHEMA_FILE = "schemas/alert.v2.json"
 MAX_STREAM_ID_CHARS = 256
 # Epoch-ms timestamps outside [1970, 2262) are rejected: they are almost always seconds or
 # microseconds sent by mistake, and int64 nanoseconds (pandas, numpy) end in 2262.
@@ -198,6 +200,8 @@ def build_alert(
     stream: str,
     status: str,
     score: float,
+    raw_score: float,
+    stage: str,
     threshold: float,
     distance: float,
     start_ts_ms: int,
@@ -213,13 +217,18 @@ def build_alert(
     directions: np.ndarray,
     emitted_at_ms: int,
 ) -> dict[str, Any]:
-    """An alert as the dict that is serialised to the alerts topic (schema v1)."""
+    """An alert as the dict that is serialised to the alerts topic (schema v2).
+
+    ``score`` is the window's final anomaly score (what ``threshold`` applies to), ``raw_score``
+    its calibrated model score, ``stage`` the scoring stage that gave the final score."""
     return {
         "schema": ALERT_SCHEMA_ID,
         "alert_id": alert_id(stream, topic, partition, offset, status, model_version),
         "stream": stream,
         "status": status,
         "score": float(score),
+        "raw_score": float(raw_score),
+        "stage": stage,
         "threshold": float(threshold),
         "distance": float(distance),
         "window": {
@@ -242,8 +251,8 @@ def build_alert(
 
 
 def alert_schema() -> dict[str, Any]:
-    """The shipped JSON Schema of alerts (v1)."""
-    text = resources.files("stream_ae").joinpath("schemas/alert.v1.json").read_bytes()
+    """The shipped JSON Schema of alerts (the current version)."""
+    text = resources.files("stream_ae").joinpath(ALERT_SCHEMA_FILE).read_bytes()
     schema: dict[str, Any] = orjson.loads(text)
     return schema
 

@@ -2,8 +2,9 @@
 
 A :class:`StreamState` holds the last ``W`` values of one stream (a float32 ring of ``W x F``),
 their timestamps, the last applied Kafka position (the fencing token), running normalisation
-statistics (Welford) and the alert policy's state. :mod:`stream_ae.core.windowing` advances it,
-:mod:`stream_ae.core.state_codec` is its stored binary form.
+statistics (Welford), the alert policy's state and the post-processing state.
+:mod:`stream_ae.core.windowing` advances it, :mod:`stream_ae.core.state_codec` is its stored
+binary form.
 
 >>> state = new_state(window=4, features=2)
 >>> state.values.shape, state.count, state.offset == NO_OFFSET
@@ -35,6 +36,9 @@ class StreamState:
     stat_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F,) float64
     stat_m2: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F,) float64
     alert: AlertState = field(default_factory=AlertState)
+    # The post-processing state (stream_ae.core.postprocess), float64; empty until the stream's
+    # first window is post-processed, or when the detector has no post-processing.
+    post: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def last_ts_ms(self) -> int:
@@ -62,6 +66,7 @@ class StreamState:
             and np.array_equal(self.ts_ms, other.ts_ms)
             and np.array_equal(self.stat_mean, other.stat_mean)
             and np.array_equal(self.stat_m2, other.stat_m2)
+            and np.array_equal(self.post, other.post)
         )
 
 

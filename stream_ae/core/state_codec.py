@@ -1,7 +1,8 @@
 """The binary form of a :class:`~stream_ae.core.state.StreamState`: what the Redis store keeps.
 
 A 62-byte header, the topic name, the Welford statistics, delta-of-delta encoded timestamps
-(one byte per event for a regular series) and the ring in storage order. The Lua fencing script
+(one byte per event for a regular series), the ring in storage order and the post-processing
+state. The Lua fencing script
 of :mod:`stream_ae.io.window_store` reads the partition and offset at fixed byte positions
 (:data:`PARTITION_POS`, :data:`OFFSET_POS`), so those never move.
 
@@ -22,7 +23,12 @@ from stream_ae.core.state import StreamState
 from stream_ae.errors import StateFormatError
 
 MAGIC = b"SAE1"
-FORMAT_VERSION = 1
+# Version 2 appends the post-processing state (a uint32 count, then float64 values) after the
+# ring; version 1 states (without it) still load, with an empty post-processing state that the
+# processor replaces by a fresh one. The header is the same in both.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_POST_COUNT = struct.Struct("<I")
 # magic, version, flags, window, features, partition, offset, count, last_ts_ms, head,
 # above_run, below_run, cooldown_left, open_offset, ts_width, topic_len
 _HEADER = struct.Struct("<4sBBHHiqQqIHHIqBxH")
@@ -65,7 +71,18 @@ def encode_state(state: StreamState) -> bytes:
         len(topic),
     )
     stats = np.concatenate([state.stat_mean, state.stat_m2]).astype("<f8", copy=False)
-    return b"".join([header, topic, stats.tobytes(), ts_blob, ring.tobytes()])
+    post = np.asarray(state.post, dtype="<f8")
+    return b"".join(
+        [
+            header,
+            topic,
+            stats.tobytes(),
+            ts_blob,
+            ring.tobytes(),
+            _POST_COUNT.pack(len(post)),
+            post.tobytes(),
+        ]
+    )
 
 
 def decode_state(
@@ -92,8 +109,10 @@ def decode_state(
         ts_width,
         topic_len,
     ) = _HEADER.unpack_from(blob)
-    if version != FORMAT_VERSION:
-        raise StateFormatError(f"window state format version {version}, expected {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise StateFormatError(
+            f"window state format version {version}, expected one of {READABLE_VERSIONS}"
+        )
     if (window is not None and w != window) or (features is not None and f != features):
         raise StateFormatError(
             f"stored window is {w}x{f}, the model expects {window}x{features}; "
@@ -104,6 +123,12 @@ def decode_state(
     # Check the length before reading the body: a truncated value must be a StateFormatError,
     # not whatever numpy raises on a short buffer.
     expected = HEADER_SIZE + topic_len + 16 * f + 16 + ts_width * max(w - 2, 0) + 4 * w * f
+    post_count = 0
+    if version >= 2:
+        if len(blob) < expected + _POST_COUNT.size:
+            raise StateFormatError(f"window state has {len(blob)} bytes, too short")
+        (post_count,) = _POST_COUNT.unpack_from(blob, expected)
+        expected += _POST_COUNT.size + 8 * post_count
     if len(blob) != expected:
         raise StateFormatError(f"window state has {len(blob)} bytes, expected {expected}")
     pos = HEADER_SIZE
@@ -119,6 +144,12 @@ def decode_state(
     # Back to time order: np.roll by -head, as two slices (a new, writable array either way).
     head %= w
     values = np.concatenate((ring[head:], ring[:head])) if head else ring.copy()
+    pos += 4 * w * f + _POST_COUNT.size
+    post = (
+        np.frombuffer(blob, dtype="<f8", count=post_count, offset=pos).astype(np.float64)
+        if post_count
+        else np.zeros(0)
+    )
     return StreamState(
         window=w,
         features=f,
@@ -137,6 +168,7 @@ def decode_state(
             cooldown_left=cooldown_left,
             open_offset=open_offset,
         ),
+        post=post,
     )
 
 

@@ -131,6 +131,7 @@ def append(
         stat_mean=run_mean[-1],
         stat_m2=run_m2[-1],
         alert=state.alert,
+        post=state.post,
     )
     return AppendResult(
         state=new,

@@ -1,5 +1,10 @@
 """The heart of a poll batch, without Kafka: load states, append, score, apply the policy.
 
+The processor runs the whole detector: the model's window score, its calibration, the
+post-processing the artifact defines (:mod:`stream_ae.core.postprocess`, whose state is part
+of each stream's state) and the alert policy on the resulting *final* score. The evaluators
+read the same final scores from :attr:`BatchOutcome.windows`.
+
 :class:`StreamProcessor` is shared by the Kafka worker and the offline evaluator: both feed it
 decoded events and get back alerts, per-window scores and the touched states. What it does not
 do is I/O with Kafka; writing the states back (:meth:`StreamProcessor.save`) is a separate call
@@ -16,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.postprocess import (
+    CALIBRATION,
+    STAGES,
+    PostParams,
+    new_post_state,
+    post_batch,
+)
 from stream_ae.core.records import Event, build_alert
+from stream_ae.core.scoring import WindowScores
 from stream_ae.core.state import StreamState, new_state
 from stream_ae.core.windowing import AppendResult, append
 from stream_ae.io.window_store import WindowStore
@@ -25,13 +38,21 @@ from stream_ae.model.inference import Scorer
 
 @dataclass
 class WindowRecords:
-    """Every window scored in a batch (arrays of equal length), for evaluation and metrics."""
+    """Every window scored in a batch (arrays of equal length), for evaluation and metrics.
+
+    ``distances`` and ``scores`` are the model's: the window's distance and calibrated score;
+    ``final_scores`` what the alert policy acted on (the post-processed score, or the calibrated
+    one for a detector without post-processing) and ``stages`` the index in
+    :data:`~stream_ae.core.postprocess.STAGES` of the stage that gave it.
+    """
 
     streams: list[str] = field(default_factory=list)
     end_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     end_ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    final_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    stages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
 
 
 @dataclass
@@ -108,26 +129,36 @@ class StreamProcessor:
                 np.concatenate([r.stat_std for r in parts]),
             )
             latency = batch.model_latency_s
+            end_ts_ms = np.concatenate([r.end_ts_ms for r in parts])
+            # 5b. The final score of every window: the post-processing of the distances, all
+            # streams at once, each from its own post-processing state.
+            post = scorer.artifact.post
+            final, stages = _final_scores(post, parts, batch.scores, end_ts_ms)
             records = WindowRecords(
                 streams=row_streams,
                 end_offsets=np.concatenate([r.end_offsets for r in parts]),
-                end_ts_ms=np.concatenate([r.end_ts_ms for r in parts]),
+                end_ts_ms=end_ts_ms,
                 scores=batch.scores.scores,
                 distances=batch.scores.distances,
+                final_scores=final,
+                stages=stages,
             )
-            # 6. The alert policy, per stream over its windows in order.
+            # 6. The alert policy, per stream over its final scores in order.
             now_ms = self.clock_ms()
             row = 0
-            policies: dict[float, AlertPolicy] = {}  # one per calibration threshold, not stream
+            policies: dict[float, AlertPolicy] = {}  # one per default threshold, not stream
             for stream, result in zip(scored_streams, parts, strict=True):
                 rows = slice(row, row + len(result.windows))
                 row += len(result.windows)
-                threshold = float(batch.thresholds[rows.start])
-                policy = policies.get(threshold) or policies.setdefault(
-                    threshold, self.policy.with_default_threshold(threshold)
+                # The detector's threshold: the post-processing's, else the calibration's.
+                default = (
+                    post.threshold if post is not None else float(batch.thresholds[rows.start])
+                )
+                policy = policies.get(default) or policies.setdefault(
+                    default, self.policy.with_default_threshold(default)
                 )
                 alert_state, transitions = policy.step(
-                    result.state.alert, batch.scores.scores[rows], result.end_offsets
+                    result.state.alert, final[rows], result.end_offsets
                 )
                 # In place: append() made this state for this batch (a stream with windows
                 # applied events), nothing else holds it yet, and a dataclasses.replace per
@@ -139,8 +170,10 @@ class StreamProcessor:
                         build_alert(
                             stream=stream,
                             status=status,
-                            score=float(batch.scores.scores[i]),
-                            threshold=float(policy.threshold or threshold),
+                            score=float(final[i]),
+                            raw_score=float(batch.scores.scores[i]),
+                            stage=STAGES[stages[i]],
+                            threshold=float(policy.threshold or default),
                             distance=float(batch.scores.distances[i]),
                             start_ts_ms=int(result.start_ts_ms[index]),
                             end_ts_ms=int(result.end_ts_ms[index]),
@@ -229,6 +262,30 @@ class StreamProcessor:
     def forget(self, streams: Iterable[str]) -> None:
         for stream in streams:
             self.cache.pop(stream, None)
+
+
+def _final_scores(
+    post: PostParams | None,
+    parts: list[AppendResult],
+    scores: WindowScores,
+    end_ts_ms: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The final score and stage of every window of ``parts`` (in order); the post-processing
+    states of ``parts``' new states are advanced in place.
+
+    A state without a post-processing state of this detector's size (a new stream, a state
+    written by format version 1, or one kept across a swap from another post-processing) starts
+    from a fresh one.
+    """
+    if post is None:
+        return scores.scores, np.full(len(scores.scores), CALIBRATION, dtype=np.int8)
+    fresh = new_post_state(post)
+    states = np.stack([r.state.post if r.state.post.shape == fresh.shape else fresh for r in parts])
+    lengths = np.fromiter((len(r.windows) for r in parts), dtype=np.int64, count=len(parts))
+    result = post_batch(post, states, scores.distances, end_ts_ms, lengths)
+    for part, state in zip(parts, result.states, strict=True):
+        part.state.post = state  # in place, as the alert state (see process)
+    return result.scores, result.stages
 
 
 def _merge_results(parts: list[AppendResult], applied: int, skipped: int) -> AppendResult:

@@ -5,6 +5,7 @@ the same stored states; every batch costs one model call at most."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -19,10 +20,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_ae.core.alerting import AlertPolicy
-from stream_ae.core.records import Event
+from stream_ae.core.postprocess import (
+    STAGES,
+    LikelihoodParams,
+    PostParams,
+    SeasonalParams,
+    new_post_state,
+    post_scores,
+)
+from stream_ae.core.records import Event, alert_schema
 from stream_ae.core.scoring import fit_calibration, window_errors
+from stream_ae.core.state_codec import decode_state, encode_state
 from stream_ae.core.synthetic import make_stream
 from stream_ae.core.windowing import series_windows
+from stream_ae.errors import ArtifactError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import (
     Artifact,
@@ -40,6 +51,13 @@ SPEC = ModelSpec(window=WINDOW, features=FEATURES, feature_names=("cpu", "mem"),
 TOPIC = "metrics"
 NOW_MS = 1_750_000_000_000
 POLICY = AlertPolicy(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
+# Short learning periods so that 27 windows per stream reach every stage.
+POST = PostParams(
+    likelihood=LikelihoodParams(short_window=3, long_window=50, learning_windows=4, min_std=0.01),
+    seasonal=SeasonalParams(slots=4, memory=5, learning_windows=1, min_std=0.01),
+    hold=4,
+    threshold=0.3,
+)
 STRIDE = 2
 
 
@@ -62,6 +80,7 @@ class Tiny:
     artifact: Artifact
     model: CountingModel
     scorer: Scorer
+    post_scorer: Scorer  # the same model and calibration, with the post-processing POST
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +108,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     counting = CountingModel(loaded.model)
     scorer = Scorer(replace(loaded, model=counting), buckets=(16, 128, 1024))
     scorer.warm_up()
-    yield Tiny(loaded, counting, scorer)
+    post_scorer = Scorer(replace(loaded, model=counting, post=POST), buckets=(16, 128, 1024))
+    yield Tiny(loaded, counting, scorer, post_scorer)
 
 
 def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]:
@@ -125,18 +145,22 @@ def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]
     return events
 
 
-def processor(tiny: Tiny, store: InMemoryWindowStore) -> StreamProcessor:
+def processor(tiny: Tiny, store: InMemoryWindowStore, post: bool = False) -> StreamProcessor:
+    scorer = tiny.post_scorer if post else tiny.scorer
     return StreamProcessor(
-        store, lambda: tiny.scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
+        store, lambda: scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
     )
 
 
 def run_batches(
-    tiny: Tiny, batches: Sequence[Sequence[Event]], store: InMemoryWindowStore | None = None
+    tiny: Tiny,
+    batches: Sequence[Sequence[Event]],
+    store: InMemoryWindowStore | None = None,
+    post: bool = False,
 ) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
     """Process and save each batch in turn, as the worker does (steps 3-7)."""
     store = store or InMemoryWindowStore(WINDOW, FEATURES)
-    proc = processor(tiny, store)
+    proc = processor(tiny, store, post)
     outcomes = []
     for batch in batches:
         outcome = proc.process(batch)
@@ -300,3 +324,141 @@ def test_forget_partitions_drops_only_their_streams(tiny: Tiny) -> None:
     proc.save(proc.process(EVENTS[:40]).touched)
     assert proc.forget_partitions([(TOPIC, 0)]) == 2
     assert sorted(proc.cache) == ["s1", "s3"]  # odd streams live on partition 1
+
+
+# --- the whole detector: post-processing inside the processor -------------------------------
+
+
+@pytest.fixture(scope="module")
+def post_one_go(tiny: Tiny) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
+    return run_batches(tiny, [EVENTS], post=True)
+
+
+def final_by_offset(outcomes: Sequence[BatchOutcome]) -> dict[int, float]:
+    return {
+        int(offset): float(score)
+        for o in outcomes
+        for offset, score in zip(o.windows.end_offsets, o.windows.final_scores, strict=True)
+    }
+
+
+def test_the_final_score_is_the_post_processing_of_each_streams_distances(
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+) -> None:
+    """What an evaluator computed after the processor is now what the processor computes."""
+    store, (outcome,) = post_one_go
+    windows = outcome.windows
+    streams = np.asarray(windows.streams)
+    for stream in ("s0", "s1", "s2", "s3"):
+        rows = np.flatnonzero(streams == stream)
+        expected, state = post_scores(
+            POST, new_post_state(POST), windows.distances[rows], windows.end_ts_ms[rows]
+        )
+        np.testing.assert_array_equal(windows.final_scores[rows], expected)
+        stored = decode_state(store.raw(stream) or b"", WINDOW, FEATURES)
+        np.testing.assert_array_equal(stored.post, state)  # part of the stream's state
+    assert not np.array_equal(windows.final_scores, windows.scores)
+    assert set(windows.stages.tolist()) <= {STAGES.index("likelihood"), STAGES.index("seasonal")}
+
+
+def test_alerts_act_on_the_final_score_and_say_which_stage_fired(
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+) -> None:
+    import jsonschema
+
+    _, (outcome,) = post_one_go
+    opened = [a for a in outcome.alerts if a["status"] == "open"]
+    assert opened, "the post-processed detector must open alerts on these streams"
+    final = final_by_offset([outcome])
+    raw = dict(zip(outcome.windows.end_offsets.tolist(), outcome.windows.scores, strict=True))
+    for alert in outcome.alerts:
+        offset = alert["source"]["offset"]
+        assert alert["score"] == final[offset] and alert["raw_score"] == float(raw[offset])
+        assert alert["stage"] in ("likelihood", "seasonal")
+        jsonschema.validate(alert, alert_schema())
+    for alert in opened:
+        assert alert["threshold"] == POST.threshold <= alert["score"]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts=st.lists(st.integers(1, len(EVENTS) - 1), max_size=6), restart=st.booleans())
+def test_any_split_gives_the_same_final_scores_post_states_and_alert_ids(
+    tiny: Tiny,
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+    cuts: list[int],
+    restart: bool,
+) -> None:
+    reference_store, reference = post_one_go
+    batches = split(EVENTS, cuts)
+    if restart:  # a new processor per batch: post states come back from the store
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        outcomes = []
+        for batch in batches:
+            outcomes += run_batches(tiny, [batch], store, post=True)[1]
+    else:
+        store, outcomes = run_batches(tiny, batches, post=True)
+    assert alert_ids(outcomes) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+    assert final_by_offset(outcomes) == final_by_offset(reference)
+
+
+def test_crash_and_replay_with_post_processing_give_the_same_result(
+    tiny: Tiny, post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]]
+) -> None:
+    reference_store, reference = post_one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    _, before = run_batches(tiny, [EVENTS[:90]], store, post=True)
+    processor(tiny, store, post=True).process(EVENTS[90:170])  # crashed before the state write
+    _, after = run_batches(tiny, [EVENTS[60:170], EVENTS[170:]], store, post=True)
+    assert alert_ids([*before, *after]) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+
+
+def test_version_1_states_continue_with_a_fresh_post_processing_state(tiny: Tiny) -> None:
+    """States written before post-processing existed (format 1) load; their post-processing
+    starts fresh and everything else goes on from where they were."""
+    first, second = EVENTS[:120], EVENTS[120:]
+    store, _ = run_batches(tiny, [first])  # a detector without post-processing
+    for stream in ("s0", "s1", "s2", "s3"):
+        blob = store.raw(stream) or b""
+        assert blob[-4:] == bytes(4)  # no post-processing state yet
+        store._data[stream] = blob[:4] + bytes([1]) + blob[5:-4]  # as format 1 wrote it
+    old = {s: decode_state(store.raw(s) or b"", WINDOW, FEATURES) for s in ("s0", "s1")}
+    _, (outcome,) = run_batches(tiny, [second], store, post=True)
+    windows = outcome.windows
+    streams = np.asarray(windows.streams)
+    for stream in ("s0", "s1"):
+        rows = np.flatnonzero(streams == stream)
+        expected, state = post_scores(
+            POST, new_post_state(POST), windows.distances[rows], windows.end_ts_ms[rows]
+        )
+        np.testing.assert_array_equal(windows.final_scores[rows], expected)
+        upgraded = decode_state(store.raw(stream) or b"", WINDOW, FEATURES)
+        assert (store.raw(stream) or b"")[4] == 2
+        np.testing.assert_array_equal(upgraded.post, state)
+        assert upgraded.count == old[stream].count + 30  # the window history went on
+    assert encode_state(upgraded) == store.raw("s1")
+
+
+def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
+    artifact = tiny.artifact
+    common = {
+        "model": artifact.model,
+        "spec": artifact.spec,
+        "scaling": artifact.scaling,
+        "calibration": artifact.calibration,
+        "name": "tiny",
+    }
+    with_post = save_artifact(tmp_path / "post", **common, version="p", post=POST)
+    assert load_artifact(with_post).post == POST
+    assert "detector.json" in json.loads((with_post / "manifest.json").read_text())["files"]
+    without = save_artifact(tmp_path / "plain", **common, version="n")
+    assert load_artifact(without).post is None  # the calibrated score is final
+    # A detector.json the manifest does not list (and so does not hash) is refused.
+    (without / "detector.json").write_text(json.dumps({"post": POST.to_dict()}))
+    with pytest.raises(ArtifactError, match=r"detector\.json is not in the manifest"):
+        load_artifact(without)
