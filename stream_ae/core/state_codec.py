@@ -20,7 +20,7 @@ import numpy as np
 
 from stream_ae.core.alerting import AlertState
 from stream_ae.core.state import StreamState
-from stream_ae.errors import StateFormatError
+from stream_ae.errors import StateFormatError, StateShapeError
 
 MAGIC = b"SAE1"
 # Version 2 appends the post-processing state (a uint32 count, then float64 values) after the
@@ -113,11 +113,6 @@ def decode_state(
         raise StateFormatError(
             f"window state format version {version}, expected one of {READABLE_VERSIONS}"
         )
-    if (window is not None and w != window) or (features is not None and f != features):
-        raise StateFormatError(
-            f"stored window is {w}x{f}, the model expects {window}x{features}; "
-            "a model with another window shape needs a new key prefix (see docs/operations.md)"
-        )
     if w < 1 or f < 1 or ts_width not in _TS_DTYPES:
         raise StateFormatError(f"window state header is corrupt ({w}x{f}, ts width {ts_width})")
     # Check the length before reading the body: a truncated value must be a StateFormatError,
@@ -131,6 +126,13 @@ def decode_state(
         expected += _POST_COUNT.size + 8 * post_count
     if len(blob) != expected:
         raise StateFormatError(f"window state has {len(blob)} bytes, expected {expected}")
+    # Only a well-formed state of another shape is a shape error (the model does not fit the
+    # stored states); garbage that starts like a state is a format error of its own stream.
+    if (window is not None and w != window) or (features is not None and f != features):
+        raise StateShapeError(
+            f"stored window is {w}x{f}, the model expects {window}x{features}; "
+            "a model with another window shape needs a new key prefix (see docs/operations.md)"
+        )
     pos = HEADER_SIZE
     try:
         topic = blob[pos : pos + topic_len].decode()

@@ -269,6 +269,13 @@ class Worker:
             # 8. Commit what was consumed.
             self._commit(messages)
         except (StoreError, BrokerError) as exc:
+            if not exc.retriable:
+                # Trying again gives the same answer (stored states of another window shape):
+                # stop with one fatal line; nothing was committed, so nothing is lost.
+                self.producer.discard()
+                self._fatal = f"fatal {type(exc).__name__}: {exc}"
+                self.stop()
+                return stats
             self._recover(messages, exc)
             return stats
         self._backoff_s = 0.0

@@ -13,6 +13,7 @@ so the worker can put it after the alerts are flushed (see :mod:`stream_ae.worke
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,11 @@ from stream_ae.core.records import Event, build_alert
 from stream_ae.core.scoring import WindowScores
 from stream_ae.core.state import StreamState, new_state
 from stream_ae.core.windowing import AppendResult, append
-from stream_ae.io.window_store import WindowStore
+from stream_ae.io.window_store import Undecodable, WindowStore
+from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +68,8 @@ class BatchOutcome:
     events_skipped: int
     model_latency_s: float
     model_version: str | None
+    # Streams whose stored value was not a state: moved to these quarantine keys.
+    quarantined: dict[str, str] = field(default_factory=dict)
 
 
 class StreamProcessor:
@@ -90,6 +96,7 @@ class StreamProcessor:
         self.clock_ms = clock_ms
         self.max_cached_streams = max_cached_streams
         self.cache: dict[str, StreamState] = {}
+        self.quarantined_total = 0  # undecodable states moved aside since start
 
     def process(self, events: Sequence[Event]) -> BatchOutcome:
         """Steps 3-6 of the poll-batch protocol (see :mod:`stream_ae.worker.loop`)."""
@@ -99,11 +106,21 @@ class StreamProcessor:
         for event in events:
             by_stream[event.stream].append(event)
 
-        # 3. Load the states not cached, in one round trip.
+        # 3. Load the states not cached, in one round trip. A stored value that is not a state
+        # is moved to a quarantine key, intact, and its stream starts afresh: it stalls neither
+        # its own stream nor the others (a replay after a crash finds the key empty and does
+        # the same).
         missing = [s for s in by_stream if s not in self.cache]
+        quarantined: dict[str, str] = {}
         if missing:
+            undecodable: dict[str, Undecodable] = {}
             for stream, state in self.store.load(missing).items():
+                if isinstance(state, Undecodable):
+                    undecodable[stream] = state
+                    state = None
                 self.cache[stream] = state or new_state(spec.window, spec.features)
+            if undecodable:
+                quarantined = self._quarantine(undecodable)
 
         # 4. Append each stream's events in offset order; replayed offsets are skipped.
         results: dict[str, AppendResult] = {}
@@ -199,7 +216,23 @@ class StreamProcessor:
             events_skipped=skipped,
             model_latency_s=latency,
             model_version=scorer.version,
+            quarantined=quarantined,
         )
+
+    def _quarantine(self, undecodable: dict[str, Undecodable]) -> dict[str, str]:
+        moved = self.store.quarantine(list(undecodable))
+        self.quarantined_total += len(undecodable)
+        for stream, value in undecodable.items():
+            log.warning(
+                "undecodable window state quarantined; the stream starts afresh",
+                extra=fields(
+                    stream=stream,
+                    reason=value.reason[:200],
+                    bytes=None if value.raw is None else len(value.raw),
+                    quarantine_key=moved.get(stream),
+                ),
+            )
+        return moved
 
     def _append(self, state: StreamState, events: list[Event]) -> AppendResult:
         # Events of one stream come from one partition in offset order (Kafka keys them so);

@@ -462,3 +462,47 @@ def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path)
     (without / "detector.json").write_text(json.dumps({"post": POST.to_dict()}))
     with pytest.raises(ArtifactError, match=r"detector\.json is not in the manifest"):
         load_artifact(without)
+
+
+# --- an undecodable state affects only its own stream ------------------------------------------
+
+
+def test_an_undecodable_state_is_quarantined_and_only_its_stream_starts_afresh(
+    tiny: Tiny,
+    one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reference_store, _ = one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    first, second = EVENTS[:120], EVENTS[120:]
+    run_batches(tiny, [first], store)
+    foreign = b"SAE1 but not a state"
+    store._data["s2"] = foreign
+    proc = processor(tiny, store)
+    with caplog.at_level("WARNING", logger="stream_ae.worker.processor"):
+        outcome = proc.process(second)
+    assert list(outcome.quarantined) == ["s2"] and proc.quarantined_total == 1
+    assert store.quarantined == {outcome.quarantined["s2"]: foreign}  # nothing lost
+    (record,) = [r for r in caplog.records if "quarantined" in r.getMessage()]
+    logged = getattr(record, "fields", {})
+    assert logged["stream"] == "s2" and logged["quarantine_key"] == outcome.quarantined["s2"]
+    assert proc.save(outcome.touched) == []
+    # The other streams went on as if nothing happened; s2 restarted from its second half.
+    for stream in ("s0", "s1", "s3"):
+        assert store.raw(stream) == reference_store.raw(stream)
+    restarted = decode_state(store.raw("s2") or b"", WINDOW, FEATURES)
+    assert restarted.count == 30 and restarted.offset == max(
+        e.offset for e in second if e.stream == "s2"
+    )
+
+
+def test_states_of_another_window_shape_stop_the_batch_not_retriable(tiny: Tiny) -> None:
+    """Not one stream's problem but the model's: every stream would be wrong."""
+    from stream_ae.core.state import new_state
+    from stream_ae.errors import StateShapeError
+
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    store._data["s0"] = encode_state(new_state(WINDOW * 2, FEATURES))
+    with pytest.raises(StateShapeError) as info:
+        processor(tiny, store).process(EVENTS[:8])
+    assert not info.value.retriable

@@ -336,7 +336,8 @@ def stream_file(
         start = end
         if progress is not None:
             progress.set_postfix(fits=k + 1, refresh=False)
-    trace.final_state = processor.store.load([series.key])[series.key]
+    final_state = processor.store.load([series.key])[series.key]
+    trace.final_state = final_state if isinstance(final_state, StreamState) else None
     return trace
 
 
