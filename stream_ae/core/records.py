@@ -1,8 +1,9 @@
 """Message schemas: input events, alerts and dead-letter records.
 
 Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": number |
-[numbers] | {name: number}}``. Decoding never raises anything but :class:`SchemaError`, whose
-``reason`` is the dead-letter reason code.
+[numbers] | {name: number}}``; ``stream`` may be left out, and must equal the key if not.
+Decoding never raises anything but :class:`SchemaError`, whose ``reason`` is the dead-letter
+reason code.
 
 Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v2.json`` (v2 added the window's
 raw score and the stage that fired; ``score`` is the final score the threshold applies to);
@@ -125,13 +126,31 @@ def _decode_event(
 
 
 def _stream_id(raw: Any, key: bytes | None) -> str:
-    if raw is None:
-        if key is None:
-            raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
+    """The stream id: the message key, which the body's ``stream`` (if any) must repeat.
+
+    Kafka keeps the order of one key's messages on one partition; a window state is fenced by
+    one partition's offsets. A body naming another stream than its key would put that stream
+    on two partitions, whose replays the fence cannot tell apart (issue 14): such a message is
+    dead-lettered as ``key_mismatch``. A message without a key takes its body's ``stream``
+    (its producer must keep each stream on one partition itself).
+    """
+    if key is not None:
         try:
-            raw = key.decode("utf-8")
+            key_id = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise SchemaError(Reason.BAD_STREAM, "message key is not UTF-8") from None
+            key_id = None
+        if raw is None:
+            if key_id is None:
+                raise SchemaError(Reason.BAD_STREAM, "message key is not UTF-8")
+            raw = key_id
+        elif raw != key_id:
+            raise SchemaError(
+                Reason.KEY_MISMATCH,
+                f"'stream' {shown(raw)} differs from the message key {shown(key_id or key)}; "
+                "the key must be the stream id",
+            )
+    elif raw is None:
+        raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
     if not isinstance(raw, str) or not raw or len(raw) > MAX_STREAM_ID_CHARS:
         raise SchemaError(
             Reason.BAD_STREAM,

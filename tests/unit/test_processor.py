@@ -506,3 +506,71 @@ def test_states_of_another_window_shape_stop_the_batch_not_retriable(tiny: Tiny)
     with pytest.raises(StateShapeError) as info:
         processor(tiny, store).process(EVENTS[:8])
     assert not info.value.retriable
+
+
+# --- a stream on two partitions: the key is the stream id ---------------------------------------
+
+
+def two_partition_messages() -> list[tuple[bytes, bytes, int, int]]:
+    """(key, body, partition, offset): stream s0 keyed by its id on partition 0, and on
+    partition 1 messages keyed "rogue" whose body claims stream s0."""
+    stream = make_stream("s0", 60, features=FEATURES, anomalies=1, seed=5, min_anomaly_step=16)
+    messages = []
+    for step in range(60):
+        value = {"cpu": float(stream.values[step, 0]), "mem": float(stream.values[step, 1])}
+        payload = json.dumps({"stream": "s0", "ts": int(stream.ts_ms[step]), "value": value})
+        messages.append((b"s0", payload.encode(), 0, 100 + step))
+        if step % 3 == 0:
+            messages.append((b"rogue", payload.encode(), 1, 7 + step))
+    return messages
+
+
+def decoded(messages: Sequence[tuple[bytes, bytes, int, int]]) -> tuple[list[Event], list[str]]:
+    from stream_ae.core.records import decode_event
+    from stream_ae.errors import SchemaError
+
+    events, reasons = [], []
+    for key, payload, partition, offset in messages:
+        try:
+            events.append(
+                decode_event(
+                    key,
+                    payload,
+                    topic=TOPIC,
+                    partition=partition,
+                    offset=offset,
+                    feature_names=SPEC.feature_names,
+                    max_bytes=4096,
+                )
+            )
+        except SchemaError as exc:
+            reasons.append(exc.reason)
+    return events, reasons
+
+
+def test_a_stream_claimed_on_a_second_partition_is_dead_lettered_and_replays_exactly(
+    tiny: Tiny,
+) -> None:
+    messages = two_partition_messages()
+    events, reasons = decoded(messages)
+    assert reasons == ["key_mismatch"] * 20 and {e.partition for e in events} == {0}
+    reference, ref_outcomes = run_batches(tiny, [events], post=True)
+    # Any split, with a replay of what was applied (a crash before the commit) in between.
+    for cuts in ([13, 50], [1, 2, 3, 70], [40]):
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        batches = split(messages, cuts)
+        outcomes = []
+        for i, batch in enumerate(batches):
+            outcomes += run_batches(tiny, [decoded(batch)[0]], store, post=True)[1]
+            if i == 0:  # replayed: the fence skips it all
+                outcomes += run_batches(tiny, [decoded(batch)[0]], store, post=True)[1]
+        assert store.raw("s0") == reference.raw("s0")
+        assert alert_ids(outcomes) == alert_ids(ref_outcomes)
+    # Why the rule: applied, the rogue partition's events move the fence to partition 1, and a
+    # replay of partition 0 is then applied a second time.
+    rogue = [
+        Event("s0", e.ts_ms, e.values, TOPIC, 1, e.offset) for e in events[::3]
+    ]  # as the key-less rule would have decoded them
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    run_batches(tiny, [events[:30], rogue[:10], events[:30]], store)
+    assert decode_state(store.raw("s0") or b"", WINDOW, FEATURES).count == 70  # 30 doubled

@@ -32,7 +32,7 @@ TS_2024 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 def decode(
     payload: bytes | None,
-    key: bytes | None = b"key-stream",
+    key: bytes | None = None,
     names: Sequence[str] = ONE,
     max_bytes: int = MAX_BYTES,
 ) -> Event:
@@ -91,8 +91,24 @@ def test_scalar_value_and_integers_are_accepted() -> None:
 def test_missing_stream_falls_back_to_the_key() -> None:
     assert decode(body(stream=_ABSENT), key=b"from-key").stream == "from-key"
     assert decode(body(stream=None), key=b"from-key").stream == "from-key"
-    # The body wins over the key when both are there.
-    assert decode(body(stream="from-body"), key=b"from-key").stream == "from-body"
+    assert decode(body(stream="same"), key=b"same").stream == "same"
+
+
+@pytest.mark.parametrize(
+    ("stream", "key"),
+    [("from-body", b"from-key"), ("s1", b"S1"), ("s1", b"s1 "), ("s1", b""), ("s1", b"\xff")],
+)
+def test_a_body_that_disagrees_with_its_key_is_dead_lettered(stream: str, key: bytes) -> None:
+    """The key is the stream id: a body naming another stream would put that stream on two
+    partitions, which the per-partition fence cannot replay exactly (issue 14)."""
+    with pytest.raises(SchemaError) as info:
+        decode(body(stream=stream), key=key)
+    assert info.value.reason == Reason.KEY_MISMATCH
+    assert "key" in info.value.detail
+
+
+def test_without_a_key_the_body_names_the_stream() -> None:
+    assert decode(body(stream="only-body"), key=None).stream == "only-body"
 
 
 @pytest.mark.parametrize(
@@ -361,14 +377,17 @@ def test_deeply_nested_fields_are_dead_lettered_not_crashing(depth: int, field: 
     assert reason in {Reason.BAD_STREAM, Reason.BAD_TS, Reason.BAD_VALUE, Reason.NOT_JSON}
 
 
-def test_the_reported_repro_is_a_bad_stream() -> None:
+def test_the_reported_repro_is_dead_lettered() -> None:
     payload = b'{"stream":' + nested(1000) + b',"ts":1,"value":1}'
     with pytest.raises(SchemaError) as info:
         decode_event(
             b"k", payload, topic="t", partition=0, offset=0, feature_names=ONE, max_bytes=65_536
         )
-    assert info.value.reason == Reason.BAD_STREAM
+    assert info.value.reason == Reason.KEY_MISMATCH  # a nested "stream" is not the key "k"
     assert len(info.value.detail) < 200
+    with pytest.raises(SchemaError) as info:
+        decode(payload, key=None, max_bytes=len(payload))
+    assert info.value.reason == Reason.BAD_STREAM
 
 
 def test_any_other_error_while_decoding_becomes_a_dead_letter_reason(
