@@ -134,23 +134,13 @@ def _stream_id(raw: Any, key: bytes | None) -> str:
     dead-lettered as ``key_mismatch``. A message without a key takes its body's ``stream``
     (its producer must keep each stream on one partition itself).
     """
-    if key is not None:
+    if raw is None:
+        if key is None:
+            raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
         try:
-            key_id = key.decode("utf-8")
+            raw = key.decode("utf-8")
         except UnicodeDecodeError:
-            key_id = None
-        if raw is None:
-            if key_id is None:
-                raise SchemaError(Reason.BAD_STREAM, "message key is not UTF-8")
-            raw = key_id
-        elif raw != key_id:
-            raise SchemaError(
-                Reason.KEY_MISMATCH,
-                f"'stream' {shown(raw)} differs from the message key {shown(key_id or key)}; "
-                "the key must be the stream id",
-            )
-    elif raw is None:
-        raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
+            raise SchemaError(Reason.BAD_STREAM, "message key is not UTF-8") from None
     if not isinstance(raw, str) or not raw or len(raw) > MAX_STREAM_ID_CHARS:
         raise SchemaError(
             Reason.BAD_STREAM,
@@ -161,6 +151,12 @@ def _stream_id(raw: Any, key: bytes | None) -> str:
         # Braces would break the Redis Cluster hash tag; control characters the logs.
         raise SchemaError(
             Reason.BAD_STREAM, f"'stream' contains a forbidden character: {shown(raw)}"
+        )
+    if key is not None and key != raw.encode("utf-8"):
+        raise SchemaError(
+            Reason.KEY_MISMATCH,
+            f"'stream' {shown(raw)} differs from the message key {shown(key)}; "
+            "the key must be the stream id",
         )
     return raw
 
