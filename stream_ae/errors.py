@@ -41,9 +41,19 @@ class StoreError(StreamAEError):
 
 
 class StateFormatError(StoreError):
-    """A stored window state cannot be decoded (wrong magic, version or shape)."""
+    """A stored window state cannot be decoded (wrong magic, version or shape).
+
+    Not retriable: reading the same bytes again gives the same answer. The stores report an
+    undecodable value per stream instead of raising this (the processor quarantines it, so it
+    affects only its own stream); see :class:`StateShapeError` for what they do raise.
+    """
 
     retriable = False
+
+
+class StateShapeError(StateFormatError):
+    """Stored states have another window shape than the model: the model does not fit the
+    stored states (every stream, not one), so the worker must not run with it."""
 
 
 class BrokerError(StreamAEError):

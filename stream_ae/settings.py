@@ -16,12 +16,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.errors import ConfigError
 
 ENV_PREFIX = "STREAM_AE_"
+# Settings of the alert policy -> AlertPolicy's field names.
+_POLICY_FIELDS = {
+    "threshold": "threshold",
+    "resolve_ratio": "resolve_ratio",
+    "open_after_windows": "open_after",
+    "resolve_after_windows": "resolve_after",
+    "cooldown_windows": "cooldown",
+}
 
 
 class Settings(BaseSettings):
@@ -114,24 +130,23 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = Field(
         30.0, gt=0, description="How often the registry pointer is re-read (fallback to pub/sub)."
     )
+    # The alert policy: bounds live in AlertPolicy only (checked by _alert_policy_field below).
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="Alert score threshold; defaults to the artifact's."
+        None, description="Alert threshold on the final anomaly score; defaults to the detector's."
     )
     resolve_ratio: float = Field(
         0.9,
-        gt=0,
-        le=1,
         description="Hysteresis: an open alert resolves when the score falls below "
         "threshold * resolve_ratio.",
     )
     open_after_windows: int = Field(
-        1, ge=1, description="Consecutive windows above threshold before an alert opens."
+        1, description="Consecutive windows above threshold before an alert opens."
     )
     resolve_after_windows: int = Field(
-        3, ge=1, description="Consecutive windows below the resolve level before it resolves."
+        3, description="Consecutive windows below the resolve level before it resolves."
     )
     cooldown_windows: int = Field(
-        0, ge=0, description="Windows after a resolve during which no new alert opens."
+        0, description="Windows after a resolve during which no new alert opens."
     )
 
     # --- Operations -------------------------------------------------------------------------
@@ -161,6 +176,13 @@ class Settings(BaseSettings):
     @classmethod
     def _split_buckets(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator(*_POLICY_FIELDS)
+    @classmethod
+    def _alert_policy_field(cls, value: Any, info: ValidationInfo) -> Any:
+        # One field at a time, so the error names the setting; AlertPolicy holds the bounds.
+        AlertPolicy(**{_POLICY_FIELDS[info.field_name or ""]: value})
+        return value
 
     @field_validator("input_topics")
     @classmethod
@@ -192,6 +214,12 @@ class Settings(BaseSettings):
         if self.alerts_topic in self.input_topics or self.dlq_topic in self.input_topics:
             raise ValueError("alerts_topic and dlq_topic must differ from the input topics")
         return self
+
+    def alert_policy(self) -> AlertPolicy:
+        """The alert policy these settings describe."""
+        return AlertPolicy(
+            **{policy: getattr(self, setting) for setting, policy in _POLICY_FIELDS.items()}
+        )
 
     @property
     def resolved_worker_id(self) -> str:

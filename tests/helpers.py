@@ -52,14 +52,15 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_ae.core.records import Event, decode_event, encode_event
+from stream_ae.core.state import StreamState
+from stream_ae.core.state_codec import decode_state, encode_state
 from stream_ae.core.synthetic import SyntheticStream, make_stream
-from stream_ae.core.windowing import StreamState, decode_state, encode_state
 from stream_ae.errors import SchemaError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.inference import Scorer
 from stream_ae.settings import ENV_PREFIX, Settings
 from stream_ae.worker.loop import Worker
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 
 TINY_WINDOW = 16
 TINY_HIDDEN = 16
@@ -644,13 +645,7 @@ def expected_outcome(sent: Iterable[Sent], settings: Settings, scorer: Scorer) -
         store,
         lambda: scorer,
         stride=settings.stride,
-        policy=PolicyParams(
-            threshold=settings.threshold,
-            resolve_ratio=settings.resolve_ratio,
-            open_after=settings.open_after_windows,
-            resolve_after=settings.resolve_after_windows,
-            cooldown=settings.cooldown_windows,
-        ),
+        policy=settings.alert_policy(),
         clock_ms=lambda: 0,
     )
     outcome = processor.process(events)

@@ -103,11 +103,12 @@ def new_state(params: LikelihoodParams) -> np.ndarray:
     return np.zeros(params.state_size, dtype=np.float64)
 
 
-def _checked_state(state: np.ndarray, size: int, what: str) -> np.ndarray:
-    state = np.array(state, dtype=np.float64)  # a copy: inputs are never modified
+def _checked_states(state: np.ndarray, size: int, what: str) -> np.ndarray:
+    """One stream's state as a (1, size) array; a copy: inputs are never modified."""
+    state = np.array(state, dtype=np.float64)
     if state.shape != (size,):
         raise ValueError(f"{what} state has shape {state.shape}, expected ({size},)")
-    return state
+    return state.reshape(1, size)
 
 
 def likelihood_scores(
@@ -118,39 +119,65 @@ def likelihood_scores(
     ``state`` is not modified; the returned one is a new array. A NaN raw score (a window the
     model could not score) scores NaN and leaves the state unchanged.
     """
-    state = _checked_state(state, params.state_size, "likelihood")
-    raw = np.asarray(raw_scores, dtype=np.float64).reshape(-1)
-    ring = state[_RING:]
-    count, mean, var, total, head = (float(v) for v in state[:_RING])
+    states = _checked_states(state, params.state_size, "likelihood")
+    raw = np.asarray(raw_scores, dtype=np.float64).reshape(1, -1)
+    z = _likelihood_z(params, states, raw)
+    return _tail_scores(z, raw, params.decades)[0], states[0]
+
+
+def _likelihood_z(params: LikelihoodParams, states: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """z-scores of the smoothed raw scores ``raw`` (S streams x J windows, NaN: no window),
+    advancing ``states`` (S, size) in place.
+
+    The recurrence is sequential in time, so the loop runs over the J window steps, each step
+    one vectorised update of every stream that has a window there: a poll batch of many
+    streams with a few windows each costs a few numpy calls per step, never a Python loop per
+    window. Every operation is elementwise float64 in a fixed order, so a stream's result does
+    not depend on the other streams of its batch nor on where its windows were cut into batches.
+    """
     k = params.short_window
-    # z-scores are computed in the loop (it is inherently sequential), the tail probabilities
-    # afterwards in one vectorised call.
-    z = np.full(len(raw), np.nan)
-    for i, value in enumerate(raw.tolist()):
-        if math.isnan(value):
+    ring = states[:, _RING:]  # a view: written in place
+    z = np.full(raw.shape, np.nan)
+    for j in range(raw.shape[1]):
+        value = raw[:, j]
+        rows = np.flatnonzero(~np.isnan(value))
+        if not len(rows):
             continue
-        slot = int(head)
+        value = value[rows]
+        count, mean, var, total, head = states[rows, :_RING].T
+        slot = head.astype(np.int64)
         # The running sum is recomputed from the ring now and then, so float error cannot
         # accumulate over a stream that runs for years.
-        total = float(ring.sum()) if count % 4096 == 0 else total
-        total += value - ring[slot]
-        ring[slot] = value
-        head = (head + 1) % k
-        count += 1
-        smoothed = total / min(count, k)
-        std = max(math.sqrt(var), params.min_std)
-        if count > params.learning_windows:
-            z[i] = (smoothed - mean) / std
+        resum = count % 4096 == 0
+        if resum.any():
+            total = np.where(resum, _row_sums(ring[rows]), total)
+        total = total + (value - ring[rows, slot])
+        ring[rows, slot] = value
+        head = (slot + 1) % k
+        count = count + 1
+        smoothed = total / np.minimum(count, k)
+        std = np.maximum(np.sqrt(var), params.min_std)
+        learned = count > params.learning_windows
+        z[rows, j] = np.where(learned, (smoothed - mean) / std, np.nan)
         # Update the history after scoring, so a window is never compared with itself.
         entering = smoothed
-        if params.clip_z is not None and count > params.learning_windows:
-            entering = min(smoothed, mean + params.clip_z * std)
-        weight = 1.0 / min(count, params.long_window)
+        if params.clip_z is not None:
+            entering = np.where(learned, np.minimum(smoothed, mean + params.clip_z * std), smoothed)
+        weight = 1.0 / np.minimum(count, params.long_window)
         delta = entering - mean
-        mean += weight * delta
+        mean = mean + weight * delta
         var = (1.0 - weight) * (var + weight * delta * delta)
-    state[:_RING] = (count, mean, var, total, head)
-    return _tail_scores(z, raw, params.decades), state
+        states[rows, :_RING] = np.stack([count, mean, var, total, head], axis=1)
+    return z
+
+
+def _row_sums(values: np.ndarray) -> np.ndarray:
+    """Sums of the rows of ``values``, column after column: the same order for every row
+    whatever the number of rows (numpy's pairwise sum does not promise that)."""
+    total = values[:, 0].copy()
+    for column in range(1, values.shape[1]):
+        total += values[:, column]
+    return total
 
 
 def _tail_scores(z: np.ndarray, raw: np.ndarray, decades: float) -> np.ndarray:
@@ -218,27 +245,47 @@ def seasonal_scores(
     ``end_ts_ms`` (epoch ms of each window's last event) picks the slot. Returns ``(scores,
     state)``; NaN distances score NaN and change nothing.
     """
-    state = _checked_state(state, params.state_size, "seasonal")
-    d = np.asarray(distances, dtype=np.float64).reshape(-1)
-    ts = np.asarray(end_ts_ms, dtype=np.int64).reshape(-1)
+    states = _checked_states(state, params.state_size, "seasonal")
+    d = np.asarray(distances, dtype=np.float64).reshape(1, -1)
+    ts = np.asarray(end_ts_ms, dtype=np.int64).reshape(1, -1)
     if ts.shape != d.shape:
-        raise ValueError(f"{len(ts)} timestamps for {len(d)} distances")
-    counts, means, variances = state.reshape(3, params.slots)
-    slot_of = (ts % DAY_MS) * params.slots // DAY_MS
-    z = np.full(len(d), np.nan)
-    for i, (value, slot) in enumerate(zip(d.tolist(), slot_of.tolist(), strict=True)):
-        if math.isnan(value):
+        raise ValueError(f"{ts.shape[1]} timestamps for {d.shape[1]} distances")
+    z = _seasonal_z(params, states, d, ts)
+    return _tail_scores(z, d, params.decades)[0], states[0]
+
+
+def _seasonal_z(
+    params: SeasonalParams, states: np.ndarray, distances: np.ndarray, end_ts_ms: np.ndarray
+) -> np.ndarray:
+    """Two-sided z-scores of ``distances`` (S x J, NaN: no window) against their slots,
+    advancing ``states`` (S, size) in place; one vectorised step per window index, as
+    :func:`_likelihood_z`."""
+    slots = params.slots
+    counts, means, variances = (
+        states[:, :slots],
+        states[:, slots : 2 * slots],
+        states[:, 2 * slots :],
+    )
+    slot_of = (end_ts_ms % DAY_MS) * slots // DAY_MS
+    z = np.full(distances.shape, np.nan)
+    for j in range(distances.shape[1]):
+        value = distances[:, j]
+        rows = np.flatnonzero(~np.isnan(value))
+        if not len(rows):
             continue
-        count, mean, var = counts[slot], means[slot], variances[slot]
-        if count >= params.learning_windows:
-            z[i] = abs(value - mean) / max(math.sqrt(var), params.min_std)
-        count += 1
-        weight = 1.0 / min(count, params.memory)
+        value, slot = value[rows], slot_of[rows, j]
+        count, mean, var = counts[rows, slot], means[rows, slot], variances[rows, slot]
+        learned = count >= params.learning_windows
+        z[rows, j] = np.where(
+            learned, np.abs(value - mean) / np.maximum(np.sqrt(var), params.min_std), np.nan
+        )
+        count = count + 1
+        weight = 1.0 / np.minimum(count, params.memory)
         delta = value - mean
-        counts[slot] = count
-        means[slot] = mean + weight * delta
-        variances[slot] = (1.0 - weight) * (var + weight * delta * delta)
-    return _tail_scores(z, d, params.decades), state
+        counts[rows, slot] = count
+        means[rows, slot] = mean + weight * delta
+        variances[rows, slot] = (1.0 - weight) * (var + weight * delta * delta)
+    return z
 
 
 # --- 3. peak hold ------------------------------------------------------------------------------
@@ -261,39 +308,56 @@ def hold_peaks(hold: int, state: np.ndarray, scores: np.ndarray) -> tuple[np.nda
     >>> hold_peaks(3, new_hold_state(), np.array([0.2, 0.9, 0.9, 0.5, 0.95, 0.1, 0.1, 0.1, 0.4]))[0]
     array([0.2 , 0.9 , 0.  , 0.  , 0.95, 0.  , 0.  , 0.  , 0.4 ])
     """
-    state = _checked_state(state, HOLD_STATE_SIZE, "peak hold")
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    states = _checked_states(state, HOLD_STATE_SIZE, "peak hold")
+    held = _hold_peaks(hold, states, np.asarray(scores, dtype=np.float64).reshape(1, -1))
+    return held[0], states[0]
+
+
+def _hold_peaks(hold: int, states: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """:func:`hold_peaks` over S streams x J windows (NaN: no window), ``states`` (S, 2)
+    advanced in place."""
     if hold <= 0:
-        return s.copy(), state
-    out = np.where(np.isnan(s), np.nan, 0.0)
-    peak, age = float(state[_PEAK]), float(state[_AGE])
-    for i, value in enumerate(s.tolist()):
-        if math.isnan(value):
+        return scores.copy()
+    out = np.where(np.isnan(scores), np.nan, 0.0)
+    for j in range(scores.shape[1]):
+        value = scores[:, j]
+        rows = np.flatnonzero(~np.isnan(value))
+        if not len(rows):
             continue
-        if age >= hold:
-            peak = _NO_PEAK
-        if value > peak:
-            out[i], peak, age = value, value, 0.0
-        else:
-            age += 1
-    state[:] = (peak, age)
-    return out, state
+        value = value[rows]
+        peak, age = states[rows, _PEAK], states[rows, _AGE]
+        peak = np.where(age >= hold, _NO_PEAK, peak)
+        kept = value > peak
+        out[rows, j] = np.where(kept, value, 0.0)
+        states[rows, _PEAK] = np.where(kept, value, peak)
+        states[rows, _AGE] = np.where(kept, 0.0, age + 1)
+    return out
 
 
 # --- the chain ---------------------------------------------------------------------------------
 
+# Which stage gave a window its final score (the "stage" of an alert). Calibration: the detector
+# has no post-processing and the calibrated score is final.
+STAGES = ("calibration", "likelihood", "seasonal")
+CALIBRATION, LIKELIHOOD, SEASONAL = range(len(STAGES))
+
 
 @dataclass(frozen=True)
 class PostParams:
-    """The whole post-processing: likelihood, time-of-day profile (None: off), peak hold."""
+    """The whole post-processing: likelihood, time-of-day profile (None: off), peak hold, and
+    ``threshold``, the final score at which the alert policy opens an alert unless the settings
+    give one (0.5715: the threshold NAB's sweep picked for the standard profile, docs/nab.md)."""
 
     likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)
     seasonal: SeasonalParams | None = field(default_factory=SeasonalParams)
     hold: int = 250
+    threshold: float = 0.5715
 
     def __post_init__(self) -> None:
         if self.hold < 0:
             raise ValueError(f"hold must be >= 0, got {self.hold}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
     @property
     def state_size(self) -> int:
@@ -310,6 +374,7 @@ class PostParams:
             likelihood=LikelihoodParams(**data.get("likelihood", {})),
             seasonal=None if seasonal is None else SeasonalParams(**seasonal),
             hold=int(data.get("hold", PostParams.hold)),
+            threshold=float(data.get("threshold", PostParams.threshold)),
         )
 
 
@@ -324,16 +389,61 @@ def post_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly scores in [0, 1] of one stream's next windows (in time order) from their
     distances and end times; returns ``(scores, state)``. NaN distances score NaN."""
-    state = _checked_state(state, params.state_size, "post-processing")
+    state = np.asarray(state, dtype=np.float64)
+    if state.shape != (params.state_size,):
+        raise ValueError(
+            f"post-processing state has shape {state.shape}, expected ({params.state_size},)"
+        )
+    distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+    result = post_batch(params, state[None], distances, end_ts_ms, np.array([len(distances)]))
+    return result.scores, result.states[0]
+
+
+@dataclass(frozen=True)
+class PostBatch:
+    """:func:`post_batch`'s output: per window the final score and the index in
+    :data:`STAGES` of the stage that gave it; per stream the new state (S, state_size)."""
+
+    scores: np.ndarray
+    stages: np.ndarray
+    states: np.ndarray
+
+
+def post_batch(
+    params: PostParams,
+    states: np.ndarray,
+    distances: np.ndarray,
+    end_ts_ms: np.ndarray,
+    lengths: np.ndarray,
+) -> PostBatch:
+    """The chain over the windows of many streams at once: the windows of stream ``s`` are the
+    ``lengths[s]`` rows after those of the streams before it, in time order; ``states`` (S,
+    state_size) their states, not modified. Gives for every window exactly what
+    :func:`post_scores` gives for its stream alone."""
+    states = np.array(states, dtype=np.float64).reshape(len(lengths), params.state_size)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    ts = np.asarray(end_ts_ms, dtype=np.int64).reshape(-1)
+    if ts.shape != d.shape or int(lengths.sum()) != len(d):
+        raise ValueError(
+            f"{len(ts)} timestamps and {len(d)} distances for {int(lengths.sum())} windows"
+        )
+    # Streams x steps, NaN-padded: a NaN distance changes no state, exactly like no window.
+    steps = int(lengths.max()) if len(lengths) else 0
+    present = np.arange(steps) < lengths[:, None]
+    matrix = np.full(present.shape, np.nan)
+    matrix[present] = d  # row-major order of `present` is the order of the rows of `d`
+    ts_matrix = np.zeros(present.shape, dtype=np.int64)
+    ts_matrix[present] = ts
     a = params.likelihood.state_size
     b = a + (params.seasonal.state_size if params.seasonal is not None else 0)
-    scores, likelihood_state = likelihood_scores(params.likelihood, state[:a], distances)
-    parts = [likelihood_state]
+    z = _likelihood_z(params.likelihood, states[:, :a], matrix)
+    scores = _tail_scores(z, matrix, params.likelihood.decades)
+    stages = np.full(present.shape, LIKELIHOOD, dtype=np.int8)
     if params.seasonal is not None:
-        seasonal, seasonal_state = seasonal_scores(
-            params.seasonal, state[a:b], distances, end_ts_ms
-        )
+        seasonal_z = _seasonal_z(params.seasonal, states[:, a:b], matrix, ts_matrix)
+        seasonal = _tail_scores(seasonal_z, matrix, params.seasonal.decades)
+        stages[seasonal > scores] = SEASONAL
         scores = np.fmax(scores, seasonal)  # NaN only where both are (a NaN distance)
-        parts.append(seasonal_state)
-    held, hold_state = hold_peaks(params.hold, state[b:], scores)
-    return held, np.concatenate([*parts, hold_state])
+    held = _hold_peaks(params.hold, states[:, b:], scores)
+    return PostBatch(held[present], stages[present], states)

@@ -1,12 +1,14 @@
 """Message schemas: input events, alerts and dead-letter records.
 
 Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": number |
-[numbers] | {name: number}}``. Decoding never raises anything but :class:`SchemaError`, whose
-``reason`` is the dead-letter reason code.
+[numbers] | {name: number}}``; ``stream`` may be left out, and must equal the key if not.
+Decoding never raises anything but :class:`SchemaError`, whose ``reason`` is the dead-letter
+reason code.
 
-Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v1.json``; ``alert_id`` is a hash of
-what determines the alert (stream, source position, status, model version), so a replay yields
-the same ids and consumers can de-duplicate.
+Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v2.json`` (v2 added the window's
+raw score and the stage that fired; ``score`` is the final score the threshold applies to);
+``alert_id`` is a hash of what determines the alert (stream, source position, status, model
+version), so a replay yields the same ids and consumers can de-duplicate.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import orjson
 
 from stream_ae.errors import SchemaError
 
-ALERT_SCHEMA_ID = "stream-ae.alert/v1"
+ALERT_SCHEMA_ID = "stream-ae.alert/v2"
+ALERT_SCHEMA_FILE = "schemas/alert.v2.json"
 MAX_STREAM_ID_CHARS = 256
-# Epoch-ms timestamps outside [1970, 2262) are rejected: they are almost always seconds or
-# microseconds sent by mistake, and int64 nanoseconds (pandas, numpy) end in 2262.
+# Epoch-ms timestamps outside [1970, 2255-03-14) are rejected: they are almost always seconds or
+# microseconds sent by mistake. The bound, 9e12 ms, is a round number safely below April 2262,
+# where int64 nanoseconds (pandas, numpy) end.
 _MAX_TS_MS = 9_000_000_000_000
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -43,6 +47,12 @@ class Reason:
     NOT_FINITE = "not_finite"
     FEATURE_COUNT = "feature_count"
     UNKNOWN_FEATURE = "unknown_feature"
+    # The body's "stream" differs from the message key (the key is the stream id: see
+    # decode_event).
+    KEY_MISMATCH = "key_mismatch"
+    # Anything else that went wrong while decoding one message (a bug, not bad input): the
+    # message is dead-lettered with the error instead of stopping the worker.
+    UNDECODABLE = "undecodable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +77,38 @@ def decode_event(
     feature_names: Sequence[str],
     max_bytes: int,
 ) -> Event:
-    """Decode and validate one message; raise :class:`SchemaError` with the DLQ reason."""
+    """Decode and validate one message; raise :class:`SchemaError` with the DLQ reason.
+
+    Nothing else escapes: whatever else goes wrong decoding one message is a
+    :class:`SchemaError` with reason ``undecodable``, so one message can never stop the worker
+    (a crash would meet the same message again on every restart).
+    """
+    try:
+        return _decode_event(
+            key,
+            payload,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            feature_names=feature_names,
+            max_bytes=max_bytes,
+        )
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise SchemaError(Reason.UNDECODABLE, f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+def _decode_event(
+    key: bytes | None,
+    payload: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    feature_names: Sequence[str],
+    max_bytes: int,
+) -> Event:
     if payload is None:
         raise SchemaError(Reason.NOT_JSON, "empty message (tombstone)")
     if len(payload) > max_bytes:
@@ -75,7 +116,7 @@ def decode_event(
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise SchemaError(Reason.NOT_JSON, str(exc)) from None
+        raise SchemaError(Reason.NOT_JSON, str(exc)[:200]) from None
     if not isinstance(body, dict):
         raise SchemaError(Reason.NOT_OBJECT, f"expected a JSON object, got {type(body).__name__}")
     stream = _stream_id(body.get("stream"), key)
@@ -85,6 +126,14 @@ def decode_event(
 
 
 def _stream_id(raw: Any, key: bytes | None) -> str:
+    """The stream id: the message key, which the body's ``stream`` (if any) must repeat.
+
+    Kafka keeps the order of one key's messages on one partition; a window state is fenced by
+    one partition's offsets. A body naming another stream than its key would put that stream
+    on two partitions, whose replays the fence cannot tell apart (issue 14): such a message is
+    dead-lettered as ``key_mismatch``. A message without a key takes its body's ``stream``
+    (its producer must keep each stream on one partition itself).
+    """
     if raw is None:
         if key is None:
             raise SchemaError(Reason.BAD_STREAM, "no 'stream' in the body and no message key")
@@ -96,12 +145,18 @@ def _stream_id(raw: Any, key: bytes | None) -> str:
         raise SchemaError(
             Reason.BAD_STREAM,
             f"'stream' must be a non-empty string of at most {MAX_STREAM_ID_CHARS} characters, "
-            f"got {raw!r:.80}",
+            f"got {shown(raw)}",
         )
     if any(ch in raw for ch in "{}\n\r\x00"):
         # Braces would break the Redis Cluster hash tag; control characters the logs.
         raise SchemaError(
-            Reason.BAD_STREAM, f"'stream' contains a forbidden character: {raw!r:.80}"
+            Reason.BAD_STREAM, f"'stream' contains a forbidden character: {shown(raw)}"
+        )
+    if key is not None and key != raw.encode("utf-8"):
+        raise SchemaError(
+            Reason.KEY_MISMATCH,
+            f"'stream' {shown(raw)} differs from the message key {shown(key)}; "
+            "the key must be the stream id",
         )
     return raw
 
@@ -109,21 +164,21 @@ def _stream_id(raw: Any, key: bytes | None) -> str:
 def parse_ts(raw: Any) -> int:
     """An ISO-8601 string or epoch milliseconds, as integer epoch milliseconds."""
     if isinstance(raw, bool) or raw is None:
-        raise SchemaError(Reason.BAD_TS, f"'ts' must be ISO-8601 or epoch ms, got {raw!r:.80}")
+        raise SchemaError(Reason.BAD_TS, f"'ts' must be ISO-8601 or epoch ms, got {shown(raw)}")
     if isinstance(raw, int | float):
         if not math.isfinite(raw) or not 0 <= raw < _MAX_TS_MS:
-            raise SchemaError(Reason.BAD_TS, f"epoch ms out of range: {raw!r:.80}")
+            raise SchemaError(Reason.BAD_TS, f"epoch ms out of range: {shown(raw)}")
         return int(raw)
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise SchemaError(Reason.BAD_TS, f"not an ISO-8601 time: {raw!r:.80}") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)  # naive times are taken as UTC
-        ms = round(parsed.timestamp() * 1000)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)  # naive times are taken as UTC
+            ms = round(parsed.timestamp() * 1000)
+        except (ValueError, OverflowError):  # year 1 at +14:00 overflows timestamp()
+            raise SchemaError(Reason.BAD_TS, f"not an ISO-8601 time: {shown(raw)}") from None
         if not 0 <= ms < _MAX_TS_MS:
-            raise SchemaError(Reason.BAD_TS, f"time out of range: {raw!r:.80}")
+            raise SchemaError(Reason.BAD_TS, f"time out of range: {shown(raw)}")
         return ms
     raise SchemaError(Reason.BAD_TS, f"'ts' must be ISO-8601 or epoch ms, got {type(raw).__name__}")
 
@@ -134,11 +189,11 @@ def _feature_values(raw: Any, feature_names: Sequence[str]) -> np.ndarray:
         unknown = set(raw) - set(feature_names)
         if unknown:
             raise SchemaError(
-                Reason.UNKNOWN_FEATURE, f"unknown feature(s) {sorted(unknown)!r:.120}"
+                Reason.UNKNOWN_FEATURE, f"unknown feature(s) {shown(sorted(unknown))}"
             )
         missing = [name for name in feature_names if name not in raw]
         if missing:
-            raise SchemaError(Reason.FEATURE_COUNT, f"missing feature(s) {missing!r:.120}")
+            raise SchemaError(Reason.FEATURE_COUNT, f"missing feature(s) {shown(missing)}")
         items = [raw[name] for name in feature_names]
     elif isinstance(raw, list):
         if len(raw) != n:
@@ -150,11 +205,11 @@ def _feature_values(raw: Any, feature_names: Sequence[str]) -> np.ndarray:
         items = [raw]
     else:
         raise SchemaError(
-            Reason.BAD_VALUE, f"'value' must be a number, list or object: {raw!r:.80}"
+            Reason.BAD_VALUE, f"'value' must be a number, list or object: {shown(raw)}"
         )
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int | float):
-            raise SchemaError(Reason.BAD_VALUE, f"feature value {item!r:.80} is not a number")
+            raise SchemaError(Reason.BAD_VALUE, f"feature value {shown(item)} is not a number")
     # float32 is what the model sees: a finite float64 beyond its range is as bad as inf. Plain
     # Python here, not numpy: this runs once per event, and numpy's per-call overhead on a
     # one-element array was most of the decode time (see docs/performance.md).
@@ -162,9 +217,29 @@ def _feature_values(raw: Any, feature_names: Sequence[str]) -> np.ndarray:
     for number in numbers:
         if not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:  # also false for NaN
             raise SchemaError(
-                Reason.NOT_FINITE, f"non-finite or out-of-range value in {items!r:.80}"
+                Reason.NOT_FINITE, f"non-finite or out-of-range value in {shown(items)}"
             )
     return np.array(numbers, dtype=np.float32)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A short description of a decoded JSON value for an error text, bounded in length and in
+    work: containers are described, never ``repr``-ed (``repr`` of a list nested 1,000 deep
+    raises RecursionError, and that error text once crashed the worker).
+
+    >>> shown([[[]]]), shown({"a": 1}), shown("x" * 100, limit=5), shown(1.5)
+    ('a JSON array of 1 item(s)', 'a JSON object of 1 item(s)', "'xxxxx'...", '1.5')
+    """
+    if isinstance(value, list | tuple):
+        if all(isinstance(item, str | int | float | bool) or item is None for item in value):
+            text = repr(list(value))
+            return text if len(text) <= limit else text[:limit] + "..."
+        return f"a JSON array of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"a JSON object of {len(value)} item(s)"
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    return repr(value)[:limit]
 
 
 def encode_event(
@@ -198,6 +273,8 @@ def build_alert(
     stream: str,
     status: str,
     score: float,
+    raw_score: float,
+    stage: str,
     threshold: float,
     distance: float,
     start_ts_ms: int,
@@ -213,13 +290,18 @@ def build_alert(
     directions: np.ndarray,
     emitted_at_ms: int,
 ) -> dict[str, Any]:
-    """An alert as the dict that is serialised to the alerts topic (schema v1)."""
+    """An alert as the dict that is serialised to the alerts topic (schema v2).
+
+    ``score`` is the window's final anomaly score (what ``threshold`` applies to), ``raw_score``
+    its calibrated model score, ``stage`` the scoring stage that gave the final score."""
     return {
         "schema": ALERT_SCHEMA_ID,
         "alert_id": alert_id(stream, topic, partition, offset, status, model_version),
         "stream": stream,
         "status": status,
         "score": float(score),
+        "raw_score": float(raw_score),
+        "stage": stage,
         "threshold": float(threshold),
         "distance": float(distance),
         "window": {
@@ -242,8 +324,8 @@ def build_alert(
 
 
 def alert_schema() -> dict[str, Any]:
-    """The shipped JSON Schema of alerts (v1)."""
-    text = resources.files("stream_ae").joinpath("schemas/alert.v1.json").read_bytes()
+    """The shipped JSON Schema of alerts (the current version)."""
+    text = resources.files("stream_ae").joinpath(ALERT_SCHEMA_FILE).read_bytes()
     schema: dict[str, Any] = orjson.loads(text)
     return schema
 

@@ -9,22 +9,33 @@ overwrite the newer state of the worker that took them over.
 
 Keys are ``<prefix>:w:{<stream>}``: the braces are a Redis Cluster hash tag, so each stream's
 key lives in one slot and the store works unchanged on a cluster.
+
+A value at a stream's key that is not a window state (corrupt, written by another program, of
+another Redis type) affects only that stream: :meth:`WindowStore.load` returns it as
+:class:`Undecodable`, and :meth:`WindowStore.quarantine` moves it, bytes intact, to a
+quarantine key ``<prefix>:q:{<stream>}:<time ns>`` (same hash tag, same slot), after which the
+stream starts afresh. Keys under our prefix are ours: nothing is ever overwritten, only moved.
+Well-formed states of another window shape are not one stream's problem but the model's: loading
+them raises :class:`~stream_ae.errors.StateShapeError` (not retriable).
 """
 
 from __future__ import annotations
 
+import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stream_ae.core.windowing import (
+from stream_ae.core.state import StreamState
+from stream_ae.core.state_codec import (
     HEADER_SIZE,
     OFFSET_POS,
     PARTITION_POS,
-    StreamState,
     decode_state,
     encode_state,
 )
-from stream_ae.errors import StateFormatError, StoreError
+from stream_ae.errors import StateFormatError, StateShapeError, StoreError
 
 # Fencing compare-and-set. Offsets are compared as Lua numbers (doubles): exact below 2**53.
 _FENCED_SET = f"""
@@ -46,15 +57,31 @@ return 1
 """
 
 
-class WindowStore(Protocol):
-    """Batch access to window states; both calls are one round trip."""
+@dataclass(frozen=True)
+class Undecodable:
+    """A stored value that is not a window state: its bytes (None for a value of another Redis
+    type) and why it cannot be decoded."""
 
-    def load(self, streams: Sequence[str]) -> dict[str, StreamState | None]:
-        """The stored state of each stream (None if none)."""
+    raw: bytes | None
+    reason: str
+
+
+class WindowStore(Protocol):
+    """Batch access to window states; load and save are one round trip each."""
+
+    def load(self, streams: Sequence[str]) -> dict[str, StreamState | Undecodable | None]:
+        """The stored state of each stream (None if none, :class:`Undecodable` if the value
+        there is not a window state)."""
         ...
 
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
-        """Write states, fenced; returns per stream whether the write landed."""
+        """Write states, fenced; returns per stream whether the write landed. A value there
+        that is not a window state is quarantined first."""
+        ...
+
+    def quarantine(self, streams: Sequence[str]) -> dict[str, str]:
+        """Move the values stored for ``streams`` to quarantine keys, intact; returns the
+        quarantine key of each stream that had a value."""
         ...
 
     def delete(self, streams: Iterable[str]) -> None: ...
@@ -62,13 +89,24 @@ class WindowStore(Protocol):
     def close(self) -> None: ...
 
 
-def _fenced_newer(stored: StreamState, new: StreamState) -> bool:
-    """The same rule as the Lua script, for the in-memory store."""
-    return not (
-        stored.topic == new.topic
-        and stored.partition == new.partition
-        and stored.offset >= new.offset
-    )
+def quarantine_key(prefix: str, stream: str) -> str:
+    """Where a stream's undecodable value is moved: same hash tag, so the same cluster slot."""
+    return f"{prefix}:q:{{{stream}}}:{time.time_ns()}"
+
+
+def _is_state(blob: bytes) -> bool:
+    """Whether the fence can read ``blob`` as a state (the same test as the Lua script)."""
+    return blob[:4] == b"SAE1" and len(blob) >= HEADER_SIZE
+
+
+def _fenced_newer(stored: bytes, new: StreamState) -> bool:
+    """The same rule as the Lua script, reading the same header fields, for the in-memory
+    store."""
+    (partition,) = struct.unpack_from("<i", stored, PARTITION_POS)
+    (offset,) = struct.unpack_from("<q", stored, OFFSET_POS)
+    (topic_len,) = struct.unpack_from("<H", stored, HEADER_SIZE - 2)
+    topic = stored[HEADER_SIZE : HEADER_SIZE + topic_len]
+    return not (topic == new.topic.encode() and partition == new.partition and offset >= new.offset)
 
 
 class InMemoryWindowStore:
@@ -78,25 +116,44 @@ class InMemoryWindowStore:
     def __init__(self, window: int, features: int) -> None:
         self.window, self.features = window, features
         self._data: dict[str, bytes] = {}
+        self.quarantined: dict[str, bytes] = {}  # quarantine key -> the value moved there
         self.round_trips = 0
 
-    def load(self, streams: Sequence[str]) -> dict[str, StreamState | None]:
+    def load(self, streams: Sequence[str]) -> dict[str, StreamState | Undecodable | None]:
         self.round_trips += bool(streams)  # counted like Redis: an empty batch costs nothing
-        return {
-            s: decode_state(self._data[s], self.window, self.features) if s in self._data else None
-            for s in streams
-        }
+        return {s: self._decode(self._data.get(s)) for s in streams}
+
+    def _decode(self, blob: bytes | None) -> StreamState | Undecodable | None:
+        if blob is None:
+            return None
+        try:
+            return decode_state(blob, self.window, self.features)
+        except StateShapeError:
+            raise
+        except StateFormatError as exc:
+            return Undecodable(blob, str(exc))
 
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
         self.round_trips += bool(states)
         landed: dict[str, bool] = {}
         for stream, state in states.items():
             blob = self._data.get(stream)
-            ok = blob is None or _fenced_newer(decode_state(blob), state)
+            if blob is not None and not _is_state(blob):
+                self.quarantine([stream])
+                blob = None
+            ok = blob is None or _fenced_newer(blob, state)
             if ok:
                 self._data[stream] = encode_state(state)
             landed[stream] = ok
         return landed
+
+    def quarantine(self, streams: Sequence[str]) -> dict[str, str]:
+        moved: dict[str, str] = {}
+        for stream in streams:
+            if stream in self._data:
+                moved[stream] = quarantine_key("mem", stream)
+                self.quarantined[moved[stream]] = self._data.pop(stream)
+        return moved
 
     def delete(self, streams: Iterable[str]) -> None:
         for stream in streams:
@@ -125,21 +182,52 @@ class RedisWindowStore:
     def key(self, stream: str) -> str:
         return f"{self.prefix}:w:{{{stream}}}"
 
-    def load(self, streams: Sequence[str]) -> dict[str, StreamState | None]:
+    def load(self, streams: Sequence[str]) -> dict[str, StreamState | Undecodable | None]:
         if not streams:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.get(self.key(stream))
         blobs = self._execute(pipe, raise_on_error=False)
-        out: dict[str, StreamState | None] = {}
+        out: dict[str, StreamState | Undecodable | None] = {}
         for stream, blob in zip(streams, blobs, strict=True):
             if isinstance(blob, Exception):
-                # WRONGTYPE: another application's list/hash/... sits at our key.
-                error = StateFormatError if "WRONGTYPE" in str(blob) else StoreError
-                raise error(f"read of {self.key(stream)} failed: {blob}")
-            out[stream] = None if blob is None else decode_state(blob, self.window, self.features)
+                if "WRONGTYPE" not in str(blob):
+                    raise StoreError(f"read of {self.key(stream)} failed: {blob}")
+                # A list/hash/... sits at our key: not a state, and not readable as bytes.
+                out[stream] = Undecodable(None, f"a value of another Redis type: {blob}")
+                continue
+            try:
+                out[stream] = (
+                    None if blob is None else decode_state(blob, self.window, self.features)
+                )
+            except StateShapeError:
+                raise
+            except StateFormatError as exc:
+                out[stream] = Undecodable(blob, str(exc))
         return out
+
+    def quarantine(self, streams: Sequence[str]) -> dict[str, str]:
+        if not streams:
+            return {}
+        targets = {stream: quarantine_key(self.prefix, stream) for stream in streams}
+        pipe = self.client.pipeline(transaction=False)
+        for stream, target in targets.items():
+            pipe.rename(self.key(stream), target)  # atomic; same slot (same hash tag)
+        results = self._execute(pipe, raise_on_error=False)
+        moved: dict[str, str] = {}
+        for (stream, target), result in zip(targets.items(), results, strict=True):
+            if isinstance(result, Exception):
+                if "no such key" in str(result).lower():
+                    continue  # gone meanwhile: nothing to keep
+                raise StoreError(f"quarantine of {self.key(stream)} failed: {result}")
+            moved[stream] = target
+        return moved
+
+    def quarantine_keys(self, stream: str) -> list[str]:
+        """The quarantine keys of a stream (a SCAN: for operators and tests, not the hot path)."""
+        pattern = _glob_escape(f"{self.prefix}:q:{{{stream}}}:") + "*"
+        return sorted(k.decode() for k in self.client.scan_iter(match=pattern, count=1000))
 
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
         if not states:
@@ -159,12 +247,18 @@ class RedisWindowStore:
             # that landed the first time are refused by the fence, harmlessly.
             self._sha = self.client.script_load(_FENCED_SET)
             return self.save(states)
+        foreign = []
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, Exception):
                 if "STATEFORMAT" in str(result) or "WRONGTYPE" in str(result):
-                    raise StateFormatError(f"{self.key(stream)}: {result}")
+                    foreign.append(stream)  # written there since our load: move it aside
+                    continue
                 raise StoreError(f"fenced write of {self.key(stream)} failed: {result}")
-        return {stream: bool(r) for stream, r in zip(streams, results, strict=True)}
+        landed = {stream: bool(r) for stream, r in zip(streams, results, strict=True)}
+        if foreign:
+            self.quarantine(foreign)
+            landed.update(self.save({stream: states[stream] for stream in foreign}))
+        return landed
 
     def delete(self, streams: Iterable[str]) -> None:
         keys = [self.key(s) for s in streams]
@@ -201,3 +295,8 @@ def connect_redis(settings: Any) -> Any:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -7,6 +7,9 @@ An artifact is a directory::
     preprocessing.json   the Scaling
     calibration.json     the CalibrationSet (global error model and per-stream overrides)
     metrics.json         training metrics (free-form)
+    detector.json        optional: the post-processing of the detector's window scores
+                         (stream_ae.core.postprocess.PostParams); without it the calibrated
+                         window score is the final score, as in artifacts before it existed
     manifest.json        name, version, sha256 of every file above; written last
 
 A registry root holds ``<name>/<version>/`` artifacts and a ``<name>/CHAMPION`` pointer (one
@@ -25,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_ae.core.postprocess import PostParams
 from stream_ae.core.scoring import Calibration
 from stream_ae.errors import ArtifactError
 from stream_ae.model.network import ModelSpec
@@ -34,6 +38,7 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 CHAMPION_POINTER = "CHAMPION"
 _JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
+DETECTOR_FILE = "detector.json"
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class Artifact:
     metrics: dict[str, Any]
     model: Any  # keras.Model
     manifest: dict[str, Any]
+    post: PostParams | None = None  # the detector's post-processing (detector.json), if any
 
 
 def sha256_file(path: Path) -> str:
@@ -148,6 +154,7 @@ def save_artifact(
     name: str,
     version: str | None = None,
     metrics: dict[str, Any] | None = None,
+    post: PostParams | None = None,
 ) -> Path:
     """Write an artifact into ``directory`` (created; must be empty). The manifest, with the
     sha256 of every file, is written last, so a directory without one is incomplete."""
@@ -161,9 +168,13 @@ def save_artifact(
     _write_json(directory / "preprocessing.json", scaling.to_dict())
     _write_json(directory / "calibration.json", calibration.to_dict())
     _write_json(directory / "metrics.json", metrics or {})
+    written = [MODEL_FILE, *_JSON_FILES]
+    if post is not None:
+        _write_json(directory / DETECTOR_FILE, {"post": post.to_dict()})
+        written.append(DETECTOR_FILE)
     import keras
 
-    files = {fname: sha256_file(directory / fname) for fname in (MODEL_FILE, *_JSON_FILES)}
+    files = {fname: sha256_file(directory / fname) for fname in written}
     _write_json(
         directory / MANIFEST,
         {
@@ -253,6 +264,20 @@ def read_metadata(
     return manifest, spec, scaling, calibration, metrics
 
 
+def read_post(directory: Path, manifest: dict[str, Any]) -> PostParams | None:
+    """The detector's post-processing from ``detector.json``, or None without one. Read only
+    when the manifest lists (and so hashes) it: an unlisted file is refused, not trusted."""
+    path = Path(directory) / DETECTOR_FILE
+    if DETECTOR_FILE not in manifest.get("files", {}):
+        if path.exists():
+            raise ArtifactError(f"{directory}: {DETECTOR_FILE} is not in the manifest")
+        return None
+    try:
+        return PostParams.from_dict(json.loads(path.read_text())["post"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{directory}: invalid {DETECTOR_FILE}: {exc}") from None
+
+
 def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
     """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
 
@@ -261,6 +286,7 @@ def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
     """
     directory = Path(directory)
     manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
+    post = read_post(directory, manifest)
     if expect is not None and (
         spec.window != expect.window or spec.feature_names != expect.feature_names
     ):
@@ -296,4 +322,5 @@ def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
         metrics=metrics,
         model=model,
         manifest=manifest,
+        post=post,
     )

@@ -46,7 +46,7 @@ from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import WorkerMetrics
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ class Worker:
             store,
             model.current,
             stride=settings.stride,
-            policy=PolicyParams(
-                threshold=settings.threshold,
-                resolve_ratio=settings.resolve_ratio,
-                open_after=settings.open_after_windows,
-                resolve_after=settings.resolve_after_windows,
-                cooldown=settings.cooldown_windows,
-            ),
+            policy=settings.alert_policy(),
             clock_ms=clock_ms or (lambda: int(time.time() * 1000)),
         )
         self.max_records = settings.max_poll_records
@@ -275,6 +269,13 @@ class Worker:
             # 8. Commit what was consumed.
             self._commit(messages)
         except (StoreError, BrokerError) as exc:
+            if not exc.retriable:
+                # Trying again gives the same answer (stored states of another window shape):
+                # stop with one fatal line; nothing was committed, so nothing is lost.
+                self.producer.discard()
+                self._fatal = f"fatal {type(exc).__name__}: {exc}"
+                self.stop()
+                return stats
             self._recover(messages, exc)
             return stats
         self._backoff_s = 0.0

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import redis
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
 from stream_ae.core.scoring import fit_calibration
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling
 from stream_ae.model.inference import Scorer
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 from stream_ae_dev.bench.report import BenchResult, Figure
 from stream_ae_dev.bench.workload import bench_spec, delete_prefix, load_states, sine_values
 
@@ -187,7 +188,7 @@ def run_store_bench(
 
             store = RedisWindowStore(client, window, f, prefix=key_prefix)
             scorer = _state_only_scorer(window, f)
-            policy = PolicyParams()
+            policy = AlertPolicy()
             cold = StreamProcessor(
                 store,
                 _constant(scorer),

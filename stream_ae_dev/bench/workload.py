@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from stream_ae.core.scoring import fit_calibration, window_errors
-from stream_ae.core.windowing import StreamState, encode_state, new_state
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.state_codec import encode_state
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling, save_artifact
 from stream_ae.model.network import ModelSpec, as_output_list, build_model, split_window
 

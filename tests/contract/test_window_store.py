@@ -13,9 +13,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stream_ae.core.windowing import StreamState, append, encode_state, new_state
-from stream_ae.errors import StateFormatError, StoreError
-from stream_ae.io.window_store import InMemoryWindowStore, RedisWindowStore, WindowStore
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.state_codec import encode_state
+from stream_ae.core.windowing import append
+from stream_ae.errors import StateFormatError, StateShapeError, StoreError
+from stream_ae.io.window_store import (
+    InMemoryWindowStore,
+    RedisWindowStore,
+    Undecodable,
+    WindowStore,
+)
 
 WINDOW, FEATURES = 4, 2
 TOPIC = "metrics"
@@ -26,10 +33,17 @@ RawWriter = Callable[[str, bytes], None]
 class Backend:
     """A store under test plus what the contract needs to reach behind it."""
 
-    def __init__(self, store: Any, put_raw: RawWriter, get_raw: Callable[[str], bytes | None]):
+    def __init__(
+        self,
+        store: Any,
+        put_raw: RawWriter,
+        get_raw: Callable[[str], bytes | None],
+        quarantined: Callable[[str], list[bytes]],
+    ):
         self.store = store
         self.put_raw = put_raw
         self.get_raw = get_raw
+        self.quarantined = quarantined  # the values moved to a stream's quarantine keys
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -40,7 +54,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         def put_memory(stream: str, blob: bytes) -> None:
             memory._data[stream] = blob  # a foreign writer, as Redis allows
 
-        yield Backend(memory, put_memory, memory.raw)
+        def quarantined_memory(stream: str) -> list[bytes]:
+            return [v for k, v in memory.quarantined.items() if f":{{{stream}}}:" in k]
+
+        yield Backend(memory, put_memory, memory.raw, quarantined_memory)
         memory.close()
     else:
         client: redis.Redis = request.getfixturevalue("redis_client")
@@ -54,7 +71,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             assert value is None or isinstance(value, bytes)
             return value
 
-        yield Backend(store, put_redis, get_redis)
+        def quarantined_redis(stream: str) -> list[bytes]:
+            return [client.get(key) or b"" for key in store.quarantine_keys(stream)]
+
+        yield Backend(store, put_redis, get_redis, quarantined_redis)
 
 
 def state_at(
@@ -110,7 +130,7 @@ def test_save_load_round_trip(backend: Backend, stream: str) -> None:
 
 
 def test_round_trip_of_a_partly_filled_window_and_alert_state(backend: Backend) -> None:
-    from stream_ae.core.windowing import AlertState
+    from stream_ae.core.alerting import AlertState
 
     young = state_at(2, events=2)  # fewer events than the window
     young.alert = AlertState(open=True, above_run=0, below_run=2, cooldown_left=0, open_offset=1)
@@ -179,22 +199,48 @@ def test_a_batch_of_many_streams_is_one_round_trip_each_way(backend: Backend) ->
     assert all(loaded[s] is not None and loaded[s].same_as(states[s]) for s in states)
 
 
-def test_a_foreign_value_is_refused_not_clobbered(backend: Backend) -> None:
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        b'{"owner": "another application"}',
+        b"SAE1",  # short: merely starts like ours
+        b"SAE1" + bytes(80),  # a header of zeros: a corrupt state
+        encode_state(state_at(10))[:-3],  # truncated
+        b"",
+    ],
+    ids=["json", "short", "zeros", "truncated", "empty"],
+)
+def test_an_undecodable_value_affects_only_its_own_stream(backend: Backend, foreign: bytes) -> None:
+    backend.store.save({"fine": state_at(10)})
+    backend.put_raw("taken", foreign)
+    loaded = backend.store.load(["taken", "fine", "new"])
+    assert isinstance(loaded["taken"], Undecodable) and loaded["taken"].raw == foreign
+    assert loaded["taken"].reason
+    assert isinstance(loaded["fine"], StreamState) and loaded["new"] is None
+    # Quarantined: moved aside intact, never overwritten; the stream's key is free again.
+    moved = backend.store.quarantine(["taken", "new"])
+    assert list(moved) == ["taken"] and ":q:{taken}:" in moved["taken"]
+    assert backend.quarantined("taken") == [foreign]
+    assert backend.store.load(["taken"]) == {"taken": None}
+    assert backend.store.save({"taken": state_at(10)}) == {"taken": True}
+
+
+def test_a_foreign_value_written_after_the_load_is_quarantined_by_the_save(
+    backend: Backend,
+) -> None:
     foreign = b'{"owner": "another application"}'
     backend.put_raw("taken", foreign)
-    with pytest.raises(StateFormatError):
-        backend.store.save({"taken": state_at(10)})
-    assert backend.get_raw("taken") == foreign
-    with pytest.raises(StateFormatError):
-        backend.store.load(["taken"])
-    # Short values that merely start like ours are not taken for a state either.
-    backend.put_raw("short", b"SAE1")
-    with pytest.raises(StateFormatError):
-        backend.store.save({"short": state_at(10)})
-    assert backend.get_raw("short") == b"SAE1"
+    assert backend.store.save({"taken": state_at(10), "other": state_at(3)}) == {
+        "taken": True,
+        "other": True,
+    }
+    assert backend.quarantined("taken") == [foreign]
+    loaded = stored(backend, "taken")
+    assert loaded is not None and loaded.same_as(state_at(10))
 
 
 def test_a_state_of_another_window_shape_is_refused_on_load(backend: Backend) -> None:
+    """Not one stream's problem: the model does not fit the stored states. Not retriable."""
     other = append(
         new_state(WINDOW * 2, FEATURES),
         np.zeros((3, FEATURES)),
@@ -205,13 +251,16 @@ def test_a_state_of_another_window_shape_is_refused_on_load(backend: Backend) ->
         stride=1,
     ).state
     backend.put_raw("reshaped", encode_state(other))
-    with pytest.raises(StateFormatError, match="model expects"):
+    with pytest.raises(StateShapeError, match="model expects") as info:
         backend.store.load(["reshaped"])
+    assert not info.value.retriable
+    assert backend.get_raw("reshaped") == encode_state(other)  # nothing moved
 
 
 def test_state_format_errors_are_not_retriable() -> None:
     assert StoreError.retriable and not StateFormatError.retriable
     assert issubclass(StateFormatError, StoreError)
+    assert issubclass(StateShapeError, StateFormatError) and not StateShapeError.retriable
 
 
 # --- Redis specifics --------------------------------------------------------------------------
@@ -306,15 +355,31 @@ def test_redis_script_cache_flush_is_survived(redis_client: redis.Redis) -> None
     assert store.save({"s": state_at(9)}) == {"s": False}  # the fence still holds
 
 
-def test_redis_a_value_of_another_redis_type_is_not_clobbered(redis_client: redis.Redis) -> None:
+def test_redis_a_value_of_another_redis_type_is_quarantined_not_clobbered(
+    redis_client: redis.Redis,
+) -> None:
     store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
     redis_client.rpush(store.key("listy"), b"x")
-    # Not retriable: waiting will not turn another application's list into our state.
-    with pytest.raises(StateFormatError):
-        store.save({"listy": state_at(10)})
-    with pytest.raises(StateFormatError):
-        store.load(["listy", "other"])
-    assert redis_client.lrange(store.key("listy"), 0, -1) == [b"x"]
+    loaded = store.load(["listy", "other"])
+    assert isinstance(loaded["listy"], Undecodable) and loaded["listy"].raw is None
+    assert loaded["other"] is None
+    (key,) = store.quarantine(["listy"]).values()
+    assert redis_client.lrange(key, 0, -1) == [b"x"]  # intact, under the quarantine key
+    assert store.quarantine_keys("listy") == [key]
+    # Written there again between load and save: moved aside too, and the state lands.
+    redis_client.rpush(store.key("listy"), b"y")
+    assert store.save({"listy": state_at(10)}) == {"listy": True}
+    assert len(store.quarantine_keys("listy")) == 2
+
+
+def test_redis_quarantine_keys_share_the_streams_hash_tag(redis_client: redis.Redis) -> None:
+    store = RedisWindowStore(redis_client, WINDOW, FEATURES, prefix="test")
+    stream = "we*ird?[x]"
+    redis_client.set(store.key(stream), b"junk")
+    (key,) = store.quarantine([stream]).values()
+    assert key[key.index("{") + 1 : key.index("}")] == stream  # same cluster slot
+    assert store.quarantine_keys(stream) == [key]
+    assert store.quarantine_keys("we") == []  # the glob characters are literal
 
 
 def test_redis_unavailable_is_a_retriable_store_error(redis_client: redis.Redis) -> None:

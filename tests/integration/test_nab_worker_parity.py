@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from stream_ae.core.postprocess import new_post_state, post_scores
-from stream_ae.core.windowing import decode_state
+from stream_ae.core.state_codec import decode_state
 from stream_ae.worker.processor import BatchOutcome
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
 from tests.helpers import (

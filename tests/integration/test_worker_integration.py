@@ -27,7 +27,7 @@ import redis
 from jsonschema import Draft202012Validator
 
 from stream_ae.core.records import alert_schema, parse_ts
-from stream_ae.core.windowing import decode_state
+from stream_ae.core.state_codec import decode_state
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
 from tests.helpers import (
@@ -306,8 +306,9 @@ def test_a_zombie_write_is_refused_by_the_fence(
     """A worker that lost its partition without noticing (a zombie) still holds an old cached
     state and processes a stale batch; its write must not overwrite the newer state written
     by the partition's new owner."""
+    from stream_ae.core.alerting import AlertPolicy
     from stream_ae.core.records import Event
-    from stream_ae.worker.processor import PolicyParams, StreamProcessor
+    from stream_ae.worker.processor import StreamProcessor
 
     scorer = load_tiny_scorer(tiny_model)
     stream = fleet()[0]
@@ -319,7 +320,7 @@ def test_a_zombie_write_is_refused_by_the_fence(
     def processor() -> StreamProcessor:
         store = RedisWindowStore(redis_client, tiny_model.window, tiny_model.features, "fence")
         return StreamProcessor(
-            store, lambda: scorer, stride=1, policy=PolicyParams(), clock_ms=lambda: 0
+            store, lambda: scorer, stride=1, policy=AlertPolicy(), clock_ms=lambda: 0
         )
 
     zombie, owner = processor(), processor()

@@ -1,4 +1,4 @@
-"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v1.json), and alert ids are
+"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v2.json), and alert ids are
 deterministic: the same input and model version always give the same id."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 import stream_ae
 from stream_ae.core.records import ALERT_SCHEMA_ID, alert_id, alert_schema, build_alert, ms_to_iso
 
-SCHEMA_FILE = Path(stream_ae.__file__).parent / "schemas" / "alert.v1.json"
+SCHEMAS = Path(stream_ae.__file__).parent / "schemas"
+SCHEMA_FILE = SCHEMAS / "alert.v2.json"
 # RFC 3339 date-time, as JSON Schema's "date-time" format means it. jsonschema only checks this
 # format when the optional rfc3339-validator is installed, so the check is spelled out here.
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -48,8 +49,10 @@ def make_alert(**overrides: Any) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "stream": "host-7/cpu",
         "status": "open",
-        "score": 0.9993,
-        "threshold": 0.999,
+        "score": 0.61,
+        "raw_score": 0.9993,
+        "stage": "likelihood",
+        "threshold": 0.5715,
         "distance": 4.2,
         "start_ts_ms": 1_704_067_200_000,
         "end_ts_ms": 1_704_067_263_000,
@@ -101,8 +104,10 @@ def test_the_validator_does_check_formats_and_constraints() -> None:
         ("emitted_at", "2024-02-30T00:00:00Z"),
         ("status", "closed"),
         ("score", 1.5),
+        ("raw_score", -0.1),
+        ("stage", "model"),
         ("alert_id", "XYZ"),
-        ("schema", "stream-ae.alert/v2"),
+        ("schema", "stream-ae.alert/v1"),
         ("features", []),
         ("unexpected", 1),
     ]
@@ -126,6 +131,8 @@ def test_the_validator_does_check_formats_and_constraints() -> None:
     stream=st.text(min_size=1, max_size=256).filter(lambda s: not set(s) & set("{}\n\r\x00")),
     status=st.sampled_from(["open", "resolved"]),
     score=st.floats(0, 1),
+    raw_score=st.floats(0, 1),
+    stage=st.sampled_from(["calibration", "likelihood", "seasonal"]),
     threshold=st.floats(0, 1),
     distance=st.floats(0, 1e12),
     start_ms=st.integers(0, 8_999_999_999_999),
@@ -140,6 +147,8 @@ def test_any_alert_the_worker_can_build_validates(
     stream: str,
     status: str,
     score: float,
+    raw_score: float,
+    stage: str,
     threshold: float,
     distance: float,
     start_ms: int,
@@ -155,6 +164,8 @@ def test_any_alert_the_worker_can_build_validates(
         stream=stream,
         status=status,
         score=score,
+        raw_score=raw_score,
+        stage=stage,
         threshold=threshold,
         distance=distance,
         start_ts_ms=start_ms,
@@ -209,3 +220,17 @@ def test_alert_id_fields_cannot_run_into_each_other() -> None:
 def test_ms_to_iso_is_utc_with_milliseconds() -> None:
     assert ms_to_iso(0) == "1970-01-01T00:00:00.000Z"
     assert ms_to_iso(1_704_067_200_001) == "2024-01-01T00:00:00.001Z"
+
+
+def test_version_2_is_version_1_plus_raw_score_and_stage() -> None:
+    """The v1 file stays for consumers that still validate against it; v2 differs only by
+    the added fields (a v1 validator refuses v2 alerts, hence the new version)."""
+    v1 = json.loads((SCHEMAS / "alert.v1.json").read_text())
+    v2 = json.loads(SCHEMA_FILE.read_text())
+    assert set(v2["properties"]) - set(v1["properties"]) == {"raw_score", "stage"}
+    assert set(v2["required"]) - set(v1["required"]) == {"raw_score", "stage"}
+    assert v2["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v2"
+    for name in set(v1["properties"]) - {"schema", "score"}:
+        assert v2["properties"][name] == v1["properties"][name], name
+    with pytest.raises(jsonschema.ValidationError):
+        Draft202012Validator(v1).validate(make_alert())

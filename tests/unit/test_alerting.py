@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_ae.core.alerting import OPEN, RESOLVED, AlertPolicy
-from stream_ae.core.windowing import NO_OFFSET, AlertState
+from stream_ae.core.alerting import NO_OFFSET, OPEN, RESOLVED, AlertPolicy, AlertState
 
 
 def run(

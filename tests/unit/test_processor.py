@@ -5,6 +5,7 @@ the same stored states; every batch costs one model call at most."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -18,10 +19,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_ae.core.records import Event
+from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.postprocess import (
+    STAGES,
+    LikelihoodParams,
+    PostParams,
+    SeasonalParams,
+    new_post_state,
+    post_scores,
+)
+from stream_ae.core.records import Event, alert_schema
 from stream_ae.core.scoring import fit_calibration, window_errors
+from stream_ae.core.state_codec import decode_state, encode_state
 from stream_ae.core.synthetic import make_stream
 from stream_ae.core.windowing import series_windows
+from stream_ae.errors import ArtifactError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import (
     Artifact,
@@ -32,13 +44,20 @@ from stream_ae.model.artifacts import (
 )
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec, build_model, split_window
-from stream_ae.worker.processor import BatchOutcome, PolicyParams, StreamProcessor
+from stream_ae.worker.processor import BatchOutcome, StreamProcessor
 
 WINDOW, FEATURES = 8, 2
 SPEC = ModelSpec(window=WINDOW, features=FEATURES, feature_names=("cpu", "mem"), hidden=4)
 TOPIC = "metrics"
 NOW_MS = 1_750_000_000_000
-POLICY = PolicyParams(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
+POLICY = AlertPolicy(resolve_ratio=0.9, open_after=1, resolve_after=2, cooldown=1)
+# Short learning periods so that 27 windows per stream reach every stage.
+POST = PostParams(
+    likelihood=LikelihoodParams(short_window=3, long_window=50, learning_windows=4, min_std=0.01),
+    seasonal=SeasonalParams(slots=4, memory=5, learning_windows=1, min_std=0.01),
+    hold=4,
+    threshold=0.3,
+)
 STRIDE = 2
 
 
@@ -61,6 +80,7 @@ class Tiny:
     artifact: Artifact
     model: CountingModel
     scorer: Scorer
+    post_scorer: Scorer  # the same model and calibration, with the post-processing POST
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +108,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     counting = CountingModel(loaded.model)
     scorer = Scorer(replace(loaded, model=counting), buckets=(16, 128, 1024))
     scorer.warm_up()
-    yield Tiny(loaded, counting, scorer)
+    post_scorer = Scorer(replace(loaded, model=counting, post=POST), buckets=(16, 128, 1024))
+    yield Tiny(loaded, counting, scorer, post_scorer)
 
 
 def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]:
@@ -124,18 +145,22 @@ def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]
     return events
 
 
-def processor(tiny: Tiny, store: InMemoryWindowStore) -> StreamProcessor:
+def processor(tiny: Tiny, store: InMemoryWindowStore, post: bool = False) -> StreamProcessor:
+    scorer = tiny.post_scorer if post else tiny.scorer
     return StreamProcessor(
-        store, lambda: tiny.scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
+        store, lambda: scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
     )
 
 
 def run_batches(
-    tiny: Tiny, batches: Sequence[Sequence[Event]], store: InMemoryWindowStore | None = None
+    tiny: Tiny,
+    batches: Sequence[Sequence[Event]],
+    store: InMemoryWindowStore | None = None,
+    post: bool = False,
 ) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
     """Process and save each batch in turn, as the worker does (steps 3-7)."""
     store = store or InMemoryWindowStore(WINDOW, FEATURES)
-    proc = processor(tiny, store)
+    proc = processor(tiny, store, post)
     outcomes = []
     for batch in batches:
         outcome = proc.process(batch)
@@ -299,3 +324,253 @@ def test_forget_partitions_drops_only_their_streams(tiny: Tiny) -> None:
     proc.save(proc.process(EVENTS[:40]).touched)
     assert proc.forget_partitions([(TOPIC, 0)]) == 2
     assert sorted(proc.cache) == ["s1", "s3"]  # odd streams live on partition 1
+
+
+# --- the whole detector: post-processing inside the processor -------------------------------
+
+
+@pytest.fixture(scope="module")
+def post_one_go(tiny: Tiny) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
+    return run_batches(tiny, [EVENTS], post=True)
+
+
+def final_by_offset(outcomes: Sequence[BatchOutcome]) -> dict[int, float]:
+    return {
+        int(offset): float(score)
+        for o in outcomes
+        for offset, score in zip(o.windows.end_offsets, o.windows.final_scores, strict=True)
+    }
+
+
+def test_the_final_score_is_the_post_processing_of_each_streams_distances(
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+) -> None:
+    """What an evaluator computed after the processor is now what the processor computes."""
+    store, (outcome,) = post_one_go
+    windows = outcome.windows
+    streams = np.asarray(windows.streams)
+    for stream in ("s0", "s1", "s2", "s3"):
+        rows = np.flatnonzero(streams == stream)
+        expected, state = post_scores(
+            POST, new_post_state(POST), windows.distances[rows], windows.end_ts_ms[rows]
+        )
+        np.testing.assert_array_equal(windows.final_scores[rows], expected)
+        stored = decode_state(store.raw(stream) or b"", WINDOW, FEATURES)
+        np.testing.assert_array_equal(stored.post, state)  # part of the stream's state
+    assert not np.array_equal(windows.final_scores, windows.scores)
+    assert set(windows.stages.tolist()) <= {STAGES.index("likelihood"), STAGES.index("seasonal")}
+
+
+def test_alerts_act_on_the_final_score_and_say_which_stage_fired(
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+) -> None:
+    import jsonschema
+
+    _, (outcome,) = post_one_go
+    opened = [a for a in outcome.alerts if a["status"] == "open"]
+    assert opened, "the post-processed detector must open alerts on these streams"
+    final = final_by_offset([outcome])
+    raw = dict(zip(outcome.windows.end_offsets.tolist(), outcome.windows.scores, strict=True))
+    for alert in outcome.alerts:
+        offset = alert["source"]["offset"]
+        assert alert["score"] == final[offset] and alert["raw_score"] == float(raw[offset])
+        assert alert["stage"] in ("likelihood", "seasonal")
+        jsonschema.validate(alert, alert_schema())
+    for alert in opened:
+        assert alert["threshold"] == POST.threshold <= alert["score"]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts=st.lists(st.integers(1, len(EVENTS) - 1), max_size=6), restart=st.booleans())
+def test_any_split_gives_the_same_final_scores_post_states_and_alert_ids(
+    tiny: Tiny,
+    post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+    cuts: list[int],
+    restart: bool,
+) -> None:
+    reference_store, reference = post_one_go
+    batches = split(EVENTS, cuts)
+    if restart:  # a new processor per batch: post states come back from the store
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        outcomes = []
+        for batch in batches:
+            outcomes += run_batches(tiny, [batch], store, post=True)[1]
+    else:
+        store, outcomes = run_batches(tiny, batches, post=True)
+    assert alert_ids(outcomes) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+    assert final_by_offset(outcomes) == final_by_offset(reference)
+
+
+def test_crash_and_replay_with_post_processing_give_the_same_result(
+    tiny: Tiny, post_one_go: tuple[InMemoryWindowStore, list[BatchOutcome]]
+) -> None:
+    reference_store, reference = post_one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    _, before = run_batches(tiny, [EVENTS[:90]], store, post=True)
+    processor(tiny, store, post=True).process(EVENTS[90:170])  # crashed before the state write
+    _, after = run_batches(tiny, [EVENTS[60:170], EVENTS[170:]], store, post=True)
+    assert alert_ids([*before, *after]) == alert_ids(reference)
+    assert stored_bytes(store, EVENTS) == stored_bytes(reference_store, EVENTS)
+
+
+def test_version_1_states_continue_with_a_fresh_post_processing_state(tiny: Tiny) -> None:
+    """States written before post-processing existed (format 1) load; their post-processing
+    starts fresh and everything else goes on from where they were."""
+    first, second = EVENTS[:120], EVENTS[120:]
+    store, _ = run_batches(tiny, [first])  # a detector without post-processing
+    for stream in ("s0", "s1", "s2", "s3"):
+        blob = store.raw(stream) or b""
+        assert blob[-4:] == bytes(4)  # no post-processing state yet
+        store._data[stream] = blob[:4] + bytes([1]) + blob[5:-4]  # as format 1 wrote it
+    old = {s: decode_state(store.raw(s) or b"", WINDOW, FEATURES) for s in ("s0", "s1")}
+    _, (outcome,) = run_batches(tiny, [second], store, post=True)
+    windows = outcome.windows
+    streams = np.asarray(windows.streams)
+    for stream in ("s0", "s1"):
+        rows = np.flatnonzero(streams == stream)
+        expected, state = post_scores(
+            POST, new_post_state(POST), windows.distances[rows], windows.end_ts_ms[rows]
+        )
+        np.testing.assert_array_equal(windows.final_scores[rows], expected)
+        upgraded = decode_state(store.raw(stream) or b"", WINDOW, FEATURES)
+        assert (store.raw(stream) or b"")[4] == 2
+        np.testing.assert_array_equal(upgraded.post, state)
+        assert upgraded.count == old[stream].count + 30  # the window history went on
+    assert encode_state(upgraded) == store.raw("s1")
+
+
+def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
+    artifact = tiny.artifact
+    common = {
+        "model": artifact.model,
+        "spec": artifact.spec,
+        "scaling": artifact.scaling,
+        "calibration": artifact.calibration,
+        "name": "tiny",
+    }
+    with_post = save_artifact(tmp_path / "post", **common, version="p", post=POST)
+    assert load_artifact(with_post).post == POST
+    assert "detector.json" in json.loads((with_post / "manifest.json").read_text())["files"]
+    without = save_artifact(tmp_path / "plain", **common, version="n")
+    assert load_artifact(without).post is None  # the calibrated score is final
+    # A detector.json the manifest does not list (and so does not hash) is refused.
+    (without / "detector.json").write_text(json.dumps({"post": POST.to_dict()}))
+    with pytest.raises(ArtifactError, match=r"detector\.json is not in the manifest"):
+        load_artifact(without)
+
+
+# --- an undecodable state affects only its own stream ------------------------------------------
+
+
+def test_an_undecodable_state_is_quarantined_and_only_its_stream_starts_afresh(
+    tiny: Tiny,
+    one_go: tuple[InMemoryWindowStore, list[BatchOutcome]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reference_store, _ = one_go
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    first, second = EVENTS[:120], EVENTS[120:]
+    run_batches(tiny, [first], store)
+    foreign = b"SAE1 but not a state"
+    store._data["s2"] = foreign
+    proc = processor(tiny, store)
+    with caplog.at_level("WARNING", logger="stream_ae.worker.processor"):
+        outcome = proc.process(second)
+    assert list(outcome.quarantined) == ["s2"] and proc.quarantined_total == 1
+    assert store.quarantined == {outcome.quarantined["s2"]: foreign}  # nothing lost
+    (record,) = [r for r in caplog.records if "quarantined" in r.getMessage()]
+    logged = getattr(record, "fields", {})
+    assert logged["stream"] == "s2" and logged["quarantine_key"] == outcome.quarantined["s2"]
+    assert proc.save(outcome.touched) == []
+    # The other streams went on as if nothing happened; s2 restarted from its second half.
+    for stream in ("s0", "s1", "s3"):
+        assert store.raw(stream) == reference_store.raw(stream)
+    restarted = decode_state(store.raw("s2") or b"", WINDOW, FEATURES)
+    assert restarted.count == 30 and restarted.offset == max(
+        e.offset for e in second if e.stream == "s2"
+    )
+
+
+def test_states_of_another_window_shape_stop_the_batch_not_retriable(tiny: Tiny) -> None:
+    """Not one stream's problem but the model's: every stream would be wrong."""
+    from stream_ae.core.state import new_state
+    from stream_ae.errors import StateShapeError
+
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    store._data["s0"] = encode_state(new_state(WINDOW * 2, FEATURES))
+    with pytest.raises(StateShapeError) as info:
+        processor(tiny, store).process(EVENTS[:8])
+    assert not info.value.retriable
+
+
+# --- a stream on two partitions: the key is the stream id ---------------------------------------
+
+
+def two_partition_messages() -> list[tuple[bytes, bytes, int, int]]:
+    """(key, body, partition, offset): stream s0 keyed by its id on partition 0, and on
+    partition 1 messages keyed "rogue" whose body claims stream s0."""
+    stream = make_stream("s0", 60, features=FEATURES, anomalies=1, seed=5, min_anomaly_step=16)
+    messages = []
+    for step in range(60):
+        value = {"cpu": float(stream.values[step, 0]), "mem": float(stream.values[step, 1])}
+        payload = json.dumps({"stream": "s0", "ts": int(stream.ts_ms[step]), "value": value})
+        messages.append((b"s0", payload.encode(), 0, 100 + step))
+        if step % 3 == 0:
+            messages.append((b"rogue", payload.encode(), 1, 7 + step))
+    return messages
+
+
+def decoded(messages: Sequence[tuple[bytes, bytes, int, int]]) -> tuple[list[Event], list[str]]:
+    from stream_ae.core.records import decode_event
+    from stream_ae.errors import SchemaError
+
+    events, reasons = [], []
+    for key, payload, partition, offset in messages:
+        try:
+            events.append(
+                decode_event(
+                    key,
+                    payload,
+                    topic=TOPIC,
+                    partition=partition,
+                    offset=offset,
+                    feature_names=SPEC.feature_names,
+                    max_bytes=4096,
+                )
+            )
+        except SchemaError as exc:
+            reasons.append(exc.reason)
+    return events, reasons
+
+
+def test_a_stream_claimed_on_a_second_partition_is_dead_lettered_and_replays_exactly(
+    tiny: Tiny,
+) -> None:
+    messages = two_partition_messages()
+    events, reasons = decoded(messages)
+    assert reasons == ["key_mismatch"] * 20 and {e.partition for e in events} == {0}
+    reference, ref_outcomes = run_batches(tiny, [events], post=True)
+    # Any split, with a replay of what was applied (a crash before the commit) in between.
+    for cuts in ([13, 50], [1, 2, 3, 70], [40]):
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        batches = split(messages, cuts)
+        outcomes = []
+        for i, batch in enumerate(batches):
+            outcomes += run_batches(tiny, [decoded(batch)[0]], store, post=True)[1]
+            if i == 0:  # replayed: the fence skips it all
+                outcomes += run_batches(tiny, [decoded(batch)[0]], store, post=True)[1]
+        assert store.raw("s0") == reference.raw("s0")
+        assert alert_ids(outcomes) == alert_ids(ref_outcomes)
+    # Why the rule: applied, the rogue partition's events move the fence to partition 1, and a
+    # replay of partition 0 is then applied a second time.
+    rogue = [
+        Event("s0", e.ts_ms, e.values, TOPIC, 1, e.offset) for e in events[::3]
+    ]  # as the key-less rule would have decoded them
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    run_batches(tiny, [events[:30], rogue[:10], events[:30]], store)
+    assert decode_state(store.raw("s0") or b"", WINDOW, FEATURES).count == 70  # 30 doubled

@@ -32,7 +32,7 @@ TS_2024 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 def decode(
     payload: bytes | None,
-    key: bytes | None = b"key-stream",
+    key: bytes | None = None,
     names: Sequence[str] = ONE,
     max_bytes: int = MAX_BYTES,
 ) -> Event:
@@ -91,8 +91,24 @@ def test_scalar_value_and_integers_are_accepted() -> None:
 def test_missing_stream_falls_back_to_the_key() -> None:
     assert decode(body(stream=_ABSENT), key=b"from-key").stream == "from-key"
     assert decode(body(stream=None), key=b"from-key").stream == "from-key"
-    # The body wins over the key when both are there.
-    assert decode(body(stream="from-body"), key=b"from-key").stream == "from-body"
+    assert decode(body(stream="same"), key=b"same").stream == "same"
+
+
+@pytest.mark.parametrize(
+    ("stream", "key"),
+    [("from-body", b"from-key"), ("s1", b"S1"), ("s1", b"s1 "), ("s1", b""), ("s1", b"\xff")],
+)
+def test_a_body_that_disagrees_with_its_key_is_dead_lettered(stream: str, key: bytes) -> None:
+    """The key is the stream id: a body naming another stream would put that stream on two
+    partitions, which the per-partition fence cannot replay exactly (issue 14)."""
+    with pytest.raises(SchemaError) as info:
+        decode(body(stream=stream), key=key)
+    assert info.value.reason == Reason.KEY_MISMATCH
+    assert "key" in info.value.detail
+
+
+def test_without_a_key_the_body_names_the_stream() -> None:
+    assert decode(body(stream="only-body"), key=None).stream == "only-body"
 
 
 @pytest.mark.parametrize(
@@ -340,3 +356,84 @@ def test_near_valid_messages_only_ever_raise_schema_error(
 ) -> None:
     # json.dumps writes NaN and Infinity literals: the decoder must refuse them as not JSON.
     assert_only_schema_errors(key, json.dumps(message).encode())
+
+
+# --- poison pills: nothing but SchemaError, whatever the message -----------------------------
+
+
+def nested(depth: int, inner: bytes = b"") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [1000, 1023, 1024, 1025, 5000, 100_000])
+@pytest.mark.parametrize("field", ["stream", "ts", "value"])
+def test_deeply_nested_fields_are_dead_lettered_not_crashing(depth: int, field: str) -> None:
+    """A 2 KB message nested 1,000 deep once raised RecursionError while its error text was
+    built (issue 14), and the worker died on it at every restart."""
+    fields = {"stream": b'"s1"', "ts": str(TS_2024).encode(), "value": b"1.5"}
+    fields[field] = nested(depth)
+    payload = b"{" + b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+    reason = reason_of(payload, max_bytes=len(payload))
+    assert reason in {Reason.BAD_STREAM, Reason.BAD_TS, Reason.BAD_VALUE, Reason.NOT_JSON}
+
+
+def test_the_reported_repro_is_dead_lettered() -> None:
+    payload = b'{"stream":' + nested(1000) + b',"ts":1,"value":1}'
+    with pytest.raises(SchemaError) as info:
+        decode_event(
+            b"k", payload, topic="t", partition=0, offset=0, feature_names=ONE, max_bytes=65_536
+        )
+    assert info.value.reason == Reason.BAD_STREAM
+    assert len(info.value.detail) < 200
+
+
+def test_any_other_error_while_decoding_becomes_a_dead_letter_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream_ae.core.records as records
+
+    def broken(raw: Any, names: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("a bug in a validator")
+
+    monkeypatch.setattr(records, "_feature_values", broken)
+    with pytest.raises(SchemaError) as info:
+        decode(body())
+    assert info.value.reason == Reason.UNDECODABLE
+    assert "RuntimeError: a bug in a validator" in info.value.detail
+
+
+def test_error_texts_are_bounded_for_huge_or_nested_values() -> None:
+    for value in (nested(900), b'"' + b"x" * 3000 + b'"', b"[" + b"1," * 1000 + b"1]"):
+        payload = b'{"stream":"s1","ts":' + value + b',"value":1}'
+        with pytest.raises(SchemaError) as info:
+            decode(payload, max_bytes=len(payload))
+        assert len(info.value.detail) <= 200
+
+
+def deep_json(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(1, 3000))
+    opener = draw(st.sampled_from([b"[", b'{"a":']))
+    closer = b"]" if opener == b"[" else b"}"
+    inner = draw(st.sampled_from([b"", b"1", b'"x"', b"null", b"{}"]))
+    if opener == b'{"a":' and inner == b"":
+        inner = b"1"
+    return opener * depth + inner + closer * depth
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=keys,
+    deep=st.composite(deep_json)(),
+    field=st.sampled_from(["stream", "ts", "value", "other"]),
+    prefix=st.binary(max_size=4),
+)
+def test_fuzz_deep_nesting_anywhere_only_ever_raises_schema_error(
+    key: bytes | None, deep: bytes, field: str, prefix: bytes
+) -> None:
+    payload = b'{"stream":"s1","ts":1,"value":1,"%s":%s}' % (field.encode(), deep)
+    for candidate in (payload, deep, prefix + payload):
+        for names in (ONE, THREE):
+            try:
+                decode(candidate, key=key, names=names, max_bytes=len(candidate))
+            except SchemaError as exc:
+                assert exc.reason in vars(Reason).values()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.errors import ConfigError
 from stream_ae.settings import ENV_PREFIX, Settings, field_names, load_settings
 
@@ -197,3 +198,44 @@ def test_secrets_do_not_leak_into_config_errors() -> None:
     for secret in SECRETS.values():
         assert secret not in message
     assert "stride" in message
+
+
+def test_the_alert_policy_settings_build_the_one_alert_policy() -> None:
+    settings = load_settings(
+        {
+            "threshold": 0.8,
+            "resolve_ratio": 0.5,
+            "open_after_windows": 2,
+            "resolve_after_windows": 4,
+            "cooldown_windows": 7,
+        }
+    )
+    assert settings.alert_policy() == AlertPolicy(
+        threshold=0.8, resolve_ratio=0.5, open_after=2, resolve_after=4, cooldown=7
+    )
+    assert load_settings().alert_policy() == AlertPolicy()  # the same defaults
+
+
+@pytest.mark.parametrize(
+    ("setting", "policy_field", "value"),
+    [
+        ("threshold", "threshold", 1.0),
+        ("threshold", "threshold", 0.0),
+        ("threshold", "threshold", 1.01),
+        ("resolve_ratio", "resolve_ratio", 1.0),
+        ("resolve_ratio", "resolve_ratio", 0.0),
+        ("open_after_windows", "open_after", 0),
+        ("resolve_after_windows", "resolve_after", 0),
+        ("cooldown_windows", "cooldown", 0),
+        ("cooldown_windows", "cooldown", -1),
+    ],
+)
+def test_settings_and_policy_share_one_set_of_bounds(
+    setting: str, policy_field: str, value: float
+) -> None:
+    try:
+        AlertPolicy(**{policy_field: value})
+    except ValueError:
+        assert setting in config_error(**{setting: value})
+    else:
+        assert getattr(load_settings({setting: value}), setting) == value

@@ -16,19 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_ae.core.windowing import (
-    FORMAT_VERSION,
-    HEADER_SIZE,
-    NO_OFFSET,
-    AlertState,
-    AppendResult,
-    StreamState,
-    append,
-    decode_state,
-    encode_state,
-    new_state,
-    series_windows,
-)
+from stream_ae.core.alerting import NO_OFFSET, AlertState
+from stream_ae.core.state import StreamState, new_state
+from stream_ae.core.state_codec import FORMAT_VERSION, HEADER_SIZE, decode_state, encode_state
+from stream_ae.core.windowing import AppendResult, append, series_windows
 from stream_ae.errors import StateFormatError
 
 TOPIC, PARTITION = "metrics", 3
@@ -349,6 +340,7 @@ def stream_states(draw: st.DrawFn) -> StreamState:
             cooldown_left=draw(st.integers(0, 2**32 - 1)),
             open_offset=draw(st.integers(NO_OFFSET, 2**62)),
         ),
+        post=np.array(draw(st.lists(stats, max_size=60)), dtype=np.float64),
     )
 
 
@@ -395,8 +387,10 @@ def test_regular_timestamps_cost_one_byte_per_event() -> None:
         stride=1,
     ).state
     topic_and_stats = len(TOPIC) + 16
+    post_count = 4  # and no post-processing state yet
     assert (
-        len(encode_state(state)) == HEADER_SIZE + topic_and_stats + 16 + (window - 2) + 4 * window
+        len(encode_state(state))
+        == HEADER_SIZE + topic_and_stats + 16 + (window - 2) + 4 * window + post_count
     )
 
 
@@ -451,3 +445,31 @@ def test_decode_raises_only_state_format_error(blob: bytes, cut: int, junk: byte
     for candidate in (blob, b"SAE1" + blob, valid[:cut], valid[:cut] + junk + valid[cut:]):
         with contextlib.suppress(StateFormatError):
             decode_state(candidate, 4, 2)
+
+
+def _as_version_1(blob: bytes) -> bytes:
+    """A state without post-processing state as version 1 wrote it: the same header and body,
+    version byte 1, no post-processing count."""
+    assert blob[-4:] == b"\x00\x00\x00\x00"
+    return blob[:4] + bytes([1]) + blob[5:-4]
+
+
+def test_a_version_1_state_loads_with_an_empty_post_processing_state() -> None:
+    blob = _valid_blob()
+    old = _as_version_1(blob)
+    assert blob[4] == FORMAT_VERSION == 2 and old[4] == 1
+    decoded = decode_state(old, 4, 2)
+    assert decoded.same_as(decode_state(blob, 4, 2))
+    assert decoded.post.shape == (0,)
+    assert encode_state(decoded) == blob  # written back as version 2
+    with pytest.raises(StateFormatError, match="bytes"):
+        decode_state(old + b"\x00\x00\x00\x00", 4, 2)  # a v2 body under a v1 header
+
+
+def test_the_post_processing_state_round_trips_bit_for_bit() -> None:
+    state = decode_state(_valid_blob(), 4, 2)
+    state.post = np.array([0.1, -np.inf, 1e300, 5e-324])
+    decoded = decode_state(encode_state(state), 4, 2)
+    assert decoded.post.tobytes() == state.post.tobytes()
+    with pytest.raises(StateFormatError, match="bytes"):
+        decode_state(encode_state(state)[:-8], 4, 2)

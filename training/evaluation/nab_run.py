@@ -42,15 +42,16 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
 from stream_ae.core.records import Event
-from stream_ae.core.windowing import StreamState
+from stream_ae.core.state import StreamState
 from stream_ae.errors import StreamAEError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelKind, ModelSpec
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -300,7 +301,7 @@ def stream_file(
         InMemoryWindowStore(spec.window, spec.features),
         lambda: current[0],
         stride=1,
-        policy=PolicyParams(),
+        policy=AlertPolicy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     artifact: Artifact | None = None
@@ -335,7 +336,8 @@ def stream_file(
         start = end
         if progress is not None:
             progress.set_postfix(fits=k + 1, refresh=False)
-    trace.final_state = processor.store.load([series.key])[series.key]
+    final_state = processor.store.load([series.key])[series.key]
+    trace.final_state = final_state if isinstance(final_state, StreamState) else None
     return trace
 
 
