@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
 from stream_ae.errors import ConfigError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import load_artifact, resolve_artifact_dir
 from stream_ae.model.inference import Scorer
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 
 # The in-process "topic" and "partition" of events fed to a Detector (alerts name them).
 SOURCE_TOPIC = "stream-ae.api"
@@ -48,15 +49,17 @@ class Scores:
     """The result of :meth:`Detector.score`: one row per scored window, and the alerts.
 
     ``rows`` is each window's last row in its series (0-based, counted across calls),
-    ``scores`` the calibrated score in [0, 1] the alert policy acted on, ``distances`` the raw
-    distance of the window's error, and ``alert_rows`` the indices (into these arrays) of the
-    windows that opened or resolved an alert, in the order of ``alerts``.
+    ``scores`` the final anomaly score in [0, 1] the alert policy acted on (after calibration
+    and post-processing), ``model_scores`` the calibrated score of the model's error alone,
+    ``distances`` the distance of the window's error, and ``alert_rows`` the indices (into
+    these arrays) of the windows that opened or resolved an alert, in the order of ``alerts``.
     """
 
     streams: list[str]
     rows: np.ndarray
     ts_ms: np.ndarray
     scores: np.ndarray
+    model_scores: np.ndarray
     distances: np.ndarray
     alerts: list[dict[str, Any]]
     alert_rows: np.ndarray
@@ -69,7 +72,7 @@ class Detector:
     calibrated threshold and the worker's default policy apply.
     """
 
-    def __init__(self, scorer: Scorer, *, policy: PolicyParams | None = None) -> None:
+    def __init__(self, scorer: Scorer, *, policy: AlertPolicy | None = None) -> None:
         self.scorer = scorer
         spec = scorer.artifact.spec
         self._next_row: dict[str, int] = {}
@@ -77,13 +80,13 @@ class Detector:
             InMemoryWindowStore(spec.window, spec.features),
             lambda: scorer,
             stride=1,
-            policy=policy or PolicyParams(),
+            policy=policy or AlertPolicy(),
             clock_ms=lambda: 0,
         )
 
     @classmethod
     def load(
-        cls, path: str | Path, *, name: str = "default", policy: PolicyParams | None = None
+        cls, path: str | Path, *, name: str = "default", policy: AlertPolicy | None = None
     ) -> Detector:
         """A detector from an artifact directory, or from a registry root's champion ``name``."""
         directory = resolve_artifact_dir(Path(path), name)
@@ -95,7 +98,7 @@ class Detector:
         series: Mapping[str, Any],
         out_dir: str | Path,
         *,
-        policy: PolicyParams | None = None,
+        policy: AlertPolicy | None = None,
         **options: Any,
     ) -> Detector:
         """Train on ``{stream: values}`` (arrays of shape (T,) or (T, F)), write the artifact to
@@ -161,7 +164,8 @@ class Detector:
             streams=list(windows.streams),
             rows=np.asarray(windows.end_offsets, dtype=np.int64),
             ts_ms=np.asarray(windows.end_ts_ms, dtype=np.int64),
-            scores=np.asarray(windows.scores),
+            scores=np.asarray(windows.final_scores),
+            model_scores=np.asarray(windows.scores),
             distances=np.asarray(windows.distances),
             alerts=outcome.alerts,
             alert_rows=alert_rows,

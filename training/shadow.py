@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.inference import Scorer
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 from training.data import Series
 from training.evaluation.alert_quality import AlertQuality, alert_quality, opened_times
 
@@ -83,7 +84,7 @@ def shadow_run(
     artifact: Artifact,
     series: Sequence[Series],
     *,
-    policy: PolicyParams | None = None,
+    policy: AlertPolicy | None = None,
     training_span_ms: tuple[int, int] | None = None,
 ) -> ShadowResult:
     """Replay ``series`` through a fresh processor on ``artifact``; count what it alerts on.
@@ -97,7 +98,7 @@ def shadow_run(
         InMemoryWindowStore(spec.window, spec.features),
         lambda: scorer,
         stride=1,
-        policy=policy or PolicyParams(),
+        policy=policy or AlertPolicy(),
         clock_ms=lambda: 0,
     )
     events = series_events(series)
@@ -191,7 +192,7 @@ def shadow_gate(
     challenger: Artifact,
     series: Sequence[Series],
     *,
-    policy: PolicyParams | None = None,
+    policy: AlertPolicy | None = None,
     max_alert_ratio: float = 3.0,
     min_excess_alerts: int = 3,
 ) -> ShadowVerdict:
