@@ -1,0 +1,1 @@
+"""The ``stream-ae`` commands of the development tools: ``dev-stack``, ``demo``, ``bench``."""
