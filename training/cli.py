@@ -645,7 +645,8 @@ def add_calibrate(parser: argparse.ArgumentParser) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     from stream_ae.model.artifacts import save_artifact
     from training.calibrate import describe_thresholds, fit_calibration_set, format_thresholds
-    from training.fit import all_windows, pad_side, run_model
+    from training.model_runner import run_model
+    from training.windows import all_windows, pad_side
 
     if not args.out and not args.publish:
         raise ValueError("say where the recalibrated artifact goes: --out DIR or --publish")

@@ -2,7 +2,7 @@
 
 Every source ends as a list of :class:`Series`: one stream's values in time order with their
 timestamps (and, from Kafka, their offsets). Windows are built later, by the worker's own
-windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.fit`),
+windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.windows`),
 never here.
 
 - CSV, one series per file: a time column and one or more value columns; the file's stem names

@@ -25,7 +25,8 @@ import numpy as np
 from stream_ae.model.artifacts import Artifact
 from training.calibrate import alert_rate
 from training.data import Series
-from training.fit import Windows, all_windows, pad_side, run_model
+from training.model_runner import run_model
+from training.windows import Windows, all_windows, pad_side
 
 
 @dataclass(frozen=True)

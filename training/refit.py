@@ -35,9 +35,11 @@ from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.network import ModelSpec
 from training.calibrate import scores_and_thresholds
 from training.data import Series, alert_spans, split_recent
-from training.fit import FitConfig, FitResult, Windows, fit_series, run_model, save_fit
+from training.fit import FitConfig, FitResult, fit_series, save_fit
 from training.gate import GateConfig, GateDecision, decide, evaluate_artifact
+from training.model_runner import run_model
 from training.registry import Registry
+from training.windows import Windows
 
 log = logging.getLogger(__name__)
 

@@ -220,7 +220,7 @@ def test_embed_and_export_encoder(trained: tuple[Path, Path], tmp_path: Path) ->
     assert encoder.output_shape == (None, 8)
     # The exported encoder alone, fed the artifact's scaling, gives the same codes.
     from training.data import load_nab_labels, read_nab
-    from training.fit import all_windows, scale_windows
+    from training.windows import all_windows, scale_windows
 
     artifact = load_artifact(artifact_dir)
     series = read_nab(data, labels=load_nab_labels(data.parent / "combined_windows.json"))

@@ -28,7 +28,7 @@ from training.data import (
     split_recent,
     time_range,
 )
-from training.fit import series_to_windows
+from training.windows import series_to_windows
 
 
 def test_csv_one_series_per_file(tmp_path: Path) -> None:
