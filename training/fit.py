@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stream_ae.core.scoring import ThresholdMethod
-from stream_ae.model.artifacts import CalibrationSet, Scaling, save_artifact
+from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling, write_artifact
 from stream_ae.model.network import ModelSpec, build_model, split_window
 from training.data import Series, as_series
 from training.model_runner import devices, model_errors
@@ -49,27 +49,94 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How to fit: everything besides the model spec."""
+    """How to fit: everything besides the model spec.
 
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    patience: int = 5
-    val_fraction: float = 0.2
-    train_stride: int = 1
-    seed: int = 0
-    scaling: Literal["global", "stream"] = "global"
-    threshold_method: ThresholdMethod = "far"
-    threshold_level: float = 0.999
-    per_stream_calibration: bool = False
-    verbose: int = 1
-    # With spec.masking: the shortest series still used (as one padded window).
-    min_length: int = 8
-    # Per-stream calibrations need this many validation windows of the stream.
-    min_stream_windows: int = 50
+    Each field's ``metadata["help"]`` is its command-line help (``stream-ae-train train``
+    generates its options from these fields, so each default is written here only).
+    """
+
+    epochs: int = field(default=30, metadata={"help": "most epochs", "metavar": "N"})
+    batch_size: int = field(default=64, metadata={"help": "windows per batch", "metavar": "N"})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Adam learning rate", "metavar": "RATE"}
+    )
+    patience: int = field(
+        default=5,
+        metadata={
+            "help": "early stopping: epochs without a better validation loss (the best weights "
+            "are restored)",
+            "metavar": "N",
+        },
+    )
+    val_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "last fraction of every series' windows held out for validation and "
+            "calibration (time-ordered, never shuffled)",
+            "metavar": "F",
+        },
+    )
+    train_stride: int = field(
+        default=1,
+        metadata={
+            "help": "one training window every N events",
+            "option": "--stride",
+            "metavar": "N",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "random seed: same data and seed, same model"})
+    scaling: Literal["global", "stream"] = field(
+        default="global",
+        metadata={
+            "help": "global: constants fitted on the training data; stream: each stream by its "
+            "own running mean/std (series of different levels)"
+        },
+    )
+    threshold_method: ThresholdMethod = field(
+        default="far",
+        metadata={
+            "help": "quantile: empirical quantile of normal distances; far: target false-alert "
+            "rate 1 - level per window; pot: peaks over threshold (generalised Pareto tail)"
+        },
+    )
+    threshold_level: float = field(
+        default=0.999,
+        metadata={"help": "the quantile / 1 - false-alert rate, in (0.5, 1)", "metavar": "L"},
+    )
+    per_stream_calibration: bool = field(
+        default=False,
+        metadata={
+            "help": "calibrate every stream with enough validation windows on its own",
+            "option": "--per-stream-thresholds",
+        },
+    )
+    # Keras's verbosity; the command line sets it from --quiet and the terminal.
+    verbose: int = field(default=1, metadata={"cli": False})
+    min_length: int = field(
+        default=8,
+        metadata={
+            "help": "with --masking, the shortest series used as a padded window",
+            "metavar": "N",
+        },
+    )
+    min_stream_windows: int = field(
+        default=50,
+        metadata={
+            "help": "validation windows a stream needs for its own threshold",
+            "metavar": "N",
+        },
+    )
     # Leave out windows overlapping a labelled anomaly range of their series (known anomalies
     # are neither training nor calibration data).
-    exclude_labelled: bool = True
+    exclude_labelled: bool = field(default=True, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.threshold_level < 1.0:
+            raise ValueError(f"threshold level must be in (0.5, 1), got {self.threshold_level}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val fraction must be in [0, 1), got {self.val_fraction}")
+        if min(self.epochs, self.batch_size, self.train_stride) < 1:
+            raise ValueError("epochs, batch size and stride must be >= 1")
 
 
 def masked_loss() -> Any:
@@ -150,6 +217,23 @@ class FitResult:
     train_seconds: float
     excluded_windows: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_artifact(
+        self, name: str, version: str | None = None, extra_metrics: dict[str, Any] | None = None
+    ) -> Artifact:
+        """The fit as an in-memory artifact, ready for
+        :func:`stream_ae.model.artifacts.write_artifact` (an empty version: a new one)."""
+        return Artifact(
+            name=name,
+            version=version or "",
+            path=Path("<memory>"),
+            spec=self.spec,
+            scaling=self.scaling,
+            calibration=self.calibration,
+            metrics={**self.metrics, **(extra_metrics or {})},
+            model=self.model,
+            manifest={},
+        )
 
 
 WindowFilter = Callable[[Windows], np.ndarray]
@@ -276,16 +360,7 @@ def save_fit(
     extra_metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write a fit as an artifact directory (see :mod:`stream_ae.model.artifacts`)."""
-    return save_artifact(
-        out_dir,
-        model=result.model,
-        spec=result.spec,
-        scaling=result.scaling,
-        calibration=result.calibration,
-        name=name,
-        version=version,
-        metrics={**result.metrics, **(extra_metrics or {})},
-    )
+    return write_artifact(result.to_artifact(name, version, extra_metrics), out_dir)
 
 
 def train_artifact(

@@ -17,7 +17,7 @@ passes. :func:`decide` is pure; :func:`evaluate_artifact` runs the model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,20 @@ from training.windows import Windows, all_windows, pad_side
 class GateConfig:
     """How much worse than the champion a challenger may be and still replace it."""
 
-    error_tolerance: float = 0.10  # relative: 0.10 allows 10% more error
-    far_tolerance: float = 0.002  # absolute: false alerts per window
+    error_tolerance: float = field(
+        default=0.10,
+        metadata={
+            "help": "the challenger's error may exceed the champion's by this fraction",
+            "metavar": "F",
+        },
+    )
+    far_tolerance: float = field(
+        default=0.002,
+        metadata={
+            "help": "its false-alert rate per window may exceed the champion's by this much",
+            "metavar": "RATE",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.error_tolerance < 0 or self.far_tolerance < 0:

@@ -181,6 +181,21 @@ def save_artifact(
     return directory
 
 
+def write_artifact(artifact: Artifact, directory: Path, *, version: str | None = None) -> Path:
+    """Save an artifact held in memory (a fresh fit, a recalibration, a benchmark model) into
+    ``directory``, under ``version`` if given, else its own."""
+    return save_artifact(
+        directory,
+        model=artifact.model,
+        spec=artifact.spec,
+        scaling=artifact.scaling,
+        calibration=artifact.calibration,
+        name=artifact.name,
+        version=version or artifact.version or None,
+        metrics=artifact.metrics,
+    )
+
+
 def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
     """The manifest of an artifact, after checking every file's sha256 (``verify``)."""
     path = Path(directory) / MANIFEST
