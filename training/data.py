@@ -5,10 +5,8 @@ timestamps (and, from Kafka, their offsets). Windows are built later, by the wor
 windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.windows`),
 never here.
 
-- CSV, one series per file: a time column and one or more value columns; the file's stem names
-  the stream.
-- CSV, long format: a stream column as well; one series per distinct stream, rows of a stream in
-  file order (the time column is parsed, not used to sort, exactly as the worker sees a topic).
+- CSV (:mod:`stream_ae.io.series_files`, the reader ``produce`` uses too), one series per file
+  named by its stem, or long format with a stream column: one series per distinct stream.
 - NAB layout: ``<root>/<category>/<name>.csv`` with ``timestamp,value``; the stream is named
   ``<category>/<name>.csv``, the key NAB's label files use, so labels attach directly.
 - A Kafka topic: every partition read from the earliest offset (or the first offset at or after
@@ -22,7 +20,6 @@ Parsing errors raise :class:`DataSourceError` naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
@@ -39,8 +36,12 @@ import numpy as np
 
 from stream_ae.core.records import decode_event, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
+from stream_ae.io.series_files import ReadOptions, SeriesFileError, read_series_file
 
 log = logging.getLogger(__name__)
+
+# NAB files: timestamp,value with ISO times.
+NAB_READ = ReadOptions(time_column="timestamp", value_columns=("value",))
 
 NO_OFFSETS = np.zeros(0, dtype=np.int64)
 
@@ -184,61 +185,18 @@ def _parse_time(raw: str, path: Path, line: int) -> int:
         raise DataSourceError(f"{path}:{line}: {exc.detail}") from None
 
 
-def _parse_float(raw: str, path: Path, line: int, column: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise DataSourceError(
-            f"{path}:{line}: column {column!r}: {raw!r} is not a number"
-        ) from None
-    if not np.isfinite(value):
-        raise DataSourceError(f"{path}:{line}: column {column!r}: {raw!r} is not finite")
-    return value
-
-
 def read_csv(
-    path: Path | str,
-    *,
-    time_column: str = "timestamp",
-    value_columns: Sequence[str] | None = None,
-    stream_column: str | None = None,
-    name: str | None = None,
+    path: Path | str, options: ReadOptions | None = None, *, name: str | None = None
 ) -> list[Series]:
-    """The series of one CSV file (see the module docstring for the two layouts).
-
-    ``value_columns`` default to every column except the time and stream columns; times are
-    ISO-8601 (naive = UTC) or integer epoch milliseconds.
-    """
-    path = Path(path)
+    """The series of one CSV file, by the reader every command shares
+    (:func:`stream_ae.io.series_files.read_series_file`: column detection, time units, order,
+    gaps and missing values); what it found is logged in one line."""
     try:
-        fh = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise DataSourceError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        needed = [time_column] + ([stream_column] if stream_column else [])
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise DataSourceError(f"{path}: no column(s) {missing} (header: {header})")
-        columns = list(value_columns or [c for c in header if c not in needed])
-        unknown = [c for c in columns if c not in header]
-        if not columns or unknown:
-            raise DataSourceError(f"{path}: value column(s) {unknown or columns} not in {header}")
-        rows: dict[str, tuple[list[int], list[list[float]]]] = defaultdict(lambda: ([], []))
-        for line, row in enumerate(reader, start=2):
-            stream = row[stream_column] if stream_column else (name or path.stem)
-            ts, values = rows[stream]
-            ts.append(_parse_time(row[time_column] or "", path, line))
-            values.append([_parse_float(row[c] or "", path, line, c) for c in columns])
-    return [
-        Series(
-            stream,
-            np.asarray(values, dtype=np.float32).reshape(-1, len(columns)),
-            np.asarray(ts, dtype=np.int64),
-        )
-        for stream, (ts, values) in rows.items()
-    ]
+        found, report = read_series_file(path, options, name=name)
+    except SeriesFileError as exc:
+        raise DataSourceError(str(exc)) from None
+    log.info("%s", report.summary())
+    return [Series(f.name, f.values.astype(np.float32), f.ts_ms) for f in found]
 
 
 def load_nab_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
@@ -275,7 +233,7 @@ def read_nab(
             raise DataSourceError(f"NAB category {category!r}: no directory {folder}")
         for path in sorted(folder.glob("*.csv")):
             key = f"{category}/{path.name}"
-            (series,) = read_csv(path, time_column="timestamp", value_columns=["value"], name=key)
+            (series,) = read_csv(path, NAB_READ, name=key)
             out.append(replace(series, labels=tuple((labels or {}).get(key, ()))))
     if not out:
         raise DataSourceError(f"no CSV files under {root} (categories: {chosen})")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stream_ae.io.series_files import add_read_options, read_options_from
 from training.cli.common import settings, split
 
 log = logging.getLogger("training")
@@ -42,19 +43,6 @@ def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) 
         "--topic",
         metavar="TOPIC",
         help="replay this Kafka topic (messages as the worker reads them); see --from/--to",
-    )
-    group.add_argument(
-        "--time-column", default="timestamp", help="CSV time column (default: %(default)s)"
-    )
-    group.add_argument(
-        "--value-columns",
-        metavar="A,B",
-        help="CSV value column(s), comma-separated (default: every other column)",
-    )
-    group.add_argument(
-        "--stream-column",
-        metavar="COL",
-        help="CSV long format: the column naming each row's stream",
     )
     group.add_argument(
         "--nab-categories",
@@ -113,6 +101,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) 
         help="cut series where consecutive events are further apart than this (e.g. 1h); "
         "segments shorter than the window are padded when the model masks",
     )
+    add_read_options(parser.add_argument_group("CSV files (read as stream-ae produce reads them)"))
 
 
 def bootstrap(args: argparse.Namespace) -> str:
@@ -134,12 +123,7 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
     if args.csv:
         series = []
         for path in args.csv:
-            series += data.read_csv(
-                path,
-                time_column=args.time_column,
-                value_columns=split(args.value_columns),
-                stream_column=args.stream_column,
-            )
+            series += data.read_csv(path, read_options_from(args))
     elif args.nab:
         labels_path = args.nab_labels or args.nab.parent / DEFAULT_NAB_LABELS
         labels = data.load_nab_labels(labels_path) if labels_path.is_file() else None
