@@ -82,9 +82,12 @@ def test_rows_out_of_order_are_refused_or_sorted(tmp_path: Path) -> None:
     path = _write(tmp_path, f"ts,value\n{START_S + 60},2\n{START_S},1\n{START_S + 120},3\n")
     with pytest.raises(SeriesFileError, match=r"cpu\.csv:3: 1 row\(s\).*go back in time.*--sort"):
         read_series_file(path)
-    (series,), report = read_series_file(path, ReadOptions(sort=True))
+    (series,), report = read_series_file(path, ReadOptions(order="sort"))
     assert series.values[:, 0].tolist() == [1, 2, 3]
     assert report.sorted_rows == 1 and "sorted" in report.summary()
+    (series,), report = read_series_file(path, ReadOptions(order="keep"))
+    assert series.values[:, 0].tolist() == [2, 1, 3]
+    assert "1 rows out of order kept as written" in report.summary()
 
 
 def test_gaps_are_reported(tmp_path: Path) -> None:

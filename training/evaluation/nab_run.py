@@ -46,11 +46,13 @@ from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
 from stream_ae.core.records import Event
 from stream_ae.core.windowing import StreamState
 from stream_ae.errors import StreamAEError
+from stream_ae.io.series_files import SeriesFileError, read_series_file
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec
 from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from training.data import NAB_READ
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -365,24 +367,17 @@ def data_files(data_dir: Path) -> dict[str, Path]:
 
 
 def read_series(key: str, path: Path) -> NabSeries:
-    """Read a NAB data file (``timestamp,value``)."""
+    """Read a NAB data file (``timestamp,value``) with the reader every command shares
+    (:mod:`stream_ae.io.series_files`: the same checks and one-line errors)."""
     try:
-        with path.open(newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or header[:2] != ["timestamp", "value"]:
-                raise NabRunError(f"{path}: expected a timestamp,value header, got {header}")
-            rows = [row for row in reader if row]
-        stamps = [row[0] for row in rows]
-        values = np.array([float(row[1]) for row in rows], dtype=np.float64)
-        ts_ms = np.array(stamps, dtype="datetime64[ms]").astype(np.int64)
-    except OSError as exc:
-        raise NabRunError(f"cannot read {path}: {exc}") from exc
-    except (ValueError, IndexError) as exc:
-        raise NabRunError(f"{path}: malformed row: {exc}") from exc
-    if not np.all(np.isfinite(values)):
-        raise NabRunError(f"{path}: non-finite values")
-    return NabSeries(key, stamps, ts_ms, values)
+        (found,), _ = read_series_file(path, NAB_READ, name=key)
+    except SeriesFileError as exc:
+        raise NabRunError(str(exc)) from None
+    # NAB's own timestamp format, which its results files repeat.
+    stamps = np.datetime_as_string(found.ts_ms.astype("datetime64[ms]").astype("datetime64[s]"))
+    return NabSeries(
+        key, [s.replace("T", " ") for s in stamps.tolist()], found.ts_ms, found.values[:, 0]
+    )
 
 
 def write_results(path: Path, series: NabSeries, scores: np.ndarray, labels: np.ndarray) -> None:
