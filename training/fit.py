@@ -284,9 +284,10 @@ def fit_series(
         excluded = int((~keep_train).sum() + (~keep_val).sum())
         train, val = train.select(keep_train), val.select(keep_val)
     if len(train) < 2 or len(val) < 20:
+        left_out = f", {excluded} more left out as labelled or alerted" if excluded else ""
         raise ValueError(
-            f"too little data: {len(train)} training and {len(val)} validation windows "
-            f"(need >= 2 and >= 20); give longer series or a smaller window"
+            f"too little data: {len(train)} training and {len(val)} validation windows"
+            f"{left_out} (need >= 2 and >= 20); give longer series or a smaller window"
         )
     side_or_post: PadSide = side or "post"
     scaling = Scaling.fit(real_values(train, side_or_post), mode=config.scaling)

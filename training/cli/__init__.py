@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         parser_of_command = sub.add_parser(
             name,
+            # The full list of options is in the groups below; the usage line names only
+            # what must be given.
+            usage=f"stream-ae-train {name} {command.required + ' ' if command.required else ''}"
+            "[options]",
             help=command.help,
             description=command.help,
             epilog=_epilog(command.examples),

@@ -135,5 +135,6 @@ COMMANDS = {
             "stream-ae-train calibrate --artifact artifacts/cpu --csv last-week.csv "
             "--threshold-method pot --threshold-level 0.995 --out artifacts/cpu-pot",
         ),
+        required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC)",
     ),
 }

@@ -31,6 +31,8 @@ class Command:
     run: Callable[[argparse.Namespace], int]
     help: str
     examples: tuple[str, ...] = ()
+    # What the usage line shows besides [options]: the positionals and required choices.
+    required: str = ""
 
 
 # --- settings, registry and artifacts --------------------------------------------------------
@@ -143,7 +145,7 @@ MODEL_HELP = {
     "window": "window length in events",
     "hidden": "LSTM units per layer",
     "layers": "stacked LSTM layers",
-    "latent": "size of the latent code (none: --hidden)",
+    "latent": "size of the latent code",
     "dropout": "dropout after each LSTM layer, in [0, 1)",
     "reverse": "reconstruct the window reversed (easier to learn for long windows)",
     "horizon": "steps predicted by predict/composite models",
@@ -164,7 +166,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, inherit: bool = False)
         ModelSpec,
         exclude=_SPEC_FROM_DATA,
         helps=MODEL_HELP,
-        shown_defaults={"horizon": f"{DEFAULT_HORIZON} (predict, composite), 0 (reconstruct)"},
+        shown_defaults={
+            "horizon": f"{DEFAULT_HORIZON} (predict, composite), 0 (reconstruct)",
+            "latent": "--hidden",
+        },
         defaults_note="the champion's" if inherit else None,
     )
 

@@ -114,17 +114,20 @@ COMMANDS = {
             "stream-ae-train report --artifact artifacts/nab --nab data/nab/data "
             "--trained-fraction 0.15 --out reports/nab",
         ),
+        required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC) --out DIR",
     ),
     "embed": Command(
         add_embed,
         run_embed,
         "latent codes of windows from the encoder",
         ("stream-ae-train embed --artifact artifacts/cpu --csv cpu.csv --out codes.npz",),
+        required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC) --out FILE",
     ),
     "export-encoder": Command(
         add_export_encoder,
         run_export_encoder,
         "save the encoder as .keras",
         ("stream-ae-train export-encoder --artifact artifacts/cpu --out encoder.keras",),
+        required="--out FILE.keras",
     ),
 }

@@ -153,5 +153,6 @@ COMMANDS = {
             "stream-ae-train refit --every 6h --name cpu --exclude both",
             "stream-ae-train refit --once --name cpu --from 2026-01-01 --to 2026-01-08 --window 32",
         ),
+        required="(--once | --every DURATION)",
     ),
 }

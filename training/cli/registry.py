@@ -130,12 +130,14 @@ COMMANDS = {
             "stream-ae-train publish artifacts/cpu --registry artifacts/model --name cpu",
             "stream-ae-train publish artifacts/cpu2 --name cpu --csv last-week.csv",
         ),
+        required="ARTIFACT_DIR",
     ),
     "promote": Command(
         add_promote,
         run_promote,
         "make a version the champion",
-        ("stream-ae-train promote 20260101T000000Z --name cpu --reason 'checked by hand'",),
+        ("stream-ae-train promote 20260107T120000123456Z --name cpu --reason 'checked by hand'",),
+        required="VERSION",
     ),
     "rollback": Command(
         add_rollback,

@@ -105,5 +105,6 @@ COMMANDS = {
             "stream-ae-train train --csv a.csv b.csv --scaling stream --per-stream-thresholds "
             "--registry artifacts/model --name cpu",
         ),
+        required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC)",
     ),
 }
