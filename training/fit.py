@@ -130,6 +130,20 @@ class FitConfig:
     # are neither training nor calibration data).
     exclude_labelled: bool = field(default=True, metadata={"cli": False})
 
+    def calibrate(self, errors: np.ndarray, streams: Sequence[str]) -> CalibrationSet:
+        """The calibration these settings fit on normal windows' ``errors`` (N, F) of
+        ``streams`` (one name per window)."""
+        from training.calibrate import fit_calibration_set
+
+        return fit_calibration_set(
+            errors,
+            streams,
+            method=self.threshold_method,
+            level=self.threshold_level,
+            per_stream=self.per_stream_calibration,
+            min_windows=self.min_stream_windows,
+        )
+
     def __post_init__(self) -> None:
         if not 0.5 < self.threshold_level < 1.0:
             raise ValueError(f"threshold level must be in (0.5, 1), got {self.threshold_level}")
@@ -253,8 +267,6 @@ def fit_series(
     alerts); it applies after the time split, so the split itself is unaffected. Windows that
     overlap a labelled anomaly range are left out as well (``config.exclude_labelled``).
     """
-    from training.calibrate import fit_calibration_set
-
     config = config or FitConfig()
     side = pad_side(spec) if spec.masking else None
     if spec.masking and spec.kind == "composite" and not spec.reverse:
@@ -312,14 +324,7 @@ def fit_series(
     )
     train_seconds = time.perf_counter() - started
     errors = model_errors(model, spec, val_scaled, lengths=val.lengths)
-    calibration = fit_calibration_set(
-        errors,
-        val.streams,
-        method=config.threshold_method,
-        level=config.threshold_level,
-        per_stream=config.per_stream_calibration,
-        min_windows=config.min_stream_windows,
-    )
+    calibration = config.calibrate(errors, val.streams)
     losses = history.get("val_loss") or history.get("loss") or [float("nan")]
     metrics: dict[str, Any] = {
         "train_windows": len(train),

@@ -72,7 +72,7 @@ def add_calibrate(parser: argparse.ArgumentParser) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from stream_ae.model.artifacts import write_artifact
-    from training.calibrate import describe_thresholds, fit_calibration_set, format_thresholds
+    from training.calibrate import describe_thresholds, format_thresholds
     from training.model_runner import run_model
     from training.windows import all_windows, pad_side
 
@@ -87,14 +87,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # Thresholds are fitted on normal data: labelled anomalies, if any, are left out.
     windows = windows.select(~windows.labels(series))
     errors = run_model(artifact.model, spec, artifact.scaling, windows).errors
-    calibration = fit_calibration_set(
-        errors,
-        windows.streams,
-        method=config.threshold_method,
-        level=config.threshold_level,
-        per_stream=config.per_stream_calibration,
-        min_windows=config.min_stream_windows,
-    )
+    calibration = config.calibrate(errors, windows.streams)
     recalibrated = dataclasses.replace(
         artifact,
         version="",  # a new version: the model is the same, its thresholds are not

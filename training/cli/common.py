@@ -97,8 +97,7 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def add_registry_options(parser: argparse.ArgumentParser, *, notify: bool = True) -> None:
-    group = parser.add_argument_group("registry")
+def _add_registry_location(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--registry",
         type=Path,
@@ -108,6 +107,11 @@ def add_registry_options(parser: argparse.ArgumentParser, *, notify: bool = True
     group.add_argument(
         "--name", help="model name in the registry (default: $STREAM_AE_MODEL_NAME, else default)"
     )
+
+
+def add_registry_options(parser: argparse.ArgumentParser, *, notify: bool = True) -> None:
+    group = parser.add_argument_group("registry")
+    _add_registry_location(group)
     if notify:
         group.add_argument(
             "--redis-url",
@@ -124,15 +128,7 @@ def add_artifact_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="an artifact directory (or a registry root: its --name champion)",
     )
-    group.add_argument(
-        "--registry",
-        type=Path,
-        metavar="DIR",
-        help="registry root (default: $STREAM_AE_MODEL_PATH, else artifacts/model)",
-    )
-    group.add_argument(
-        "--name", help="model name in the registry (default: $STREAM_AE_MODEL_NAME, else default)"
-    )
+    _add_registry_location(group)
     group.add_argument("--version", help="registry version (default: the champion)")
 
 
