@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_ae.core.records import decode_event, parse_ts
+from stream_ae.core.records import decode_event, ms_to_iso, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
 from stream_ae.io.series_files import ReadOptions, SeriesFileError, read_series_file
 
@@ -287,6 +287,76 @@ def parse_time_bound(text: str | None, now_ms: int | None = None) -> int | None:
             f"not a time: {text!r} (use earliest, an ISO-8601 time, epoch ms or e.g. -6h)"
         ) from None
     return int(parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ReplayWindow:
+    """The time range a replay keeps (``refit``, ``train --topic``), in event time: the last
+    ``since_ms`` before the newest event read (so a topic of old data, a back-fill, trains
+    exactly as a live one), or the absolute bounds ``start_ms``..``end_ms``. Never the wall
+    clock."""
+
+    since_ms: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    @classmethod
+    def from_bounds(cls, start: str | None, end: str | None) -> ReplayWindow:
+        """From ``--from/--to``, where ``--from`` may also be a duration (``6h``, ``-6h``):
+        that long before the newest event."""
+        text = (start or "").strip().lstrip("-")
+        try:
+            since = text if text and parse_duration_s(text) else None
+        except ValueError:
+            since = None
+        return cls.from_options(since, None if since else start, end)
+
+    @classmethod
+    def from_options(cls, since: str | None, start: str | None, end: str | None) -> ReplayWindow:
+        """From ``--since DURATION`` or ``--from/--to`` (ISO-8601 or epoch ms); absolute
+        bounds win over ``--since``."""
+        start_ms, end_ms = parse_absolute_time(start), parse_absolute_time(end)
+        if start_ms is not None:
+            return cls(None, start_ms, end_ms)
+        since_ms = int(parse_duration_s(since) * 1000) if since else None
+        return cls(since_ms, None, end_ms)
+
+    def describe(self) -> str:
+        if self.since_ms is not None:
+            return f"the last {self.since_ms / 3_600_000:g}h before the newest event"
+        return f"{ms_to_iso(self.start_ms) if self.start_ms is not None else 'the start'} to " + (
+            ms_to_iso(self.end_ms) if self.end_ms is not None else "the end"
+        )
+
+    def apply(self, series: Sequence[Series], stats: ReplayStats) -> list[Series]:
+        """The replayed ``series`` cut to this range; :class:`DataSourceError` with the replay's
+        counts when nothing is left."""
+        series = [s for s in series if len(s)]
+        if series and self.since_ms is not None:
+            newest = max(int(s.ts_ms[-1]) for s in series)
+            series = time_range(series, newest - self.since_ms, self.end_ms)
+            log.info("refit range: %s (newest event %s)", self.describe(), ms_to_iso(newest))
+        if not series:
+            invalid = ", ".join(f"{n} {why}" for why, n in sorted(stats.invalid.items()))
+            raise DataSourceError(
+                f"no events to train on in {self.describe()}: the replay read {stats.messages} "
+                f"messages, {stats.used} usable, {stats.out_of_range} outside the bounds, "
+                f"invalid: {invalid or 'none'}"
+            )
+        return series
+
+
+def parse_absolute_time(text: str | None) -> int | None:
+    """An absolute bound: ISO-8601 or epoch ms (durations are relative: see ``--since``)."""
+    if text is None or not text.strip():
+        return None
+    if re.fullmatch(r"-?\d+", text.strip()):
+        return int(text.strip())
+    if re.fullmatch(r"-?\d+(\.\d+)?\s*(ms|s|m|h|d|w).*", text.strip()):
+        raise ValueError(
+            f"--from/--to take an ISO-8601 time or epoch ms, not {text!r}: use --since"
+        )
+    return parse_time_bound(text)
 
 
 def replay_topic(

@@ -22,7 +22,6 @@ One refit (:func:`refit_once`), in order:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,21 +30,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stream_ae.core.records import ms_to_iso
 from stream_ae.errors import StreamAEError
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.network import ModelSpec
 from training.calibrate import scores_and_thresholds
-from training.data import (
-    ReplayStats,
-    Series,
-    alert_spans,
-    describe,
-    parse_duration_s,
-    parse_time_bound,
-    split_recent,
-    time_range,
-)
+from training.data import Series, alert_spans, describe, split_recent
 from training.fit import FitConfig, FitResult, fit_series, save_fit
 from training.gate import GateConfig, GateDecision, decide, evaluate_artifact
 from training.model_runner import run_model
@@ -380,64 +369,6 @@ def refit_once(
         train_seconds=result.train_seconds,
         changes=tuple(changes),
     )
-
-
-@dataclass(frozen=True)
-class ReplayWindow:
-    """The time range a refit trains on, in event time: the last ``since_ms`` before the newest
-    event read (so a topic of old data, a back-fill, trains exactly as a live one), or the
-    absolute bounds ``start_ms``..``end_ms``. Never the wall clock."""
-
-    since_ms: int | None = None
-    start_ms: int | None = None
-    end_ms: int | None = None
-
-    @classmethod
-    def from_options(cls, since: str | None, start: str | None, end: str | None) -> ReplayWindow:
-        """From ``--since DURATION`` or ``--from/--to`` (ISO-8601 or epoch ms); absolute
-        bounds win over ``--since``."""
-        start_ms, end_ms = parse_absolute_time(start), parse_absolute_time(end)
-        if start_ms is not None:
-            return cls(None, start_ms, end_ms)
-        since_ms = int(parse_duration_s(since) * 1000) if since else None
-        return cls(since_ms, None, end_ms)
-
-    def describe(self) -> str:
-        if self.since_ms is not None:
-            return f"the last {self.since_ms / 3_600_000:g}h before the newest event"
-        return f"{ms_to_iso(self.start_ms) if self.start_ms is not None else 'the start'} to " + (
-            ms_to_iso(self.end_ms) if self.end_ms is not None else "the end"
-        )
-
-    def apply(self, series: Sequence[Series], stats: ReplayStats) -> list[Series]:
-        """The replayed ``series`` cut to this range; :class:`RefitError` with the replay's
-        counts when nothing is left."""
-        series = [s for s in series if len(s)]
-        if series and self.since_ms is not None:
-            newest = max(int(s.ts_ms[-1]) for s in series)
-            series = time_range(series, newest - self.since_ms, self.end_ms)
-            log.info("refit range: %s (newest event %s)", self.describe(), ms_to_iso(newest))
-        if not series:
-            invalid = ", ".join(f"{n} {why}" for why, n in sorted(stats.invalid.items()))
-            raise RefitError(
-                f"no events to refit on in {self.describe()}: the replay read {stats.messages} "
-                f"messages, {stats.used} usable, {stats.out_of_range} outside the bounds, "
-                f"invalid: {invalid or 'none'}"
-            )
-        return series
-
-
-def parse_absolute_time(text: str | None) -> int | None:
-    """An absolute bound: ISO-8601 or epoch ms (durations are relative: see ``--since``)."""
-    if text is None or not text.strip():
-        return None
-    if re.fullmatch(r"-?\d+", text.strip()):
-        return int(text.strip())
-    if re.fullmatch(r"-?\d+(\.\d+)?\s*(ms|s|m|h|d|w).*", text.strip()):
-        raise ValueError(
-            f"--from/--to take an ISO-8601 time or epoch ms, not {text!r}: use --since"
-        )
-    return parse_time_bound(text)
 
 
 def run_every(

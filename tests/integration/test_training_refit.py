@@ -147,5 +147,12 @@ def test_refit_once_from_the_command_line(
     # Nothing in range: one line with the replay's counts, no traceback.
     assert main([*common, "--from", "2030-01-01T00:00:00Z"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("stream-ae-train refit: error: no events to refit on")
+    assert err[-1].startswith("stream-ae-train refit: error: no events to train on")
     assert "messages" in err[-1]
+    # train --topic --from 4h: the 4 hours before the newest event (of 2014), not before now:
+    # 241 events of each stream, 115 windows at stride 2, 92 of them for training.
+    out_dir = tmp_path / "from-topic"
+    argv = ["train", "--topic", topic, "--bootstrap-servers", broker.bootstrap_servers]
+    argv += ["--from", "4h", "--window", "12", "--hidden", "8", "--epochs", "1", "--stride", "2"]
+    assert main([*argv, "--quiet", "--out", str(out_dir)]) == 0
+    assert "184 training windows" in capsys.readouterr().out

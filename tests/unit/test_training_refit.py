@@ -12,14 +12,12 @@ import pytest
 from stream_ae.core.scoring import fit_calibration
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling
 from tests.training_helpers import TINY_FIT, sine_series, tiny_spec
-from training.data import ReplayStats, Series
+from training.data import DataSourceError, ReplayStats, ReplayWindow, Series, parse_absolute_time
 from training.fit import FitConfig
 from training.refit import (
     RefitError,
     RefitPlan,
-    ReplayWindow,
     fit_config_of,
-    parse_absolute_time,
     refit_once,
 )
 from training.registry import Registry
@@ -95,10 +93,13 @@ def test_the_range_is_relative_to_the_newest_event_not_the_wall_clock() -> None:
     assert kept.ts_ms.tolist() == ts[-4:].tolist()  # the newest event and three days before
     absolute = ReplayWindow.from_options("3d", str(int(ts[2])), str(int(ts[4])))
     assert absolute.since_ms is None and (absolute.start_ms, absolute.end_ms) == (ts[2], ts[4])
+    # train --topic --from 3d: the same, relative to the newest event.
+    assert ReplayWindow.from_bounds("-3d", None) == ReplayWindow(3 * DAY_MS, None, None)
+    assert ReplayWindow.from_bounds("earliest", None) == ReplayWindow(None, None, None)
 
 
 def test_nothing_in_range_is_one_line_with_the_replays_counts() -> None:
-    with pytest.raises(RefitError) as caught:
+    with pytest.raises(DataSourceError) as caught:
         ReplayWindow.from_options("7d", None, None).apply([], STATS)
     message = str(caught.value)
     assert "\n" not in message

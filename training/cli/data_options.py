@@ -66,7 +66,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) 
         dest="start",
         metavar="TIME",
         help="replay from this time: 'earliest' (default), ISO-8601, epoch ms, or a duration "
-        "back from now such as 6h or 7d",
+        "such as 6h or 7d before the newest event in the topic (event time, not the clock)",
     )
     group.add_argument(
         "--to", dest="end", metavar="TIME", help="replay up to this time (default: the end)"
@@ -129,12 +129,13 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
         labels = data.load_nab_labels(labels_path) if labels_path.is_file() else None
         series = data.read_nab(args.nab, categories=split(args.nab_categories), labels=labels)
     elif args.topic:
+        window = data.ReplayWindow.from_bounds(args.start, args.end)
         series, stats = data.replay_topic(
             bootstrap(args),
             args.topic,
             feature_names=split(args.feature_names) or list(feature_names or ["value"]),
-            start_ms=data.parse_time_bound(args.start),
-            end_ms=data.parse_time_bound(args.end),
+            start_ms=window.start_ms,
+            end_ms=window.end_ms,
             max_events_per_stream=args.max_events_per_stream,
             timeout_s=args.replay_timeout,
             consumer_config=consumer_security(),
@@ -147,6 +148,7 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
             stats.invalid or "none",
             stats.seconds,
         )
+        series = window.apply(series, stats)
     else:
         return []
     if args.max_gap:

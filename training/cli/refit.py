@@ -75,14 +75,14 @@ def add_refit(parser: argparse.ArgumentParser) -> None:
 
 def run_refit(args: argparse.Namespace) -> int:
     from training import data
-    from training.refit import ReplayWindow, load_champion, refit_once, run_every
+    from training.refit import load_champion, refit_once, run_every
 
     registry, name = common.registry(args), common.model_name(args)
     config = common.settings()
     topic = args.topic or config.input_topics[0]
     servers = bootstrap(args)
     alerts_topic = args.alerts_topic or config.alerts_topic
-    window = ReplayWindow.from_options(args.since, args.start, args.end)
+    window = data.ReplayWindow.from_options(args.since, args.start, args.end)
     fit_changes = options.given(FitConfig, args) | {
         "verbose": common.build_fit_config(args).verbose
     }
