@@ -123,10 +123,14 @@ def evaluate_artifact(
     spec = artifact.spec
     side = pad_side(spec)
     windows = all_windows(series, spec.window, stride, pad=side if spec.masking else None)
+    total = len(windows)
     if keep is not None:
         windows = windows.select(np.asarray(keep(windows), bool))
     if not len(windows):
-        raise ValueError("no windows to evaluate the gate on")
+        raise ValueError(
+            f"no windows to evaluate the gate on: {len(series)} series gave {total} windows of "
+            f"{spec.window} events, {total - len(windows)} left out as alerted or labelled"
+        )
     view = run_model(artifact.model, spec, artifact.scaling, windows)
     return GateMetrics(
         error=normalised_error(artifact, windows, view.targets, view.outputs, view.weights),

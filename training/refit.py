@@ -310,9 +310,14 @@ def refit_once(
     spec, fit, changes = plan.definition(champion)
     for change in changes:
         log.info("%s: the challenger changes %s", plan.name, change)
+    # Weights carry over only to the same architecture fed the same scaling: weights learnt on
+    # globally scaled inputs are no start for per-stream scaled ones.
     warm = (
         champion.model.get_weights()
-        if plan.warm_start and champion is not None and champion.spec == spec
+        if plan.warm_start
+        and champion is not None
+        and champion.spec == spec
+        and fit_config_of(champion).scaling == fit.scaling
         else None
     )
     alert_keep: WindowFilter | None = None

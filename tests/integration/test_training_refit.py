@@ -144,6 +144,10 @@ def test_refit_once_from_the_command_line(
     assert main([*common, "--window", "16"]) == 0
     out = capsys.readouterr().out
     assert "changes from the champion: window 12 -> 16;" in out and "warm start: False" in out
+    # Weights learnt on other scaling are no start: a scaling change fits cold, and says so.
+    assert main([*common, "--scaling", "stream"]) == 0
+    out = capsys.readouterr().out
+    assert "scaling global -> stream" in out and "warm start: False" in out
     # Nothing in range: one line with the replay's counts, no traceback.
     assert main([*common, "--from", "2030-01-01T00:00:00Z"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
