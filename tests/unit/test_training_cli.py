@@ -325,3 +325,16 @@ def test_the_nab_detector_restates_no_default() -> None:
     assert DetectorParams.from_dict(DetectorParams().to_dict()) == DetectorParams()
     assert DetectorParams.of(window=16, calibration_level=0.99).fit.threshold_level == 0.99
     assert DetectorParams.of(window=16).model == ModelSpec(**{**NAB_MODEL.__dict__, "window": 16})
+
+
+def test_a_refit_kind_change_brings_its_horizon() -> None:
+    from stream_ae.model.network import ModelSpec
+    from training.cli.refit import _spec_changes
+
+    parser = _command("refit")
+    champion = ModelSpec(kind="predict", window=16, horizon=4)
+    assert _spec_changes(parser.parse_args(["--once"]), champion) == {}
+    back = parser.parse_args(["--once", "--kind", "reconstruct"])
+    assert _spec_changes(back, champion) == {"kind": "reconstruct", "horizon": 0}
+    to_predict = parser.parse_args(["--once", "--kind", "predict"])
+    assert _spec_changes(to_predict, ModelSpec(window=16)) == {"kind": "predict", "horizon": 8}

@@ -4,6 +4,7 @@ definition, gate it, publish; once (cron) or every DURATION until SIGTERM/SIGINT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import threading
@@ -119,7 +120,7 @@ def run_refit(args: argparse.Namespace) -> int:
             args,
             name=name,
             spec=spec,
-            spec_changes=common.spec_given(args) if champion else {},
+            spec_changes=_spec_changes(args, champion.spec) if champion else {},
             fit=common.build_fit_config(args),
             fit_changes=fit_changes,
         )
@@ -141,6 +142,17 @@ def run_refit(args: argparse.Namespace) -> int:
     log.info("refitting %s every %s", name, args.every)
     failures = run_every(interval_s, job, stop)
     return 1 if failures else 0
+
+
+def _spec_changes(args: argparse.Namespace, champion_spec: Any) -> dict[str, Any]:
+    """The spec fields the options change from the champion's (a kind change brings its
+    horizon along, as for ``train``)."""
+    target = common.build_spec(args, champion_spec.feature_names, base=champion_spec)
+    return {
+        f.name: getattr(target, f.name)
+        for f in dataclasses.fields(target)
+        if getattr(target, f.name) != getattr(champion_spec, f.name)
+    }
 
 
 COMMANDS = {
