@@ -53,10 +53,7 @@ def scores_and_thresholds(
     scored by its own stream's calibration (the global one when it has none)."""
     n = len(errors)
     distances, scores, thresholds = np.zeros(n), np.zeros(n), np.zeros(n)
-    names = np.asarray(streams, dtype=object)
-    for key in {s if s in calibration.per_stream else None for s in streams}:
-        rows = (names == key) if key is not None else ~np.isin(names, list(calibration.per_stream))
-        cal = calibration.for_stream(key) if key is not None else calibration.default
+    for cal, rows in calibration.route(streams):
         distances[rows] = cal.distance(errors[rows])
         scores[rows] = cal.score(distances[rows])
         thresholds[rows] = cal.threshold

@@ -2,13 +2,11 @@
 
 Every source ends as a list of :class:`Series`: one stream's values in time order with their
 timestamps (and, from Kafka, their offsets). Windows are built later, by the worker's own
-windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.fit`),
+windowing (:func:`stream_ae.core.windowing.series_windows`, through :mod:`training.windows`),
 never here.
 
-- CSV, one series per file: a time column and one or more value columns; the file's stem names
-  the stream.
-- CSV, long format: a stream column as well; one series per distinct stream, rows of a stream in
-  file order (the time column is parsed, not used to sort, exactly as the worker sees a topic).
+- CSV (:mod:`stream_ae.io.series_files`, the reader ``produce`` uses too), one series per file
+  named by its stem, or long format with a stream column: one series per distinct stream.
 - NAB layout: ``<root>/<category>/<name>.csv`` with ``timestamp,value``; the stream is named
   ``<category>/<name>.csv``, the key NAB's label files use, so labels attach directly.
 - A Kafka topic: every partition read from the earliest offset (or the first offset at or after
@@ -22,7 +20,6 @@ Parsing errors raise :class:`DataSourceError` naming the file and line.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
@@ -37,10 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from stream_ae.core.records import decode_event, parse_ts
+from stream_ae.core.records import decode_event, ms_to_iso, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
+from stream_ae.io.series_files import ReadOptions, SeriesFileError, read_series_file
 
 log = logging.getLogger(__name__)
+
+# NAB files: timestamp,value with ISO times, replayed in file order (one file of the corpus has
+# a row out of order; NAB scores the rows as written).
+NAB_READ = ReadOptions(time_column="timestamp", value_columns=("value",), order="keep")
 
 NO_OFFSETS = np.zeros(0, dtype=np.int64)
 
@@ -184,61 +186,18 @@ def _parse_time(raw: str, path: Path, line: int) -> int:
         raise DataSourceError(f"{path}:{line}: {exc.detail}") from None
 
 
-def _parse_float(raw: str, path: Path, line: int, column: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise DataSourceError(
-            f"{path}:{line}: column {column!r}: {raw!r} is not a number"
-        ) from None
-    if not np.isfinite(value):
-        raise DataSourceError(f"{path}:{line}: column {column!r}: {raw!r} is not finite")
-    return value
-
-
 def read_csv(
-    path: Path | str,
-    *,
-    time_column: str = "timestamp",
-    value_columns: Sequence[str] | None = None,
-    stream_column: str | None = None,
-    name: str | None = None,
+    path: Path | str, options: ReadOptions | None = None, *, name: str | None = None
 ) -> list[Series]:
-    """The series of one CSV file (see the module docstring for the two layouts).
-
-    ``value_columns`` default to every column except the time and stream columns; times are
-    ISO-8601 (naive = UTC) or integer epoch milliseconds.
-    """
-    path = Path(path)
+    """The series of one CSV file, by the reader every command shares
+    (:func:`stream_ae.io.series_files.read_series_file`: column detection, time units, order,
+    gaps and missing values); what it found is logged in one line."""
     try:
-        fh = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise DataSourceError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        needed = [time_column] + ([stream_column] if stream_column else [])
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise DataSourceError(f"{path}: no column(s) {missing} (header: {header})")
-        columns = list(value_columns or [c for c in header if c not in needed])
-        unknown = [c for c in columns if c not in header]
-        if not columns or unknown:
-            raise DataSourceError(f"{path}: value column(s) {unknown or columns} not in {header}")
-        rows: dict[str, tuple[list[int], list[list[float]]]] = defaultdict(lambda: ([], []))
-        for line, row in enumerate(reader, start=2):
-            stream = row[stream_column] if stream_column else (name or path.stem)
-            ts, values = rows[stream]
-            ts.append(_parse_time(row[time_column] or "", path, line))
-            values.append([_parse_float(row[c] or "", path, line, c) for c in columns])
-    return [
-        Series(
-            stream,
-            np.asarray(values, dtype=np.float32).reshape(-1, len(columns)),
-            np.asarray(ts, dtype=np.int64),
-        )
-        for stream, (ts, values) in rows.items()
-    ]
+        found, report = read_series_file(path, options, name=name)
+    except SeriesFileError as exc:
+        raise DataSourceError(str(exc)) from None
+    log.info("%s", report.summary())
+    return [Series(f.name, f.values.astype(np.float32), f.ts_ms) for f in found]
 
 
 def load_nab_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
@@ -275,7 +234,7 @@ def read_nab(
             raise DataSourceError(f"NAB category {category!r}: no directory {folder}")
         for path in sorted(folder.glob("*.csv")):
             key = f"{category}/{path.name}"
-            (series,) = read_csv(path, time_column="timestamp", value_columns=["value"], name=key)
+            (series,) = read_csv(path, NAB_READ, name=key)
             out.append(replace(series, labels=tuple((labels or {}).get(key, ()))))
     if not out:
         raise DataSourceError(f"no CSV files under {root} (categories: {chosen})")
@@ -328,6 +287,76 @@ def parse_time_bound(text: str | None, now_ms: int | None = None) -> int | None:
             f"not a time: {text!r} (use earliest, an ISO-8601 time, epoch ms or e.g. -6h)"
         ) from None
     return int(parsed.replace(tzinfo=parsed.tzinfo or UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ReplayWindow:
+    """The time range a replay keeps (``refit``, ``train --topic``), in event time: the last
+    ``since_ms`` before the newest event read (so a topic of old data, a back-fill, trains
+    exactly as a live one), or the absolute bounds ``start_ms``..``end_ms``. Never the wall
+    clock."""
+
+    since_ms: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    @classmethod
+    def from_bounds(cls, start: str | None, end: str | None) -> ReplayWindow:
+        """From ``--from/--to``, where ``--from`` may also be a duration (``6h``, ``-6h``):
+        that long before the newest event."""
+        text = (start or "").strip().lstrip("-")
+        try:
+            since = text if text and parse_duration_s(text) else None
+        except ValueError:
+            since = None
+        return cls.from_options(since, None if since else start, end)
+
+    @classmethod
+    def from_options(cls, since: str | None, start: str | None, end: str | None) -> ReplayWindow:
+        """From ``--since DURATION`` or ``--from/--to`` (ISO-8601 or epoch ms); absolute
+        bounds win over ``--since``."""
+        start_ms, end_ms = parse_absolute_time(start), parse_absolute_time(end)
+        if start_ms is not None:
+            return cls(None, start_ms, end_ms)
+        since_ms = int(parse_duration_s(since) * 1000) if since else None
+        return cls(since_ms, None, end_ms)
+
+    def describe(self) -> str:
+        if self.since_ms is not None:
+            return f"the last {self.since_ms / 3_600_000:g}h before the newest event"
+        return f"{ms_to_iso(self.start_ms) if self.start_ms is not None else 'the start'} to " + (
+            ms_to_iso(self.end_ms) if self.end_ms is not None else "the end"
+        )
+
+    def apply(self, series: Sequence[Series], stats: ReplayStats) -> list[Series]:
+        """The replayed ``series`` cut to this range; :class:`DataSourceError` with the replay's
+        counts when nothing is left."""
+        series = [s for s in series if len(s)]
+        if series and self.since_ms is not None:
+            newest = max(int(s.ts_ms[-1]) for s in series)
+            series = time_range(series, newest - self.since_ms, self.end_ms)
+            log.info("refit range: %s (newest event %s)", self.describe(), ms_to_iso(newest))
+        if not series:
+            invalid = ", ".join(f"{n} {why}" for why, n in sorted(stats.invalid.items()))
+            raise DataSourceError(
+                f"no events to train on in {self.describe()}: the replay read {stats.messages} "
+                f"messages, {stats.used} usable, {stats.out_of_range} outside the bounds, "
+                f"invalid: {invalid or 'none'}"
+            )
+        return series
+
+
+def parse_absolute_time(text: str | None) -> int | None:
+    """An absolute bound: ISO-8601 or epoch ms (durations are relative: see ``--since``)."""
+    if text is None or not text.strip():
+        return None
+    if re.fullmatch(r"-?\d+", text.strip()):
+        return int(text.strip())
+    if re.fullmatch(r"-?\d+(\.\d+)?\s*(ms|s|m|h|d|w).*", text.strip()):
+        raise ValueError(
+            f"--from/--to take an ISO-8601 time or epoch ms, not {text!r}: use --since"
+        )
+    return parse_time_bound(text)
 
 
 def replay_topic(

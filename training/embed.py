@@ -18,7 +18,8 @@ from stream_ae.core.records import ms_to_iso
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.network import encoder_of, split_window
 from training.data import Series
-from training.fit import Windows, all_windows, pad_side, predict_verbosity, scale_windows
+from training.model_runner import predict_verbosity
+from training.windows import Windows, all_windows, pad_side, scale_windows
 
 
 def export_encoder(artifact: Artifact, path: Path) -> Path:

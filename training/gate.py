@@ -17,7 +17,7 @@ passes. :func:`decide` is pure; :func:`evaluate_artifact` runs the model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,15 +25,28 @@ import numpy as np
 from stream_ae.model.artifacts import Artifact
 from training.calibrate import alert_rate
 from training.data import Series
-from training.fit import Windows, all_windows, pad_side, run_model
+from training.model_runner import run_model
+from training.windows import Windows, all_windows, pad_side
 
 
 @dataclass(frozen=True)
 class GateConfig:
     """How much worse than the champion a challenger may be and still replace it."""
 
-    error_tolerance: float = 0.10  # relative: 0.10 allows 10% more error
-    far_tolerance: float = 0.002  # absolute: false alerts per window
+    error_tolerance: float = field(
+        default=0.10,
+        metadata={
+            "help": "the challenger's error may exceed the champion's by this fraction",
+            "metavar": "F",
+        },
+    )
+    far_tolerance: float = field(
+        default=0.002,
+        metadata={
+            "help": "its false-alert rate per window may exceed the champion's by this much",
+            "metavar": "RATE",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.error_tolerance < 0 or self.far_tolerance < 0:
@@ -110,10 +123,14 @@ def evaluate_artifact(
     spec = artifact.spec
     side = pad_side(spec)
     windows = all_windows(series, spec.window, stride, pad=side if spec.masking else None)
+    total = len(windows)
     if keep is not None:
         windows = windows.select(np.asarray(keep(windows), bool))
     if not len(windows):
-        raise ValueError("no windows to evaluate the gate on")
+        raise ValueError(
+            f"no windows to evaluate the gate on: {len(series)} series gave {total} windows of "
+            f"{spec.window} events, {total - len(windows)} left out as alerted or labelled"
+        )
     view = run_model(artifact.model, spec, artifact.scaling, windows)
     return GateMetrics(
         error=normalised_error(artifact, windows, view.targets, view.outputs, view.weights),

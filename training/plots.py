@@ -27,14 +27,8 @@ from stream_ae.model.artifacts import Artifact
 from stream_ae.model.network import ModelSpec, encoder_of, split_window
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
-from training.fit import (
-    Windows,
-    all_windows,
-    pad_side,
-    predict_verbosity,
-    run_model,
-    step_mask,
-)
+from training.model_runner import predict_verbosity, run_model
+from training.windows import Windows, all_windows, pad_side, step_mask
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -34,10 +34,12 @@ from stream_ae.errors import StreamAEError
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.network import ModelSpec
 from training.calibrate import scores_and_thresholds
-from training.data import Series, alert_spans, split_recent
-from training.fit import FitConfig, FitResult, Windows, fit_series, run_model, save_fit
+from training.data import Series, alert_spans, describe, split_recent
+from training.fit import FitConfig, FitResult, fit_series, save_fit
 from training.gate import GateConfig, GateDecision, decide, evaluate_artifact
+from training.model_runner import run_model
 from training.registry import Registry
+from training.windows import Windows
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +125,7 @@ def publish_gated(
     force: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> GatedPublish:
-    """Publish ``result`` and promote it if it passes the gate (``force``: promote anyway).
-
-    With no gate data (``gate_series`` empty) a challenger is promoted only when there is no
-    champion or with ``force``; otherwise it stays a candidate for a manual ``promote``.
-    """
+    """Publish ``result``, then :func:`gate_and_promote` it."""
     version = registry.publish(
         name,
         lambda directory, v: save_fit(
@@ -136,6 +134,35 @@ def publish_gated(
     )
     if champion is None:
         champion = load_champion(registry, name)
+    return gate_and_promote(
+        registry,
+        name,
+        version,
+        champion,
+        gate_series=gate_series,
+        gate=gate,
+        keep=keep,
+        force=force,
+    )
+
+
+def gate_and_promote(
+    registry: Registry,
+    name: str,
+    version: str,
+    champion: Artifact | None,
+    *,
+    gate_series: Sequence[Series],
+    gate: GateConfig,
+    keep: WindowFilter | None = None,
+    force: bool = False,
+) -> GatedPublish:
+    """Promote the published ``version`` if it passes the gate against ``champion`` on
+    ``gate_series`` (``force``: promote anyway); otherwise record it as rejected, with why.
+
+    With no gate data a challenger is promoted only when there is no champion or with
+    ``force``; otherwise it stays a candidate for a manual ``promote``.
+    """
     if force:
         registry.promote(name, version, reason="forced (gate skipped)")
         return GatedPublish(version, True, None, "forced (gate skipped)")
@@ -163,17 +190,91 @@ def publish_gated(
 class RefitPlan:
     """What a refit does besides loading data (see the module docstring)."""
 
-    name: str = "default"
-    spec: ModelSpec | None = None  # None: the champion's
-    fit: FitConfig = field(default_factory=FitConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    gate_fraction: float = 0.2
-    exclude: ExcludeMode = "both"
-    warm_start: bool = True
+    name: str = field(default="default", metadata={"cli": False})
+    # The challenger's definition: ``spec`` and ``fit`` as given (a first fit, ``train``), or,
+    # with ``spec`` None, the champion's own spec and fit configuration with ``spec_changes``
+    # and ``fit_changes`` applied (a refit changes only what it is told to, and says so).
+    spec: ModelSpec | None = field(default=None, metadata={"cli": False})
+    fit: FitConfig = field(default_factory=FitConfig, metadata={"cli": False})
+    spec_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    fit_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"cli": False})
+    gate_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "most recent fraction of every series held out to compare the challenger "
+            "with the champion (unused while there is no champion)",
+            "metavar": "F",
+        },
+    )
+    exclude: ExcludeMode = field(
+        default="both",
+        metadata={
+            "help": "leave out of training the windows covered by alerts on the alerts topic, "
+            "those the champion scores above its threshold, both, or none"
+        },
+    )
+    warm_start: bool = field(
+        default=True,
+        metadata={"help": "start from the champion's weights when the spec is unchanged"},
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_fraction < 1.0:
             raise ValueError(f"gate_fraction must be in [0, 1), got {self.gate_fraction}")
+
+    def definition(self, champion: Artifact | None) -> tuple[ModelSpec, FitConfig, list[str]]:
+        """The challenger's spec and fit configuration, and what differs from the champion's
+        (``field old -> new``; empty without a champion)."""
+        if self.spec is not None:
+            spec, fit = self.spec, replace(self.fit, **self.fit_changes)
+        elif champion is None:
+            raise RefitError(
+                f"model {self.name!r} has no champion yet: give the model spec for its first fit"
+            )
+        else:
+            spec = replace(champion.spec, **self.spec_changes)
+            fit = replace(fit_config_of(champion), **self.fit_changes)
+        if champion is None:
+            return spec, fit, []
+        return spec, fit, _changes(champion.spec, spec) + _changes(fit_config_of(champion), fit)
+
+
+class RefitError(StreamAEError):
+    """A refit cannot run: no champion and no spec, no data in the time range, too little data.
+    The message is one line with the counts behind it."""
+
+
+# Fields that say how a fit ran rather than what the model is: not worth announcing.
+_QUIET_FIELDS = frozenset({"verbose", "epochs", "patience", "seed"})
+
+
+def _changes(before: Any, after: Any) -> list[str]:
+    out = []
+    for f in fields(before):
+        old, new = getattr(before, f.name), getattr(after, f.name)
+        if old != new and f.name not in _QUIET_FIELDS:
+            out.append(f"{f.name} {old} -> {new}")
+    return out
+
+
+def fit_config_of(artifact: Artifact) -> FitConfig:
+    """The fit configuration ``artifact`` was made with: what its metrics recorded, and, above
+    that, what the artifact itself shows (its scaling mode, its calibration's method, level and
+    per-stream overrides), so an artifact from before the record still refits as it was."""
+    known = {f.name for f in fields(FitConfig)}
+    recorded = artifact.metrics.get("config") or {}
+    config = FitConfig(**{k: v for k, v in recorded.items() if k in known})
+    default = artifact.calibration.default
+    level = default.details.get("level") if isinstance(default.details, dict) else None
+    return replace(
+        config,
+        scaling=artifact.scaling.mode,
+        threshold_method=default.method,  # type: ignore[arg-type]
+        threshold_level=float(level) if level is not None else config.threshold_level,
+        per_stream_calibration=bool(artifact.calibration.per_stream)
+        or config.per_stream_calibration,
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +285,17 @@ class RefitOutcome:
     warm_start: bool
     excluded_windows: int
     train_seconds: float
+    changes: tuple[str, ...] = ()
+
+    def summary(self, name: str) -> str:
+        """One line for the log: what happened and what changed from the champion."""
+        changed = "; ".join(self.changes) if self.changes else "none"
+        return (
+            f"refit {name}: {self.version} {'promoted' if self.promoted else 'not promoted'} "
+            f"({self.reason}); changes from the champion: {changed}; warm start: "
+            f"{self.warm_start}, excluded windows: {self.excluded_windows}, fit "
+            f"{self.train_seconds:.1f}s"
+        )
 
 
 def refit_once(
@@ -195,14 +307,17 @@ def refit_once(
     """One refit: load, exclude, fit (warm), publish, gate (see the module docstring)."""
     series = [s for s in load_series() if len(s)]
     champion = load_champion(registry, plan.name)
-    spec = plan.spec or (champion.spec if champion else None)
-    if spec is None:
-        raise StreamAEError(
-            f"model {plan.name!r} has no champion yet: give the model spec for its first fit"
-        )
+    spec, fit, changes = plan.definition(champion)
+    for change in changes:
+        log.info("%s: the challenger changes %s", plan.name, change)
+    # Weights carry over only to the same architecture fed the same scaling: weights learnt on
+    # globally scaled inputs are no start for per-stream scaled ones.
     warm = (
         champion.model.get_weights()
-        if plan.warm_start and champion is not None and champion.spec == spec
+        if plan.warm_start
+        and champion is not None
+        and champion.spec == spec
+        and fit_config_of(champion).scaling == fit.scaling
         else None
     )
     alert_keep: WindowFilter | None = None
@@ -226,7 +341,11 @@ def refit_once(
         if plan.gate_fraction and champion is not None
         else (series, [])
     )
-    result = fit_series(older, spec, plan.fit, initial_weights=warm, keep=train_keep)
+    try:
+        result = fit_series(older, spec, fit, initial_weights=warm, keep=train_keep)
+    except ValueError as exc:
+        held = f", {plan.gate_fraction:g} of each series held out for the gate" if recent else ""
+        raise RefitError(f"refit of {plan.name!r}: {exc}; data: {describe(series)}{held}") from None
     published = publish_gated(
         registry,
         plan.name,
@@ -242,6 +361,7 @@ def refit_once(
                 "warm_start_from": champion.version if warm is not None and champion else None,
                 "exclude": plan.exclude,
                 "gate_fraction": plan.gate_fraction,
+                "changes": changes,
             }
         },
     )
@@ -252,6 +372,7 @@ def refit_once(
         warm_start=warm is not None,
         excluded_windows=result.excluded_windows,
         train_seconds=result.train_seconds,
+        changes=tuple(changes),
     )
 
 
@@ -270,6 +391,9 @@ def run_every(
         started = time.monotonic()
         try:
             job()
+        except StreamAEError as exc:  # a reason in words: no traceback needed
+            failures += 1
+            log.error("refit failed: %s (will try again in %.0fs)", exc, interval_s)
         except Exception:
             failures += 1
             log.exception("refit failed (will try again in %.0fs)", interval_s)

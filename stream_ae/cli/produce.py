@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from stream_ae.core.synthetic import SyntheticStream, make_streams
-from stream_ae.io.producing import interleave, read_csv_series, send_events
+from stream_ae.io.producing import interleave, send_events
+from stream_ae.io.series_files import (
+    SeriesFileError,
+    add_read_options,
+    read_options_from,
+    read_series_file,
+)
 from stream_ae.settings import load_settings
 
 EXAMPLES = (
@@ -26,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--csv", type=Path, nargs="+", help="CSV file(s) with timestamp + value columns"
+        "--csv",
+        type=Path,
+        nargs="+",
+        help="CSV file(s) with a time column and value columns (read as stream-ae-train reads "
+        "them: see the CSV options)",
     )
     source.add_argument("--synthetic", type=int, metavar="N", help="number of synthetic streams")
     parser.add_argument("--stream", help="stream id for a single --csv file (default: file stem)")
@@ -43,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--topic", help="topic (default: the first of STREAM_AE_INPUT_TOPICS)")
     parser.add_argument("--bootstrap-servers", help="override STREAM_AE_BOOTSTRAP_SERVERS")
+    add_read_options(parser.add_argument_group("CSV files (read as stream-ae-train reads them)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
     topic = args.topic or settings.input_topics[0]
     if args.csv:
         streams = []
-        for path in args.csv:
-            ts, values, _names = read_csv_series(path)
-            name = args.stream if args.stream and len(args.csv) == 1 else path.stem
-            streams.append(SyntheticStream(name, values, ts, []))
+        name = args.stream if args.stream and len(args.csv) == 1 else None
+        try:
+            for path in args.csv:
+                found, report = read_series_file(path, read_options_from(args), name=name)
+                print(report.summary(), file=sys.stderr)
+                streams += [SyntheticStream(f.name, f.values, f.ts_ms, []) for f in found]
+        except SeriesFileError as exc:
+            print(f"stream-ae produce: error: {exc}", file=sys.stderr)
+            return 2
     else:
         streams = make_streams(
             args.synthetic,

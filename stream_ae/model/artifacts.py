@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,28 @@ class CalibrationSet:
 
     def for_stream(self, stream: str) -> Calibration:
         return self.per_stream.get(stream, self.default)
+
+    def route(self, streams: Sequence[str]) -> list[tuple[Calibration, np.ndarray]]:
+        """Each calibration that scores some of the windows of ``streams`` (one stream name per
+        window), with the indices of those windows: a stream's own calibration, else the
+        global one. The worker and the offline tools score by this one routing.
+
+        >>> from stream_ae.core.scoring import fit_calibration
+        >>> errors = np.random.default_rng(0).normal(size=(100, 1))
+        >>> cal = CalibrationSet(fit_calibration(errors), {"b": fit_calibration(errors)})
+        >>> [(c is cal.default, rows.tolist()) for c, rows in cal.route(["a", "b", "c"])]
+        [(True, [0, 2]), (False, [1])]
+        """
+        names = np.asarray(streams, dtype=object)
+        own = (
+            np.isin(names, list(self.per_stream)) if self.per_stream else np.zeros(len(names), bool)
+        )
+        groups: list[tuple[Calibration, np.ndarray]] = []
+        if not own.all():
+            groups.append((self.default, np.flatnonzero(~own)))
+        for stream in sorted(set(names[own].tolist())):
+            groups.append((self.per_stream[stream], np.flatnonzero(names == stream)))
+        return groups
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +213,21 @@ def save_artifact(
         },
     )
     return directory
+
+
+def write_artifact(artifact: Artifact, directory: Path, *, version: str | None = None) -> Path:
+    """Save an artifact held in memory (a fresh fit, a recalibration, a benchmark model) into
+    ``directory``, under ``version`` if given, else its own."""
+    return save_artifact(
+        directory,
+        model=artifact.model,
+        spec=artifact.spec,
+        scaling=artifact.scaling,
+        calibration=artifact.calibration,
+        name=artifact.name,
+        version=version or artifact.version or None,
+        metrics=artifact.metrics,
+    )
 
 
 def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:

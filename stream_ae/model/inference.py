@@ -86,30 +86,22 @@ class Scorer:
         latency = time.perf_counter() - started
         target = np.concatenate(targets, axis=1)
         output = np.concatenate(outputs, axis=1)
-        calibrations = artifact.calibration
-        if not calibrations.per_stream:
-            scores = score_windows(calibrations.default, target, output)
-            thresholds = np.full(len(windows), calibrations.default.threshold)
-        else:
-            scores, thresholds = self._score_per_stream(streams, target, output)
+        scores, thresholds = self._score_by_calibration(streams, target, output)
         return ScoredBatch(scores, thresholds, artifact.version, latency)
 
-    def _score_per_stream(
+    def _score_by_calibration(
         self, streams: Sequence[str], target: np.ndarray, output: np.ndarray
     ) -> tuple[WindowScores, np.ndarray]:
-        calibrations = self.artifact.calibration
+        """Each window scored by its stream's calibration (see ``CalibrationSet.route``)."""
+        groups = self.artifact.calibration.route(streams)
+        if len(groups) == 1:  # the common case: one calibration for the whole batch
+            only, _ = groups[0]
+            return score_windows(only, target, output), np.full(len(streams), only.threshold)
         n, features = len(streams), target.shape[2]
         distances, scores = np.zeros(n), np.zeros(n)
         contributions, directions = np.zeros((n, features)), np.zeros((n, features), dtype=int)
         thresholds = np.zeros(n)
-        names = np.asarray(streams, dtype=object)
-        for key in {s if s in calibrations.per_stream else None for s in streams}:
-            rows = (
-                np.flatnonzero(names == key)
-                if key is not None
-                else np.flatnonzero([s not in calibrations.per_stream for s in streams])
-            )
-            calibration = calibrations.for_stream(key) if key else calibrations.default
+        for calibration, rows in groups:
             part = score_windows(calibration, target[rows], output[rows])
             distances[rows], scores[rows] = part.distances, part.scores
             contributions[rows], directions[rows] = part.contributions, part.directions

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class BatchRecord:
 
 def _publish_versions(registry: Any, count: int, window: int, hidden: int, seed: int) -> list[str]:
     """``count`` versions of one architecture, each with its weights perturbed (a retrain)."""
-    from stream_ae.model.artifacts import save_artifact
+    from stream_ae.model.artifacts import write_artifact
     from stream_ae_dev.bench.workload import bench_artifact, bench_spec
 
     base = bench_artifact(bench_spec(window, 1, hidden), seed=seed)
@@ -82,15 +82,10 @@ def _publish_versions(registry: Any, count: int, window: int, hidden: int, seed:
         )
 
         def write(directory: Path, version: str, k: int = k) -> None:
-            save_artifact(
+            write_artifact(
+                replace(base, name=MODEL_NAME, metrics={"bench_version": k}),
                 directory,
-                model=base.model,
-                spec=base.spec,
-                scaling=base.scaling,
-                calibration=base.calibration,
-                name=MODEL_NAME,
                 version=version,
-                metrics={"bench_version": k},
             )
 
         versions.append(

@@ -18,7 +18,10 @@ import numpy as np
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.core.state import StreamState, new_state
 from stream_ae.core.state_codec import encode_state
-from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling, save_artifact
+
+# write_artifact is imported by the bench commands from here, next to bench_artifact.
+from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling
+from stream_ae.model.artifacts import write_artifact as write_artifact
 from stream_ae.model.network import ModelSpec, as_output_list, build_model, split_window
 
 PERIOD = 32  # steps per sine period: a 64-step window spans two
@@ -77,19 +80,6 @@ def bench_artifact(spec: ModelSpec, *, seed: int = 0, calibration_windows: int =
         metrics={},
         model=model,
         manifest={},
-    )
-
-
-def write_artifact(artifact: Artifact, directory: Path) -> Path:
-    """Save an in-memory artifact (from :func:`bench_artifact`) for a worker process."""
-    return save_artifact(
-        directory,
-        model=artifact.model,
-        spec=artifact.spec,
-        scaling=artifact.scaling,
-        calibration=artifact.calibration,
-        name=artifact.name,
-        version=artifact.version,
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ pytestmark = pytest.mark.integration
 NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab"
 NAB_FILE = "realKnownCause/rogue_agent_key_hold.csv"  # 1882 rows: the shortest real file
 # The detector's post-processing and model kind, with a small model and a short fit.
-PARAMS = replace(DEFAULT_PARAMS, window=16, hidden=8, epochs=3, refit_every=0)
+PARAMS = DEFAULT_PARAMS.with_changes(window=16, hidden=8, epochs=3, refit_every=0)
 
 
 @pytest.mark.skipif(

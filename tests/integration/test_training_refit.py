@@ -89,7 +89,9 @@ def test_refit_once_from_the_command_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic, alerts_topic = topic_factory(partitions=2), topic_factory(partitions=1)
-    start = int(time.time() * 1000) - 300 * STEP_MS
+    # Back-fill: events of 2014. The range is event time before the newest event, so a topic
+    # of old data trains exactly as a live one (a wall-clock --since would drop every event).
+    start = 1_396_310_400_000
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
     for stream, seed in (("a", 1), ("b", 2)):
         values = sine_series(stream, 300, seed=seed).values[:, 0]
@@ -134,3 +136,27 @@ def test_refit_once_from_the_command_line(
     excluded = int(out.split("excluded windows: ")[1].split(",")[0])
     assert excluded == 50  # the windows of a ending at 201, 203, ..., 299
     assert len(Registry(tmp_path).versions("m")) == 1
+    # A refit given no model option keeps the champion's definition, and says so.
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "changes from the champion: none" in out and "warm start: True" in out
+    # One given option changes that field only, announced.
+    assert main([*common, "--window", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "changes from the champion: window 12 -> 16;" in out and "warm start: False" in out
+    # Weights learnt on other scaling are no start: a scaling change fits cold, and says so.
+    assert main([*common, "--scaling", "stream"]) == 0
+    out = capsys.readouterr().out
+    assert "scaling global -> stream" in out and "warm start: False" in out
+    # Nothing in range: one line with the replay's counts, no traceback.
+    assert main([*common, "--from", "2030-01-01T00:00:00Z"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("stream-ae-train refit: error: no events to train on")
+    assert "messages" in err[-1]
+    # train --topic --from 4h: the 4 hours before the newest event (of 2014), not before now:
+    # 241 events of each stream, 115 windows at stride 2, 92 of them for training.
+    out_dir = tmp_path / "from-topic"
+    argv = ["train", "--topic", topic, "--bootstrap-servers", broker.bootstrap_servers]
+    argv += ["--from", "4h", "--window", "12", "--hidden", "8", "--epochs", "1", "--stride", "2"]
+    assert main([*argv, "--quiet", "--out", str(out_dir)]) == 0
+    assert "184 training windows" in capsys.readouterr().out

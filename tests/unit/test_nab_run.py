@@ -34,7 +34,7 @@ requires_nab = pytest.mark.skipif(
     reason=f"NAB development subset not found at {NAB_DIR}",
 )
 
-TINY = DetectorParams(
+TINY = DetectorParams.of(
     kind="predict",
     window=12,
     horizon=2,
@@ -59,10 +59,10 @@ def sine_series(key: str, n_rows: int, seed: int = 0) -> NabSeries:
 
 
 def test_refits_come_every_refit_every_rows_after_the_probation_and_never_at_the_end() -> None:
-    params = DetectorParams(refit_every=400)
+    params = DetectorParams.of(refit_every=400)
     assert refit_rows(4032, 604, params) == [1004, 1404, 1804, 2204, 2604, 3004, 3404, 3804]
     assert refit_rows(1000, 604, params) == []
-    assert refit_rows(4032, 604, DetectorParams(refit_every=0)) == []
+    assert refit_rows(4032, 604, DetectorParams.of(refit_every=0)) == []
 
 
 def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_the_command_writes_nab_results_and_scores_them(
     assert set(report["scores"]) == {"standard", "reward_low_FN_rate"}
     assert all(math.isfinite(v) for v in report["scores"].values())
     assert [f["key"] for f in report["files"]] == sorted(written)
-    assert report["params"]["window"] == TINY.window
+    assert report["params"]["model"]["window"] == TINY.window
     assert report["baseline"]["scores"] == report["scores"]
     assert (out / "plots" / "tiny_jump.png").stat().st_size > 1000
     assert not (out / "plots" / "tiny_calm.png").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,7 @@ def test_embed_and_export_encoder(trained: tuple[Path, Path], tmp_path: Path) ->
     assert encoder.output_shape == (None, 8)
     # The exported encoder alone, fed the artifact's scaling, gives the same codes.
     from training.data import load_nab_labels, read_nab
-    from training.fit import all_windows, scale_windows
+    from training.windows import all_windows, scale_windows
 
     artifact = load_artifact(artifact_dir)
     series = read_nab(data, labels=load_nab_labels(data.parent / "combined_windows.json"))
@@ -256,3 +257,84 @@ def test_registry_commands(
     )
     assert main(["list", "--registry", registry, "--name", "nab"]) == 0
     assert "champion" in capsys.readouterr().out
+
+
+def _command(name: str) -> argparse.ArgumentParser:
+    return _subparsers(build_parser())[name]
+
+
+def test_options_come_from_the_dataclasses_with_their_defaults() -> None:
+    from stream_ae.model.network import ModelSpec
+    from training.cli import common, options
+    from training.fit import FitConfig
+    from training.gate import GateConfig
+
+    args = _command("train").parse_args(["--csv", "x.csv", "--quiet"])
+    assert common.build_fit_config(args) == FitConfig(verbose=0)
+    assert common.build_gate_config(args) == GateConfig()
+    assert common.build_spec(args, ["value"]) == ModelSpec()
+    help_text = _command("train").format_help()
+    for f in options.cli_fields(FitConfig):
+        shown = f"{options.option_name(f)}"
+        assert shown in help_text, shown
+        assert f"(default: {f.default})" in " ".join(help_text.split()), f.name
+    # Given options change only their field; a predict model gets a horizon of its own.
+    args = _command("train").parse_args(
+        ["--csv", "x.csv", "--kind", "predict", "--epochs", "3", "--no-per-stream-thresholds"]
+    )
+    assert common.build_spec(args, ["value"]).horizon == common.DEFAULT_HORIZON
+    assert options.given(FitConfig, args) == {"epochs": 3, "per_stream_calibration": False}
+
+
+def test_refit_options_not_given_keep_the_champions_values() -> None:
+    from training.cli import common, options
+    from training.fit import FitConfig
+
+    parser = _command("refit")
+    assert "(default: the champion's)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["--once"])
+    assert common.spec_given(args) == {} and options.given(FitConfig, args) == {}
+    args = parser.parse_args(["--once", "--window", "32", "--scaling", "stream"])
+    assert common.spec_given(args) == {"window": 32}
+    assert options.given(FitConfig, args) == {"scaling": "stream"}
+
+
+def test_every_command_ends_with_real_examples() -> None:
+    for name, parser in _subparsers(build_parser()).items():
+        text = parser.format_help()
+        examples = text.split("examples:\n", 1)[1].strip().splitlines()
+        assert 1 <= len(examples) <= 3, name
+        for line in examples:
+            words = shlex.split(line)
+            argv = words[1:]
+            assert words[0] == "stream-ae-train" and argv[0] == name
+            parser.parse_args(argv[1:])  # each example parses
+
+
+def test_the_nab_detector_restates_no_default() -> None:
+    from dataclasses import fields
+
+    from stream_ae.model.network import ModelSpec
+    from training.evaluation.nab_run import NAB_FIT, NAB_MODEL, DetectorParams
+    from training.fit import FitConfig
+
+    own = {f.name for f in fields(DetectorParams)}
+    assert not own & ({f.name for f in fields(FitConfig)} | {f.name for f in fields(ModelSpec)})
+    differs = {f.name for f in fields(FitConfig) if getattr(NAB_FIT, f.name) != f.default}
+    assert differs == {"epochs", "learning_rate", "patience", "verbose"}
+    assert DetectorParams.from_dict(DetectorParams().to_dict()) == DetectorParams()
+    assert DetectorParams.of(window=16, calibration_level=0.99).fit.threshold_level == 0.99
+    assert DetectorParams.of(window=16).model == ModelSpec(**{**NAB_MODEL.__dict__, "window": 16})
+
+
+def test_a_refit_kind_change_brings_its_horizon() -> None:
+    from stream_ae.model.network import ModelSpec
+    from training.cli.refit import _spec_changes
+
+    parser = _command("refit")
+    champion = ModelSpec(kind="predict", window=16, horizon=4)
+    assert _spec_changes(parser.parse_args(["--once"]), champion) == {}
+    back = parser.parse_args(["--once", "--kind", "reconstruct"])
+    assert _spec_changes(back, champion) == {"kind": "reconstruct", "horizon": 0}
+    to_predict = parser.parse_args(["--once", "--kind", "predict"])
+    assert _spec_changes(to_predict, ModelSpec(window=16)) == {"kind": "predict", "horizon": 8}

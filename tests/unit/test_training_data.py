@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 
 from stream_ae.core.records import encode_event, ms_to_iso
 from stream_ae.core.windowing import series_windows
+from stream_ae.io.series_files import ReadOptions
 from stream_ae_dev.devstack import BrokerProcess
 from training.data import (
     DataSourceError,
@@ -28,7 +29,7 @@ from training.data import (
     split_recent,
     time_range,
 )
-from training.fit import series_to_windows
+from training.windows import series_to_windows
 
 
 def test_csv_one_series_per_file(tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_csv_one_series_per_file(tmp_path: Path) -> None:
     assert series.name == "cpu"
     assert series.values.tolist() == [[1.5, 3.0], [2.5, 4.0]]
     assert np.diff(series.ts_ms).tolist() == [60_000]
-    (only,) = read_csv(path, value_columns=["mem"])
+    (only,) = read_csv(path, ReadOptions(value_columns=("mem",)))
     assert only.values[:, 0].tolist() == [3.0, 4.0]
 
 
@@ -46,7 +47,7 @@ def test_csv_long_format_keeps_each_streams_rows_in_order(tmp_path: Path) -> Non
     path = tmp_path / "long.csv"
     rows = ["ts,stream,value"] + [f"{1000 * i},{'ab'[i % 2]},{i}" for i in range(10)]
     path.write_text("\n".join(rows) + "\n")
-    series = {s.name: s for s in read_csv(path, time_column="ts", stream_column="stream")}
+    series = {s.name: s for s in read_csv(path, ReadOptions(time_column="ts", time_unit="ms"))}
     assert series["a"].values[:, 0].tolist() == [0, 2, 4, 6, 8]
     assert series["b"].ts_ms.tolist() == [1000, 3000, 5000, 7000, 9000]
 
@@ -57,7 +58,7 @@ def test_csv_errors_name_the_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match=r"bad\.csv:3: column 'value': 'oops'"):
         read_csv(path)
     with pytest.raises(DataSourceError, match="no column"):
-        read_csv(path, time_column="time")
+        read_csv(path, ReadOptions(time_column="time"))
     with pytest.raises(DataSourceError, match="cannot read"):
         read_csv(tmp_path / "missing.csv")
 

@@ -15,18 +15,14 @@ from stream_ae.model.artifacts import load_artifact
 from stream_ae.model.network import PAD_VALUE, ModelKind, ModelSpec, build_model, split_window
 from tests.training_helpers import KINDS, TINY_FIT, sine_series, tiny_spec
 from training.data import Series
-from training.fit import (
-    FitResult,
+from training.fit import FitResult, fit_series, masked_loss, save_fit, train_artifact
+from training.model_runner import run_model
+from training.windows import (
     Windows,
-    fit_series,
-    masked_loss,
     pad_sequences,
     pad_side,
-    run_model,
-    save_fit,
     split_series_windows,
     target_weights,
-    train_artifact,
 )
 
 

@@ -35,9 +35,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -47,11 +47,13 @@ from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
 from stream_ae.core.records import Event
 from stream_ae.core.state import StreamState
 from stream_ae.errors import StreamAEError
+from stream_ae.io.series_files import SeriesFileError, read_series_file
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import Scorer
-from stream_ae.model.network import ModelKind, ModelSpec
+from stream_ae.model.network import ModelSpec
 from stream_ae.worker.processor import StreamProcessor
+from training.data import NAB_READ
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -78,75 +80,88 @@ class NabRunError(StreamAEError):
     """A NAB data file or directory cannot be used (missing, malformed, too short)."""
 
 
+# The detector chosen for NAB (docs/nab.md): a small predictive model, fitted briefly. Only
+# what differs from ModelSpec's and FitConfig's own defaults is written here.
+NAB_MODEL = ModelSpec(kind="predict", window=32, horizon=4, hidden=32)
+NAB_FIT = FitConfig(epochs=15, learning_rate=2e-3, patience=3, verbose=0)
+# Old flat names of run.json and --params files, kept readable.
+_RENAMED = {"calibration_level": "threshold_level"}
+
+
 @dataclass(frozen=True)
 class DetectorParams:
     """Everything that defines the detector: one set for every file of the corpus.
 
-    Model: an LSTM autoencoder of ``kind`` over windows of ``window`` rows (``horizon`` rows
-    predicted for ``predict``/``composite``), ``hidden`` units. Fitting: Adam, early stopping on
-    the last ``val_fraction`` of the windows (which also calibrate the error model), ``epochs``
-    for the first fit, ``refit_epochs`` for a refit, which starts from the previous weights when
-    ``warm_start``. Refits: every ``refit_every`` rows after the probationary period (0: never),
-    each on the last ``refit_history`` rows seen. ``batch_events``: events per poll batch.
-    Score: the post-processing ``post`` (:mod:`stream_ae.core.postprocess`) of the windows'
-    distances.
+    ``model``: the LSTM autoencoder (:class:`ModelSpec`). ``fit``: how it is fitted
+    (:class:`FitConfig`: Adam, early stopping on the last ``val_fraction`` of the windows, which
+    also calibrate the error model); a refit runs ``refit_epochs`` instead and starts from the
+    previous weights when ``warm_start``. Refits: every ``refit_every`` rows after the
+    probationary period (0: never), each on the last ``refit_history`` rows seen.
+    ``batch_events``: events per poll batch. Score: the post-processing ``post``
+    (:mod:`stream_ae.core.postprocess`) of the windows' distances.
     """
 
-    kind: ModelKind = "predict"
-    window: int = 32
-    horizon: int = 4
-    hidden: int = 32
-    reverse: bool = False
-    scaling: Literal["global", "stream"] = "global"
-    epochs: int = 15
+    model: ModelSpec = NAB_MODEL
+    fit: FitConfig = NAB_FIT
     refit_epochs: int = 5
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    patience: int = 3
-    val_fraction: float = 0.2
-    calibration_level: float = 0.999
     refit_every: int = 0
     refit_history: int = 4000
     warm_start: bool = True
-    seed: int = 0
     batch_events: int = 1024
     post: PostParams = field(default_factory=PostParams)
 
+    @property
+    def window(self) -> int:
+        return self.model.window
+
     def spec(self) -> ModelSpec:
         """The model spec these parameters describe."""
-        return ModelSpec(
-            kind=self.kind,
-            window=self.window,
-            features=len(FEATURE_NAMES),
-            feature_names=FEATURE_NAMES,
-            hidden=self.hidden,
-            reverse=self.reverse,
-            horizon=0 if self.kind == "reconstruct" else self.horizon,
-        )
+        return self.model
 
     def fit_config(self, refit: bool) -> FitConfig:
         """The training configuration of a first fit or of a refit."""
-        return FitConfig(
-            epochs=self.refit_epochs if refit else self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            patience=self.patience,
-            val_fraction=self.val_fraction,
-            seed=self.seed,
-            scaling=self.scaling,
-            threshold_level=self.calibration_level,
-            verbose=0,
-        )
+        return replace(self.fit, epochs=self.refit_epochs) if refit else self.fit
+
+    def with_changes(self, **changes: Any) -> DetectorParams:
+        """These parameters with ``changes`` applied, by flat name: a field of this class, of
+        :class:`ModelSpec` or of :class:`FitConfig` (``--params`` files use these names)."""
+        changes = {_RENAMED.get(k, k): v for k, v in changes.items()}
+        own = {f.name for f in fields(self)} - {"model", "fit"}
+        model_keys = {f.name for f in fields(ModelSpec)} - {"features", "feature_names"}
+        fit_keys = {f.name for f in fields(FitConfig)}
+        unknown = set(changes) - own - model_keys - fit_keys
+        if unknown:
+            raise ValueError(f"unknown detector parameter(s) {sorted(unknown)}")
+        model = replace(self.model, **{k: v for k, v in changes.items() if k in model_keys})
+        if model.kind == "reconstruct" and "horizon" not in changes:
+            model = replace(model, horizon=0)
+        fit = replace(self.fit, **{k: v for k, v in changes.items() if k in fit_keys})
+        top = {k: v for k, v in changes.items() if k in own}
+        if isinstance(top.get("post"), dict):
+            top["post"] = PostParams.from_dict(top["post"])
+        return replace(self, model=model, fit=fit, **top)
+
+    @classmethod
+    def of(cls, **changes: Any) -> DetectorParams:
+        """The NAB defaults with ``changes`` (flat names, see :meth:`with_changes`)."""
+        return cls().with_changes(**changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "model": self.model.to_dict(),
+            "fit": asdict(self.fit),
+            **{k: v for k, v in asdict(self).items() if k not in ("model", "fit")},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorParams:
+        """From :meth:`to_dict`'s layout, flat names (see :meth:`with_changes`), or both."""
         data = dict(data)
-        if "post" in data:
-            data["post"] = PostParams.from_dict(data["post"])
-        return cls(**data)
+        base = cls(
+            model=ModelSpec.from_dict(data.pop("model")) if "model" in data else NAB_MODEL,
+            fit=FitConfig(**data.pop("fit")) if "fit" in data else NAB_FIT,
+        )
+        return base.with_changes(**data)
 
 
 DEFAULT_PARAMS = DetectorParams()
@@ -354,24 +369,17 @@ def data_files(data_dir: Path) -> dict[str, Path]:
 
 
 def read_series(key: str, path: Path) -> NabSeries:
-    """Read a NAB data file (``timestamp,value``)."""
+    """Read a NAB data file (``timestamp,value``) with the reader every command shares
+    (:mod:`stream_ae.io.series_files`: the same checks and one-line errors)."""
     try:
-        with path.open(newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or header[:2] != ["timestamp", "value"]:
-                raise NabRunError(f"{path}: expected a timestamp,value header, got {header}")
-            rows = [row for row in reader if row]
-        stamps = [row[0] for row in rows]
-        values = np.array([float(row[1]) for row in rows], dtype=np.float64)
-        ts_ms = np.array(stamps, dtype="datetime64[ms]").astype(np.int64)
-    except OSError as exc:
-        raise NabRunError(f"cannot read {path}: {exc}") from exc
-    except (ValueError, IndexError) as exc:
-        raise NabRunError(f"{path}: malformed row: {exc}") from exc
-    if not np.all(np.isfinite(values)):
-        raise NabRunError(f"{path}: non-finite values")
-    return NabSeries(key, stamps, ts_ms, values)
+        (found,), _ = read_series_file(path, NAB_READ, name=key)
+    except SeriesFileError as exc:
+        raise NabRunError(str(exc)) from None
+    # NAB's own timestamp format, which its results files repeat.
+    stamps = np.datetime_as_string(found.ts_ms.astype("datetime64[ms]").astype("datetime64[s]"))
+    return NabSeries(
+        key, [s.replace("T", " ") for s in stamps.tolist()], found.ts_ms, found.values[:, 0]
+    )
 
 
 def write_results(path: Path, series: NabSeries, scores: np.ndarray, labels: np.ndarray) -> None:
@@ -567,9 +575,7 @@ def run(args: argparse.Namespace) -> int:
     params = DEFAULT_PARAMS
     try:
         if args.params is not None:
-            params = DetectorParams.from_dict(
-                {**DEFAULT_PARAMS.to_dict(), **json.loads(args.params.read_text())}
-            )
+            params = DetectorParams.from_dict(json.loads(args.params.read_text()))
         windows = load_windows(windows_path)
         started = time.perf_counter()
         runs = run_corpus(

@@ -1,0 +1,110 @@
+"""``stream-ae-train train``: fit a model on CSV, NAB or a topic replay, to a directory or to the
+registry (gated against the champion)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.cli import common
+from training.cli.common import Command
+from training.cli.data_options import add_data_options, feature_names_of, load_data
+
+
+def add_train(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    common.add_model_options(parser)
+    common.add_fit_options(parser)
+    out = parser.add_argument_group("output (--out, or publish to the registry)")
+    out.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the artifact to this (new or empty) directory instead of the registry",
+    )
+    out.add_argument("--version", help="version string (default: UTC time, sortable)")
+    out.add_argument(
+        "--export-encoder",
+        type=Path,
+        metavar="FILE.keras",
+        help="also save the encoder alone as an embedding model",
+    )
+    out.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write the report (plots and report.md) for the training data to DIR",
+    )
+    common.add_registry_options(parser)
+    common.add_gate_options(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from stream_ae.model.artifacts import load_artifact
+    from training.fit import fit_series, save_fit
+    from training.refit import publish_gated, refit_once
+
+    series = load_data(args)
+    if not series:
+        raise ValueError("the data options selected no events")
+    spec = common.build_spec(args, feature_names_of(args, series))
+    config = common.build_fit_config(args)
+    if args.out:
+        result = fit_series(series, spec, config)
+        path = save_fit(result, args.out, name=common.model_name(args), version=args.version)
+        print(
+            f"wrote {path}: {result.metrics['train_windows']} training windows, "
+            f"{result.metrics['epochs_run']} epochs in {result.train_seconds:.1f}s, "
+            f"validation loss {result.metrics['val_loss']:.4g}"
+        )
+    else:
+        registry = common.registry(args)
+        # A first fit: no warm start, and nothing to exclude but labelled anomalies.
+        plan = common.build_plan(
+            args,
+            name=common.model_name(args),
+            spec=spec,
+            fit=config,
+            exclude="none",
+            warm_start=False,
+        )
+        if args.force:
+            result = fit_series(series, spec, config)
+            published = publish_gated(
+                registry, plan.name, result, gate_series=[], gate=plan.gate, force=True
+            )
+            version, promoted, reason = published.version, True, published.reason
+        else:
+            outcome = refit_once(registry, plan, lambda: series)
+            version, promoted, reason = outcome.version, outcome.promoted, outcome.reason
+        path = registry.path(plan.name, version)
+        print(f"published {path}: {'promoted' if promoted else 'not promoted'} ({reason})")
+    if args.export_encoder or args.report:
+        artifact = load_artifact(path)
+        if args.export_encoder:
+            from training.embed import export_encoder
+
+            print(f"wrote {export_encoder(artifact, args.export_encoder)}")
+        if args.report:
+            from training.plots import build_report
+
+            report = build_report(artifact, series, args.report)
+            print("wrote " + ", ".join(str(p) for p in report.files))
+    return 0
+
+
+COMMANDS = {
+    "train": Command(
+        add_train,
+        run_train,
+        "fit a model on CSV, NAB or a topic replay",
+        (
+            "stream-ae-train train --csv cpu.csv --time-column time --out artifacts/cpu",
+            "stream-ae-train train --nab data/nab/data --train-fraction 0.15 --kind predict "
+            "--window 32 --horizon 4 --out artifacts/nab",
+            "stream-ae-train train --csv a.csv b.csv --scaling stream --per-stream-thresholds "
+            "--registry artifacts/model --name cpu",
+        ),
+        required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC)",
+    ),
+}
