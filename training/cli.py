@@ -330,19 +330,17 @@ def _registry(args: argparse.Namespace) -> Any:
 
 def _artifact_dir(args: argparse.Namespace) -> Path:
     from stream_ae.errors import ArtifactError
-    from stream_ae.model.artifacts import resolve_artifact_dir
+    from stream_ae.model.registry import read_champion, resolve_artifact_dir, version_dir
 
     if args.artifact:
         return resolve_artifact_dir(args.artifact, _model_name(args))
     root, name = _registry_root(args), _model_name(args)
     if args.version:
-        return root / name / args.version
-    from stream_ae.model.artifacts import read_champion
-
+        return version_dir(root, name, args.version)
     version = read_champion(root, name)
     if version is None:
         raise ArtifactError(f"no --artifact given and {root}/{name} has no champion")
-    return root / name / version
+    return version_dir(root, name, version)
 
 
 def _load_artifact(args: argparse.Namespace) -> Any:

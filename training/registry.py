@@ -1,12 +1,12 @@
-"""A filesystem model registry: versioned artifacts, a champion pointer, decisions, history.
+"""The model registry's write side: publish, promote, roll back, and the records behind ``list``.
 
-Layout under the registry root (the worker's ``STREAM_AE_MODEL_PATH``)::
+The layout, the champion pointer and the notification channel are the read side's
+(:mod:`stream_ae.model.registry`); this module adds the write side's records::
 
-    <name>/CHAMPION              one line: the champion's version (what workers load)
-    <name>/<version>/            an artifact (stream_ae.model.artifacts), immutable once there
     <name>/decisions/<version>.json   status of a version: candidate, rejected (with the reason)
     <name>/HISTORY.jsonl         every champion change (promote, rollback), append-only
     <name>/.staging-*            a publish in progress; readers ignore it
+    <name>/.lock                 serialises champion changes
 
 Publishing is atomic: the artifact is written into a staging directory next to its final
 place, every file and the directory are fsynced, its manifest is verified, and one
@@ -37,19 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from stream_ae.errors import ArtifactError
-from stream_ae.model.artifacts import (
+from stream_ae.model.artifacts import new_version, read_manifest
+from stream_ae.model.registry import (
     CHAMPION_POINTER,
-    MANIFEST,
-    new_version,
+    DECISIONS_DIR,
+    MODELS_CHANNEL,
+    is_artifact,
+    model_dir,
     read_champion,
-    read_manifest,
+    version_dir,
+    version_names,
 )
 
 log = logging.getLogger(__name__)
 
-MODELS_CHANNEL = "stream-ae.models"
 HISTORY_FILE = "HISTORY.jsonl"
-DECISIONS_DIR = "decisions"
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".lock"
 
@@ -162,27 +164,18 @@ class Registry:
     # --- reading ----------------------------------------------------------------------------
 
     def model_dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ArtifactError(f"bad model name {name!r}")
-        return self.root / name
+        return model_dir(self.root, name)
 
     def path(self, name: str, version: str) -> Path:
-        return self.model_dir(name) / version
+        return version_dir(self.root, name, version)
 
     def champion(self, name: str) -> str | None:
         """The version the pointer names, or None."""
         return read_champion(self.root, name)
 
     def versions(self, name: str) -> list[str]:
-        """Published versions (complete artifact directories), oldest first."""
-        folder = self.model_dir(name)
-        if not folder.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and p.name != DECISIONS_DIR
-        )
+        """Published version folders (an incomplete one included), oldest first."""
+        return version_names(self.root, name)
 
     def decision(self, name: str, version: str) -> dict[str, Any]:
         """The status record of a version (``{}`` when it has none)."""
@@ -258,7 +251,7 @@ class Registry:
         version = version or new_version()
         folder = self.model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / version
+        final = self.path(name, version)
         if final.exists():
             raise ArtifactError(f"{final} already exists: versions are immutable")
         staging = folder / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
@@ -313,7 +306,7 @@ class Registry:
     ) -> None:
         """Make ``version`` the champion: verify it, flip the pointer, log it, notify."""
         folder = self.path(name, version)
-        if not (folder / MANIFEST).is_file():
+        if not is_artifact(folder):
             raise ArtifactError(f"{name}/{version} is not a published version")
         read_manifest(folder, verify=True)
         with self._lock(name):

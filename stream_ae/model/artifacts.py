@@ -9,8 +9,7 @@ An artifact is a directory::
     metrics.json         training metrics (free-form)
     manifest.json        name, version, sha256 of every file above; written last
 
-A registry root holds ``<name>/<version>/`` artifacts and a ``<name>/CHAMPION`` pointer (one
-line: the version) that workers follow; :func:`resolve_artifact_dir` accepts either.
+Where artifacts live in a registry, and which one is the champion: :mod:`stream_ae.model.registry`.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from stream_ae.model.network import ModelSpec
 ARTIFACT_FORMAT = "stream-ae.artifact/v1"
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
-CHAMPION_POINTER = "CHAMPION"
 _JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
 
 
@@ -208,30 +206,6 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
                     f"manifest says {expected[:12]}...)"
                 )
     return manifest
-
-
-def read_champion(registry_root: Path, name: str) -> str | None:
-    """The champion version the registry pointer names, or None."""
-    pointer = Path(registry_root) / name / CHAMPION_POINTER
-    try:
-        return pointer.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def resolve_artifact_dir(model_path: Path, model_name: str) -> Path:
-    """``model_path`` itself if it is an artifact, else the champion of ``model_name`` in the
-    registry rooted there."""
-    model_path = Path(model_path)
-    if (model_path / MANIFEST).is_file():
-        return model_path
-    version = read_champion(model_path, model_name)
-    if version is None:
-        raise ArtifactError(
-            f"{model_path} is neither an artifact (no {MANIFEST}) nor a registry with a "
-            f"champion for model {model_name!r} (no {model_name}/{CHAMPION_POINTER})"
-        )
-    return model_path / model_name / version
 
 
 def read_metadata(

@@ -16,8 +16,9 @@ from stream_ae.errors import ArtifactError, BrokerError, StoreError
 from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.logs import fields
-from stream_ae.model.artifacts import load_artifact, resolve_artifact_dir
+from stream_ae.model.artifacts import load_artifact
 from stream_ae.model.inference import Scorer
+from stream_ae.model.registry import resolve_artifact_dir
 from stream_ae.settings import Settings
 from stream_ae.worker.loop import ModelSource, StaticModel, Worker
 from stream_ae.worker.metrics import WorkerMetrics

@@ -69,7 +69,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,43 +79,26 @@ import orjson
 
 from stream_ae.errors import ArtifactError
 from stream_ae.logs import fields
-from stream_ae.model.artifacts import (
-    MANIFEST,
-    Artifact,
-    load_artifact,
-    read_champion,
-    read_manifest,
-)
+from stream_ae.model.artifacts import Artifact, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
+from stream_ae.model.registry import (
+    MODELS_CHANNEL,
+    Heartbeat,
+    Refusal,
+    heartbeat_key,
+    is_artifact,
+    read_champion,
+    version_dir,
+)
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-# Where the registry announces champion changes: JSON {"name": ..., "version": ...}.
-# training.registry publishes on the same channel (a test checks that they agree).
-MODELS_CHANNEL = "stream-ae.models"
-# Heartbeat keys are f"{redis_key_prefix}{WORKERS_KEY}{worker_id}".
-WORKERS_KEY = ":workers:"
-
 
 class IncompatibleModelError(ArtifactError):
     """A valid artifact that cannot replace the running model: its window, features or the
     model's input/output shapes differ (it would need new window states)."""
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The last version this worker refused, and why."""
-
-    version: str
-    result: str  # refused_incompatible | refused_invalid
-    reason: str
-
-
-def heartbeat_key(prefix: str, worker_id: str) -> str:
-    """The Redis key of a worker's heartbeat."""
-    return f"{prefix}{WORKERS_KEY}{worker_id}"
 
 
 class ModelManager:
@@ -161,7 +144,7 @@ class ModelManager:
         self.model_name = settings.model_name
         model_path = Path(settings.model_path)
         # A single artifact directory has nothing to follow; a registry root has a pointer.
-        self.registry_root: Path | None = None if (model_path / MANIFEST).is_file() else model_path
+        self.registry_root: Path | None = None if is_artifact(model_path) else model_path
         self.worker_id = settings.resolved_worker_id
         self.poll_interval_s = settings.model_poll_interval_s
         self.reload_jitter_s = (
@@ -439,8 +422,8 @@ class ModelManager:
         error: str | None = None
         try:
             version = read_champion(self.registry_root, self.model_name)
-        except OSError as exc:
-            error = f"cannot read the champion pointer: {exc}"
+        except ArtifactError as exc:
+            error = f"cannot follow the champion pointer: {exc}"
         else:
             error = None if version else "no champion pointer"
         if error != self._pointer_error:  # log changes only, not every poll
@@ -472,7 +455,7 @@ class ModelManager:
         """Load, validate and warm up ``version`` of the registry; raises
         :class:`IncompatibleModelError` or :class:`ArtifactError` naming the problem."""
         assert self.registry_root is not None
-        directory = self.registry_root / self.model_name / version
+        directory = version_dir(self.registry_root, self.model_name, version)
         running = self._current.artifact
         # 1. Every file against the manifest's sha256: corrupt, truncated or missing files.
         manifest = read_manifest(directory, verify=True)
@@ -596,30 +579,27 @@ class ModelManager:
 
     # --- heartbeat -----------------------------------------------------------------------
 
-    def heartbeat(self) -> dict[str, Any]:
-        """What this worker reports about its model (the heartbeat key's JSON)."""
-        refusal = self.last_refusal
-        return {
-            "worker_id": self.worker_id,
-            "group": self.settings.group_id,
-            "model": self._current.artifact.name,
-            "version": self._current.version,
-            "previous_version": self.previous_version,
-            "champion": self.champion,
-            "swaps": self.swaps,
-            "failures": self.failures,
-            "refused": None
-            if refusal is None
-            else {"version": refusal.version, "result": refusal.result, "reason": refusal.reason},
-            "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "ttl_s": self.heartbeat_ttl_s,
-        }
+    def heartbeat(self) -> Heartbeat:
+        """What this worker reports about its model (the heartbeat key's value)."""
+        return Heartbeat(
+            worker_id=self.worker_id,
+            group=self.settings.group_id,
+            model=self._current.artifact.name,
+            version=self._current.version,
+            previous_version=self.previous_version,
+            champion=self.champion,
+            swaps=self.swaps,
+            failures=self.failures,
+            refused=self.last_refusal,
+            updated_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            ttl_s=self.heartbeat_ttl_s,
+        )
 
     def write_heartbeat(self) -> bool:
         """Write the heartbeat key with its TTL; False (logged once) when Redis is away."""
         key = heartbeat_key(self.settings.redis_key_prefix, self.worker_id)
         try:
-            self._redis().set(key, orjson.dumps(self.heartbeat()), ex=self.heartbeat_ttl_s)
+            self._redis().set(key, self.heartbeat().encode(), ex=self.heartbeat_ttl_s)
         except Exception as exc:
             if self._redis_ok:
                 log.warning("heartbeat not written", extra=fields(key=key, error=str(exc)))

@@ -30,7 +30,6 @@ import redis
 from stream_ae.cli import model as model_cmd
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.model.artifacts import (
-    CHAMPION_POINTER,
     MANIFEST,
     MODEL_FILE,
     CalibrationSet,
@@ -41,10 +40,10 @@ from stream_ae.model.artifacts import (
 )
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec, as_output_list, build_model, split_window
+from stream_ae.model.registry import CHAMPION_POINTER, MODELS_CHANNEL, Heartbeat, heartbeat_key
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import WorkerMetrics
-from stream_ae.worker.swap import MODELS_CHANNEL, ModelManager, heartbeat_key
-from training.registry import MODELS_CHANNEL as REGISTRY_CHANNEL
+from stream_ae.worker.swap import ModelManager
 from training.registry import Registry, redis_notifier, write_atomic
 
 NAME = "hs"
@@ -221,10 +220,6 @@ def manager_factory(
 
 
 # --- unit: swapping, refusing, rolling back ---------------------------------------------
-
-
-def test_the_channel_is_the_registrys() -> None:
-    assert MODELS_CHANNEL == REGISTRY_CHANNEL
 
 
 def test_a_new_version_takes_effect_only_between_batches(
@@ -649,19 +644,18 @@ def test_heartbeat_reports_the_model_and_expires(
     manager.refresh()
     assert manager.write_heartbeat()
     key = heartbeat_key(manager.settings.redis_key_prefix, manager.worker_id)
-    beat = json.loads(redis_client.get(key) or b"{}")
-    assert {
-        k: beat[k] for k in ("worker_id", "group", "model", "version", "swaps", "failures")
-    } == {
-        "worker_id": manager.worker_id,
-        "group": manager.settings.group_id,
-        "model": NAME,
-        "version": v2,
-        "swaps": 1,
-        "failures": 1,
-    }
-    assert beat["previous_version"] == v1 and beat["refused"]["version"] == bad
-    datetime.fromisoformat(beat["updated_at"])
+    beat = Heartbeat.decode(redis_client.get(key) or b"")
+    assert (beat.worker_id, beat.group, beat.model, beat.version, beat.swaps, beat.failures) == (
+        manager.worker_id,
+        manager.settings.group_id,
+        NAME,
+        v2,
+        1,
+        1,
+    )
+    assert beat.previous_version == v1 and beat.refused is not None
+    assert beat.refused.version == bad and beat.refused.result == "refused_invalid"
+    datetime.fromisoformat(beat.updated_at)
     assert 0 < redis_client.ttl(key) <= 6
     manager.close()
     assert redis_client.exists(key) == 0
@@ -1087,10 +1081,10 @@ def test_rollback_returns_every_worker_to_the_previous_version(
     load = Load(broker.bootstrap_servers, settings.input_topics[0])
 
     def group_versions() -> list[Any]:
-        beats = model_cmd.read_heartbeats(
+        beats, _ = model_cmd.read_heartbeats(
             redis_client, settings.redis_key_prefix, settings.group_id
         )
-        return sorted(b["version"] for b in beats)
+        return sorted(b.version for b in beats)
 
     v1 = runs[0].manager.version
     try:

@@ -13,12 +13,13 @@ import redis
 
 from stream_ae.errors import ArtifactError
 from stream_ae.model.artifacts import load_artifact, read_manifest, save_artifact
+from stream_ae.model.registry import MODELS_CHANNEL
 from stream_ae_dev.devstack import RedisProcess
 from tests.training_helpers import TINY_FIT, sine_series, tiny_spec, write_fake_artifact
 from training.fit import FitResult, fit_series
 from training.gate import GateConfig, GateMetrics, decide, evaluate_artifact
 from training.refit import publish_gated
-from training.registry import MODELS_CHANNEL, Registry, redis_notifier
+from training.registry import Registry, redis_notifier
 
 
 def _fake(registry: Registry, name: str, version: str, pause_s: float = 0.0) -> str:
