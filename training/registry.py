@@ -310,7 +310,11 @@ class Registry:
             raise ArtifactError(f"{name}/{version} is not a published version")
         read_manifest(folder, verify=True)
         with self._lock(name):
-            previous = self.champion(name)
+            try:
+                previous = self.champion(name)
+            except ArtifactError as exc:  # a bad pointer is what a promotion puts right
+                log.warning("replacing an invalid champion pointer: %s", exc)
+                previous = None
             write_atomic(self.model_dir(name) / CHAMPION_POINTER, version + "\n")
             self._append_history(
                 name,

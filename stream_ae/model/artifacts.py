@@ -25,13 +25,16 @@ from typing import Any, Literal
 import numpy as np
 
 from stream_ae.core.scoring import Calibration
-from stream_ae.errors import ArtifactError
+from stream_ae.errors import ArtifactError, IncompatibleModelError
 from stream_ae.model.network import ModelSpec
 
 ARTIFACT_FORMAT = "stream-ae.artifact/v1"
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 _JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
+# Every file the loader reads: the manifest must hash each of them, or a changed file that it
+# leaves out would load unchecked.
+LOADED_FILES = (MODEL_FILE, *_JSON_FILES)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,54 @@ class Artifact:
     manifest: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StateShape:
+    """What a model needs of the window states: their length and the features they hold, in
+    order. Two models can share the window states (swap one for the other) only when their
+    shapes are equal.
+
+    >>> StateShape(16, ("value",)).describe()
+    "window 16 x ['value']"
+    """
+
+    window: int
+    feature_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> StateShape:
+        return cls(spec.window, tuple(spec.feature_names))
+
+    @classmethod
+    def of_manifest(cls, manifest: dict[str, Any]) -> StateShape:
+        """The shape a manifest declares (read before paying for a Keras load)."""
+        try:
+            return cls(int(manifest["window"]), tuple(str(f) for f in manifest["features"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest without a valid window and features: {exc}") from None
+
+    def describe(self) -> str:
+        return f"window {self.window} x {list(self.feature_names)}"
+
+
+def check_compatible(candidate: StateShape, running: StateShape, where: str) -> None:
+    """The one compatibility check of a model against the window states in use (the running
+    model's, or the stored states' at start-up): :class:`IncompatibleModelError` unless the
+    window length and the features are the same.
+
+    >>> check_compatible(StateShape(16, ("v",)), StateShape(16, ("v",)), "m/2")
+    >>> check_compatible(StateShape(24, ("v",)), StateShape(16, ("v",)), "m/2")
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.IncompatibleModelError: m/2: window 24 x ['v'] differs from ...
+    """
+    if candidate != running:
+        raise IncompatibleModelError(
+            f"{where}: {candidate.describe()} differs from {running.describe()} in use (a "
+            "new window shape needs new window states: roll it out as a new worker group, "
+            "see docs/operations.md)"
+        )
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -161,7 +212,7 @@ def save_artifact(
     _write_json(directory / "metrics.json", metrics or {})
     import keras
 
-    files = {fname: sha256_file(directory / fname) for fname in (MODEL_FILE, *_JSON_FILES)}
+    files = {fname: sha256_file(directory / fname) for fname in LOADED_FILES}
     _write_json(
         directory / MANIFEST,
         {
@@ -180,7 +231,10 @@ def save_artifact(
 
 
 def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
-    """The manifest of an artifact, after checking every file's sha256 (``verify``)."""
+    """The manifest of an artifact, after checking every file's sha256 (``verify``).
+
+    A manifest that does not list every file the loader reads (:data:`LOADED_FILES`) is
+    refused, verified or not: what it leaves out could be changed unnoticed."""
     path = Path(directory) / MANIFEST
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
@@ -194,8 +248,17 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(
             f"{path}: format {manifest.get('format')!r}, expected {ARTIFACT_FORMAT}"
         )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path}: no 'files' table of sha256 digests")
+    unlisted = [fname for fname in LOADED_FILES if fname not in files]
+    if unlisted:
+        raise ArtifactError(
+            f"{path}: does not list {', '.join(unlisted)}; every file the loader reads must "
+            "be listed with its sha256"
+        )
     if verify:
-        for fname, expected in manifest.get("files", {}).items():
+        for fname, expected in files.items():
             file_path = Path(directory) / fname
             if not file_path.is_file():
                 raise ArtifactError(f"{directory}: {fname} is missing")
@@ -227,21 +290,18 @@ def read_metadata(
     return manifest, spec, scaling, calibration, metrics
 
 
-def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
+def load_artifact(directory: Path, expect: StateShape | ModelSpec | None = None) -> Artifact:
     """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
 
-    ``expect``: the running model's spec; the new one must have the same window and features
-    (a different shape would need new window states, see docs/operations.md).
+    ``expect``: the shape of the window states in use (or the spec of the model using them);
+    the new model must have the same (:func:`check_compatible`, else
+    :class:`IncompatibleModelError`).
     """
     directory = Path(directory)
     manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
-    if expect is not None and (
-        spec.window != expect.window or spec.feature_names != expect.feature_names
-    ):
-        raise ArtifactError(
-            f"{directory}: window {spec.window} x {list(spec.feature_names)} differs from the "
-            f"running model's {expect.window} x {list(expect.feature_names)}"
-        )
+    if expect is not None:
+        running = expect if isinstance(expect, StateShape) else StateShape.of(expect)
+        check_compatible(StateShape.of(spec), running, str(directory))
     if len(scaling.mean) != spec.features or calibration.default.error_mean.shape != (
         spec.features,
     ):

@@ -381,6 +381,27 @@ def test_a_refused_version_is_retried_only_when_the_pointer_comes_back(
     assert manager.version == v3 and manager.last_refusal is None
 
 
+def test_a_pointer_leaving_the_registry_is_not_followed(
+    tmp_path: Path,
+    registry: Registry,
+    manager_factory: Callable[..., ModelManager],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = manager_factory()
+    v1 = manager.version
+    # A valid, newer artifact outside the registry, where ../../ would lead.
+    write_artifact(tmp_path / "elsewhere", "evil", seed=1)
+    flip(registry.root, "../../elsewhere")
+    with caplog.at_level(logging.ERROR, logger="stream_ae.worker.swap"):
+        assert manager.refresh() == "no_pointer"
+    assert any("plain name" in r.getMessage() for r in caplog.records)
+    manager.between_batches()
+    assert manager.version == v1 and manager.staged_version is None
+    # Once the pointer is put right, the worker follows it again.
+    v2 = publish(registry)
+    assert manager.refresh() == "staged" and manager.staged_version == v2
+
+
 def test_rollback_swaps_back_to_the_kept_previous_model(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
@@ -447,7 +468,7 @@ def test_without_recycling_retired_models_are_freed(
     for _ in range(3):
         publish(registry)
         manager.refresh()
-        models.append(weakref.ref(manager._staged.artifact.model))  # type: ignore[union-attr]
+        models.append(weakref.ref(manager.slots.staged.artifact.model))  # type: ignore[union-attr]
         manager.between_batches()
     manager.release_retired()
     gc.collect()
@@ -497,13 +518,13 @@ def test_a_prepared_spare_serves_the_first_swap(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory(start=True, manager_kw={"prepare_spare": True})
-    wait_until(lambda: manager._spare is not None, what="the spare")
-    spare = manager._spare.artifact.model  # type: ignore[union-attr]
+    wait_until(lambda: manager.slots.spare is not None, what="the spare")
+    spare = manager.slots.spare.artifact.model  # type: ignore[union-attr]
     v1 = publish(registry, seed=1)
     manager.request_check()
     wait_until(lambda: manager.staged_version == v1, what="the staged model")
     manager.between_batches()
-    assert manager.current().artifact.model is spare and manager._spare is None
+    assert manager.current().artifact.model is spare and manager.slots.spare is None
 
 
 def test_a_staged_model_is_never_overwritten(
@@ -515,14 +536,14 @@ def test_a_staged_model_is_never_overwritten(
     manager.refresh()
     manager.between_batches()
     registry.rollback(NAME)  # stages the previous model (v0) ...
-    assert manager.refresh() == "staged" and manager._staged is first
+    assert manager.refresh() == "staged" and manager.slots.staged is first
     # Not zeros: an untrained LSTM's output for a zero input does not depend on its weights.
     windows = np.sin(np.arange(2 * 16, dtype=np.float32) / 3.0).reshape(2, 16, 1)
     before = first.predict(windows)[0]
     v2 = publish(registry, seed=2)  # ... which must not be recycled for v2 before its swap
     assert manager.refresh() == "staged"
-    assert manager._staged is not first
-    assert manager._staged.artifact.model is not first.artifact.model
+    assert manager.slots.staged is not first
+    assert manager.slots.staged.artifact.model is not first.artifact.model
     np.testing.assert_array_equal(first.predict(windows)[0], before)
     manager.between_batches()
     assert manager.version == v2 and v0 != v2
@@ -537,7 +558,7 @@ def test_rollback_stays_instant_after_recycling(
         manager.refresh()
         manager.between_batches()
         manager.release_retired()
-    previous = manager._previous
+    previous = manager.slots.previous
     rolled_back_to = registry.rollback(NAME)
     assert manager.refresh() == "staged"
     manager.between_batches()
@@ -551,7 +572,7 @@ def test_a_new_architecture_is_loaded_fresh(
     publish(registry, seed=1)
     manager.refresh()
     manager.between_batches()
-    previous = manager._previous
+    previous = manager.slots.previous
     assert previous is not None
     old_models = {manager.current().artifact.model, previous.artifact.model}
     v3 = publish(registry, ModelSpec(window=16, hidden=4))
@@ -571,7 +592,7 @@ def test_a_single_artifact_path_is_never_swapped(
     manager = ModelManager(settings, scorer, redis_client=redis_client, freeze_gc=False, start=True)
     try:
         assert manager.registry_root is None
-        assert [t.name for t in manager._threads] == ["model-watch"]  # heartbeat only
+        assert [t.name for t in manager.watcher._threads] == ["model-watch"]  # heartbeat only
         wait_until(
             lambda: (
                 redis_client.exists(heartbeat_key(settings.redis_key_prefix, manager.worker_id))

@@ -42,7 +42,10 @@ def test_publish_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
 
     def reader() -> None:
         nonlocal reads
-        while not done.is_set():
+        last_pass = False
+        while not last_pass:
+            # One more full pass after the writer is done: it must see the last version.
+            last_pass = done.is_set()
             try:
                 champion = registry.champion("m")
                 if champion is not None:
