@@ -874,7 +874,7 @@ def add_list(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from training.registry import Registry
+    from training.registry import Registry, format_versions
 
     registry, name = Registry(_registry_root(args)), _model_name(args)
     versions = registry.list_versions(name)
@@ -891,13 +891,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not versions:
         print(f"{registry.root / name}: no versions")
         return 0
-    print(f"{'version':<26} {'status':<10} {'kind':<12} {'window':>6} {'val_loss':>9}  reason")
-    for v in versions:
-        loss = v.metrics.get("val_loss")
-        loss_text = f"{loss:.4g}" if isinstance(loss, int | float) else "-"
-        print(
-            f"{v.version:<26} {v.status:<10} {v.kind:<12} {v.window:>6} {loss_text:>9}  {v.reason}"
-        )
+    print(format_versions(versions))
     if args.history:
         for entry in registry.history(name):
             print(f"{entry['at']}  {entry['event']:<8} {entry['version']}  ({entry['reason']})")
