@@ -35,7 +35,7 @@ class Follower(Protocol):
 
     def write_heartbeat(self) -> bool: ...
 
-    def prepare_spare(self) -> None: ...
+    def make_spare(self) -> None: ...
 
     def release_retired(self) -> int: ...
 
@@ -52,7 +52,7 @@ class RegistryWatcher:
         poll_interval_s, heartbeat_interval_s: the two cadences of the watch thread.
         reload_jitter_s: the largest random delay before a load.
         retry_backoff_max_s: the longest wait between two subscriptions to the channel.
-        prepare_spare: call ``follower.prepare_spare()`` once, after the first heartbeat.
+        prepare_spare: call ``follower.make_spare()`` once, after the first heartbeat.
         seed: seed of the jitter's random generator.
     """
 
@@ -129,7 +129,7 @@ class RegistryWatcher:
                     next_beat = time.monotonic() + self.heartbeat_interval_s
                 if spare_pending:  # after the first heartbeat: status lists the worker at once
                     spare_pending = False
-                    self.follower.prepare_spare()
+                    self.follower.make_spare()
                 self.follower.release_retired()
                 if self._check_requested.is_set() or time.monotonic() >= next_poll:
                     self._check_requested.clear()

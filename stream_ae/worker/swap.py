@@ -115,6 +115,7 @@ class ModelManager:
         poll_interval_s = settings.model_poll_interval_s
         self._redis_client = redis_client
         self.slots = ModelSlots(scorer, recycle=recycle_models)
+        self.prepare_spare = prepare_spare and recycle_models
         self._refresh_lock = threading.Lock()  # one load at a time
         self.swaps = 0
         self.failures = 0
@@ -140,7 +141,7 @@ class ModelManager:
                 min(2.0, poll_interval_s / 4) if reload_jitter_s is None else reload_jitter_s
             ),
             retry_backoff_max_s=settings.retry_backoff_max_s,
-            prepare_spare=prepare_spare and recycle_models,
+            prepare_spare=self.prepare_spare,
             seed=seed,
         )
 
@@ -215,7 +216,7 @@ class ModelManager:
         """Re-read the champion pointer now (what a notification does)."""
         self.watcher.request_check()
 
-    def prepare_spare(self) -> None:
+    def make_spare(self) -> None:
         """A second, warm copy of the running model, for the first swap to recycle."""
         started = time.perf_counter()
         try:
