@@ -63,6 +63,7 @@ class WorkerMetrics:
         )
         self.last_loop_ts = time.monotonic()
         self.ready = False
+        self.not_ready_reason = ""  # why the worker cannot become ready, shown by /readyz
 
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()
@@ -96,10 +97,11 @@ class HealthServer:
                     ok = age < outer.stale_after_s
                     self._reply(200 if ok else 503, f"loop age {age:.1f}s\n".encode())
                 elif self.path == "/readyz":
-                    self._reply(
-                        200 if metrics.ready else 503,
-                        b"ready\n" if metrics.ready else b"not ready\n",
+                    reason = metrics.not_ready_reason
+                    text = (
+                        "ready" if metrics.ready else "not ready" + (f": {reason}" * bool(reason))
                     )
+                    self._reply(200 if metrics.ready else 503, f"{text}\n".encode())
                 else:
                     self._reply(404, b"not found\n")
 

@@ -10,6 +10,9 @@ did is read from the outside only:
 - ``/metrics``: ``stream_ae_model_swaps_total`` by result and ``stream_ae_model_info``;
 - its heartbeat in Redis (what ``stream-ae model status`` lists), and the window states.
 
+A worker restarted after the champion moved to a model that does not fit the stored window
+states refuses it at start-up, as it would on a swap, and ``/readyz`` says why.
+
 The hand-driven manager's cases (recycling, jitter, memory) are in ``test_hotswap.py``.
 """
 
@@ -26,7 +29,9 @@ import redis
 
 from stream_ae.cli.model import read_heartbeats
 from stream_ae.io.window_store import RedisWindowStore
+from stream_ae.model.artifacts import StateShape
 from stream_ae.model.network import ModelSpec
+from stream_ae.worker.state_shape import check_stored_states
 from tests.helpers import WorkerProcess, metric_value, wait_until
 from tests.hotswap_helpers import NAME, SPEC, Load, corrupt_version, publish, read_all
 from training.registry import Registry, redis_notifier
@@ -87,17 +92,12 @@ class Observed:
         )
 
 
-def test_the_shipped_worker_swaps_rolls_back_and_refuses_while_events_flow(
-    tmp_path: Path,
-    broker: Any,
-    redis_server: Any,
-    redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
-) -> None:
-    registry = Registry(tmp_path / "registry", notifier=redis_notifier(redis_server.url))
-    v1 = publish(registry)
+def worker_settings(
+    registry: Registry, broker: Any, redis_server: Any, topic_factory: Callable[..., str]
+) -> dict[str, Any]:
+    """The settings of one test's worker, following ``registry`` (fresh topics, group, prefix)."""
     tag = uuid.uuid4().hex[:8]
-    config: dict[str, Any] = {
+    return {
         "bootstrap_servers": broker.bootstrap_servers,
         "redis_url": redis_server.url,
         "model_path": str(registry.root),
@@ -123,6 +123,18 @@ def test_the_shipped_worker_swaps_rolls_back_and_refuses_while_events_flow(
         "log_format": "text",
         "log_level": "INFO",
     }
+
+
+def test_the_shipped_worker_swaps_rolls_back_and_refuses_while_events_flow(
+    tmp_path: Path,
+    broker: Any,
+    redis_server: Any,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+) -> None:
+    registry = Registry(tmp_path / "registry", notifier=redis_notifier(redis_server.url))
+    v1 = publish(registry)
+    config = worker_settings(registry, broker, redis_server, topic_factory)
     worker = WorkerProcess(config, tmp_path / "worker.log").start()
     seen = Observed(worker, broker.bootstrap_servers, config["alerts_topic"])
     load: Load | None = None
@@ -205,3 +217,42 @@ def test_the_shipped_worker_swaps_rolls_back_and_refuses_while_events_flow(
     assert {s: st.count if st else 0 for s, st in states.items()} == load.sent
     # A stopped worker leaves no heartbeat behind.
     assert read_heartbeats(redis_client, config["redis_key_prefix"]) == ([], [])
+
+
+def test_a_champion_that_does_not_fit_the_stored_states_is_refused_at_start_up(
+    tmp_path: Path,
+    broker: Any,
+    redis_server: Any,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+) -> None:
+    """A worker restarted after ``CHAMPION`` moved (by force) to a model of another window
+    size: it must not load it over the states of the old one. It stays alive and not ready,
+    ``/readyz`` says why, and it comes up when the pointer is put right."""
+    registry = Registry(tmp_path / "registry")
+    v1 = publish(registry)
+    config = worker_settings(registry, broker, redis_server, topic_factory)
+    # The states a worker on v1 left (their shape is recorded beside them).
+    check_stored_states(
+        redis_client, config["redis_key_prefix"], StateShape.of(SPEC), "the first worker"
+    )
+    wide = publish(registry, ModelSpec(window=24, hidden=8), force=True)
+    worker = WorkerProcess(config, tmp_path / "worker.log").start()
+    try:
+        wait_until(
+            lambda: worker.get("/readyz")[0] == 503 and "differs" in worker.get("/readyz")[1],
+            120,
+            "/readyz to say why the worker cannot start",
+            on_timeout=worker.tail,
+        )
+        status, body = worker.get("/readyz")
+        assert status == 503 and f"model {NAME}/{wide}" in body
+        assert "window 24 x ['value'] differs from window 16 x ['value']" in body
+        assert worker.get("/healthz")[0] == 200  # alive: waiting, not crash-looping
+        # Forced as the promotion was: the registry compares with its champion (window 24).
+        assert registry.rollback(NAME, force=True) == v1
+        worker.wait_ready()
+        assert worker.get("/readyz") == (200, "ready\n")
+    finally:
+        worker.stop()
+    assert worker.returncode == 0, worker.tail()
