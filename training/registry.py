@@ -45,6 +45,7 @@ from stream_ae.model.registry import (
     is_artifact,
     model_dir,
     read_champion,
+    resolve_version,
     version_dir,
     version_names,
 )
@@ -353,34 +354,15 @@ class Registry:
         log.warning("rejected %s/%s: %s", name, version, reason)
 
     def resolve(self, name: str, ref: str) -> str:
-        """The version ``ref`` names: a version itself, ``latest`` (the newest published),
-        ``previous`` (the champion a rollback would return to), or a unique prefix of one.
-        :class:`ArtifactError` says why when it names none, or several."""
-        published = [v for v in self.versions(name) if is_artifact(self.path(name, v))]
-        if ref in published:
-            return ref
-        if ref == "latest":
-            if not published:
-                raise ArtifactError(f"{name}: no published version, so no 'latest'")
-            return published[-1]
-        if ref == "previous":
+        """The version ``ref`` names: what :func:`resolve_version` accepts (a version,
+        ``latest``, a unique prefix), or ``previous`` (the champion a rollback would return
+        to)."""
+        if ref == "previous" and not is_artifact(self.path(name, ref)):
             stack = self.champion_stack(name)
             if len(stack) < 2:
                 raise ArtifactError(f"{name}: no earlier champion, so no 'previous'")
             return stack[-2]
-        matches = [v for v in published if v.startswith(ref)] if ref else []
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-            raise ArtifactError(
-                f"{name}: {ref!r} is the prefix of {len(matches)} versions ({shown}); "
-                "give more of it"
-            )
-        raise ArtifactError(
-            f"{name}: no published version {ref!r} (nor a prefix of one; 'latest' and "
-            "'previous' also work)"
-        )
+        return resolve_version(self.root, name, ref)
 
     def promote(
         self,

@@ -26,6 +26,7 @@ from stream_ae.model.registry import (
     heartbeat_pattern,
     is_artifact,
     read_champion,
+    resolve_version,
     version_dir,
 )
 
@@ -97,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model name when PATH is a registry root (default: STREAM_AE_MODEL_NAME)",
     )
     show.add_argument(
-        "--version", help="version when PATH is a registry root (default: the champion)"
+        "--version",
+        help="version when PATH is a registry root: a version, a unique prefix of one, or "
+        "'latest' (default: the champion)",
     )
     show.add_argument(
         "--no-verify",
@@ -263,7 +266,11 @@ def _show(args: argparse.Namespace) -> int:
             from stream_ae.settings import load_settings
 
             name = load_settings().model_name
-        version = args.version or read_champion(directory, name)
+        version = (
+            resolve_version(directory, name, args.version)
+            if args.version
+            else read_champion(directory, name)
+        )
         if version is None:
             print(
                 f"stream-ae model show: {directory} is neither an artifact nor a registry with "

@@ -89,6 +89,31 @@ def version_names(root: Path, name: str) -> list[str]:
     )
 
 
+def resolve_version(root: Path, name: str, ref: str) -> str:
+    """The published version of model ``name`` that ``ref`` names: the version itself,
+    ``latest`` (the newest published), or a unique prefix of one (versions are long
+    timestamps). :class:`ArtifactError` says why when it names none, or several.
+    (``previous`` needs the champion history: ``training.registry.Registry.resolve``.)"""
+    published = [v for v in version_names(root, name) if is_artifact(version_dir(root, name, v))]
+    if ref in published:
+        return ref
+    if ref == "latest":
+        if not published:
+            raise ArtifactError(f"{name}: no published version, so no 'latest'")
+        return published[-1]
+    matches = [v for v in published if v.startswith(ref)] if ref else []
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise ArtifactError(
+            f"{name}: {ref!r} is the prefix of {len(matches)} versions ({shown}); give more of it"
+        )
+    raise ArtifactError(
+        f"{name}: no published version {ref!r} (nor a prefix of one; 'latest' also works)"
+    )
+
+
 def read_champion(root: Path, name: str) -> str | None:
     """The champion version of model ``name``, or None when there is no pointer (yet).
 

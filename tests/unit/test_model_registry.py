@@ -25,6 +25,7 @@ from stream_ae.model.registry import (
     Refusal,
     read_champion,
     resolve_artifact_dir,
+    resolve_version,
     version_dir,
     version_names,
 )
@@ -148,3 +149,15 @@ def test_a_heartbeat_round_trips_and_garbage_is_refused() -> None:
     for raw in (b"not json", b"[]", b'{"worker_id": "w"}', b""):
         with pytest.raises(ValueError, match="not a heartbeat"):
             Heartbeat.decode(raw)
+
+
+def test_a_version_resolves_by_name_latest_or_unique_prefix(tmp_path: Path) -> None:
+    for version in ("20260101T0900-a", "20260101T1000-b"):
+        _artifact(tmp_path, version)
+    (tmp_path / NAME / "20260102T0000-partial").mkdir()  # no manifest: never resolved
+    assert resolve_version(tmp_path, NAME, "latest") == "20260101T1000-b"
+    assert resolve_version(tmp_path, NAME, "20260101T09") == "20260101T0900-a"
+    with pytest.raises(ArtifactError, match="prefix of 2 versions"):
+        resolve_version(tmp_path, NAME, "2026")
+    with pytest.raises(ArtifactError, match="no published version '20260102'"):
+        resolve_version(tmp_path, NAME, "20260102")
