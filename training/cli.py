@@ -838,17 +838,11 @@ def add_promote(parser: argparse.ArgumentParser) -> None:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from stream_ae.errors import ArtifactError
-
     registry, name = _registry(args), _model_name(args)
-    record = registry.decision(name, args.version)
-    if record.get("status") == "rejected" and not args.allow_rejected:
-        raise ArtifactError(
-            f"{name}/{args.version} was rejected ({record.get('reason')}); "
-            "add --allow-rejected to promote it anyway"
-        )
-    registry.promote(name, args.version, reason=args.reason)
-    print(f"{name}: champion is now {args.version}")
+    version = registry.promote(
+        name, args.version, reason=args.reason, allow_rejected=args.allow_rejected
+    )
+    print(f"{name}: champion is now {version}")
     return 0
 
 

@@ -372,6 +372,7 @@ class Registry:
         reason: str = "promoted",
         gate: dict[str, Any] | None = None,
         force: bool = False,
+        allow_rejected: bool = False,
         event: str = "promote",
     ) -> str:
         """Make ``version`` (anything :meth:`resolve` accepts) the champion: verify it, check
@@ -380,10 +381,17 @@ class Registry:
         A version whose window or features differ from the champion's would be refused by every
         running worker (it needs new window states): :class:`IncompatibleModelError`, unless
         ``force`` (for a registry that new workers start from, after the old group is gone).
+        A candidate the gate rejected is refused unless ``allow_rejected``.
         """
         version = self.resolve(name, version)
         folder = self.path(name, version)
         manifest = read_manifest(folder, verify=True)
+        record = self.decision(name, version)
+        if record.get("status") == "rejected" and not allow_rejected:
+            raise ArtifactError(
+                f"{name}/{version} was rejected ({record.get('reason')}); allow rejected "
+                "versions (--allow-rejected) to promote it anyway"
+            )
         with self._lock(name):
             try:
                 previous = self.champion(name)
@@ -397,7 +405,7 @@ class Registry:
                 {"event": event, "version": version, "previous": previous, "reason": reason},
             )
             # A promotion by hand keeps the gate's figures of an earlier decision.
-            gate = gate or self.decision(name, version).get("gate")
+            gate = gate or record.get("gate")
             self._record(
                 name,
                 version,

@@ -198,8 +198,10 @@ def test_list_shows_one_loss_in_one_unit_the_gate_and_the_status(tmp_path: Path)
     assert LOSS_UNIT in table
     row = next(line for line in table.splitlines() if line.startswith("v2"))
     assert row.split()[:6] == ["v2", "rejected", "reconstruct", "12", "3", "1"]
-    # Promoting the rejected one by hand keeps the gate's figures.
-    registry.promote("m", "v2", reason="by hand")
+    # A rejected one is promoted only when asked, and keeps the gate's figures.
+    with pytest.raises(ArtifactError, match="v2 was rejected"):
+        registry.promote("m", "v2", reason="by hand")
+    registry.promote("m", "v2", reason="by hand", allow_rejected=True)
     assert next(v for v in registry.list_versions("m") if v.version == "v2").loss == 3.0
 
 
