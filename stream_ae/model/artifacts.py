@@ -251,6 +251,9 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ArtifactError(f"{path}: no 'files' table of sha256 digests")
+    outside = [f for f in files if not isinstance(f, str) or "/" in f or f.startswith(".")]
+    if outside:
+        raise ArtifactError(f"{path}: lists {outside}: an artifact's files are plain names in it")
     unlisted = [fname for fname in LOADED_FILES if fname not in files]
     if unlisted:
         raise ArtifactError(

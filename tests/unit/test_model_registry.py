@@ -59,6 +59,15 @@ def test_a_manifest_must_list_every_file_the_loader_reads(omitted: str, tmp_path
         read_metadata(folder)
 
 
+def test_a_manifest_cannot_list_files_outside_its_artifact(tmp_path: Path) -> None:
+    folder = _artifact(tmp_path, "v1")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["../../elsewhere"] = "0" * 64
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="plain names"):
+        read_manifest(folder, verify=False)
+
+
 def test_a_complete_manifest_is_accepted_and_a_changed_file_refused(tmp_path: Path) -> None:
     folder = _artifact(tmp_path, "v1")
     assert set(read_manifest(folder)["files"]) == set(LOADED_FILES)
