@@ -34,8 +34,9 @@ from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
 from stream_ae.errors import ConfigError
 from stream_ae.io.window_store import InMemoryWindowStore
-from stream_ae.model.artifacts import load_artifact, resolve_artifact_dir
+from stream_ae.model.artifacts import load_artifact
 from stream_ae.model.inference import Scorer
+from stream_ae.model.registry import resolve_artifact_dir
 from stream_ae.worker.processor import StreamProcessor
 
 # The in-process "topic" and "partition" of events fed to a Detector (alerts name them).

@@ -34,6 +34,11 @@ class ArtifactError(StreamAEError):
     """A model artifact is missing, corrupt, or does not match what the caller expects."""
 
 
+class IncompatibleModelError(ArtifactError):
+    """A valid artifact that cannot replace the running model, or cannot use the stored window
+    states: its window length or features differ (it would need new window states)."""
+
+
 class StoreError(StreamAEError):
     """The window store cannot be reached or answered something unexpected."""
 

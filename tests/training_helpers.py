@@ -83,6 +83,7 @@ def write_fake_artifact(
         "version": version,
         "created_at": "2024-01-01T00:00:00+00:00",
         "window": 12,
+        "features": ["value"],
         "kind": "reconstruct",
         "files": {fname: hashlib.sha256(body).hexdigest() for fname, body in files.items()},
     }

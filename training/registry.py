@@ -1,12 +1,12 @@
-"""A filesystem model registry: versioned artifacts, a champion pointer, decisions, history.
+"""The model registry's write side: publish, promote, roll back, and the records behind ``list``.
 
-Layout under the registry root (the worker's ``STREAM_AE_MODEL_PATH``)::
+The layout, the champion pointer and the notification channel are the read side's
+(:mod:`stream_ae.model.registry`); this module adds the write side's records::
 
-    <name>/CHAMPION              one line: the champion's version (what workers load)
-    <name>/<version>/            an artifact (stream_ae.model.artifacts), immutable once there
     <name>/decisions/<version>.json   status of a version: candidate, rejected (with the reason)
     <name>/HISTORY.jsonl         every champion change (promote, rollback), append-only
     <name>/.staging-*            a publish in progress; readers ignore it
+    <name>/.lock                 serialises champion changes
 
 Publishing is atomic: the artifact is written into a staging directory next to its final
 place, every file and the directory are fsynced, its manifest is verified, and one
@@ -36,20 +36,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stream_ae.errors import ArtifactError
-from stream_ae.model.artifacts import (
+from stream_ae.errors import ArtifactError, IncompatibleModelError
+from stream_ae.model.artifacts import StateShape, check_compatible, new_version, read_manifest
+from stream_ae.model.registry import (
     CHAMPION_POINTER,
-    MANIFEST,
-    new_version,
+    DECISIONS_DIR,
+    MODELS_CHANNEL,
+    is_artifact,
+    model_dir,
     read_champion,
-    read_manifest,
+    resolve_version,
+    version_dir,
+    version_names,
 )
 
 log = logging.getLogger(__name__)
 
-MODELS_CHANNEL = "stream-ae.models"
 HISTORY_FILE = "HISTORY.jsonl"
-DECISIONS_DIR = "decisions"
 STAGING_PREFIX = ".staging-"
 LOCK_FILE = ".lock"
 
@@ -124,9 +127,21 @@ def redis_notifier(
     return notify
 
 
+# The one loss ``list`` shows: the gate's error, comparable across versions whatever their
+# scaling (a training loss is in the units of the model's own scaling, so two versions' losses
+# side by side would compare different units).
+LOSS_UNIT = "mean squared residual, in units of each window's running std (gate data)"
+
+
 @dataclass(frozen=True)
 class VersionInfo:
-    """One version of a model as ``list`` shows it."""
+    """One version of a model as ``list`` shows it.
+
+    ``loss`` and ``false_alert_rate`` are the gate's figures for this version (None when it
+    was never gated: a first champion, a forced promotion, a version published by hand), with
+    the champion's on the same data beside them (``champion_loss``,
+    ``champion_false_alert_rate``); ``loss`` is in :data:`LOSS_UNIT` for every version.
+    """
 
     version: str
     status: str  # champion, candidate, rejected, retired, incomplete
@@ -134,7 +149,11 @@ class VersionInfo:
     kind: str
     window: int
     reason: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
+    loss: float | None = None
+    false_alert_rate: float | None = None
+    champion_loss: float | None = None
+    champion_false_alert_rate: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # training counts and times
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,8 +163,48 @@ class VersionInfo:
             "kind": self.kind,
             "window": self.window,
             "reason": self.reason,
+            "loss": self.loss,
+            "loss_unit": LOSS_UNIT,
+            "false_alert_rate": self.false_alert_rate,
+            "champion_loss": self.champion_loss,
+            "champion_false_alert_rate": self.champion_false_alert_rate,
             "metrics": self.metrics,
         }
+
+
+def format_versions(versions: list[VersionInfo]) -> str:
+    """The table ``list`` prints: status, the gate's loss and false-alert rate (the
+    champion's at gate time in brackets), and the reason of the last decision."""
+    lines = [
+        f"{'version':<26} {'status':<10} {'kind':<12} {'window':>6} "
+        f"{'loss':>9} {'(champ)':>9} {'false %':>8} {'(champ)':>8}  reason",
+    ]
+    for v in versions:
+        lines.append(
+            f"{v.version:<26} {v.status:<10} {v.kind:<12} {v.window:>6} "
+            f"{_number(v.loss, '.4g'):>9} {_number(v.champion_loss, '.4g'):>9} "
+            f"{_number(v.false_alert_rate, '.3%'):>8} "
+            f"{_number(v.champion_false_alert_rate, '.3%'):>8}  {v.reason}"
+        )
+    lines.append(f"loss: {LOSS_UNIT}; '-': never gated")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _gate_figures(gate: Any) -> dict[str, float | None]:
+    """The figures of a gate decision record (``GateDecision.to_dict``), None where absent."""
+    gate = gate if isinstance(gate, dict) else {}
+    challenger = gate.get("challenger") or {}
+    champion = gate.get("champion") or {}
+    return {
+        "loss": challenger.get("error"),
+        "false_alert_rate": challenger.get("false_alert_rate"),
+        "champion_loss": champion.get("error"),
+        "champion_false_alert_rate": champion.get("false_alert_rate"),
+    }
 
 
 class Registry:
@@ -162,27 +221,18 @@ class Registry:
     # --- reading ----------------------------------------------------------------------------
 
     def model_dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ArtifactError(f"bad model name {name!r}")
-        return self.root / name
+        return model_dir(self.root, name)
 
     def path(self, name: str, version: str) -> Path:
-        return self.model_dir(name) / version
+        return version_dir(self.root, name, version)
 
     def champion(self, name: str) -> str | None:
         """The version the pointer names, or None."""
         return read_champion(self.root, name)
 
     def versions(self, name: str) -> list[str]:
-        """Published versions (complete artifact directories), oldest first."""
-        folder = self.model_dir(name)
-        if not folder.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and p.name != DECISIONS_DIR
-        )
+        """Published version folders (an incomplete one included), oldest first."""
+        return version_names(self.root, name)
 
     def decision(self, name: str, version: str) -> dict[str, Any]:
         """The status record of a version (``{}`` when it has none)."""
@@ -235,9 +285,10 @@ class Registry:
                     kind=str(manifest.get("kind", "")),
                     window=int(manifest.get("window", 0)),
                     reason=str(record.get("reason", "")),
+                    **_gate_figures(record.get("gate")),
                     metrics={
                         k: metrics[k]
-                        for k in ("val_loss", "train_windows", "epochs_run", "train_seconds")
+                        for k in ("train_windows", "epochs_run", "train_seconds")
                         if k in metrics
                     },
                 )
@@ -258,7 +309,7 @@ class Registry:
         version = version or new_version()
         folder = self.model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / version
+        final = self.path(name, version)
         if final.exists():
             raise ArtifactError(f"{final} already exists: versions are immutable")
         staging = folder / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
@@ -302,6 +353,17 @@ class Registry:
         self._record(name, version, {"status": "rejected", "reason": reason, "gate": gate})
         log.warning("rejected %s/%s: %s", name, version, reason)
 
+    def resolve(self, name: str, ref: str) -> str:
+        """The version ``ref`` names: what :func:`resolve_version` accepts (a version,
+        ``latest``, a unique prefix), or ``previous`` (the champion a rollback would return
+        to)."""
+        if ref == "previous" and not is_artifact(self.path(name, ref)):
+            stack = self.champion_stack(name)
+            if len(stack) < 2:
+                raise ArtifactError(f"{name}: no earlier champion, so no 'previous'")
+            return stack[-2]
+        return resolve_version(self.root, name, ref)
+
     def promote(
         self,
         name: str,
@@ -309,31 +371,59 @@ class Registry:
         *,
         reason: str = "promoted",
         gate: dict[str, Any] | None = None,
+        force: bool = False,
+        allow_rejected: bool = False,
         event: str = "promote",
-    ) -> None:
-        """Make ``version`` the champion: verify it, flip the pointer, log it, notify."""
+    ) -> str:
+        """Make ``version`` (anything :meth:`resolve` accepts) the champion: verify it, check
+        that running workers can take it, flip the pointer, log it, notify. Returns the version.
+
+        A version whose window or features differ from the champion's would be refused by every
+        running worker (it needs new window states): :class:`IncompatibleModelError`, unless
+        ``force`` (for a registry that new workers start from, after the old group is gone).
+        A candidate the gate rejected is refused unless ``allow_rejected``.
+        """
+        version = self.resolve(name, version)
         folder = self.path(name, version)
-        if not (folder / MANIFEST).is_file():
-            raise ArtifactError(f"{name}/{version} is not a published version")
-        read_manifest(folder, verify=True)
+        manifest = read_manifest(folder, verify=True)
+        record = self.decision(name, version)
+        if record.get("status") == "rejected" and not allow_rejected:
+            raise ArtifactError(
+                f"{name}/{version} was rejected ({record.get('reason')}); allow rejected "
+                "versions (--allow-rejected) to promote it anyway"
+            )
         with self._lock(name):
-            previous = self.champion(name)
+            try:
+                previous = self.champion(name)
+            except ArtifactError as exc:  # a bad pointer is what a promotion puts right
+                log.warning("replacing an invalid champion pointer: %s", exc)
+                previous = None
+            self._check_workers_can_take(name, version, manifest, previous, force)
             write_atomic(self.model_dir(name) / CHAMPION_POINTER, version + "\n")
             self._append_history(
                 name,
                 {"event": event, "version": version, "previous": previous, "reason": reason},
             )
+            # A promotion by hand keeps the gate's figures of an earlier decision.
+            gate = gate or record.get("gate")
             self._record(
                 name,
                 version,
                 {"status": "champion", "reason": reason} | ({"gate": gate} if gate else {}),
             )
-        log.info("%s: %s is the champion of %s (was %s)", event, version, name, previous)
+        if event == "rollback":
+            log.info("rolled back %s to %s (was %s): %s", name, version, previous, reason)
+        else:
+            log.info("promoted %s/%s to champion (was %s): %s", name, version, previous, reason)
         if self.notifier is not None:
             self.notifier(name, version)
+        return version
 
-    def rollback(self, name: str, to: str | None = None, reason: str = "rollback") -> str:
-        """Make the previous champion (or ``to``) the champion again; returns its version.
+    def rollback(
+        self, name: str, to: str | None = None, reason: str = "rollback", force: bool = False
+    ) -> str:
+        """Make the previous champion (or ``to``, anything :meth:`resolve` accepts) the
+        champion again; returns its version. ``force``: as in :meth:`promote`.
 
         History is a stack: a promotion pushes, a rollback pops, so rolling back twice goes two
         champions back rather than flipping between the last two.
@@ -343,8 +433,30 @@ class Registry:
             if len(stack) < 2:
                 raise ArtifactError(f"{name}: no earlier champion to roll back to")
             to = stack[-2]
-        self.promote(name, to, reason=reason, event="rollback")
-        return to
+        return self.promote(name, to, reason=reason, event="rollback", force=force)
+
+    def _check_workers_can_take(
+        self,
+        name: str,
+        version: str,
+        manifest: dict[str, Any],
+        champion: str | None,
+        force: bool,
+    ) -> None:
+        """The workers' own compatibility check (:func:`check_compatible`) of ``version``
+        against the champion they run; refused unless ``force``."""
+        if champion is None or champion == version:
+            return
+        running = StateShape.of_manifest(read_manifest(self.path(name, champion), verify=False))
+        try:
+            check_compatible(StateShape.of_manifest(manifest), running, f"{name}/{version}")
+        except IncompatibleModelError as exc:
+            if not force:
+                raise IncompatibleModelError(
+                    f"{exc}; running workers on champion {champion} would refuse it "
+                    "(force the promotion only for a group that starts afresh)"
+                ) from None
+            log.warning("promoting although running workers will refuse it (forced): %s", exc)
 
     def champion_stack(self, name: str) -> list[str]:
         """The champions a rollback would return to, oldest first, the current one last."""

@@ -1,9 +1,9 @@
 """``stream-ae model``: which model every worker runs, and what is inside an artifact.
 
-``stream-ae model status`` reads the workers' heartbeat keys in Redis
-(``<redis_key_prefix>:workers:<worker_id>``, written by :mod:`stream_ae.worker.swap` and expiring
-when a worker stops beating) and lists each live worker's model version, its swap and refusal
-counts, next to the champion the registry names.
+``stream-ae model status`` reads the workers' heartbeats in Redis (a
+:class:`~stream_ae.model.registry.Heartbeat` under ``<redis_key_prefix>:workers:<worker_id>``,
+written by the worker and expiring when it stops beating) and lists each live worker's model
+version, its swap and refusal counts, next to the champion the registry names.
 
 ``stream-ae model show PATH`` prints an artifact's manifest (with an integrity check of every
 file), its model spec, its scaling and, for the global calibration and every per-stream one, the
@@ -15,11 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from stream_ae.errors import ArtifactError, StreamAEError
+from stream_ae.model.registry import (
+    Heartbeat,
+    heartbeat_pattern,
+    is_artifact,
+    read_champion,
+    resolve_version,
+    version_dir,
+)
 
 # The fixed-width columns of ``model status``.
 _STATUS_COLUMNS = (
@@ -96,7 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model name when PATH is a registry root (default: STREAM_AE_MODEL_NAME)",
     )
     show.add_argument(
-        "--version", help="version when PATH is a registry root (default: the champion)"
+        "--version",
+        help="version when PATH is a registry root: a version, a unique prefix of one, or "
+        "'latest' (default: the champion)",
     )
     show.add_argument(
         "--no-verify",
@@ -119,29 +130,31 @@ def run(args: argparse.Namespace) -> int:
 # --- status --------------------------------------------------------------------------------
 
 
-def read_heartbeats(client: Any, prefix: str, group: str | None = None) -> list[dict[str, Any]]:
-    """Every live worker's heartbeat (sorted by group, then worker), optionally of one group."""
-    from stream_ae.worker.swap import WORKERS_KEY
-
-    keys = sorted(client.scan_iter(match=f"{prefix}{WORKERS_KEY}*", count=500))
+def read_heartbeats(
+    client: Any, prefix: str, group: str | None = None
+) -> tuple[list[Heartbeat], list[str]]:
+    """Every live worker's heartbeat (sorted by group, then worker), optionally of one group,
+    and the keys whose value is not a heartbeat."""
+    keys = sorted(client.scan_iter(match=heartbeat_pattern(prefix), count=500))
     if not keys:
-        return []
-    beats: list[dict[str, Any]] = []
+        return [], []
+    beats: list[Heartbeat] = []
+    unreadable: list[str] = []
     for key, raw in zip(keys, client.mget(keys), strict=True):
         if raw is None:  # expired between SCAN and MGET
             continue
         try:
-            beat = json.loads(raw)
+            beat = Heartbeat.decode(raw)
         except ValueError:
-            beat = {"worker_id": _text(key), "error": "unreadable heartbeat"}
-        if group is None or beat.get("group") == group:
+            unreadable.append(_text(key))
+            continue
+        if group is None or beat.group == group:
             beats.append(beat)
-    return sorted(beats, key=lambda b: (str(b.get("group")), str(b.get("worker_id"))))
+    return sorted(beats, key=lambda b: (b.group, b.worker_id)), unreadable
 
 
 def _status(args: argparse.Namespace) -> int:
     from stream_ae.io.window_store import connect_redis
-    from stream_ae.model.artifacts import read_champion
     from stream_ae.settings import load_settings
 
     overrides = {"redis_url": args.redis_url} if args.redis_url else {}
@@ -149,68 +162,63 @@ def _status(args: argparse.Namespace) -> int:
     prefix = args.key_prefix or settings.redis_key_prefix
     name = args.name or settings.model_name
     registry = args.registry or settings.model_path
-    champion = read_champion(registry, name) if registry is not None else None
+    champion = (
+        read_champion(registry, name)
+        if registry is not None and not is_artifact(registry)
+        else None
+    )
     client = connect_redis(settings)
     try:
-        beats = read_heartbeats(client, prefix, args.group)
+        beats, unreadable = read_heartbeats(client, prefix, args.group)
     except Exception as exc:
         print(f"stream-ae model status: cannot read {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
     if args.json:
-        print(json.dumps(beats, indent=2, sort_keys=True))
+        rows: list[dict[str, Any]] = [asdict(beat) for beat in beats]
+        rows += [{"key": key, "error": "unreadable heartbeat"} for key in unreadable]
+        print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if champion is not None:
         print(f"registry {registry}: champion of {name} is {champion}")
+    for key in unreadable:
+        print(f"{key}: unreadable heartbeat")
     if not beats:
         scope = f" in group {args.group}" if args.group else ""
-        print(f"no live workers{scope} (no {prefix}:workers:* heartbeat keys)")
+        print(f"no live workers{scope} (no {heartbeat_pattern(prefix)} heartbeat keys)")
         return 0
     print("  ".join(title.ljust(width) for title, width in _STATUS_COLUMNS) + "  note")
     now = datetime.now(UTC)
     for beat in beats:
+        age_s = beat.age_s(now)
         row = [
-            beat.get("worker_id"),
-            beat.get("group"),
-            beat.get("model"),
-            beat.get("version"),
-            beat.get("swaps"),
-            beat.get("failures"),
-            _age_s(beat.get("updated_at"), now),
+            beat.worker_id,
+            beat.group,
+            beat.model,
+            beat.version,
+            beat.swaps,
+            beat.failures,
+            "?" if age_s is None else f"{age_s:.0f}",
         ]
-        line = "  ".join(
-            str("-" if v is None else v).ljust(w)
-            for v, (_, w) in zip(row, _STATUS_COLUMNS, strict=True)
-        )
+        line = "  ".join(str(v).ljust(w) for v, (_, w) in zip(row, _STATUS_COLUMNS, strict=True))
         print(f"{line}  {_note(beat, champion)}".rstrip())
-    versions = {b.get("version") for b in beats}
+    versions = {b.version for b in beats}
     summary = f"{len(beats)} worker(s), {len(versions)} version(s)"
     if champion is not None:
-        behind = sum(1 for b in beats if b.get("version") != champion)
+        behind = sum(1 for b in beats if b.version != champion)
         summary += f", {behind} not on the champion"
     print(summary)
     return 0
 
 
-def _note(beat: dict[str, Any], champion: str | None) -> str:
+def _note(beat: Heartbeat, champion: str | None) -> str:
     notes = []
-    if beat.get("error"):
-        notes.append(str(beat["error"]))
-    refused = beat.get("refused")
-    if isinstance(refused, dict):
-        notes.append(f"refused {refused.get('version')} ({refused.get('result')})")
-    if champion is not None and beat.get("version") not in (None, champion):
+    if beat.refused is not None:
+        notes.append(f"refused {beat.refused.version} ({beat.refused.result})")
+    if champion is not None and beat.version != champion:
         notes.append("not on the champion")
     return "; ".join(notes)
-
-
-def _age_s(updated_at: Any, now: datetime) -> str:
-    try:
-        then = datetime.fromisoformat(str(updated_at))
-    except ValueError:
-        return "?"
-    return f"{(now - then).total_seconds():.0f}"
 
 
 def _text(value: Any) -> str:
@@ -257,17 +265,19 @@ def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from stream_ae.model.artifacts import MANIFEST, read_champion
-
     directory = Path(args.path)
-    if args.version or not (directory / MANIFEST).is_file():
+    if args.version or not is_artifact(directory):
         # A registry root: the named version, or the one its champion pointer names.
         name = args.name
         if name is None:
             from stream_ae.settings import load_settings
 
             name = load_settings().model_name
-        version = args.version or read_champion(directory, name)
+        version = (
+            resolve_version(directory, name, args.version)
+            if args.version
+            else read_champion(directory, name)
+        )
         if version is None:
             print(
                 f"stream-ae model show: {directory} is neither an artifact nor a registry with "
@@ -275,7 +285,7 @@ def _show(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        directory = directory / name / version
+        directory = version_dir(directory, name, version)
     try:
         info = describe_artifact(directory, verify=not args.no_verify)
     except ArtifactError as exc:

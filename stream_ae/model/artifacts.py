@@ -12,8 +12,7 @@ An artifact is a directory::
                          window score is the final score, as in artifacts before it existed
     manifest.json        name, version, sha256 of every file above; written last
 
-A registry root holds ``<name>/<version>/`` artifacts and a ``<name>/CHAMPION`` pointer (one
-line: the version) that workers follow; :func:`resolve_artifact_dir` accepts either.
+Where artifacts live in a registry, and which one is the champion: :mod:`stream_ae.model.registry`.
 """
 
 from __future__ import annotations
@@ -31,15 +30,17 @@ import numpy as np
 
 from stream_ae.core.postprocess import PostParams
 from stream_ae.core.scoring import Calibration
-from stream_ae.errors import ArtifactError
+from stream_ae.errors import ArtifactError, IncompatibleModelError
 from stream_ae.model.network import ModelSpec
 
 ARTIFACT_FORMAT = "stream-ae.artifact/v1"
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
-CHAMPION_POINTER = "CHAMPION"
 _JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
 DETECTOR_FILE = "detector.json"
+# Every file the loader always reads: the manifest must hash each of them, or a changed file
+# that it leaves out would load unchecked (detector.json, optional, is checked by read_post).
+LOADED_FILES = (MODEL_FILE, *_JSON_FILES)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,54 @@ class Artifact:
     post: PostParams | None = None  # the detector's post-processing (detector.json), if any
 
 
+@dataclass(frozen=True)
+class StateShape:
+    """What a model needs of the window states: their length and the features they hold, in
+    order. Two models can share the window states (swap one for the other) only when their
+    shapes are equal.
+
+    >>> StateShape(16, ("value",)).describe()
+    "window 16 x ['value']"
+    """
+
+    window: int
+    feature_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> StateShape:
+        return cls(spec.window, tuple(spec.feature_names))
+
+    @classmethod
+    def of_manifest(cls, manifest: dict[str, Any]) -> StateShape:
+        """The shape a manifest declares (read before paying for a Keras load)."""
+        try:
+            return cls(int(manifest["window"]), tuple(str(f) for f in manifest["features"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest without a valid window and features: {exc}") from None
+
+    def describe(self) -> str:
+        return f"window {self.window} x {list(self.feature_names)}"
+
+
+def check_compatible(candidate: StateShape, running: StateShape, where: str) -> None:
+    """The one compatibility check of a model against the window states in use (the running
+    model's, or the stored states' at start-up): :class:`IncompatibleModelError` unless the
+    window length and the features are the same.
+
+    >>> check_compatible(StateShape(16, ("v",)), StateShape(16, ("v",)), "m/2")
+    >>> check_compatible(StateShape(24, ("v",)), StateShape(16, ("v",)), "m/2")
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.IncompatibleModelError: m/2: window 24 x ['v'] differs from ...
+    """
+    if candidate != running:
+        raise IncompatibleModelError(
+            f"{where}: {candidate.describe()} differs from {running.describe()} in use (a "
+            "new window shape needs new window states: roll it out as a new worker group, "
+            "see docs/operations.md)"
+        )
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -227,11 +276,15 @@ def write_artifact(artifact: Artifact, directory: Path, *, version: str | None =
         name=artifact.name,
         version=version or artifact.version or None,
         metrics=artifact.metrics,
+        post=artifact.post,
     )
 
 
 def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
-    """The manifest of an artifact, after checking every file's sha256 (``verify``)."""
+    """The manifest of an artifact, after checking every file's sha256 (``verify``).
+
+    A manifest that does not list every file the loader reads (:data:`LOADED_FILES`) is
+    refused, verified or not: what it leaves out could be changed unnoticed."""
     path = Path(directory) / MANIFEST
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
@@ -245,8 +298,20 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(
             f"{path}: format {manifest.get('format')!r}, expected {ARTIFACT_FORMAT}"
         )
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{path}: no 'files' table of sha256 digests")
+    outside = [f for f in files if not isinstance(f, str) or "/" in f or f.startswith(".")]
+    if outside:
+        raise ArtifactError(f"{path}: lists {outside}: an artifact's files are plain names in it")
+    unlisted = [fname for fname in LOADED_FILES if fname not in files]
+    if unlisted:
+        raise ArtifactError(
+            f"{path}: does not list {', '.join(unlisted)}; every file the loader reads must "
+            "be listed with its sha256"
+        )
     if verify:
-        for fname, expected in manifest.get("files", {}).items():
+        for fname, expected in files.items():
             file_path = Path(directory) / fname
             if not file_path.is_file():
                 raise ArtifactError(f"{directory}: {fname} is missing")
@@ -257,30 +322,6 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
                     f"manifest says {expected[:12]}...)"
                 )
     return manifest
-
-
-def read_champion(registry_root: Path, name: str) -> str | None:
-    """The champion version the registry pointer names, or None."""
-    pointer = Path(registry_root) / name / CHAMPION_POINTER
-    try:
-        return pointer.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def resolve_artifact_dir(model_path: Path, model_name: str) -> Path:
-    """``model_path`` itself if it is an artifact, else the champion of ``model_name`` in the
-    registry rooted there."""
-    model_path = Path(model_path)
-    if (model_path / MANIFEST).is_file():
-        return model_path
-    version = read_champion(model_path, model_name)
-    if version is None:
-        raise ArtifactError(
-            f"{model_path} is neither an artifact (no {MANIFEST}) nor a registry with a "
-            f"champion for model {model_name!r} (no {model_name}/{CHAMPION_POINTER})"
-        )
-    return model_path / model_name / version
 
 
 def read_metadata(
@@ -316,22 +357,19 @@ def read_post(directory: Path, manifest: dict[str, Any]) -> PostParams | None:
         raise ArtifactError(f"{directory}: invalid {DETECTOR_FILE}: {exc}") from None
 
 
-def load_artifact(directory: Path, expect: ModelSpec | None = None) -> Artifact:
+def load_artifact(directory: Path, expect: StateShape | ModelSpec | None = None) -> Artifact:
     """Load and verify an artifact; :class:`ArtifactError` says precisely what is wrong.
 
-    ``expect``: the running model's spec; the new one must have the same window and features
-    (a different shape would need new window states, see docs/operations.md).
+    ``expect``: the shape of the window states in use (or the spec of the model using them);
+    the new model must have the same (:func:`check_compatible`, else
+    :class:`IncompatibleModelError`).
     """
     directory = Path(directory)
     manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
     post = read_post(directory, manifest)
-    if expect is not None and (
-        spec.window != expect.window or spec.feature_names != expect.feature_names
-    ):
-        raise ArtifactError(
-            f"{directory}: window {spec.window} x {list(spec.feature_names)} differs from the "
-            f"running model's {expect.window} x {list(expect.feature_names)}"
-        )
+    if expect is not None:
+        running = expect if isinstance(expect, StateShape) else StateShape.of(expect)
+        check_compatible(StateShape.of(spec), running, str(directory))
     if len(scaling.mean) != spec.features or calibration.default.error_mean.shape != (
         spec.features,
     ):

@@ -10,17 +10,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from stream_ae.errors import ArtifactError, BrokerError, StoreError
 from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
-from stream_ae.io.window_store import RedisWindowStore
+from stream_ae.io.window_store import RedisWindowStore, connect_redis
 from stream_ae.logs import fields
-from stream_ae.model.artifacts import load_artifact, resolve_artifact_dir
+from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
+from stream_ae.model.registry import resolve_artifact_dir
 from stream_ae.settings import Settings
 from stream_ae.worker.loop import ModelSource, StaticModel, Worker
 from stream_ae.worker.metrics import WorkerMetrics
+from stream_ae.worker.state_shape import check_stored_states
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,9 +54,10 @@ def retry_until_up(
         backoff = min(backoff * 2, settings.retry_backoff_max_s)
 
 
-def load_scorer(settings: Settings) -> Scorer:
-    """The artifact named by the settings (an artifact dir, or a registry's champion)."""
-    directory = resolve_artifact_dir(settings.model_path, settings.model_name)
+def load_scorer(settings: Settings, directory: Path | None = None) -> Scorer:
+    """The artifact in ``directory``, by default the one the settings name (an artifact dir,
+    or a registry's champion), loaded and warm."""
+    directory = directory or resolve_artifact_dir(settings.model_path, settings.model_name)
     artifact = load_artifact(directory)
     if settings.window_size is not None and settings.window_size != artifact.spec.window:
         from stream_ae.errors import ConfigError
@@ -76,6 +80,26 @@ def build_model_source(settings: Settings, scorer: Scorer, metrics: WorkerMetric
     return ModelManager(settings, scorer, metrics)
 
 
+def check_model_fits_states(settings: Settings, directory: Path) -> None:
+    """The model in ``directory`` must fit the window states stored under the key prefix, as
+    a hot-swapped one must (:func:`~stream_ae.worker.state_shape.check_stored_states`): else
+    :class:`~stream_ae.errors.IncompatibleModelError`. Reads the manifest and checks the
+    files' sha256 only: the first start records the shape, so it must not come from a
+    corrupt artifact."""
+    manifest = read_manifest(directory, verify=True)
+    shape = StateShape.of_manifest(manifest)
+    model = f"model {manifest.get('name')}/{manifest.get('version')}"
+    client = connect_redis(settings)
+    try:
+        retry_until_up(
+            "Redis",
+            lambda: check_stored_states(client, settings.redis_key_prefix, shape, model),
+            settings,
+        )
+    finally:
+        client.close()
+
+
 def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
     """Load the model, waiting (alive, not ready) while the registry has none yet or the
     artifact is unreadable: a worker deployed before the first training run comes up when it
@@ -84,9 +108,15 @@ def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
     while True:
         metrics.heartbeat()
         try:
-            return load_scorer(settings)
-        except ArtifactError as exc:
+            directory = resolve_artifact_dir(settings.model_path, settings.model_name)
+            check_model_fits_states(settings, directory)  # before paying for the Keras load
+            scorer = load_scorer(settings, directory)
+        except ArtifactError as exc:  # IncompatibleModelError included: /readyz says why
+            metrics.not_ready_reason = str(exc)
             log.error("no usable model yet, waiting", extra=fields(error=str(exc), retry_s=backoff))
+        else:
+            metrics.not_ready_reason = ""
+            return scorer
         time.sleep(backoff)
         backoff = min(backoff * 2, settings.model_poll_interval_s)
 

@@ -124,7 +124,7 @@ class WorkerMetrics:
         """``(ready, why)``: the answer of ``/readyz``."""
         if self.ready:
             return True, "ready"
-        return False, f"not ready: {self.not_ready_reason}"
+        return False, f"not ready: {self.not_ready_reason or NOT_READY_DEFAULT}"
 
     def set_model(self, name: str, version: str) -> None:
         self.model_info.clear()

@@ -1,19 +1,15 @@
-"""Hot-swap of the model in running workers (stream_ae.worker.swap, ``stream-ae model``).
-
-Unit tests drive a :class:`ModelManager` by hand (``start=False``: :meth:`refresh` is what the
-watch thread calls); integration tests run real workers on the test broker and Redis while
-the registry's champion moves. Models are tiny (window 16, hidden 8) and never trained: what
-is tested is which model scores, not how well.
+"""Hot-swap of the model (stream_ae.worker.swap and its parts, ``stream-ae model``), driven by
+hand: a :class:`ModelManager` with ``start=False`` (:meth:`refresh` is what the watch thread
+calls), on a real registry and the test Redis. The shipped worker swapping under load is in
+``test_hotswap_worker.py``. Models: :mod:`tests.hotswap_helpers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import logging
-import threading
 import time
 import uuid
 import weakref
@@ -23,120 +19,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 import redis
 
 from stream_ae.cli import model as model_cmd
-from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.model.artifacts import (
-    CHAMPION_POINTER,
-    MANIFEST,
     MODEL_FILE,
-    CalibrationSet,
-    Scaling,
     load_artifact,
     save_artifact,
-    sha256_file,
 )
 from stream_ae.model.inference import Scorer
-from stream_ae.model.network import ModelSpec, as_output_list, build_model, split_window
+from stream_ae.model.network import ModelSpec
+from stream_ae.model.registry import CHAMPION_POINTER, MODELS_CHANNEL, Heartbeat, heartbeat_key
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import WorkerMetrics
-from stream_ae.worker.swap import MODELS_CHANNEL, ModelManager, heartbeat_key
-from training.registry import MODELS_CHANNEL as REGISTRY_CHANNEL
-from training.registry import Registry, redis_notifier, write_atomic
+from stream_ae.worker.swap import ModelManager
+from tests.hotswap_helpers import (
+    NAME,
+    SPEC,
+    corrupt_version,
+    flip,
+    model_parts,
+    new_version,
+    publish,
+    write_artifact,
+)
+from training.registry import Registry, redis_notifier
 
-NAME = "hs"
-SPEC = ModelSpec(window=16, hidden=8)
-# One bucket in unit tests: every freshly loaded model traces its graph once per bucket size
-# (seconds on this machine); the integration tests run the worker's real multi-bucket setup.
+# One bucket: every freshly loaded model traces its graph once per bucket size (seconds on
+# this machine); test_hotswap_worker.py runs the worker's real multi-bucket setup.
 BUCKETS = [16]
-
-
-# --- helpers: artifacts and a registry --------------------------------------------------
-
-
-@functools.cache
-def _parts(spec: ModelSpec, seed: int) -> tuple[Any, Scaling, CalibrationSet]:
-    """An untrained model of ``spec`` with a calibration fitted on its errors over sine
-    windows: cached, so publishing a version costs one save, not one model build."""
-    model = build_model(spec, seed=seed)
-    rng = np.random.default_rng(seed)
-    t = np.arange(400 + spec.window)[:, None] + rng.uniform(0, 6, size=(1, spec.features))
-    series = np.sin(t / 5.0) + 0.1 * rng.standard_normal(t.shape)
-    windows = np.stack([series[i : i + spec.window] for i in range(400)]).astype(np.float32)
-    scaling = Scaling.fit(series)
-    inputs, targets = split_window(spec, scaling.apply(windows))
-    outputs = as_output_list(model.predict_on_batch(inputs))
-    errors, _ = window_errors(np.concatenate(targets, axis=1), np.concatenate(outputs, axis=1))
-    calibration = fit_calibration(errors, method="quantile", level=0.99)
-    return model, scaling, CalibrationSet(calibration)
-
-
-def write_artifact(directory: Path, version: str, spec: ModelSpec = SPEC, seed: int = 0) -> Path:
-    model, scaling, calibration = _parts(spec, seed)
-    return save_artifact(
-        directory,
-        model=model,
-        spec=spec,
-        scaling=scaling,
-        calibration=calibration,
-        name=NAME,
-        version=version,
-        metrics={"seed": seed},
-    )
-
-
-def new_version(tag: str = "") -> str:
-    # Sortable and unique: versions are immutable, and a test may publish many per second.
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}{tag}"
-
-
-def publish(
-    registry: Registry, spec: ModelSpec = SPEC, *, promote: bool = True, seed: int = 0
-) -> str:
-    """Publish a new version through the registry (and make it the champion)."""
-    version = registry.publish(NAME, lambda d, v: write_artifact(d, v, spec, seed), new_version())
-    if promote:
-        registry.promote(NAME, version)
-    return version
-
-
-def flip(root: Path, version: str) -> None:
-    """Point the champion at ``version`` without the registry's checks (what a bad manual
-    edit, or a disk corrupting a promoted artifact, looks like to a worker)."""
-    write_atomic(root / NAME / CHAMPION_POINTER, version + "\n")
-
-
-def corrupt_version(registry: Registry, how: str) -> str:
-    """A published version broken in one way, then made the champion by a raw flip."""
-    version = publish(registry, promote=False)
-    folder = registry.path(NAME, version)
-    model_file = folder / MODEL_FILE
-    if how == "truncated":
-        data = model_file.read_bytes()
-        model_file.write_bytes(data[: len(data) // 2])
-    elif how == "bit_flip":
-        flipped = bytearray((folder / "calibration.json").read_bytes())
-        flipped[len(flipped) // 2] ^= 0x01
-        (folder / "calibration.json").write_bytes(bytes(flipped))
-    elif how == "no_manifest":
-        (folder / MANIFEST).unlink()
-    elif how == "unloadable":
-        # Garbage with a matching manifest: only the Keras load can tell.
-        model_file.write_bytes(b"PK\x03\x04 not a keras archive" * 50)
-        manifest = json.loads((folder / MANIFEST).read_text())
-        manifest["files"][MODEL_FILE] = sha256_file(model_file)
-        (folder / MANIFEST).write_text(json.dumps(manifest))
-    elif how == "unreadable":
-        # An I/O error on read (file permissions would not stop root, who runs CI here).
-        (folder / MANIFEST).unlink()
-        (folder / MANIFEST).mkdir()
-    else:
-        raise ValueError(how)
-    flip(registry.root, version)
-    return version
 
 
 def make_settings(root: Path, redis_url: str, **overrides: Any) -> Settings:
@@ -223,10 +135,6 @@ def manager_factory(
 # --- unit: swapping, refusing, rolling back ---------------------------------------------
 
 
-def test_the_channel_is_the_registrys() -> None:
-    assert MODELS_CHANNEL == REGISTRY_CHANNEL
-
-
 def test_a_new_version_takes_effect_only_between_batches(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
@@ -302,7 +210,7 @@ def test_non_finite_weights_are_refused_before_touching_a_kept_model(
     v1 = publish(registry, seed=1)
     manager.refresh()
     manager.between_batches()  # the first model is now the previous one, to be recycled
-    model, scaling, calibration = _parts(SPEC, 2)
+    model, scaling, calibration = model_parts(SPEC, 2)
     weights = model.get_weights()
     poisoned = [w.copy() for w in weights]
     poisoned[0].flat[0] = np.nan
@@ -346,7 +254,7 @@ def test_an_incompatible_model_is_refused(
 ) -> None:
     manager = manager_factory()
     v1 = manager.version
-    bad = publish(registry, spec)
+    bad = publish(registry, spec, force=True)
     assert manager.refresh() == "refused"
     manager.between_batches()
     assert manager.current().version == v1
@@ -384,6 +292,27 @@ def test_a_refused_version_is_retried_only_when_the_pointer_comes_back(
     assert manager.refresh() == "staged"
     manager.between_batches()
     assert manager.version == v3 and manager.last_refusal is None
+
+
+def test_a_pointer_leaving_the_registry_is_not_followed(
+    tmp_path: Path,
+    registry: Registry,
+    manager_factory: Callable[..., ModelManager],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = manager_factory()
+    v1 = manager.version
+    # A valid, newer artifact outside the registry, where ../../ would lead.
+    write_artifact(tmp_path / "elsewhere", "evil", seed=1)
+    flip(registry.root, "../../elsewhere")
+    with caplog.at_level(logging.ERROR, logger="stream_ae.worker.swap"):
+        assert manager.refresh() == "no_pointer"
+    assert any("plain name" in r.getMessage() for r in caplog.records)
+    manager.between_batches()
+    assert manager.version == v1 and manager.staged_version is None
+    # Once the pointer is put right, the worker follows it again.
+    v2 = publish(registry)
+    assert manager.refresh() == "staged" and manager.staged_version == v2
 
 
 def test_rollback_swaps_back_to_the_kept_previous_model(
@@ -430,7 +359,7 @@ def test_memory_stays_bounded_over_many_swaps(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory()
-    _parts(SPEC, 1)  # the publishers' own (cached) models, built before counting
+    model_parts(SPEC, 1)  # the publishers' own (cached) models, built before counting
     counts = []
     for i in range(4):
         publish(registry, seed=i % 2)
@@ -452,7 +381,7 @@ def test_without_recycling_retired_models_are_freed(
     for _ in range(3):
         publish(registry)
         manager.refresh()
-        models.append(weakref.ref(manager._staged.artifact.model))  # type: ignore[union-attr]
+        models.append(weakref.ref(manager.slots.staged.artifact.model))  # type: ignore[union-attr]
         manager.between_batches()
     manager.release_retired()
     gc.collect()
@@ -502,13 +431,13 @@ def test_a_prepared_spare_serves_the_first_swap(
     registry: Registry, manager_factory: Callable[..., ModelManager]
 ) -> None:
     manager = manager_factory(start=True, manager_kw={"prepare_spare": True})
-    wait_until(lambda: manager._spare is not None, what="the spare")
-    spare = manager._spare.artifact.model  # type: ignore[union-attr]
+    wait_until(lambda: manager.slots.spare is not None, what="the spare")
+    spare = manager.slots.spare.artifact.model  # type: ignore[union-attr]
     v1 = publish(registry, seed=1)
     manager.request_check()
     wait_until(lambda: manager.staged_version == v1, what="the staged model")
     manager.between_batches()
-    assert manager.current().artifact.model is spare and manager._spare is None
+    assert manager.current().artifact.model is spare and manager.slots.spare is None
 
 
 def test_a_staged_model_is_never_overwritten(
@@ -520,14 +449,14 @@ def test_a_staged_model_is_never_overwritten(
     manager.refresh()
     manager.between_batches()
     registry.rollback(NAME)  # stages the previous model (v0) ...
-    assert manager.refresh() == "staged" and manager._staged is first
+    assert manager.refresh() == "staged" and manager.slots.staged is first
     # Not zeros: an untrained LSTM's output for a zero input does not depend on its weights.
     windows = np.sin(np.arange(2 * 16, dtype=np.float32) / 3.0).reshape(2, 16, 1)
     before = first.predict(windows)[0]
     v2 = publish(registry, seed=2)  # ... which must not be recycled for v2 before its swap
     assert manager.refresh() == "staged"
-    assert manager._staged is not first
-    assert manager._staged.artifact.model is not first.artifact.model
+    assert manager.slots.staged is not first
+    assert manager.slots.staged.artifact.model is not first.artifact.model
     np.testing.assert_array_equal(first.predict(windows)[0], before)
     manager.between_batches()
     assert manager.version == v2 and v0 != v2
@@ -542,7 +471,7 @@ def test_rollback_stays_instant_after_recycling(
         manager.refresh()
         manager.between_batches()
         manager.release_retired()
-    previous = manager._previous
+    previous = manager.slots.previous
     rolled_back_to = registry.rollback(NAME)
     assert manager.refresh() == "staged"
     manager.between_batches()
@@ -556,7 +485,7 @@ def test_a_new_architecture_is_loaded_fresh(
     publish(registry, seed=1)
     manager.refresh()
     manager.between_batches()
-    previous = manager._previous
+    previous = manager.slots.previous
     assert previous is not None
     old_models = {manager.current().artifact.model, previous.artifact.model}
     v3 = publish(registry, ModelSpec(window=16, hidden=4))
@@ -576,7 +505,7 @@ def test_a_single_artifact_path_is_never_swapped(
     manager = ModelManager(settings, scorer, redis_client=redis_client, freeze_gc=False, start=True)
     try:
         assert manager.registry_root is None
-        assert [t.name for t in manager._threads] == ["model-watch"]  # heartbeat only
+        assert [t.name for t in manager.watcher._threads] == ["model-watch"]  # heartbeat only
         wait_until(
             lambda: (
                 redis_client.exists(heartbeat_key(settings.redis_key_prefix, manager.worker_id))
@@ -649,19 +578,18 @@ def test_heartbeat_reports_the_model_and_expires(
     manager.refresh()
     assert manager.write_heartbeat()
     key = heartbeat_key(manager.settings.redis_key_prefix, manager.worker_id)
-    beat = json.loads(redis_client.get(key) or b"{}")
-    assert {
-        k: beat[k] for k in ("worker_id", "group", "model", "version", "swaps", "failures")
-    } == {
-        "worker_id": manager.worker_id,
-        "group": manager.settings.group_id,
-        "model": NAME,
-        "version": v2,
-        "swaps": 1,
-        "failures": 1,
-    }
-    assert beat["previous_version"] == v1 and beat["refused"]["version"] == bad
-    datetime.fromisoformat(beat["updated_at"])
+    beat = Heartbeat.decode(redis_client.get(key) or b"")
+    assert (beat.worker_id, beat.group, beat.model, beat.version, beat.swaps, beat.failures) == (
+        manager.worker_id,
+        manager.settings.group_id,
+        NAME,
+        v2,
+        1,
+        1,
+    )
+    assert beat.previous_version == v1 and beat.refused is not None
+    assert beat.refused.version == bad and beat.refused.result == "refused_invalid"
+    datetime.fromisoformat(beat.updated_at)
     assert 0 < redis_client.ttl(key) <= 6
     manager.close()
     assert redis_client.exists(key) == 0
@@ -773,341 +701,3 @@ def test_model_help_explains_each_option(capsys: pytest.CaptureFixture[str]) -> 
             if option.option_strings and option.dest != "help":
                 assert option.help, f"{action} {option.option_strings} has no help"
                 assert option.option_strings[-1] in text
-
-
-# --- integration: workers on the real broker and Redis while the champion moves ---------
-
-W = SPEC.window
-# emitted_at of an alert = this + the index of the batch that produced it (see WorkerRun).
-CLOCK_BASE_MS = 1_700_000_000_000
-
-
-class WorkerRun:
-    """A worker with a hot-swapping model, polling on a thread, that records which model
-    version each batch ran with. The worker's clock is the batch index (on top of
-    :data:`CLOCK_BASE_MS`), so an alert's ``emitted_at`` names the batch that scored it."""
-
-    def __init__(self, settings: Settings, redis_url: str) -> None:
-        from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
-        from stream_ae.io.window_store import RedisWindowStore
-        from stream_ae.worker.loop import Worker
-
-        self.settings = settings
-        self.batch = 0
-        self.version_of_batch: dict[int, str] = {}
-        self.errors: list[BaseException] = []
-        scorer = champion_scorer(Path(settings.model_path), settings.batch_buckets, warm=True)
-        self.metrics = WorkerMetrics()
-        self.manager = ModelManager(
-            settings,
-            scorer,
-            self.metrics,
-            redis_client=redis.Redis.from_url(redis_url),
-            reload_jitter_s=0.2,
-            heartbeat_interval_s=0.5,
-            freeze_gc=False,
-        )
-        self.worker = Worker(
-            settings,
-            consumer=make_consumer(settings),
-            producer=TrackedProducer(make_producer(settings)),
-            store=RedisWindowStore(
-                redis.Redis.from_url(redis_url), W, 1, settings.redis_key_prefix
-            ),
-            model=self.manager,
-            metrics=self.metrics,
-            clock_ms=lambda: CLOCK_BASE_MS + self.batch,
-        )
-        self.worker.subscribe()
-        self.thread = threading.Thread(target=self._loop, name="test-worker", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        # Worker.run's loop, plus the record of the version each batch is scored with.
-        try:
-            while not self.worker.stopping:
-                self.manager.between_batches()
-                self.batch += 1
-                self.version_of_batch[self.batch] = self.manager.current().version
-                self.worker.run_batch()
-        except BaseException as exc:
-            self.errors.append(exc)
-        finally:
-            self.worker.close()
-
-    def versions_in_order(self) -> list[str]:
-        """The versions batches ran with, consecutive repeats collapsed."""
-        out: list[str] = []
-        for index in sorted(self.version_of_batch):
-            version = self.version_of_batch[index]
-            if not out or out[-1] != version:
-                out.append(version)
-        return out
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "the worker did not stop"
-        if self.errors:
-            raise self.errors[0]
-
-
-class Load:
-    """Continuous input: ``streams`` sine streams, one event of each per step, at about
-    ``rate_per_s`` events/s, until :meth:`stop`; counts what it sent per stream."""
-
-    def __init__(self, bootstrap: str, topic: str, streams: int = 8, rate_per_s: float = 400):
-        from kafka import KafkaProducer
-
-        from stream_ae.core.records import encode_event
-
-        self.sent = {f"s{i}": 0 for i in range(streams)}
-        self._stop = threading.Event()
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-
-        def run() -> None:
-            step, started = 0, time.monotonic()
-            rng = np.random.default_rng(0)
-            while not self._stop.is_set():
-                for i, name in enumerate(self.sent):
-                    # The calibration's own kind of data: scores spread over [0, 1].
-                    value = float(np.sin(step / 5.0 + i) + 0.1 * rng.standard_normal())
-                    producer.send(
-                        topic,
-                        key=name.encode(),
-                        value=encode_event(name, CLOCK_BASE_MS + step * 1000, value),
-                    )
-                    self.sent[name] += 1
-                step += 1
-                ahead = step * len(self.sent) / rate_per_s - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-            producer.flush()
-            producer.close()
-
-        self.thread = threading.Thread(target=run, name="test-load", daemon=True)
-        self.thread.start()
-
-    @property
-    def total(self) -> int:
-        return sum(self.sent.values())
-
-    def stop(self) -> int:
-        self._stop.set()
-        self.thread.join(timeout=30)
-        return self.total
-
-
-def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its current end (no consumer group)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
-@pytest.fixture
-def live_setup(
-    tmp_path: Path, broker: Any, redis_server: Any, topic_factory: Callable[..., str]
-) -> Callable[..., tuple[Registry, Settings]]:
-    """``make(partitions=1, **settings)``: a notifying registry with a champion, and the
-    settings of a worker group on fresh topics."""
-
-    def make(partitions: int = 1, **overrides: Any) -> tuple[Registry, Settings]:
-        registry = Registry(tmp_path / "registry", notifier=redis_notifier(redis_server.url))
-        publish(registry)
-        values: dict[str, Any] = {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "input_topics": [topic_factory(partitions=partitions)],
-            "alerts_topic": topic_factory(prefix="alerts"),
-            "dlq_topic": topic_factory(prefix="dlq"),
-            "session_timeout_ms": 6000,
-            "fetch_max_wait_ms": 20,
-            "max_batch_wait_ms": 50,
-            "max_poll_records": 200,
-            "batch_buckets": [16, 128],
-            "model_poll_interval_s": 2.0,
-            # Many alerts (opened and resolved), so that their versions say something.
-            "threshold": 0.8,
-            "resolve_after_windows": 1,
-        }
-        values.update(overrides)
-        return registry, make_settings(registry.root, redis_server.url, **values)
-
-    return make
-
-
-def assert_counts_add_up(
-    load: Load, runs: list[WorkerRun], redis_client: redis.Redis, prefix: str
-) -> None:
-    """No event lost, none applied twice: per stream, the stored state counts exactly the
-    events sent, and the workers applied exactly as many events and scored every window."""
-    from stream_ae.io.window_store import RedisWindowStore
-
-    applied = sum(r.worker.totals.applied for r in runs)
-    assert applied == load.total
-    assert sum(r.worker.totals.skipped for r in runs) == 0
-    assert sum(r.worker.totals.dead_lettered for r in runs) == 0
-    expected_windows = sum(max(0, n - W + 1) for n in load.sent.values())
-    assert sum(r.worker.totals.windows for r in runs) == expected_windows
-    states = RedisWindowStore(redis_client, W, 1, prefix).load(list(load.sent))
-    assert {s: st.count if st else 0 for s, st in states.items()} == load.sent
-
-
-def wait_version(run: WorkerRun, version: str) -> None:
-    wait_until(lambda: run.manager.version == version, what=f"the swap to {version}")
-
-
-def wait_batches(run: WorkerRun, count: int) -> None:
-    start = run.batch
-    wait_until(lambda: run.batch >= start + count, what=f"{count} more batches")
-
-
-def wait_applied(load: Load, runs: list[WorkerRun], timeout_s: float = 90) -> None:
-    wait_until(
-        lambda: sum(r.worker.totals.applied for r in runs) >= load.total,
-        timeout_s,
-        what=f"{load.total} events applied",
-    )
-
-
-@pytest.mark.integration
-def test_ten_swaps_under_load_lose_nothing_and_score_nothing_twice(
-    broker: Any,
-    redis_server: Any,
-    redis_client: redis.Redis,
-    live_setup: Callable[..., tuple[Registry, Settings]],
-) -> None:
-    registry, settings = live_setup(partitions=2)
-    run = WorkerRun(settings, redis_server.url)
-    load = Load(broker.bootstrap_servers, settings.input_topics[0])
-    try:
-        wait_until(lambda: run.worker.totals.windows > 0, what="the first scored windows")
-        published = [run.manager.version]
-        for k in range(10):
-            version = publish(registry, seed=k % 3)  # notified through Redis
-            published.append(version)
-            wait_version(run, version)
-            # Let the new version score a few batches under load before the next one.
-            wait_batches(run, 3)
-        load.stop()
-        wait_applied(load, [run])
-    finally:
-        load.stop()
-        run.stop()
-
-    assert run.manager.swaps == 10
-    assert swap_count(run.metrics, "swapped") == 10
-    # Each version ran in publication order, none skipped, none came back.
-    assert run.versions_in_order() == published
-    assert_counts_add_up(load, [run], redis_client, settings.redis_key_prefix)
-    alerts = [
-        orjson.loads(r.value) for r in read_all(broker.bootstrap_servers, settings.alerts_topic)
-    ]
-    assert len(alerts) > 20  # the check below has something to check
-    assert len({a["alert_id"] for a in alerts}) == len(alerts)
-    versions_with_alerts = set()
-    for alert in alerts:
-        emitted_ms = datetime.fromisoformat(alert["emitted_at"].replace("Z", "+00:00"))
-        batch = round(emitted_ms.timestamp() * 1000) - CLOCK_BASE_MS
-        # The model that scored the alert is the one live in the batch that emitted it.
-        assert alert["model"] == {"name": NAME, "version": run.version_of_batch[batch]}
-        versions_with_alerts.add(alert["model"]["version"])
-    assert len(versions_with_alerts) >= 6  # alerts came from models all along the run
-
-
-@pytest.mark.integration
-def test_corrupt_and_incompatible_models_are_refused_while_the_worker_runs(
-    broker: Any,
-    redis_server: Any,
-    redis_client: redis.Redis,
-    live_setup: Callable[..., tuple[Registry, Settings]],
-) -> None:
-    registry, settings = live_setup()
-    run = WorkerRun(settings, redis_server.url)
-    load = Load(broker.bootstrap_servers, settings.input_topics[0], rate_per_s=300)
-    v1 = run.manager.version
-    key = heartbeat_key(settings.redis_key_prefix, run.manager.worker_id)
-    try:
-        wait_until(lambda: run.worker.totals.windows > 0, what="the first scored windows")
-        corrupt = corrupt_version(registry, "truncated")
-        assert registry.notifier is not None
-        registry.notifier(NAME, corrupt)
-        wait_until(lambda: run.manager.failures == 1, what="the corrupt model refused")
-        incompatible = publish(registry, ModelSpec(window=24, hidden=8))
-        wait_until(lambda: run.manager.failures == 2, what="the incompatible model refused")
-        # Still running, on the old model.
-        applied = run.worker.totals.applied
-        wait_until(lambda: run.worker.totals.applied > applied + 100, what="more events applied")
-        assert run.manager.version == v1 and run.thread.is_alive()
-        wait_until(
-            lambda: json.loads(redis_client.get(key) or b"{}").get("failures") == 2,
-            what="the heartbeat",
-        )
-        beat = json.loads(redis_client.get(key) or b"{}")
-        assert beat["version"] == v1 and beat["refused"]["version"] == incompatible
-        assert beat["refused"]["result"] == "refused_incompatible"
-        # ... and still following the registry: a good version goes through.
-        good = publish(registry, seed=1)
-        wait_version(run, good)
-        load.stop()
-        wait_applied(load, [run])
-    finally:
-        load.stop()
-        run.stop()
-    assert swap_count(run.metrics, "refused_invalid") == 1
-    assert swap_count(run.metrics, "refused_incompatible") == 1
-    assert run.versions_in_order() == [v1, good]
-    assert_counts_add_up(load, [run], redis_client, settings.redis_key_prefix)
-
-
-@pytest.mark.integration
-def test_rollback_returns_every_worker_to_the_previous_version(
-    broker: Any,
-    redis_server: Any,
-    redis_client: redis.Redis,
-    live_setup: Callable[..., tuple[Registry, Settings]],
-) -> None:
-    registry, settings = live_setup(partitions=2)
-    second_settings = settings.model_copy(update={"worker_id": f"{settings.worker_id}-b"})
-    runs = [WorkerRun(settings, redis_server.url), WorkerRun(second_settings, redis_server.url)]
-    load = Load(broker.bootstrap_servers, settings.input_topics[0])
-
-    def group_versions() -> list[Any]:
-        beats = model_cmd.read_heartbeats(
-            redis_client, settings.redis_key_prefix, settings.group_id
-        )
-        return sorted(b["version"] for b in beats)
-
-    v1 = runs[0].manager.version
-    try:
-        wait_until(lambda: all(r.worker.totals.windows > 0 for r in runs), what="both scoring")
-        v2 = publish(registry, seed=1)
-        wait_until(lambda: group_versions() == [v2, v2], what="every worker on v2")
-        assert registry.rollback(NAME) == v1
-        wait_until(lambda: group_versions() == [v1, v1], what="every worker back on v1")
-        load.stop()
-        wait_applied(load, runs)
-    finally:
-        load.stop()
-        for r in runs:
-            r.stop()
-    for r in runs:
-        assert r.versions_in_order() == [v1, v2, v1]
-        assert r.manager.swaps == 2
-    assert_counts_add_up(load, runs, redis_client, settings.redis_key_prefix)
-    # Stopped workers leave no heartbeat behind.
-    assert group_versions() == []

@@ -4,6 +4,7 @@ rollback, rejected candidates, Redis notifications, and the champion/challenger 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -11,14 +12,15 @@ import numpy as np
 import pytest
 import redis
 
-from stream_ae.errors import ArtifactError
+from stream_ae.errors import ArtifactError, IncompatibleModelError
 from stream_ae.model.artifacts import load_artifact, read_manifest, save_artifact
+from stream_ae.model.registry import MODELS_CHANNEL
 from stream_ae_dev.devstack import RedisProcess
 from tests.training_helpers import TINY_FIT, sine_series, tiny_spec, write_fake_artifact
 from training.fit import FitResult, fit_series
 from training.gate import GateConfig, GateMetrics, decide, evaluate_artifact
 from training.refit import publish_gated
-from training.registry import MODELS_CHANNEL, Registry, redis_notifier
+from training.registry import LOSS_UNIT, Registry, format_versions, redis_notifier
 
 
 def _fake(registry: Registry, name: str, version: str, pause_s: float = 0.0) -> str:
@@ -41,7 +43,10 @@ def test_publish_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
 
     def reader() -> None:
         nonlocal reads
-        while not done.is_set():
+        last_pass = False
+        while not last_pass:
+            # One more full pass after the writer is done: it must see the last version.
+            last_pass = done.is_set()
             try:
                 champion = registry.champion("m")
                 if champion is not None:
@@ -108,8 +113,96 @@ def test_promote_rollback_and_history(tmp_path: Path) -> None:
     ]
     statuses = {v.version: v.status for v in registry.list_versions("m")}
     assert statuses == {"v1": "champion", "v2": "retired", "v3": "retired"}
-    with pytest.raises(ArtifactError, match="not a published version"):
+    with pytest.raises(ArtifactError, match="no published version 'v9'"):
         registry.promote("m", "v9")
+
+
+def _fake_of_window(registry: Registry, version: str, window: int) -> str:
+    def write(directory: Path, v: str) -> None:
+        write_fake_artifact(directory, v, "m", size=1000)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["window"] = window  # not hashed: the manifest is what lists the hashes
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    return registry.publish("m", write, version=version)
+
+
+def test_versions_resolve_by_unique_prefix_latest_and_previous(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    for version in ("20260101T0900-a", "20260101T1000-b", "20260102T0900-c"):
+        _fake(registry, "m", version)
+    (tmp_path / "m" / "20260103T0000-incomplete").mkdir()  # never 'latest'
+    assert registry.resolve("m", "latest") == "20260102T0900-c"
+    assert registry.resolve("m", "20260101T10") == "20260101T1000-b"
+    assert registry.resolve("m", "20260101T0900-a") == "20260101T0900-a"
+    with pytest.raises(ArtifactError, match="prefix of 2 versions"):
+        registry.resolve("m", "20260101")
+    for ref in ("2027", "", "20260103"):
+        with pytest.raises(ArtifactError, match="no published version"):
+            registry.resolve("m", ref)
+    with pytest.raises(ArtifactError, match="no 'previous'"):
+        registry.resolve("m", "previous")
+    assert registry.promote("m", "20260101T09") == "20260101T0900-a"
+    assert registry.promote("m", "latest") == "20260102T0900-c"
+    assert registry.resolve("m", "previous") == "20260101T0900-a"
+    assert registry.rollback("m", to="previous") == "20260101T0900-a"
+    assert registry.champion("m") == "20260101T0900-a"
+
+
+def test_promote_refuses_what_running_workers_would_refuse_unless_forced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(tmp_path)
+    _fake(registry, "m", "v1")
+    registry.promote("m", "v1")
+    _fake_of_window(registry, "v2", window=24)
+    with pytest.raises(IncompatibleModelError, match=r"window 24 .* workers on champion v1"):
+        registry.promote("m", "v2")
+    assert registry.champion("m") == "v1"
+    assert [e["version"] for e in registry.history("m")] == ["v1"]
+    with caplog.at_level(logging.INFO, logger="training.registry"):
+        registry.promote("m", "v2", force=True, reason="new group")
+        assert registry.champion("m") == "v2"
+        # Back to window 12: the rollback is checked the same way.
+        with pytest.raises(IncompatibleModelError):
+            registry.rollback("m")
+        registry.rollback("m", force=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("running workers will refuse it (forced)" in m for m in messages)
+    assert "promoted m/v2 to champion (was v1): new group" in messages
+    assert "rolled back m to v1 (was v2): rollback" in messages
+    assert not any("rollback" in m for m in messages if m.startswith("promoted"))
+
+
+def test_list_shows_one_loss_in_one_unit_the_gate_and_the_status(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    for version in ("v1", "v2", "v3"):
+        _fake(registry, "m", version)
+    registry.promote("m", "v1", reason="first champion")
+
+    def gate(error: float, far: float) -> dict[str, object]:
+        decision = decide(GateMetrics(error, far, 100), GateMetrics(1.0, 0.01, 100), GateConfig())
+        return decision.to_dict()
+
+    registry.reject("m", "v2", "error too high", gate=gate(3.0, 0.01))
+    registry.promote("m", "v3", reason="gate passed", gate=gate(0.9, 0.0))
+    info = {v.version: v for v in registry.list_versions("m")}
+    assert [(v.status, v.loss, v.champion_loss) for v in info.values()] == [
+        ("retired", None, None),
+        ("rejected", 3.0, 1.0),
+        ("champion", 0.9, 1.0),
+    ]
+    assert info["v3"].false_alert_rate == 0.0 and info["v3"].champion_false_alert_rate == 0.01
+    assert "val_loss" not in info["v3"].metrics  # a loss in the model's own scaling units
+    table = format_versions(list(info.values()))
+    assert LOSS_UNIT in table
+    row = next(line for line in table.splitlines() if line.startswith("v2"))
+    assert row.split()[:6] == ["v2", "rejected", "reconstruct", "12", "3", "1"]
+    # A rejected one is promoted only when asked, and keeps the gate's figures.
+    with pytest.raises(ArtifactError, match="v2 was rejected"):
+        registry.promote("m", "v2", reason="by hand")
+    registry.promote("m", "v2", reason="by hand", allow_rejected=True)
+    assert next(v for v in registry.list_versions("m") if v.version == "v2").loss == 3.0
 
 
 def test_rejected_candidates_are_kept_with_the_reason(tmp_path: Path) -> None:

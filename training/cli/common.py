@@ -69,17 +69,22 @@ def registry(args: argparse.Namespace) -> Any:
 def artifact_dir(args: argparse.Namespace) -> Path:
     """The artifact directory of ``--artifact``, or of ``--version`` (default: the champion)."""
     from stream_ae.errors import ArtifactError
-    from stream_ae.model.artifacts import read_champion, resolve_artifact_dir
+    from stream_ae.model.registry import (
+        read_champion,
+        resolve_artifact_dir,
+        resolve_version,
+        version_dir,
+    )
 
     if args.artifact:
         return resolve_artifact_dir(args.artifact, model_name(args))
     root, name = registry_root(args), model_name(args)
     if args.version:
-        return root / name / args.version
+        return version_dir(root, name, resolve_version(root, name, args.version))
     version = read_champion(root, name)
     if version is None:
         raise ArtifactError(f"no --artifact given and {root}/{name} has no champion")
-    return root / name / version
+    return version_dir(root, name, version)
 
 
 def load_artifact(args: argparse.Namespace) -> Any:

@@ -45,27 +45,34 @@ def run_publish(args: argparse.Namespace) -> int:
     return 3 if rejected else 0
 
 
+FORCE_HELP = (
+    "promote a model whose window or features differ from the champion's (running workers "
+    "refuse it: roll it out as a new worker group, see docs/operations.md)"
+)
+
+
 def add_promote(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("version", help="the version to make champion")
+    parser.add_argument(
+        "version", help="the version to make champion: a full version, a unique prefix, latest"
+    )
     common.add_registry_options(parser)
     parser.add_argument("--reason", default="promoted by hand", help="recorded in the history")
     parser.add_argument(
         "--allow-rejected", action="store_true", help="promote even a rejected candidate"
     )
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    from stream_ae.errors import ArtifactError
-
     registry, name = common.registry(args), common.model_name(args)
-    record = registry.decision(name, args.version)
-    if record.get("status") == "rejected" and not args.allow_rejected:
-        raise ArtifactError(
-            f"{name}/{args.version} was rejected ({record.get('reason')}); "
-            "add --allow-rejected to promote it anyway"
-        )
-    registry.promote(name, args.version, reason=args.reason)
-    print(f"{name}: champion is now {args.version}")
+    version = registry.promote(
+        name,
+        args.version,
+        reason=args.reason,
+        allow_rejected=args.allow_rejected,
+        force=args.force,
+    )
+    print(f"{name}: champion is now {version}")
     return 0
 
 
@@ -75,11 +82,12 @@ def add_rollback(parser: argparse.ArgumentParser) -> None:
         "--to", metavar="VERSION", help="this version (default: the champion before the current)"
     )
     parser.add_argument("--reason", default="rollback", help="recorded in the history")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
     registry, name = common.registry(args), common.model_name(args)
-    version = registry.rollback(name, to=args.to, reason=args.reason)
+    version = registry.rollback(name, to=args.to, reason=args.reason, force=args.force)
     print(f"{name}: rolled back, champion is now {version}")
     return 0
 
@@ -91,7 +99,7 @@ def add_list(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from training.registry import Registry
+    from training.registry import Registry, format_versions
 
     registry, name = Registry(common.registry_root(args)), common.model_name(args)
     versions = registry.list_versions(name)
@@ -108,13 +116,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not versions:
         print(f"{registry.root / name}: no versions")
         return 0
-    print(f"{'version':<26} {'status':<10} {'kind':<12} {'window':>6} {'val_loss':>9}  reason")
-    for v in versions:
-        loss = v.metrics.get("val_loss")
-        loss_text = f"{loss:.4g}" if isinstance(loss, int | float) else "-"
-        print(
-            f"{v.version:<26} {v.status:<10} {v.kind:<12} {v.window:>6} {loss_text:>9}  {v.reason}"
-        )
+    print(format_versions(versions))
     if args.history:
         for entry in registry.history(name):
             print(f"{entry['at']}  {entry['event']:<8} {entry['version']}  ({entry['reason']})")
