@@ -23,9 +23,12 @@ stream's windows in time order with a small fixed-size state:
 
 :func:`post_scores` chains them: the larger of the two tail scores, then the peak hold. Its
 state is one float64 array (:func:`new_post_state`, ``PostParams.state_size`` numbers: 53 with
-the defaults), the concatenation of the three stages' states, meant to be stored next to a
-stream's window state. Every stage gives the same outputs and final state whether the windows
-come one at a time or in any split into batches, so a replayed poll batch is exact.
+the defaults), the concatenation of the three stages' states, kept in each stream's state
+(``StreamState.post``). :func:`post_batch` runs the chain over the windows of many streams at
+once (the worker's poll batch: one vectorised step per window index, not per window), and gives
+each stream bit for bit what :func:`post_scores` gives it alone. Every stage gives the same
+outputs and final state whether the windows come one at a time or in any split into batches,
+so a replayed poll batch is exact.
 
 Scores are ``-log10 Q(z) / decades`` capped at 1: a tail probability of ``10**-decades`` or
 less scores 1, and far tails keep their resolution (computed in log space).
