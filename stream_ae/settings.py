@@ -24,10 +24,17 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.errors import ConfigError
+from stream_ae.logs import mask_urls
 
 ENV_PREFIX = "STREAM_AE_"
 # Settings of the alert policy -> AlertPolicy's field names.
@@ -40,8 +47,28 @@ _POLICY_FIELDS = {
 }
 
 
+class _PrefixedDotEnv(DotEnvSettingsSource):
+    """The ``.env`` file, its ``STREAM_AE_*`` lines only: a ``.env`` shared with other tools
+    may hold anything else. Unknown ``STREAM_AE_*`` keys are still refused (extra="forbid")."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        prefix = ENV_PREFIX.lower()
+        return {k: v for k, v in super()._load_env_vars().items() if k.lower().startswith(prefix)}
+
+
 class Settings(BaseSettings):
     """Configuration of the worker and the command-line tools."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _PrefixedDotEnv(settings_cls), file_secret_settings
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -226,13 +253,16 @@ class Settings(BaseSettings):
         return self.worker_id or f"{os.uname().nodename}-{os.getpid()}"
 
     def describe(self) -> dict[str, Any]:
-        """The settings as a dict for logs: secrets masked."""
+        """The settings as a dict for logs: secrets masked, and credentials inside URLs (a
+        password in ``redis_url``) too."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 out[name] = "**********" if value.get_secret_value() else None
             elif isinstance(value, Path):
                 out[name] = str(value)
+            elif isinstance(value, str):
+                out[name] = mask_urls(value)
             else:
                 out[name] = value
         return out

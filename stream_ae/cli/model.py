@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_ae.errors import ArtifactError, StreamAEError
+from stream_ae.logs import mask_urls
 from stream_ae.model.registry import (
     Heartbeat,
     heartbeat_pattern,
@@ -171,7 +172,11 @@ def _status(args: argparse.Namespace) -> int:
     try:
         beats, unreadable = read_heartbeats(client, prefix, args.group)
     except Exception as exc:
-        print(f"stream-ae model status: cannot read {settings.redis_url}: {exc}", file=sys.stderr)
+        print(
+            f"stream-ae model status: cannot read {mask_urls(settings.redis_url)}: "
+            f"{mask_urls(str(exc))}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         client.close()

@@ -23,9 +23,12 @@ stream's windows in time order with a small fixed-size state:
 
 :func:`post_scores` chains them: the larger of the two tail scores, then the peak hold. Its
 state is one float64 array (:func:`new_post_state`, ``PostParams.state_size`` numbers: 53 with
-the defaults), the concatenation of the three stages' states, meant to be stored next to a
-stream's window state. Every stage gives the same outputs and final state whether the windows
-come one at a time or in any split into batches, so a replayed poll batch is exact.
+the defaults), the concatenation of the three stages' states, kept in each stream's state
+(``StreamState.post``). :func:`post_batch` runs the chain over the windows of many streams at
+once (the worker's poll batch: one vectorised step per window index, not per window), and gives
+each stream bit for bit what :func:`post_scores` gives it alone. Every stage gives the same
+outputs and final state whether the windows come one at a time or in any split into batches,
+so a replayed poll batch is exact.
 
 Scores are ``-log10 Q(z) / decades`` capped at 1: a tail probability of ``10**-decades`` or
 less scores 1, and far tails keep their resolution (computed in log space).
@@ -135,6 +138,8 @@ def _likelihood_z(params: LikelihoodParams, states: np.ndarray, raw: np.ndarray)
     window. Every operation is elementwise float64 in a fixed order, so a stream's result does
     not depend on the other streams of its batch nor on where its windows were cut into batches.
     """
+    if len(states) == 1:
+        return _likelihood_z_one(params, states[0], raw[0])[None]
     k = params.short_window
     ring = states[:, _RING:]  # a view: written in place
     z = np.full(raw.shape, np.nan)
@@ -168,6 +173,44 @@ def _likelihood_z(params: LikelihoodParams, states: np.ndarray, raw: np.ndarray)
         mean = mean + weight * delta
         var = (1.0 - weight) * (var + weight * delta * delta)
         states[rows, :_RING] = np.stack([count, mean, var, total, head], axis=1)
+    return z
+
+
+def _likelihood_z_one(params: LikelihoodParams, state: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """:func:`_likelihood_z` for one stream, in Python floats: the same operations in the same
+    order (so bit for bit the same results), without numpy's per-call cost on one-element
+    arrays (a few us a window instead of about 60: the evaluators replay one stream at a
+    time)."""
+    k = params.short_window
+    ring = state[_RING:].tolist()
+    count, mean, var, total, head = state[:_RING].tolist()
+    z = np.full(len(raw), np.nan)
+    for i, value in enumerate(raw.tolist()):
+        if math.isnan(value):
+            continue
+        slot = int(head)
+        if count % 4096 == 0:
+            total = ring[0]
+            for held in ring[1:]:
+                total += held
+        total = total + (value - ring[slot])
+        ring[slot] = value
+        head = (slot + 1) % k
+        count = count + 1
+        smoothed = total / min(count, k)
+        std = max(math.sqrt(var), params.min_std)
+        learned = count > params.learning_windows
+        if learned:
+            z[i] = (smoothed - mean) / std
+        entering = smoothed
+        if params.clip_z is not None and learned:
+            entering = min(smoothed, mean + params.clip_z * std)
+        weight = 1.0 / min(count, params.long_window)
+        delta = entering - mean
+        mean = mean + weight * delta
+        var = (1.0 - weight) * (var + weight * delta * delta)
+    state[:_RING] = (count, mean, var, total, head)
+    state[_RING:] = ring
     return z
 
 
@@ -260,6 +303,8 @@ def _seasonal_z(
     """Two-sided z-scores of ``distances`` (S x J, NaN: no window) against their slots,
     advancing ``states`` (S, size) in place; one vectorised step per window index, as
     :func:`_likelihood_z`."""
+    if len(states) == 1:
+        return _seasonal_z_one(params, states[0], distances[0], end_ts_ms[0])[None]
     slots = params.slots
     counts, means, variances = (
         states[:, :slots],
@@ -285,6 +330,29 @@ def _seasonal_z(
         counts[rows, slot] = count
         means[rows, slot] = mean + weight * delta
         variances[rows, slot] = (1.0 - weight) * (var + weight * delta * delta)
+    return z
+
+
+def _seasonal_z_one(
+    params: SeasonalParams, state: np.ndarray, distances: np.ndarray, end_ts_ms: np.ndarray
+) -> np.ndarray:
+    """:func:`_seasonal_z` for one stream in Python floats (see :func:`_likelihood_z_one`)."""
+    counts, means, variances = (part.tolist() for part in state.reshape(3, params.slots))
+    slot_of = ((end_ts_ms % DAY_MS) * params.slots // DAY_MS).tolist()
+    z = np.full(len(distances), np.nan)
+    for i, (value, slot) in enumerate(zip(distances.tolist(), slot_of, strict=True)):
+        if math.isnan(value):
+            continue
+        count, mean, var = counts[slot], means[slot], variances[slot]
+        if count >= params.learning_windows:
+            z[i] = abs(value - mean) / max(math.sqrt(var), params.min_std)
+        count = count + 1
+        weight = 1.0 / min(count, params.memory)
+        delta = value - mean
+        counts[slot] = count
+        means[slot] = mean + weight * delta
+        variances[slot] = (1.0 - weight) * (var + weight * delta * delta)
+    state[:] = counts + means + variances
     return z
 
 
@@ -318,6 +386,8 @@ def _hold_peaks(hold: int, states: np.ndarray, scores: np.ndarray) -> np.ndarray
     advanced in place."""
     if hold <= 0:
         return scores.copy()
+    if len(states) == 1:
+        return _hold_peaks_one(hold, states[0], scores[0])[None]
     out = np.where(np.isnan(scores), np.nan, 0.0)
     for j in range(scores.shape[1]):
         value = scores[:, j]
@@ -331,6 +401,23 @@ def _hold_peaks(hold: int, states: np.ndarray, scores: np.ndarray) -> np.ndarray
         out[rows, j] = np.where(kept, value, 0.0)
         states[rows, _PEAK] = np.where(kept, value, peak)
         states[rows, _AGE] = np.where(kept, 0.0, age + 1)
+    return out
+
+
+def _hold_peaks_one(hold: int, state: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """:func:`_hold_peaks` for one stream in Python floats (see :func:`_likelihood_z_one`)."""
+    out = np.where(np.isnan(scores), np.nan, 0.0)
+    peak, age = state.tolist()
+    for i, value in enumerate(scores.tolist()):
+        if math.isnan(value):
+            continue
+        if age >= hold:
+            peak = _NO_PEAK
+        if value > peak:
+            out[i], peak, age = value, value, 0.0
+        else:
+            age = age + 1
+    state[:] = (peak, age)
     return out
 
 

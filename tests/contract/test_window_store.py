@@ -139,6 +139,23 @@ def test_round_trip_of_a_partly_filled_window_and_alert_state(backend: Backend) 
     assert loaded is not None and loaded.same_as(young) and loaded.count == 2
 
 
+def test_the_post_processing_state_round_trips_and_is_fenced_like_the_rest(
+    backend: Backend,
+) -> None:
+    from stream_ae.core.postprocess import PostParams, new_post_state
+
+    state = state_at(20)
+    state.post = new_post_state(PostParams()) + np.linspace(-1.0, 1.0, PostParams().state_size)
+    assert backend.store.save({"s": state}) == {"s": True}
+    loaded = stored(backend, "s")
+    assert isinstance(loaded, StreamState) and loaded.same_as(state)
+    assert loaded.post.tobytes() == state.post.tobytes()
+    older = state_at(19)
+    older.post = np.zeros(3)
+    assert backend.store.save({"s": older}) == {"s": False}  # the fence reads the same header
+    assert backend.get_raw("s") == encode_state(state)
+
+
 def test_fencing_refuses_older_or_equal_offsets_on_the_same_partition(backend: Backend) -> None:
     store = backend.store
     assert store.save({"s": state_at(100)}) == {"s": True}

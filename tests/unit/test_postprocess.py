@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from stream_ae.core.postprocess import (
     DAY_MS,
+    LIKELIHOOD,
+    SEASONAL,
     LikelihoodParams,
     PostParams,
     SeasonalParams,
@@ -20,6 +22,7 @@ from stream_ae.core.postprocess import (
     new_hold_state,
     new_post_state,
     new_state,
+    post_batch,
     post_scores,
     seasonal_scores,
     tail_score,
@@ -267,3 +270,82 @@ def test_post_params_round_trip_and_can_switch_the_profile_off() -> None:
         likelihood_scores(off.likelihood, new_state(off.likelihood), d)[0],
     )
     np.testing.assert_array_equal(scores, held)
+
+
+# --- many streams at once ----------------------------------------------------------------------
+
+CLIPPED = PostParams(
+    likelihood=LikelihoodParams(short_window=9, long_window=20, learning_windows=3, clip_z=2.0),
+    seasonal=SeasonalParams(slots=5, memory=4, learning_windows=1, min_std=0.05),
+    hold=3,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    streams=st.lists(
+        st.lists(st.one_of(st.floats(0.0, 20.0), st.just(math.nan)), max_size=40),
+        min_size=1,
+        max_size=6,
+    ),
+    warm=st.sampled_from([0, 7, 4090]),  # 4090: the ring's periodic re-sum at 4096 comes next
+    params=st.sampled_from([CHAIN, CLIPPED]),
+)
+def test_a_batch_of_streams_gives_each_stream_what_it_gets_alone(
+    streams: list[list[float]], warm: int, params: PostParams
+) -> None:
+    """The processor post-processes all streams of a poll batch in one call; each stream must
+    get bit for bit what it gets alone (the one-stream path runs in Python floats, the batch
+    path in numpy: the same operations in the same order)."""
+    ts0 = 1_396_310_400_000
+    warm_ts = ts0 + 3_600_000 * np.arange(warm, dtype=np.int64)
+    _, warmed = post_scores(params, new_post_state(params), noise(warm, seed=warm), warm_ts)
+    starts = [warmed if i % 2 else new_post_state(params) for i in range(len(streams))]
+    distances = [np.asarray(s, dtype=np.float64) for s in streams]
+    ts = [
+        ts0 + 1_800_000 * (np.arange(len(d), dtype=np.int64) + 7 * i)
+        for i, d in enumerate(distances)
+    ]
+    batch = post_batch(
+        params,
+        np.stack(starts),
+        np.concatenate(distances),
+        np.concatenate(ts),
+        np.array([len(d) for d in distances]),
+    )
+    row = 0
+    for i, d in enumerate(distances):
+        alone, state = post_scores(params, starts[i], d, ts[i])
+        np.testing.assert_array_equal(batch.scores[row : row + len(d)], alone)
+        np.testing.assert_array_equal(batch.states[i], state)
+        row += len(d)
+    assert np.all(np.isin(batch.stages, [LIKELIHOOD, SEASONAL]))
+
+
+def test_the_stage_is_the_one_that_gave_the_final_score() -> None:
+    ts, d = hourly(12), daily_errors(12)
+    result = post_batch(CHAIN, new_post_state(CHAIN)[None], d, ts, np.array([len(d)]))
+    likelihood, _ = likelihood_scores(CHAIN.likelihood, new_state(CHAIN.likelihood), d)
+    seasonal, _ = seasonal_scores(CHAIN.seasonal or SeasonalParams(), np.zeros(12), d, ts)
+    np.testing.assert_array_equal(result.stages == SEASONAL, seasonal > likelihood)
+
+
+def test_the_periodic_resum_is_the_same_in_a_batch_and_alone() -> None:
+    """At 4096 windows the ring is summed afresh; values of very different sizes make the order
+    of that sum visible, and both paths must use the same one."""
+    rng = np.random.default_rng(2)  # a ring whose sum depends on the order of its additions
+    params = CLIPPED
+    ts = 1_396_310_400_000 + 3_600_000 * np.arange(4200, dtype=np.int64)
+    d = np.exp(rng.uniform(-12.0, 12.0, 4200))
+    _, warmed = post_scores(params, new_post_state(params), d[:4090], ts[:4090])
+    starts = np.stack([warmed, new_post_state(params), warmed])
+    rest = [d[4090:4200], d[:50], d[4090:4200][::-1]]
+    rest_ts = [ts[4090:4200], ts[:50], ts[4090:4200]]
+    batch = post_batch(
+        params, starts, np.concatenate(rest), np.concatenate(rest_ts), np.array([110, 50, 110])
+    )
+    bounds = [0, 110, 160, 270]
+    for i in range(3):
+        alone, state = post_scores(params, starts[i], rest[i], rest_ts[i])
+        np.testing.assert_array_equal(batch.scores[bounds[i] : bounds[i + 1]], alone)
+        np.testing.assert_array_equal(batch.states[i], state)

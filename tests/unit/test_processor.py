@@ -574,3 +574,56 @@ def test_a_stream_claimed_on_a_second_partition_is_dead_lettered_and_replays_exa
     store = InMemoryWindowStore(WINDOW, FEATURES)
     run_batches(tiny, [events[:30], rogue[:10], events[:30]], store)
     assert decode_state(store.raw("s0") or b"", WINDOW, FEATURES).count == 70  # 30 doubled
+
+
+def test_the_worker_stops_on_a_non_retriable_store_error_instead_of_retrying_forever(
+    tiny: Tiny,
+) -> None:
+    """Stored states of another window shape: waiting cannot help, so the worker exits with a
+    fatal line and commits nothing (before, StateFormatError was retried forever)."""
+    from types import SimpleNamespace
+
+    from stream_ae.core.state import new_state
+    from stream_ae.io.kafka import TrackedProducer
+    from stream_ae.settings import load_settings
+    from stream_ae.worker.loop import StaticModel, Worker
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.commits: list[Any] = []
+            self.seeks: list[Any] = []
+
+        def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[Any]]:
+            payload = json.dumps({"ts": NOW_MS, "value": [1.0, 2.0]}).encode()
+            message = SimpleNamespace(key=b"s0", value=payload, topic=TOPIC, partition=0, offset=5)
+            return {"tp": [message]}
+
+        def commit(self, offsets: Any) -> None:
+            self.commits.append(offsets)
+
+        def seek(self, tp: Any, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+        def close(self, autocommit: bool) -> None:
+            pass
+
+    class Producer:
+        def send(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("nothing is sent")
+
+        def close(self, timeout: float) -> None:
+            pass
+
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    store._data["s0"] = encode_state(new_state(WINDOW * 2, FEATURES))
+    consumer = Consumer()
+    worker = Worker(
+        load_settings({"input_topics": [TOPIC]}),
+        consumer=consumer,
+        producer=TrackedProducer(Producer()),
+        store=store,
+        model=StaticModel(tiny.scorer),
+    )
+    assert worker.run(max_batches=3) == 1  # stopped after the first batch
+    assert consumer.commits == [] and consumer.seeks == []
+    assert worker._fatal is not None and "StateShapeError" in worker._fatal

@@ -239,3 +239,64 @@ def test_settings_and_policy_share_one_set_of_bounds(
         assert setting in config_error(**{setting: value})
     else:
         assert getattr(load_settings({setting: value}), setting) == value
+
+
+def test_a_password_inside_a_url_is_masked_in_describe_and_every_log_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    from stream_ae.logs import JsonFormatter, TextFormatter, fields
+
+    secret = "url-hunter2"
+    monkeypatch.setenv("STREAM_AE_REDIS_URL", f"redis://app:{secret}@redis.internal:6379/0")
+    settings = load_settings()
+    assert settings.redis_url.count(secret) == 1  # the client still gets it
+    assert settings.describe()["redis_url"] == "redis://app:***@redis.internal:6379/0"
+    record = logging.LogRecord(
+        "t", logging.ERROR, __file__, 1, f"cannot reach {settings.redis_url}", None, None
+    )
+    record.__dict__.update(
+        fields(settings=settings.describe(), url=settings.redis_url, urls=[settings.redis_url])
+    )
+    try:
+        raise ConnectionError(f"Error connecting to {settings.redis_url}")
+    except ConnectionError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(record)
+        assert secret not in line and "redis://app:***@redis.internal" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:p@ss:w@h/1", "rediss://user:***@h/1"),
+        ("redis://h/0?password=pw&db=1", "redis://h/0?password=***&db=1"),
+        ("redis://user@h/0", "redis://user@h/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("host:9092,other:9092", "host:9092,other:9092"),
+    ],
+)
+def test_mask_urls(url: str, shown: str) -> None:
+    from stream_ae.logs import mask_urls
+
+    assert mask_urls(url) == shown
+
+
+def test_a_dotenv_with_unrelated_lines_is_read_and_they_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "# a .env shared with other tools\n"
+        "DATABASE_URL=postgres://x\n"
+        "export OTHER_TOOL=1\n"
+        "STREAM_AE_GROUP_ID=from-dotenv\n"
+        "window_size=3\n"  # no prefix: not ours either
+    )
+    settings = load_settings()
+    assert settings.group_id == "from-dotenv" and settings.window_size is None
+    (tmp_path / ".env").write_text("UNRELATED=1\nSTREAM_AE_WINDOWSIZE=3\n")
+    with pytest.raises(ConfigError, match="windowsize"):  # our prefix, unknown key: refused
+        load_settings()
