@@ -18,8 +18,9 @@ assignment, :meth:`StateGuard.check` compares:
   flushed, or the marker was evicted) -> replay from the log's start;
 - ``marker < committed``: the store came back from a snapshot older than the commits ->
   replay from the marker, where the snapshot's states stop;
-- registered streams whose state key is gone: keys were evicted -> replay from the log's
-  start (the lost streams' whole history is needed; the fence makes the replay a no-op for
+- registered streams whose state key is gone, or the registry itself gone (it always holds
+  an empty-string sentinel; stream ids are never empty): keys were evicted -> replay from the
+  log's start (the lost streams' whole history is needed; the fence makes the replay a no-op for
   the states that survived).
 
 **Server check.** :func:`check_server` reads the eviction policy and persistence with
@@ -49,6 +50,8 @@ TopicPartition = tuple[str, int]
 LossReason = Literal["no_marker", "stale", "evicted"]
 LOSS_REASONS: tuple[LossReason, ...] = ("no_marker", "stale", "evicted")
 
+# Always in a registry: stream ids are never empty, so a registry without it was evicted.
+_REGISTRY_SENTINEL = ""
 # Writers remembered per marker (worker ids change with every restart: keep the recent ones).
 _MARKER_WRITERS = 8
 
@@ -133,8 +136,8 @@ class StateGuard:
             # GT: only ever raised (offsets are exact as scores below 2**53).
             pipe.zadd(key, {self.worker_id: offset}, gt=True)
             pipe.zremrangebyrank(key, 0, -_MARKER_WRITERS - 1)
-        for (topic, partition), names in streams.items():
-            pipe.sadd(registry_key(self.prefix, topic, partition), *names)
+            names = streams.get((topic, partition), [])
+            pipe.sadd(registry_key(self.prefix, topic, partition), _REGISTRY_SENTINEL, *names)
         errors = [r for r in _execute(pipe, "partition markers") if isinstance(r, Exception)]
         if errors:
             raise StoreError(f"partition marker write failed: {errors[0]}")
@@ -161,8 +164,11 @@ class StateGuard:
                 lost.append(LostPartition(topic, partition, "no_marker", offset, None, None))
             elif marker < offset:
                 lost.append(LostPartition(topic, partition, "stale", offset, marker, marker))
+            elif not members:  # the registry itself was evicted: which streams are gone?
+                lost.append(LostPartition(topic, partition, "evicted", offset, marker, None))
             else:
                 names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+                names.remove(_REGISTRY_SENTINEL)
                 evicted_checks.append(((topic, partition), offset, marker, names))
         lost.extend(self._evicted(evicted_checks))
         return lost

@@ -94,6 +94,9 @@ def test_an_evicted_state_is_named(
     (loss,) = guard.check(committed)
     assert (loss.reason, loss.missing_streams, loss.replay_from) == ("evicted", ("b",), None)
     assert "1 states gone: b" in loss.describe()
+    redis_client.delete(f"guard:s:{{{TOPIC}:0}}")  # the registry too
+    (loss,) = guard.check(committed)
+    assert (loss.reason, loss.missing_streams, loss.replay_from) == ("evicted", (), None)
 
 
 def test_the_marker_only_moves_forward(
