@@ -65,6 +65,9 @@ class LostPartition:
 
     ``replay_from`` is where a rebuild must start reading (None: the log's start);
     ``missing_streams`` names registered streams whose state is gone (evictions).
+
+    >>> LostPartition("metrics", 3, "stale", committed=120, marker=100, replay_from=100).describe()
+    'metrics:3: stale (committed 120, marker 100)'
     """
 
     topic: str
