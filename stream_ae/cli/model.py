@@ -143,14 +143,16 @@ def _status(args: argparse.Namespace) -> int:
     name = args.name or settings.model_name
     registry = args.registry or settings.model_path
     champion = read_champion(registry, name) if registry is not None else None
-    client = connect_redis(settings)
+    client = None
     try:
+        client = connect_redis(settings)  # checks the connection and the login
         beats = read_heartbeats(client, prefix, args.group)
     except Exception as exc:
         print(f"stream-ae model status: cannot read {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if args.json:
         print(json.dumps(beats, indent=2, sort_keys=True))
         return 0
