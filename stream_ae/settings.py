@@ -124,6 +124,32 @@ class Settings(BaseSettings):
     redis_username: str | None = Field(None, description="Redis ACL user name.")
     redis_password: SecretStr | None = Field(None, description="Redis ACL password (secret).")
     redis_key_prefix: str = Field("sae", description="Prefix of every Redis key we write.")
+    redis_cluster: bool = Field(
+        False,
+        description="Connect to a Redis Cluster (redis.cluster.RedisCluster) through the node in "
+        "redis_url; also implied by a redis+cluster:// (or rediss+cluster://) URL.",
+    )
+    redis_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the Redis server (TLS: rediss:// URL)."
+    )
+    redis_ssl_cert_file: Path | None = Field(
+        None, description="Client certificate for Redis (mutual TLS)."
+    )
+    redis_ssl_key_file: Path | None = Field(
+        None, description="Client private key for Redis (mutual TLS)."
+    )
+    state_loss: Literal["warn", "rewind"] = Field(
+        "warn",
+        description="When the stored states are older than the committed offsets (Redis "
+        "restarted empty, from an old snapshot, or evicted keys): 'warn' logs and counts it; "
+        "'rewind' also replays the partition from where its states stop (the log's start "
+        "when unknown), rebuilding the windows as far as the topic still holds the events.",
+    )
+    redis_config_check: Literal["warn", "refuse", "off"] = Field(
+        "warn",
+        description="At start-up, check that Redis neither evicts our keys (maxmemory-policy) "
+        "nor runs without persistence (AOF/RDB): 'warn' logs, 'refuse' stops the worker.",
+    )
 
     # --- Windows and batches ----------------------------------------------------------------
     window_size: int | None = Field(

