@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -49,6 +50,18 @@ from stream_ae.worker.metrics import WorkerMetrics
 from stream_ae.worker.processor import PolicyParams, StreamProcessor
 
 log = logging.getLogger(__name__)
+
+# A test hook, inert unless this variable is set (never in production; not a STREAM_AE_ setting,
+# which would be refused as unknown): the crash tests (tests/integration/test_crash_replay.py)
+# name a point of the protocol, and the worker SIGKILLs itself there in the first batch that
+# produced alerts, so a kill lands exactly where a replay must repeat alerts or skip events.
+FAULT_POINT_ENV = "SAE_FAULT_POINT"
+_FAULT_POINT = os.environ.get(FAULT_POINT_ENV)
+
+
+def _fault_point(name: str, alerts: int) -> None:
+    if name == _FAULT_POINT and alerts:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ModelSource(Protocol):
@@ -264,6 +277,7 @@ class Worker:
                 )
             # 6. Flush alerts and dead letters: all acknowledged before the state moves on.
             self.producer.flush(timeout_s=30.0)
+            _fault_point("alerts_flushed", len(outcome.alerts))
             # 7. Write the touched states, fenced, one round trip.
             refused = self.processor.save(outcome.touched)
             if refused:
@@ -272,6 +286,7 @@ class Worker:
                     "fenced writes refused: another worker is ahead on these streams",
                     extra=fields(streams=refused[:10], count=len(refused)),
                 )
+            _fault_point("state_written", len(outcome.alerts))
             # 8. Commit what was consumed.
             self._commit(messages)
         except (StoreError, BrokerError) as exc:

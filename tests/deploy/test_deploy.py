@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from stream_ae.settings import ENV_PREFIX, Settings, field_names, load_settings
+from tests.support.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -660,7 +661,10 @@ def test_build_context_is_an_allow_list_of_the_packages() -> None:
         for pattern in packages
         if re.fullmatch(pattern.replace("*", ".*"), p.name)
     }
-    assert top_level and top_level <= included, f"packages left out: {top_level - included}"
+    # The development tools (dev stack, benchmarks, demo) stay out of the worker image.
+    shipped = top_level - {"stream_ae_dev"}
+    assert shipped and shipped <= included, f"packages left out: {shipped - included}"
+    assert "stream_ae_dev" not in included, "the development tools must not reach the image"
     assert {"pyproject.toml", "README.md"} <= included
 
 

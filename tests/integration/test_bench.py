@@ -27,8 +27,7 @@ from stream_ae_dev.bench.report import (
 )
 from stream_ae_dev.cli.bench import SECTIONS, as_result, parse_sections
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
 
 
 def assert_well_formed(result: BenchResult, section: str) -> None:
@@ -127,7 +126,7 @@ def test_prometheus_text_is_parsed_into_named_series() -> None:
 
 
 def test_the_gpu_script_never_imports_tensorflow() -> None:
-    source = (REPO / "stream_ae" / "bench" / "gpu_bench.py").read_text()
+    source = (REPO_ROOT / "stream_ae_dev" / "bench" / "gpu_bench.py").read_text()
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

@@ -16,6 +16,7 @@ import pytest
 from stream_ae.cli import app as cli
 from stream_ae.core.postprocess import LikelihoodParams, PostParams
 from stream_ae.model.artifacts import read_manifest
+from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation.nab_run import (
     DETECTOR_NAME,
     DetectorParams,
@@ -27,12 +28,6 @@ from training.evaluation.nab_run import (
     stream_file,
 )
 from training.evaluation.nab_score import load_windows, probation_length, read_results_dir
-
-NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab"
-requires_nab = pytest.mark.skipif(
-    not (NAB_DIR / "combined_windows.json").is_file(),
-    reason=f"NAB development subset not found at {NAB_DIR}",
-)
 
 TINY = DetectorParams(
     kind="predict",

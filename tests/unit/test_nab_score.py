@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_ae.cli import app as cli
+from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation import cli as evaluate_cmd
 from training.evaluation.nab_score import (
     CostProfile,
@@ -38,13 +39,8 @@ from training.evaluation.nab_score import (
     window_bounds,
 )
 
-NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab"
 PROFILE_NAMES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
-requires_nab = pytest.mark.skipif(
-    not (NAB_DIR / "combined_windows.json").is_file(),
-    reason=f"NAB development subset not found at {NAB_DIR} (shared/data/nab next to the repo)",
-)
 
 STANDARD = CostProfile("standard", tp_weight=1.0, fp_weight=0.11, fn_weight=1.0)
 FIVE_MINUTES = np.timedelta64(5, "m")
