@@ -210,6 +210,32 @@ def test_window_partly_in_probation_is_still_missed() -> None:
     assert got.fn == 11  # rows 30..40
 
 
+def test_a_window_reaching_into_the_probation_keeps_its_whole_width() -> None:
+    """NAB's probationary-window rule, on constructed windows: rows in the probationary period
+    are not scored, but a window's rows there still count in its width and in the position of
+    a later detection, and a window wholly in the probation still softens the cost of the
+    false positives after it."""
+    n = 200
+    assert probation_length(n) == 30
+
+    straddling = window_at(20, 39)  # width 20, its first 10 rows in the probation
+    scores = np.zeros(n)
+    scores[[25, 32]] = 1.0  # 25: in the probation, ignored; 32: the earliest scored detection
+    got = score_file(stamps(n), scores, [straddling], STANDARD, 0.5)
+    # Position from the whole window (width 20), not from its 10 scored rows.
+    tp = scaled_sigmoid(-(39 - 32 + 1) / 20) / scaled_sigmoid(-1.0)
+    assert got.score == pytest.approx(tp, abs=1e-12)
+    assert (got.tp, got.fn, got.fp, got.tn) == (1, 9, 0, 160)
+
+    before = window_at(0, 27)  # width 28, wholly in the probation: neither reward nor miss
+    scores = np.zeros(n)
+    scores[31] = 1.0  # a false positive 4 rows after that window's end
+    got = score_file(stamps(n), scores, [before], STANDARD, 0.5)
+    fp = 0.11 * scaled_sigmoid((31 - 27) / 27)  # not the full -0.11: the window precedes it
+    assert got.score == pytest.approx(fp, abs=1e-12) and got.score > -0.05
+    assert (got.tp, got.fn, got.fp) == (0, 0, 1)
+
+
 def test_nan_scores_are_never_detections() -> None:
     scores = np.full(100, np.nan)
     got = score_file(stamps(100), scores, [window_at(50, 59)], STANDARD, 0.0)
@@ -425,6 +451,21 @@ def test_cli_evaluate_score_writes_scores_json(
 ) -> None:
     results_dir = tmp_path / "results-numenta"
     shutil.copytree(NAB_DIR / "results-numenta", results_dir)
+    # The baseline: the null detector (HTM's files with every anomaly score 0), which NAB's
+    # normalisation puts at exactly 0.
+    null_dir = tmp_path / "null"
+    for path in (NAB_DIR / "results-numenta").glob("*/numenta_*.csv"):
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        target = null_dir / path.parent.name / path.name.replace("numenta_", "null_", 1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["timestamp", "value", "anomaly_score"], extrasaction="ignore"
+            )
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "anomaly_score": 0.0})
 
     rc = cli.main(
         [
@@ -436,7 +477,7 @@ def test_cli_evaluate_score_writes_scores_json(
             "--profiles",
             str(NAB_DIR / "config-profiles.json"),
             "--baseline-dir",
-            str(NAB_DIR / "results-numenta"),
+            str(null_dir),
         ]
     )
 
@@ -451,15 +492,13 @@ def test_cli_evaluate_score_writes_scores_json(
         assert written["threshold"] == expected.threshold
         assert written["normalised_score"] == pytest.approx(expected.normalised_score)
         assert len(written["files"]) == 18
-        # The baseline is the same detector here: same scores side by side.
-        assert report["baseline"]["scores"][name]["raw_score"] == pytest.approx(
-            written["raw_score"]
-        )
+        baseline = report["baseline"]["scores"][name]
+        assert baseline["normalised_score"] == 0.0
+        assert baseline["raw_score"] == pytest.approx(expected.null_score)
         assert name in out and f"{expected.normalised_score:.2f}" in out
     assert "realKnownCause/nyc_taxi.csv" in out
 
 
-@requires_nab
 def test_cli_evaluate_score_requires_windows_and_profiles(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
