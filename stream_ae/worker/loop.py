@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -50,6 +51,18 @@ from stream_ae.worker.metrics import WorkerMetrics
 from stream_ae.worker.processor import StreamProcessor
 
 log = logging.getLogger(__name__)
+
+# A test hook, inert unless this variable is set (never in production; not a STREAM_AE_ setting,
+# which would be refused as unknown): the crash tests (tests/integration/test_crash_replay.py)
+# name a point of the protocol, and the worker SIGKILLs itself there in the first batch that
+# produced alerts, so a kill lands exactly where a replay must repeat alerts or skip events.
+FAULT_POINT_ENV = "SAE_FAULT_POINT"
+_FAULT_POINT = os.environ.get(FAULT_POINT_ENV)
+
+
+def _fault_point(name: str, alerts: int) -> None:
+    if name == _FAULT_POINT and alerts:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ModelSource(Protocol):
@@ -327,6 +340,7 @@ class Worker:
                 )
             # 6. Flush alerts and dead letters: all acknowledged before the state moves on.
             self.producer.flush(timeout_s=30.0)
+            _fault_point("alerts_flushed", len(outcome.alerts))
             # 7. Write the touched states, fenced, one round trip.
             refused = self.processor.save(outcome.touched)
             if refused:
@@ -339,6 +353,7 @@ class Worker:
             #     healthy store's marker is never behind the committed offset).
             if self.state_guard is not None:
                 self.state_guard.record(next_offsets(messages), outcome.touched)
+            _fault_point("state_written", len(outcome.alerts))
             # 8. Commit what was consumed.
             self._commit(messages)
         except (StoreError, BrokerError) as exc:

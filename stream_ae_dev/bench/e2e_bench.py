@@ -34,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +52,7 @@ from stream_ae_dev.bench.workload import (
     load_states,
     sine_at,
 )
+from stream_ae_dev.worker_probe import http_get, wait_ready
 
 SECTION = "e2e"
 SCALING_SECTION = "scaling"
@@ -111,16 +111,7 @@ class WorkerProcess:
         )
 
     def _get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return int(r.status), r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, b""
-        except OSError:
-            return 0, b""
-
-    def ready(self) -> bool:
-        return self._get("/readyz")[0] == 200
+        return http_get(self.port, path)
 
     def metrics(self) -> dict[str, float]:
         status, body = self._get("/metrics")
@@ -570,12 +561,9 @@ def _server_cores(first: Counters, last: Counters) -> dict[str, float]:
 def _wait_ready(workers: Sequence[WorkerProcess]) -> float:
     """Seconds until every worker has its partitions (its ``/readyz`` answers 200)."""
     started = time.perf_counter()
-    while not all(w.ready() for w in workers):
-        for worker in workers:
-            worker.check_alive()
-        if time.perf_counter() - started > READY_TIMEOUT_S:
-            raise RuntimeError(f"workers not ready within {READY_TIMEOUT_S:.0f} s")
-        time.sleep(0.2)
+    for worker in workers:
+        remaining_s = READY_TIMEOUT_S - (time.perf_counter() - started)
+        wait_ready(worker.port, worker.process, timeout_s=remaining_s, log_path=worker.log_path)
     return time.perf_counter() - started
 
 

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from stream_ae_dev.worker_probe import http_get, wait_ready
 
 HELP = "end-to-end demo: stack, model, stream, alerts"
 
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         worker = subprocess.Popen(
             [sys.executable, "-m", "stream_ae", "worker"], env=env, stdout=log_file, stderr=log_file
         )
-        _wait_ready(worker, metrics_port, workdir / "worker.log")
+        wait_ready(metrics_port, worker, timeout_s=120, log_path=workdir / "worker.log")
+        print("      worker ready (model loaded, partitions assigned)", flush=True)
         print(f"[4/5] streaming {args.streams} x {args.live} live events at {args.rate:.0f}/s ...")
         alerts = _stream_and_follow(stack.bootstrap_servers, streams, args)
         print("[5/5] summary")
@@ -142,24 +144,6 @@ def _train(streams: list[Any], args: argparse.Namespace, out: Path) -> Path:
     )
     print(f"      trained in {time.perf_counter() - started:.0f} s -> {path}", flush=True)
     return path
-
-
-def _wait_ready(worker: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(
-                f"the worker exited ({worker.returncode}):\n{log_path.read_text()[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
-                if reply.status == 200:
-                    print("      worker ready (model loaded, partitions assigned)", flush=True)
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the worker did not become ready within 120 s")
 
 
 def _stream_and_follow(
@@ -237,11 +221,10 @@ def _summary(streams: list[Any], alerts: list[dict[str, Any]], args: argparse.Na
 
 
 def _print_metrics(port: int) -> None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            text = reply.read().decode()
-    except OSError:
+    status, body = http_get(port, "/metrics")
+    if status != 200:
         return
+    text = body.decode()
     wanted = ("stream_ae_events_total", "stream_ae_windows_scored_total", "stream_ae_alerts_total")
     for line in text.splitlines():
         if line.startswith(wanted):

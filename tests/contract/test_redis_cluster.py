@@ -23,10 +23,7 @@ from stream_ae.io.state_guard import StateGuard, marker_key, registry_key
 from stream_ae.io.window_store import RedisWindowStore, connect_redis
 from stream_ae.settings import Settings
 from tests.contract import test_window_store as contract
-from tests.helpers import tiny_model
-from tests.redis_servers import RedisClusterServers, redis_cluster
-
-__all__ = ["redis_cluster", "tiny_model"]  # fixtures, imported so that pytest finds them here
+from tests.support.redis_servers import RedisClusterServers
 
 # The contract: every backend-parametrised test of the store's suite, collected here too.
 CONTRACT_TESTS = [
@@ -146,17 +143,11 @@ def test_a_worker_on_the_cluster_ends_with_the_oracle_states(
     topic_factory: Callable[..., str],
     tiny_model: Any,
 ) -> None:
-    from tests.helpers import (
-        expected_outcome,
-        fleet,
-        live_messages,
-        load_tiny_scorer,
-        produce,
-        running_worker,
-        settings_of,
-        wait_until,
-        worker_config,
-    )
+    from tests.support.kafka_topics import produce
+    from tests.support.outcomes import expected_outcome
+    from tests.support.tiny_model import fleet, live_messages, load_tiny_scorer
+    from tests.support.waiting import wait_until
+    from tests.support.worker_process import running_worker, settings_of, worker_config
 
     topics = {
         "input_topic": topic_factory(2, prefix="in"),

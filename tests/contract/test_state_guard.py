@@ -12,9 +12,7 @@ import redis
 from stream_ae.core.windowing import StreamState, append, new_state
 from stream_ae.io.state_guard import StateGuard, check_server, marker_key, next_offsets
 from stream_ae.io.window_store import RedisWindowStore
-from tests.redis_servers import RedisServer, redis_factory
-
-__all__ = ["redis_factory"]  # the fixture, imported for this module
+from tests.support.redis_servers import RedisServer
 
 TOPIC = "metrics"
 

@@ -23,8 +23,12 @@ import pytest
 import yaml
 
 from stream_ae.settings import ENV_PREFIX, Settings, field_names, load_settings
+from stream_ae_dev.devstack import BrokerProcess, RedisProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.tiny_model import TinyModel
+from tests.support.worker_process import WorkerProcess, worker_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -295,12 +299,54 @@ def _package_source() -> str:
     return "\n".join(p.read_text() for p in (ROOT / "stream_ae").rglob("*.py"))
 
 
-def test_probe_paths_are_served_by_the_worker() -> None:
-    source = _package_source()
-    for path in ("/healthz", "/readyz"):
-        assert f'"{path}"' in source or f"'{path}'" in source, (
-            f"no module of stream_ae serves {path}, which the probes and health checks use"
-        )
+def _probed_paths() -> set[str]:
+    """Every HTTP path that a probe, a health check or a scrape asks the worker for."""
+    pod = _k8s("Deployment", "stream-ae-worker")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    paths = {
+        container[kind]["httpGet"]["path"]
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe")
+    }
+    paths.add(pod["metadata"]["annotations"]["prometheus.io/path"])
+    paths |= {e["path"] for e in _k8s("PodMonitor")["spec"]["podMetricsEndpoints"]}
+    scrapes = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    paths |= {job.get("metrics_path", "/metrics") for job in scrapes}  # Prometheus's default
+    for dockerfile in (DOCKERFILE_CPU, DOCKERFILE_GPU):
+        checks = re.findall(r"http://127\.0\.0\.1:%s(/[\w/]+)", dockerfile.read_text())
+        assert checks, f"{dockerfile.name}: no HEALTHCHECK request found"
+        paths |= set(checks)
+    return paths
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_probe_paths_are_served_by_the_worker(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+    tmp_path: Path,
+) -> None:
+    """A worker process (``python -m stream_ae worker``), started and ready, answers 200 on
+    every path the manifests, the images and Prometheus ask for, and 404 on any other."""
+    paths = _probed_paths()
+    assert {"/healthz", "/readyz", "/metrics"} <= paths, paths
+    config = worker_config(
+        bootstrap_servers=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        model=tiny_model,
+        input_topic=topic_factory(1, prefix="in"),
+        alerts_topic=topic_factory(1, prefix="alerts"),
+        dlq_topic=topic_factory(1, prefix="dlq"),
+    )
+    worker = WorkerProcess(config, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        answers = {path: worker.get(path)[0] for path in sorted(paths)}
+        assert answers == dict.fromkeys(sorted(paths), 200), worker.tail()
+        assert worker.get("/not-a-probe")[0] == 404
+    finally:
+        worker.stop()
 
 
 def test_k8s_worker_probes() -> None:

@@ -27,8 +27,7 @@ from stream_ae_dev.bench.report import (
 )
 from stream_ae_dev.cli.bench import SECTIONS, as_result, parse_sections
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
 
 
 def assert_well_formed(result: BenchResult, section: str) -> None:
@@ -127,7 +126,7 @@ def test_prometheus_text_is_parsed_into_named_series() -> None:
 
 
 def test_the_gpu_script_never_imports_tensorflow() -> None:
-    source = (REPO / "stream_ae_dev" / "bench" / "gpu_bench.py").read_text()
+    source = (REPO_ROOT / "stream_ae_dev" / "bench" / "gpu_bench.py").read_text()
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -290,3 +289,45 @@ def test_scaling_bench_smallest_configuration(
     run = result.details["workers=2 streams=20"]
     assert run["run"]["partitions"] == 2 and run["run"]["workers"] == 2
     assert run["raw_consume_per_s"] > 0
+
+
+# --- hot-swap ------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_swap_bench_smallest_configuration(
+    broker: BrokerProcess, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    from stream_ae_dev.bench.swap_bench import run_swap_bench
+    from stream_ae_dev.cli.bench import swap_figures
+
+    swaps = 2
+    details = run_swap_bench(
+        swaps=swaps,
+        rss_swaps=swaps,
+        bootstrap_servers=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        streams=4,
+        # Enough never to drain during the short warm-up, baseline and two swaps.
+        backlog_events=20_000,
+        batch_events=50,
+        window=8,
+        hidden=4,
+        batch_buckets=(16, 64),
+        baseline_s=0.5,
+        settle_batches=2,
+        reload_jitter_s=0.0,
+        workdir=tmp_path,
+        out=None,
+    )
+    result = as_result("swap", details)
+    result.figures = swap_figures(result.details)
+    assert_well_formed(result, "swap")
+    assert [f.target for f in result.figures if f.target] == ["<= 2"]
+    # Every swap went live: the batches ran on the first champion and on each promoted version.
+    versions = {version for *_, version in details["batches"]}
+    assert len(versions) == swaps + 1
+    assert len(details["rss_after_each_swap_mib"]) == swaps
+    assert details["batches_during_swaps"] > 0 and details["events_applied"] > 0
+    assert details["config"]["backlog_events"] == 20_000

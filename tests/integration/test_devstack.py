@@ -1,4 +1,9 @@
-"""The dev stack against the real servers: Kafka round trip, Redis, topics, stopping, the CLI."""
+"""The dev stack against the real servers: Kafka round trip, Redis, topics, stopping, the CLI.
+
+The broker here is Tansu, a Kafka-protocol broker: what these tests show about groups, commits
+and topic metadata holds for Tansu. Apache Kafka itself is not run on this machine, so its own
+behaviour (and any difference from Tansu's) is not tested here.
+"""
 
 from __future__ import annotations
 

@@ -18,25 +18,11 @@ import redis
 from stream_ae.core.records import MAX_STREAM_ID_CHARS, Reason
 from stream_ae.worker.metrics import HealthServer
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess, find_free_port
-from tests.helpers import (
-    TinyModel,
-    decode_states_equal,
-    expected_outcome,
-    fleet,
-    live_messages,
-    load_tiny_scorer,
-    metric_value,
-    produce,
-    read_topic,
-    running_worker,
-    settings_of,
-    stored_blobs,
-    tiny_model,
-    wait_until,
-    worker_config,
-)
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+from tests.support.kafka_topics import produce, read_topic
+from tests.support.outcomes import decode_states_equal, expected_outcome, stored_blobs
+from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
+from tests.support.waiting import wait_until
+from tests.support.worker_process import metric_value, running_worker, settings_of, worker_config
 
 pytestmark = pytest.mark.integration
 

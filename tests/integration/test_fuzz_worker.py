@@ -3,7 +3,8 @@
 ``BAD_MESSAGES`` generated bad messages of every kind (``tests/fuzz_messages.py``: arbitrary
 bytes, wrong types, deep nesting, NaN and infinities, wrong feature counts and names, bad
 timestamps, oversize, keys that are not UTF-8, ...) are shuffled with the good events of
-:func:`tests.helpers.fleet`'s streams, from a fixed seed, and sent to a ``stream-ae worker``
+:func:`tests.support.tiny_model.fleet`'s streams, from a fixed seed, and sent to a
+``stream-ae worker``
 subprocess on the real broker and Redis. Then:
 
 - the worker never exits and never stalls: its ``/healthz`` answers 200 at every look, and it
@@ -13,7 +14,8 @@ subprocess on the real broker and Redis. Then:
   dead-lettered = the bad ones;
 - the dead-letter topic holds exactly the bad messages, each once, as sent, with the decoder's
   reason;
-- the good streams' stored states equal the oracle's (:func:`tests.helpers.expected_outcome`).
+- the good streams' stored states equal the oracle's
+  (:func:`tests.support.outcomes.expected_outcome`).
 
 The poison examples of issue 14 run as their own tests, each against its own worker (one that
 crashes must not hide the others): a message nested 1,000 deep, which crashed the worker on
@@ -41,28 +43,18 @@ from stream_ae.errors import SchemaError
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import HealthServer
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess, find_free_port
-from tests.fuzz_messages import BAD_KINDS, fuzz_input
-from tests.helpers import (
-    Sent,
-    TinyModel,
+from tests.support.fuzz_messages import BAD_KINDS, fuzz_input
+from tests.support.kafka_topics import Sent, committed_offsets, produce
+from tests.support.outcomes import decode_states_equal, expected_outcome, stored_blobs
+from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
+from tests.support.waiting import wait_until
+from tests.support.worker_process import (
     WorkerProcess,
-    committed_offsets,
-    decode_states_equal,
-    expected_outcome,
-    fleet,
-    live_messages,
-    load_tiny_scorer,
     metric_value,
-    produce,
     running_worker,
     settings_of,
-    stored_blobs,
-    tiny_model,
-    wait_until,
     worker_config,
 )
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
 
 pytestmark = pytest.mark.integration
 

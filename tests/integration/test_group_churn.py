@@ -30,31 +30,31 @@ import redis
 
 from stream_ae.core.synthetic import make_stream
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.helpers import (
-    HISTORY_STEPS,
-    BackgroundProducer,
-    PortGate,
-    TinyModel,
-    WorkerProcess,
+from tests.support.kafka_topics import BackgroundProducer, read_topic
+from tests.support.outcomes import (
     alerts_of,
     applied_counts,
     decode_states_equal,
     expected_outcome,
     good_counts,
+    stored_blobs,
+)
+from tests.support.port_gate import PortGate
+from tests.support.tiny_model import (
+    HISTORY_STEPS,
+    TinyModel,
     live_messages,
     load_tiny_scorer,
     long_fleet,
+)
+from tests.support.waiting import wait_until
+from tests.support.worker_process import (
+    WorkerProcess,
     metric_value,
-    read_topic,
     running_worker,
     settings_of,
-    stored_blobs,
-    tiny_model,
-    wait_until,
     worker_config,
 )
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """Hot-swap of the model (stream_ae.worker.swap and its parts, ``stream-ae model``), driven by
 hand: a :class:`ModelManager` with ``start=False`` (:meth:`refresh` is what the watch thread
 calls), on a real registry and the test Redis. The shipped worker swapping under load is in
-``test_hotswap_worker.py``. Models: :mod:`tests.hotswap_helpers`.
+``test_hotswap_worker.py``. Models: :mod:`tests.support.hotswap_models`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from stream_ae.model.registry import CHAMPION_POINTER, MODELS_CHANNEL, Heartbeat
 from stream_ae.settings import Settings
 from stream_ae.worker.metrics import WorkerMetrics
 from stream_ae.worker.swap import ModelManager
-from tests.hotswap_helpers import (
+from tests.support.hotswap_models import (
     NAME,
     SPEC,
     corrupt_version,

@@ -32,8 +32,9 @@ from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.model.artifacts import StateShape
 from stream_ae.model.network import ModelSpec
 from stream_ae.worker.state_shape import check_stored_states
-from tests.helpers import WorkerProcess, metric_value, wait_until
-from tests.hotswap_helpers import NAME, SPEC, Load, corrupt_version, publish, read_all
+from tests.support.hotswap_models import NAME, SPEC, Load, corrupt_version, publish, read_all
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess, metric_value
 from training.registry import Registry, redis_notifier
 
 pytestmark = [pytest.mark.integration]

@@ -25,15 +25,12 @@ from stream_ae.core.postprocess import new_post_state, post_scores
 from stream_ae.core.state_codec import decode_state
 from stream_ae.worker.processor import BatchOutcome
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.helpers import (
-    TinyModel,
-    produce,
-    running_worker,
-    settings_of,
-    stored_blobs,
-    wait_until,
-    worker_config,
-)
+from tests.support.kafka_topics import produce
+from tests.support.outcomes import stored_blobs
+from tests.support.paths import NAB_DIR
+from tests.support.tiny_model import TinyModel
+from tests.support.waiting import wait_until
+from tests.support.worker_process import running_worker, settings_of, worker_config
 from training.evaluation.nab_run import (
     DEFAULT_PARAMS,
     anomaly_scores,
@@ -44,7 +41,6 @@ from training.evaluation.nab_score import probation_length
 
 pytestmark = pytest.mark.integration
 
-NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab"
 NAB_FILE = "realKnownCause/rogue_agent_key_hold.csv"  # 1882 rows: the shortest real file
 # The detector's post-processing and model kind, with a small model and a short fit.
 PARAMS = DEFAULT_PARAMS.with_changes(window=16, hidden=8, epochs=3, refit_every=0)

@@ -24,29 +24,19 @@ import redis
 
 from stream_ae.worker.loop import Worker
 from stream_ae_dev.devstack import BrokerProcess
-from tests.helpers import (
-    TinyModel,
+from tests.support.kafka_topics import committed_offsets, produce, read_topic
+from tests.support.outcomes import (
     alerts_of,
     applied_counts,
-    committed_offsets,
     decode_states_equal,
     expected_outcome,
-    fleet,
     good_counts,
-    live_messages,
-    load_tiny_scorer,
-    produce,
-    read_topic,
-    running_worker,
-    settings_of,
     stored_blobs,
-    tiny_model,
-    wait_until,
-    worker_config,
 )
-from tests.redis_servers import RedisServer, redis_factory
-
-__all__ = ["redis_factory", "tiny_model"]  # fixtures, imported so that pytest finds them here
+from tests.support.redis_servers import RedisServer
+from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
+from tests.support.waiting import wait_until
+from tests.support.worker_process import running_worker, settings_of, worker_config
 
 pytestmark = pytest.mark.integration
 

@@ -23,24 +23,12 @@ from stream_ae.io.window_store import RedisWindowStore, connect_redis
 from stream_ae.settings import Settings
 from stream_ae_dev.devstack import BrokerProcess
 from tests.contract.test_window_store import state_at
-from tests.helpers import (
-    TinyModel,
-    env_of,
-    expected_outcome,
-    fleet,
-    live_messages,
-    load_tiny_scorer,
-    produce,
-    running_worker,
-    settings_of,
-    stored_blobs,
-    tiny_model,
-    wait_until,
-    worker_config,
-)
-from tests.redis_servers import WORKER_USER, TlsRedis, redis_tls
-
-__all__ = ["redis_tls", "tiny_model"]  # fixtures, imported so that pytest finds them here
+from tests.support.kafka_topics import produce
+from tests.support.outcomes import expected_outcome, stored_blobs
+from tests.support.redis_servers import WORKER_USER, TlsRedis
+from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
+from tests.support.waiting import wait_until
+from tests.support.worker_process import env_of, running_worker, settings_of, worker_config
 
 pytestmark = pytest.mark.integration
 

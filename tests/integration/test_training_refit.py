@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 
 from stream_ae.core.records import encode_event, ms_to_iso
 from stream_ae_dev.devstack import BrokerProcess
-from tests.training_helpers import START_MS, STEP_MS, TINY_FIT, sine_series, tiny_spec
+from tests.support.training_data import START_MS, STEP_MS, TINY_FIT, sine_series, tiny_spec
 from training.cli import main
 from training.refit import RefitPlan, refit_once, run_every
 from training.registry import Registry

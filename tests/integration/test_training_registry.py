@@ -16,7 +16,7 @@ from stream_ae.errors import ArtifactError, IncompatibleModelError
 from stream_ae.model.artifacts import load_artifact, read_manifest, save_artifact
 from stream_ae.model.registry import MODELS_CHANNEL
 from stream_ae_dev.devstack import RedisProcess
-from tests.training_helpers import TINY_FIT, sine_series, tiny_spec, write_fake_artifact
+from tests.support.training_data import TINY_FIT, sine_series, tiny_spec, write_fake_artifact
 from training.fit import FitResult, fit_series
 from training.gate import GateConfig, GateMetrics, decide, evaluate_artifact
 from training.refit import publish_gated

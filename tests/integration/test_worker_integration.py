@@ -30,30 +30,25 @@ from stream_ae.core.records import alert_schema, parse_ts
 from stream_ae.core.state_codec import decode_state
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.helpers import (
+from tests.support.kafka_topics import committed_offsets, produce, read_topic
+from tests.support.outcomes import (
+    alerts_of,
+    applied_counts,
+    decode_states_equal,
+    expected_outcome,
+    good_counts,
+    stored_blobs,
+)
+from tests.support.tiny_model import (
     ANOMALOUS_STREAMS,
     HISTORY_STEPS,
     TinyModel,
-    alerts_of,
-    applied_counts,
-    committed_offsets,
-    decode_states_equal,
-    expected_outcome,
     fleet,
-    good_counts,
     live_messages,
     load_tiny_scorer,
-    produce,
-    read_topic,
-    running_worker,
-    settings_of,
-    stored_blobs,
-    tiny_model,
-    wait_until,
-    worker_config,
 )
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+from tests.support.waiting import wait_until
+from tests.support.worker_process import running_worker, settings_of, worker_config
 
 pytestmark = pytest.mark.integration
 

@@ -18,30 +18,19 @@ import pytest
 import redis
 
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.helpers import (
-    BackgroundProducer,
-    TinyModel,
-    WorkerProcess,
+from tests.support.kafka_topics import BackgroundProducer, committed_offsets, read_topic
+from tests.support.outcomes import (
     alerts_of,
     applied_counts,
-    committed_offsets,
     decode_states_equal,
     expected_outcome,
     good_counts,
-    live_messages,
-    load_tiny_scorer,
-    long_fleet,
-    read_topic,
-    running_worker,
-    settings_of,
     stored_blobs,
     stored_states,
-    tiny_model,
-    wait_until,
-    worker_config,
 )
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+from tests.support.tiny_model import TinyModel, live_messages, load_tiny_scorer, long_fleet
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess, running_worker, settings_of, worker_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ from stream_ae.model.registry import (
     version_dir,
     version_names,
 )
-from tests.training_helpers import write_fake_artifact
+from tests.support.training_data import write_fake_artifact
 
 NAME = "m"
 

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_ae.cli import app as cli
+from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation import cli as evaluate_cmd
 from training.evaluation.nab_score import (
     CostProfile,
@@ -38,13 +39,8 @@ from training.evaluation.nab_score import (
     window_bounds,
 )
 
-NAB_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab"
 PROFILE_NAMES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
-requires_nab = pytest.mark.skipif(
-    not (NAB_DIR / "combined_windows.json").is_file(),
-    reason=f"NAB development subset not found at {NAB_DIR} (shared/data/nab next to the repo)",
-)
 
 STANDARD = CostProfile("standard", tp_weight=1.0, fp_weight=0.11, fn_weight=1.0)
 FIVE_MINUTES = np.timedelta64(5, "m")
@@ -212,6 +208,32 @@ def test_window_partly_in_probation_is_still_missed() -> None:
     got = score_file(stamps(200), np.zeros(200), [window_at(20, 40)], STANDARD, 0.5)
     assert got.score == -1.0
     assert got.fn == 11  # rows 30..40
+
+
+def test_a_window_reaching_into_the_probation_keeps_its_whole_width() -> None:
+    """NAB's probationary-window rule, on constructed windows: rows in the probationary period
+    are not scored, but a window's rows there still count in its width and in the position of
+    a later detection, and a window wholly in the probation still softens the cost of the
+    false positives after it."""
+    n = 200
+    assert probation_length(n) == 30
+
+    straddling = window_at(20, 39)  # width 20, its first 10 rows in the probation
+    scores = np.zeros(n)
+    scores[[25, 32]] = 1.0  # 25: in the probation, ignored; 32: the earliest scored detection
+    got = score_file(stamps(n), scores, [straddling], STANDARD, 0.5)
+    # Position from the whole window (width 20), not from its 10 scored rows.
+    tp = scaled_sigmoid(-(39 - 32 + 1) / 20) / scaled_sigmoid(-1.0)
+    assert got.score == pytest.approx(tp, abs=1e-12)
+    assert (got.tp, got.fn, got.fp, got.tn) == (1, 9, 0, 160)
+
+    before = window_at(0, 27)  # width 28, wholly in the probation: neither reward nor miss
+    scores = np.zeros(n)
+    scores[31] = 1.0  # a false positive 4 rows after that window's end
+    got = score_file(stamps(n), scores, [before], STANDARD, 0.5)
+    fp = 0.11 * scaled_sigmoid((31 - 27) / 27)  # not the full -0.11: the window precedes it
+    assert got.score == pytest.approx(fp, abs=1e-12) and got.score > -0.05
+    assert (got.tp, got.fn, got.fp) == (0, 0, 1)
 
 
 def test_nan_scores_are_never_detections() -> None:
@@ -429,6 +451,21 @@ def test_cli_evaluate_score_writes_scores_json(
 ) -> None:
     results_dir = tmp_path / "results-numenta"
     shutil.copytree(NAB_DIR / "results-numenta", results_dir)
+    # The baseline: the null detector (HTM's files with every anomaly score 0), which NAB's
+    # normalisation puts at exactly 0.
+    null_dir = tmp_path / "null"
+    for path in (NAB_DIR / "results-numenta").glob("*/numenta_*.csv"):
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        target = null_dir / path.parent.name / path.name.replace("numenta_", "null_", 1)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", newline="") as handle:
+            writer = csv.DictWriter(
+                handle, fieldnames=["timestamp", "value", "anomaly_score"], extrasaction="ignore"
+            )
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "anomaly_score": 0.0})
 
     rc = cli.main(
         [
@@ -440,7 +477,7 @@ def test_cli_evaluate_score_writes_scores_json(
             "--profiles",
             str(NAB_DIR / "config-profiles.json"),
             "--baseline-dir",
-            str(NAB_DIR / "results-numenta"),
+            str(null_dir),
         ]
     )
 
@@ -455,15 +492,13 @@ def test_cli_evaluate_score_writes_scores_json(
         assert written["threshold"] == expected.threshold
         assert written["normalised_score"] == pytest.approx(expected.normalised_score)
         assert len(written["files"]) == 18
-        # The baseline is the same detector here: same scores side by side.
-        assert report["baseline"]["scores"][name]["raw_score"] == pytest.approx(
-            written["raw_score"]
-        )
+        baseline = report["baseline"]["scores"][name]
+        assert baseline["normalised_score"] == 0.0
+        assert baseline["raw_score"] == pytest.approx(expected.null_score)
         assert name in out and f"{expected.normalised_score:.2f}" in out
     assert "realKnownCause/nyc_taxi.csv" in out
 
 
-@requires_nab
 def test_cli_evaluate_score_requires_windows_and_profiles(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 from stream_ae.core.windowing import series_windows
 from stream_ae.model.artifacts import load_artifact
 from stream_ae.model.network import PAD_VALUE, ModelKind, ModelSpec, build_model, split_window
-from tests.training_helpers import KINDS, TINY_FIT, sine_series, tiny_spec
+from tests.support.training_data import KINDS, TINY_FIT, sine_series, tiny_spec
 from training.data import Series
 from training.fit import FitResult, fit_series, masked_loss, save_fit, train_artifact
 from training.model_runner import run_model

@@ -11,7 +11,7 @@ import pytest
 
 from stream_ae.core.scoring import fit_calibration
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling
-from tests.training_helpers import TINY_FIT, sine_series, tiny_spec
+from tests.support.training_data import TINY_FIT, sine_series, tiny_spec
 from training.data import DataSourceError, ReplayStats, ReplayWindow, Series, parse_absolute_time
 from training.fit import FitConfig
 from training.refit import (

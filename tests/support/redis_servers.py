@@ -1,6 +1,7 @@
 """Real ``redis-server`` processes for the Redis fault, cluster and TLS tests.
 
-Fixtures (import them into a test module: ``from tests.redis_servers import redis_factory``):
+Fixtures (import them into a test module, e.g.
+``from tests.support.redis_servers import redis_factory``):
 
 ``redis_factory`` (function)
     ``make(**config) -> RedisServer``: a ``redis-server`` on a free port in its own temporary

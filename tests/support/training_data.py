@@ -1,4 +1,4 @@
-"""Small data, specs and artifact writers shared by the tests/test_training_*.py modules."""
+"""Small training data, model specs and artifact writers shared by the training tests."""
 
 from __future__ import annotations
 
