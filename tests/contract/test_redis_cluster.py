@@ -57,7 +57,10 @@ def cluster_backend(client: RedisCluster) -> contract.Backend:
         assert value is None or isinstance(value, bytes)
         return value
 
-    return contract.Backend(store, put_raw, get_raw)
+    def quarantined(stream: str) -> list[bytes]:
+        return [client.get(key) or b"" for key in store.quarantine_keys(stream)]
+
+    return contract.Backend(store, put_raw, get_raw, quarantined)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ cost, hash-tagged keys, and refusing to clobber what is not ours."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,8 +103,14 @@ def stored(backend: Backend, stream: str) -> StreamState | None:
 
 
 def test_both_stores_implement_the_protocol(backend: Backend) -> None:
-    store: WindowStore = backend.store  # checked by mypy
-    assert callable(store.load) and callable(store.save) and callable(store.delete)
+    """Every method of the protocol, with the protocol's parameters (names and order)."""
+    store: WindowStore = backend.store  # checked by mypy, too
+    members = [name for name in vars(WindowStore) if not name.startswith("_")]
+    assert {"load", "save", "quarantine", "delete", "close"} <= set(members)
+    for name in members:
+        expected = list(inspect.signature(getattr(WindowStore, name)).parameters)[1:]
+        actual = list(inspect.signature(getattr(store, name)).parameters)
+        assert actual == expected, (type(store).__name__, name, actual, expected)
 
 
 def test_unknown_streams_load_as_none(backend: Backend) -> None:
