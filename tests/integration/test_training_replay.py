@@ -12,7 +12,7 @@ from stream_ae.core.records import encode_event
 from stream_ae.core.windowing import series_windows
 from stream_ae_dev.devstack import BrokerProcess
 from training.data import replay_topic
-from training.fit import series_to_windows
+from training.windows import series_to_windows
 
 pytestmark = pytest.mark.integration
 
