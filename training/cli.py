@@ -360,21 +360,10 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 
 def _consumer_security() -> dict[str, Any]:
-    """kafka-python options for the security settings (none for PLAINTEXT)."""
-    settings = _settings()
-    if settings.security_protocol == "PLAINTEXT":
-        return {}
-    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if settings.sasl_mechanism:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if getattr(settings, key):
-            options[key] = str(getattr(settings, key))
-    if settings.ssl_password:
-        options["ssl_password"] = settings.ssl_password.get_secret_value()
-    return options
+    """The Kafka security options of the settings, as the worker uses them."""
+    from stream_ae.io.kafka import security_config
+
+    return security_config(_settings())
 
 
 def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = None) -> list[Any]:

@@ -133,7 +133,7 @@ def read_heartbeats(client: Any, prefix: str, group: str | None = None) -> list[
 
 
 def _status(args: argparse.Namespace) -> int:
-    from stream_ae.io.window_store import connect_redis
+    from stream_ae.io.redis import connect_redis
     from stream_ae.model.artifacts import read_champion
     from stream_ae.settings import load_settings
 

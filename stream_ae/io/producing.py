@@ -15,6 +15,7 @@ import numpy as np
 
 from stream_ae.core.records import encode_event, parse_ts
 from stream_ae.core.synthetic import SyntheticStream
+from stream_ae.io.kafka import Producer
 
 
 def interleave(
@@ -58,7 +59,7 @@ def read_csv_series(
 
 
 def send_events(
-    producer: Any,
+    producer: Producer,
     topic: str,
     events: Iterator[tuple[str, int, list[float]]],
     *,
@@ -79,5 +80,5 @@ def send_events(
             ahead = sent / rate_per_s - (time.perf_counter() - started)
             if ahead > 0:
                 time.sleep(ahead)
-    producer.flush()
+    producer.flush(120.0)
     return sent

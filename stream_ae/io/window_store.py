@@ -25,6 +25,7 @@ from stream_ae.core.windowing import (
     encode_state,
 )
 from stream_ae.errors import StateFormatError, StoreError
+from stream_ae.io.redis import connect_redis, redis_errors
 
 # Fencing compare-and-set. Offsets are compared as Lua numbers (doubles): exact below 2**53.
 _FENCED_SET = f"""
@@ -115,7 +116,8 @@ class RedisWindowStore:
     def __init__(self, client: Any, window: int, features: int, prefix: str = "sae") -> None:
         self.client = client
         self.window, self.features, self.prefix = window, features, prefix
-        self._sha = client.script_load(_FENCED_SET)
+        with redis_errors("loading the fenced-write script"):
+            self._sha = client.script_load(_FENCED_SET)
         self.round_trips = 0
 
     @classmethod
@@ -157,7 +159,8 @@ class RedisWindowStore:
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
             # The script cache was flushed (Redis restarted): load it and write again; rows
             # that landed the first time are refused by the fence, harmlessly.
-            self._sha = self.client.script_load(_FENCED_SET)
+            with redis_errors("loading the fenced-write script"):
+                self._sha = self.client.script_load(_FENCED_SET)
             return self.save(states)
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, Exception):
@@ -185,19 +188,3 @@ class RedisWindowStore:
 
     def close(self) -> None:
         self.client.close()
-
-
-def connect_redis(settings: Any) -> Any:
-    """A Redis client from the settings; the password comes from the secret, never the URL
-    we log."""
-    import redis
-
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return redis.Redis.from_url(
-        settings.redis_url,
-        username=settings.redis_username,
-        password=password,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )

@@ -788,7 +788,7 @@ class WorkerRun:
     :data:`CLOCK_BASE_MS`), so an alert's ``emitted_at`` names the batch that scored it."""
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
-        from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
+        from stream_ae.io.kafka import worker_consumer, worker_producer
         from stream_ae.io.window_store import RedisWindowStore
         from stream_ae.worker.loop import Worker
 
@@ -809,8 +809,8 @@ class WorkerRun:
         )
         self.worker = Worker(
             settings,
-            consumer=make_consumer(settings),
-            producer=TrackedProducer(make_producer(settings)),
+            consumer=worker_consumer(settings),
+            producer=worker_producer(settings),
             store=RedisWindowStore(
                 redis.Redis.from_url(redis_url), W, 1, settings.redis_key_prefix
             ),
