@@ -40,8 +40,9 @@ from tests.helpers import (
     wait_until,
     worker_config,
 )
+from tests.kafka_clients import kafka_client
 
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+__all__ = ["kafka_client", "tiny_model"]  # fixtures: imported so that pytest finds them here
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +58,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     redis_client: redis.Redis,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
     tmp_path: Path,
 ) -> None:
     input_topic = topic_factory(1, prefix="in")
@@ -65,6 +67,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
         bootstrap_servers=broker.bootstrap_servers,
         redis_url=redis_server.url,
         model=tiny_model,
+        kafka_client=kafka_client,
         input_topic=input_topic,
         alerts_topic=alerts_topic,
         dlq_topic=topic_factory(1, prefix="dlq"),

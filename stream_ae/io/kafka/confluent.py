@@ -27,6 +27,8 @@ from stream_ae.io.kafka.interface import (
 )
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines, served on the polling thread instead of written to stderr.
+client_log = logging.getLogger("stream_ae.io.kafka.librdkafka")
 
 # kafka-python option name -> librdkafka property.
 _SECURITY_NAMES = {
@@ -155,6 +157,7 @@ class ConfluentBatchConsumer:
             "max.poll.interval.ms": max_poll_interval_ms,
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "error_cb": _log_client_error,
+            "logger": client_log,
             **librdkafka_security(connection.security),
         }
         with _wrapped(f"cannot create a consumer for {connection.bootstrap_servers}"):
@@ -190,10 +193,10 @@ class ConfluentBatchConsumer:
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         self._to_assign = {p: confluent_kafka.OFFSET_STORED for p in partitions}
+        self._relay.assignment = frozenset(partitions)
 
     def assignment(self) -> set[Partition]:
-        with _wrapped("assignment"):
-            return {_partition(tp) for tp in self._consumer.assignment()}
+        return set(self._relay.assignment)
 
     def partitions_of(self, topic: str) -> list[int]:
         with _wrapped(f"metadata of {topic}"):
@@ -334,6 +337,7 @@ class ConfluentProducer:
             # duplicates after a retry are allowed (alert ids and dead-letter ids are stable).
             "enable.idempotence": False,
             "error_cb": _log_client_error,
+            "logger": client_log,
             **librdkafka_security(connection.security),
         }
         with _wrapped(f"cannot create a producer for {connection.bootstrap_servers}"):
@@ -403,6 +407,11 @@ class ConfluentProducer:
         self._on_delivery = self._delivery_callback(self._generation)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        remaining = self._producer.flush(timeout_s)
-        if remaining:  # closing must not mask the reason we are stopping
+        try:
+            remaining = self._producer.flush(timeout_s)
+            self._producer.close()
+        except Exception as exc:  # closing must not mask the reason we are stopping
+            log.warning("producer close failed: %s", exc)
+            return
+        if remaining:
             log.warning("producer closed with %d messages unsent", remaining)

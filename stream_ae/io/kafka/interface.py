@@ -87,7 +87,9 @@ class BatchConsumer(Protocol):
         ...
 
     def assignment(self) -> set[Partition]:
-        """The partitions this consumer reads now, as the client knows them."""
+        """The partitions this consumer reads, as of the last change delivered to the poll
+        thread. Safe to call from any thread (no client call: librdkafka's blocks while
+        another thread is in ``consume()``)."""
         ...
 
     def partitions_of(self, topic: str) -> list[int]:
@@ -191,6 +193,7 @@ class RebalanceRelay:
         self._pending: list[tuple[bool, set[Partition]]] = []
         self.on_assigned: RebalanceCallback | None = None
         self.on_revoked: RebalanceCallback | None = None
+        self.assignment: frozenset[Partition] = frozenset()
 
     def note(self, assigned: bool, partitions: Iterable[Partition]) -> None:
         with self._lock:
@@ -201,6 +204,10 @@ class RebalanceRelay:
         with self._lock:
             pending, self._pending = self._pending, []
         for assigned, partitions in pending:
+            if assigned:
+                self.assignment = self.assignment | partitions
+            else:
+                self.assignment = self.assignment - partitions
             callback = self.on_assigned if assigned else self.on_revoked
             if callback is not None:
                 callback(partitions)

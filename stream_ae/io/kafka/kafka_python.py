@@ -115,9 +115,10 @@ class KafkaPythonBatchConsumer:
     def assign(self, partitions: Sequence[Partition]) -> None:
         with _wrapped("assign"):
             self._consumer.assign([_tp(p) for p in partitions])
+        self._relay.assignment = frozenset(partitions)
 
     def assignment(self) -> set[Partition]:
-        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return set(self._relay.assignment)
 
     def partitions_of(self, topic: str) -> list[int]:
         with _wrapped(f"metadata of {topic}"):
