@@ -37,7 +37,6 @@ from tests.helpers import (
     load_tiny_scorer,
     metric_value,
     produce,
-    read_topic,
     running_worker,
     settings_of,
     stored_blobs,
@@ -45,7 +44,7 @@ from tests.helpers import (
     wait_until,
     worker_config,
 )
-from tests.kafka_clients import kafka_client
+from tests.kafka_clients import kafka_client, read_records
 
 __all__ = ["kafka_client", "tiny_model"]  # fixtures: imported so that pytest finds them here
 
@@ -199,7 +198,7 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
         assert metric_value(metrics_text, "stream_ae_dlq_total", {"reason": reason}) == count
 
     # Every bad message is in the DLQ once: original bytes and key, reason, source position.
-    dead_letters = read_topic(broker.bootstrap_servers, dlq_topic)
+    dead_letters = read_records(broker.bootstrap_servers, dlq_topic)
     assert len(dead_letters) == bad_total
     by_offset = {}
     for record in dead_letters:
@@ -280,7 +279,7 @@ def test_a_near_1_mib_message_is_dead_lettered_cut_to_fit_and_the_batch_goes_on(
         0: len(sent)
     }
 
-    (letter,) = read_topic(broker.bootstrap_servers, settings.dlq_topic)
+    (letter,) = read_records(broker.bootstrap_servers, settings.dlq_topic)
     headers = {name: value.decode() for name, value in letter.headers}
     assert headers["stream-ae.reason"] == Reason.OVERSIZE
     assert headers["stream-ae.source.offset"] == "60"
@@ -342,7 +341,7 @@ def test_dead_letters_once_per_bad_message_when_batches_are_retried_over_a_redis
             )
         assert (totals.dead_lettered, dlq_counted, events_dead) == (bad, bad, bad)
         assert totals.applied == len(sent) - bad
-        records = read_topic(broker.bootstrap_servers, settings.dlq_topic)
+        records = read_records(broker.bootstrap_servers, settings.dlq_topic)
         ids = _dead_letter_ids(records)
         assert len(records) == bad and len(set(ids)) == bad
         expected_ids = {

@@ -45,7 +45,6 @@ from tests.helpers import (
     live_messages,
     load_tiny_scorer,
     produce,
-    read_topic,
     running_worker,
     settings_of,
     stored_blobs,
@@ -53,7 +52,7 @@ from tests.helpers import (
     wait_until,
     worker_config,
 )
-from tests.kafka_clients import kafka_client
+from tests.kafka_clients import kafka_client, read_records
 
 __all__ = ["kafka_client", "tiny_model"]  # fixtures: imported so that pytest finds them here
 
@@ -142,7 +141,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
     )
 
     # Alerts: valid, at the anomalies, none on normal streams, exactly the oracle's ids.
-    records = read_topic(broker.bootstrap_servers, topics["alerts_topic"])
+    records = read_records(broker.bootstrap_servers, topics["alerts_topic"])
     validator = Draft202012Validator(
         alert_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
@@ -246,7 +245,7 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
         assert totals.applied == len(sent) and totals.dead_lettered == 0
         alert_ids = {
             a["alert_id"]
-            for a in alerts_of(read_topic(broker.bootstrap_servers, topics["alerts_topic"]))
+            for a in alerts_of(read_records(broker.bootstrap_servers, topics["alerts_topic"]))
         }
         assert alert_ids == expected.alert_ids
         assert committed_offsets(

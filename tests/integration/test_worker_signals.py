@@ -31,7 +31,6 @@ from tests.helpers import (
     live_messages,
     load_tiny_scorer,
     long_fleet,
-    read_topic,
     running_worker,
     settings_of,
     stored_blobs,
@@ -40,7 +39,7 @@ from tests.helpers import (
     wait_until,
     worker_config,
 )
-from tests.kafka_clients import kafka_client
+from tests.kafka_clients import kafka_client, read_records
 
 __all__ = ["kafka_client", "tiny_model"]  # fixtures: imported so that pytest finds them here
 
@@ -128,6 +127,6 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     oracle = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
     assert decode_states_equal(stored_blobs(redis_client, prefix), oracle.blobs) == []
     alert_ids = [
-        a["alert_id"] for a in alerts_of(read_topic(broker.bootstrap_servers, alerts_topic))
+        a["alert_id"] for a in alerts_of(read_records(broker.bootstrap_servers, alerts_topic))
     ]
     assert sorted(alert_ids) == sorted(oracle.alert_ids)  # none lost, none repeated
