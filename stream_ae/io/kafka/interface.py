@@ -195,8 +195,11 @@ class RebalanceRelay:
         self.assignment: frozenset[Partition] = frozenset()
 
     def note(self, assigned: bool, partitions: Iterable[Partition]) -> None:
+        changed = set(partitions)
+        if not changed:  # kafka-python reports an empty revocation on the first join
+            return
         with self._lock:
-            self._pending.append((assigned, set(partitions)))
+            self._pending.append((assigned, changed))
 
     def deliver(self) -> None:
         """Run the callbacks of every change noted so far, on the calling thread."""
