@@ -4,14 +4,16 @@ One batch, in this order (:meth:`Worker.run_batch`):
 
 1. **Poll** at most ``max_records`` events, waiting at most ``max_batch_wait_ms``: bounded in
    count and in time, so one batch never nears ``max_poll_interval_ms``.
-2. **Decode and validate**; each bad message is sent to the dead-letter topic with its reason.
-   Before anything is written, so a bad message can never block the good ones.
+2. **Decode and validate**; each bad message is sent to the dead-letter topic with its reason,
+   and these dead letters are flushed now. Before anything is written, so a bad message can
+   never block the good ones; acknowledged before Redis is touched, so a batch retried after a
+   Redis outage knows they went out and does not send or count them again.
 3. **Load** the states of the batch's streams that are not cached: one Redis round trip.
 4. **Append** events in offset order, skipping offsets at or below the stored last applied one:
    after a crash, events already applied are replayed by Kafka and must change nothing.
 5. **Score** every completed window of the batch in one model call (padded to a bucket size).
-6. **Alert policy**, then produce the alerts and **flush** the producer (alerts and dead
-   letters). Before the state write: if we crash after the flush, the replay finds the old
+6. **Alert policy**, then produce the alerts and **flush** the producer. Before the state
+   write: if we crash after the flush, the replay finds the old
    state, recomputes the same windows and re-sends the same alert ids (duplicates are allowed,
    losses are not). Had the state been written first, a crash would lose those alerts.
 7. **Write** the touched states back, fenced, in one pipelined round trip. Before the commit:
