@@ -62,6 +62,22 @@ class StateShapeError(StateFormatError):
 
 
 class BrokerError(StreamAEError):
-    """The Kafka broker cannot be reached or refused a request."""
+    """The Kafka broker cannot be reached or refused a request.
+
+    Retriable unless the client said otherwise (a configuration or authorisation error, a
+    record the broker will never take): ``BrokerError("...", retriable=False)``.
+    """
 
     retriable = True
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class MessageTooLargeError(BrokerError):
+    """A message is over the producer's (or the broker's) size limit: sending it again fails
+    the same way."""
+
+    retriable = False

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
     ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
     ssl_password: SecretStr | None = Field(None, description="Password of the private key.")
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description="Kafka client library: kafka-python, or confluent (librdkafka, several times "
+        "faster; needs the 'fast' extra).",
+    )
 
     # --- Redis ------------------------------------------------------------------------------
     redis_url: str = Field(

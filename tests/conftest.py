@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.support.servers",
     "tests.support.tiny_model",
     "tests.support.redis_servers",
+    "tests.support.kafka_clients",
 ]

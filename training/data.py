@@ -36,6 +36,7 @@ import numpy as np
 
 from stream_ae.core.records import decode_event, ms_to_iso, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
+from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
 from stream_ae.io.series_files import ReadOptions, SeriesFileError, read_series_file
 
 log = logging.getLogger(__name__)
@@ -447,46 +448,37 @@ def read_topic(
 ) -> None:
     """Call ``handle(partition, record)`` for every record of ``topic`` from ``start_ms`` (None:
     the earliest offset) to the end of each partition as of the replay's start, partition by
-    partition in offset order.
+    partition in offset order. ``consumer_config``: the security options
+    (:func:`stream_ae.io.kafka.security_config`).
 
     The end of a partition is the larger of its end offset and the high watermark of the first
     fetch from it, frozen there so a busy topic cannot keep a replay going forever. (Some
     brokers, Tansu among them, answer the end-offset request with the base offset of the last
-    record batch + 1; the fetch's high watermark is right.)
+    record batch + 1; the fetch's high watermark is right.) A partition is done when the
+    records actually returned reach that end.
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
     started = time.monotonic()
-    config = {
-        "bootstrap_servers": bootstrap_servers,
-        "client_id": client_id,
-        "group_id": None,
-        "enable_auto_commit": False,
-        "fetch_max_wait_ms": 100,
-        **dict(consumer_config or {}),
-    }
-    try:
-        consumer = KafkaConsumer(**config)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from None
+    connection = KafkaConnection(
+        bootstrap_servers, client_id=client_id, security=dict(consumer_config or {})
+    )
+    consumer = connection.consumer(group_id=None, fetch_max_wait_ms=100)
     read = 0
     try:
         partitions = _wait_for_partitions(consumer, topic, deadline=started + timeout_s)
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [Partition(topic, p) for p in partitions]
         consumer.assign(tps)
-        end = dict(consumer.end_offsets(tps))
+        end = consumer.end_offsets(tps)
+        begin = consumer.beginning_offsets(tps)
         if start_ms is None:
-            consumer.seek_to_beginning(*tps)
+            consumer.seek_to_beginning(tps)
+            next_offset = dict(begin)
         else:
             found = consumer.offsets_for_times({tp: start_ms for tp in tps})
+            next_offset = {tp: _or(found[tp], end[tp]) for tp in tps}
             for tp in tps:
-                hit = found.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else end[tp])
-        watermark_seen: set[Any] = set()
-        bar = _progress_bar(
-            sum(max(end[tp] - consumer.position(tp), 0) for tp in tps), topic, progress
-        )
+                consumer.seek(tp, next_offset[tp])
+        watermark_seen: set[Partition] = set()
+        bar = _progress_bar(sum(max(end[tp] - next_offset[tp], 0) for tp in tps), topic, progress)
         pending = set(tps)
         while pending:
             if time.monotonic() - started > timeout_s:
@@ -495,34 +487,43 @@ def read_topic(
                     f"{sorted(tp.partition for tp in pending)} within {timeout_s:.0f}s "
                     f"({read} records read)"
                 )
-            batch = consumer.poll(timeout_ms=500, max_records=5000)
+            records = consumer.poll_batch(timeout_ms=500, max_records=5000)
             for tp in pending - watermark_seen:
-                watermark = consumer.highwater(tp)
+                watermark = consumer.high_watermark(tp)
                 if watermark is not None:
                     end[tp] = max(end[tp], watermark)
                     watermark_seen.add(tp)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        break  # newer than the replay's view of the topic
-                    handle(tp.partition, record)
-                    read += 1
-                bar.update(len(records))
+            for record in records:
+                tp = Partition(record.topic, record.partition)
+                if record.offset >= end[tp]:
+                    continue  # newer than the replay's view of the topic
+                handle(record.partition, record)
+                next_offset[tp] = record.offset + 1
+                read += 1
+            bar.update(len(records))
+            for tp in pending:  # past a gap in the offsets, the client's position is ahead
+                next_offset[tp] = max(next_offset[tp], consumer.position(tp, timeout_ms=0) or 0)
             pending = {
-                tp for tp in pending if tp not in watermark_seen or consumer.position(tp) < end[tp]
+                tp for tp in pending if tp not in watermark_seen or next_offset[tp] < end[tp]
             }
         bar.close()
-    except KafkaError as exc:
-        raise BrokerError(f"reading {topic} from {bootstrap_servers} failed: {exc}") from None
+    except BrokerError as exc:
+        raise BrokerError(
+            f"reading {topic} from {bootstrap_servers} failed: {exc}", retriable=exc.retriable
+        ) from None
     finally:
         consumer.close()
 
 
-def _wait_for_partitions(consumer: Any, topic: str, deadline: float) -> list[int]:
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _wait_for_partitions(consumer: BatchConsumer, topic: str, deadline: float) -> list[int]:
     while True:
-        partitions = consumer.partitions_for_topic(topic)
+        partitions = consumer.partitions_of(topic)
         if partitions:
-            return sorted(partitions)
+            return partitions
         if time.monotonic() > deadline:
             raise DataSourceError(f"topic {topic!r} does not exist (or has no partitions)")
         time.sleep(0.2)

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
 from stream_ae.settings import load_settings
 
 HEADER = (
@@ -33,7 +34,7 @@ def format_alert(alert: dict[str, Any]) -> str:
 
 
 def follow(
-    consumer: Any, *, max_alerts: int | None, idle_timeout_s: float | None, as_json: bool
+    consumer: BatchConsumer, *, max_alerts: int | None, idle_timeout_s: float | None, as_json: bool
 ) -> int:
     """Print alerts until ``max_alerts`` or ``idle_timeout_s`` without any; returns the count."""
     seen: set[str] = set()
@@ -42,14 +43,15 @@ def follow(
     if not as_json:
         print(HEADER, flush=True)
     while max_alerts is None or count < max_alerts:
-        batch = consumer.poll(timeout_ms=500)
-        messages = [m for ms in batch.values() for m in ms]
+        messages = consumer.poll_batch(timeout_ms=500, max_records=500)
         if not messages:
             if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
                 break
             continue
         last = time.monotonic()
         for m in messages:
+            if m.value is None:
+                continue
             alert = orjson.loads(m.value)
             if alert["alert_id"] in seen:  # a replay after a worker crash: same id, skip
                 continue
@@ -74,21 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kafka import KafkaConsumer
-
-    from stream_ae.io.kafka import security_config
-
     overrides = {"bootstrap_servers": args.bootstrap_servers} if args.bootstrap_servers else {}
     settings = load_settings(overrides)
-    consumer = KafkaConsumer(
-        settings.alerts_topic,
-        bootstrap_servers=settings.bootstrap_servers.split(","),
+    consumer = KafkaConnection.from_settings(settings).consumer(
+        group_id=None,  # a reader, not a member of any group: nothing is committed
         auto_offset_reset="earliest" if args.from_beginning else "latest",
-        enable_auto_commit=False,
         fetch_max_wait_ms=100,
-        **security_config(settings),
+        client_id_suffix="alerts",
     )
     try:
+        partitions = _wait_for_partitions(consumer, settings.alerts_topic, args.idle_timeout)
+        consumer.assign([Partition(settings.alerts_topic, p) for p in partitions])
         follow(
             consumer,
             max_alerts=args.max_alerts,
@@ -100,3 +98,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
     return 0
+
+
+def _wait_for_partitions(consumer: BatchConsumer, topic: str, timeout_s: float | None) -> list[int]:
+    """The topic's partitions, once it exists (the worker creates it with its first alert)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not (partitions := consumer.partitions_of(topic)):
+        if deadline is not None and time.monotonic() > deadline:
+            return []
+        time.sleep(0.5)
+    return partitions

@@ -155,7 +155,7 @@ def read_heartbeats(
 
 
 def _status(args: argparse.Namespace) -> int:
-    from stream_ae.io.window_store import connect_redis
+    from stream_ae.io.redis import connect_redis
     from stream_ae.settings import load_settings
 
     overrides = {"redis_url": args.redis_url} if args.redis_url else {}

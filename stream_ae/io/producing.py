@@ -12,6 +12,7 @@ from typing import Any
 
 from stream_ae.core.records import encode_event
 from stream_ae.core.synthetic import SyntheticStream
+from stream_ae.io.kafka import Producer
 
 
 def interleave(
@@ -26,7 +27,7 @@ def interleave(
 
 
 def send_events(
-    producer: Any,
+    producer: Producer,
     topic: str,
     events: Iterator[tuple[str, int, list[float]]],
     *,
@@ -47,5 +48,5 @@ def send_events(
             ahead = sent / rate_per_s - (time.perf_counter() - started)
             if ahead > 0:
                 time.sleep(ahead)
-    producer.flush()
+    producer.flush(120.0)
     return sent

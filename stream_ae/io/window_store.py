@@ -35,7 +35,8 @@ from stream_ae.core.state_codec import (
     decode_state,
     encode_state,
 )
-from stream_ae.errors import ConfigError, StateFormatError, StateShapeError, StoreError
+from stream_ae.errors import StateFormatError, StateShapeError, StoreError
+from stream_ae.io.redis import connect_redis, redis_errors
 
 # Fencing compare-and-set. Offsets are compared as Lua numbers (doubles): exact below 2**53.
 _FENCED_SET = f"""
@@ -181,7 +182,8 @@ class RedisWindowStore:
     def __init__(self, client: Any, window: int, features: int, prefix: str = "sae") -> None:
         self.client = client
         self.window, self.features, self.prefix = window, features, prefix
-        self._sha = client.script_load(_FENCED_SET)
+        with redis_errors("loading the fenced-write script"):
+            self._sha = client.script_load(_FENCED_SET)
         self.round_trips = 0
 
     @classmethod
@@ -254,7 +256,8 @@ class RedisWindowStore:
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
             # The script cache was flushed (Redis restarted): load it and write again; rows
             # that landed the first time are refused by the fence, harmlessly.
-            self._sha = self.client.script_load(_FENCED_SET)
+            with redis_errors("loading the fenced-write script"):
+                self._sha = self.client.script_load(_FENCED_SET)
             return self.save(states)
         foreign = []
         for stream, result in zip(streams, results, strict=True):
@@ -288,56 +291,6 @@ class RedisWindowStore:
 
     def close(self) -> None:
         self.client.close()
-
-
-def connect_redis(settings: Any) -> Any:
-    """A Redis client from the settings, checked with a PING: a single server, or a Redis
-    Cluster (``redis_cluster``, or a ``redis+cluster://`` / ``rediss+cluster://`` URL) found
-    through the URL's node; TLS with a ``rediss://`` URL and the ``redis_ssl_*`` files.
-
-    The password comes from the secret, never the URL we log. A refused login or a TLS
-    setting without a TLS URL raises :class:`ConfigError` (one line, no password): retrying
-    cannot help. An unreachable server raises the client's connection error (retried).
-    """
-    import redis
-    from redis.cluster import RedisCluster
-
-    url: str = settings.redis_url
-    cluster = bool(getattr(settings, "redis_cluster", False))
-    scheme, sep, rest = url.partition("://")
-    if scheme.endswith("+cluster"):
-        url, cluster = scheme.removesuffix("+cluster") + sep + rest, True
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    options: dict[str, Any] = {
-        "username": settings.redis_username,
-        "password": password,
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-    }
-    tls_files = {
-        "ssl_ca_certs": getattr(settings, "redis_ssl_ca_file", None),
-        "ssl_certfile": getattr(settings, "redis_ssl_cert_file", None),
-        "ssl_keyfile": getattr(settings, "redis_ssl_key_file", None),
-    }
-    if any(tls_files.values()) and not url.startswith("rediss://"):
-        raise ConfigError("redis_ssl_* files are set but redis_url is not a rediss:// URL")
-    options.update({name: str(path) for name, path in tls_files.items() if path})
-    client: Any
-    try:
-        if cluster:
-            client = RedisCluster.from_url(url, **options)
-        else:
-            client = redis.Redis.from_url(url, health_check_interval=30, **options)
-        client.ping()
-    except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
-        who = f" of user {settings.redis_username!r}" if settings.redis_username else ""
-        raise ConfigError(f"Redis refused the login{who}: {exc}") from None
-    except redis.exceptions.RedisClusterException as exc:
-        if "invalid username-password" in str(exc) or "WRONGPASS" in str(exc):
-            who = f" of user {settings.redis_username!r}" if settings.redis_username else ""
-            raise ConfigError(f"Redis Cluster refused the login{who}") from None
-        raise redis.exceptions.ConnectionError(f"Redis Cluster unavailable: {exc}") from exc
-    return client
 
 
 def _glob_escape(text: str) -> str:

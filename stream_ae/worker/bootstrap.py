@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from stream_ae.errors import ArtifactError, BrokerError, ConfigError, StoreError
-from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
+from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
+from stream_ae.io.kafka import KafkaConnection, worker_consumer, worker_producer
+from stream_ae.io.redis import connect_redis
 from stream_ae.io.state_guard import StateGuard, check_server
-from stream_ae.io.window_store import RedisWindowStore, connect_redis
+from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.logs import fields
 from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
@@ -33,17 +34,14 @@ T = TypeVar("T")
 def retry_until_up(
     what: str, connect: Callable[[], T], settings: Settings, stop: threading.Event | None = None
 ) -> T:
-    """Call ``connect`` until it succeeds, backing off up to ``retry_backoff_max_s``."""
+    """Call ``connect`` until it succeeds, backing off up to ``retry_backoff_max_s``, while its
+    errors are retriable; a non-retriable one (a bad option, a refused login) is raised."""
     backoff = 0.5
     while True:
         try:
             return connect()
-        except (StoreError, BrokerError, OSError) as exc:
-            log.error(
-                f"{what} unavailable, retrying", extra=fields(error=str(exc), backoff_s=backoff)
-            )
-        except Exception as exc:  # redis/kafka client errors of many types
-            if type(exc).__module__.split(".")[0] not in ("redis", "kafka"):
+        except StreamAEError as exc:
+            if not exc.retriable:
                 raise
             log.error(
                 f"{what} unavailable, retrying", extra=fields(error=str(exc), backoff_s=backoff)
@@ -133,10 +131,9 @@ def build_worker(settings: Settings, metrics: WorkerMetrics | None = None) -> Wo
         settings,
     )
     state_guard = guard_store(store, settings)
-    producer = retry_until_up(
-        "Kafka producer", lambda: TrackedProducer(make_producer(settings)), settings
-    )
-    consumer = retry_until_up("Kafka consumer", lambda: make_consumer(settings), settings)
+    kafka = KafkaConnection.from_settings(settings)
+    producer = retry_until_up("Kafka producer", lambda: worker_producer(settings, kafka), settings)
+    consumer = retry_until_up("Kafka consumer", lambda: worker_consumer(settings, kafka), settings)
     worker = Worker(
         settings,
         consumer=consumer,

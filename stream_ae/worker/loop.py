@@ -4,14 +4,16 @@ One batch, in this order (:meth:`Worker.run_batch`):
 
 1. **Poll** at most ``max_records`` events, waiting at most ``max_batch_wait_ms``: bounded in
    count and in time, so one batch never nears ``max_poll_interval_ms``.
-2. **Decode and validate**; each bad message is sent to the dead-letter topic with its reason.
-   Before anything is written, so a bad message can never block the good ones.
+2. **Decode and validate**; each bad message is sent to the dead-letter topic with its reason,
+   and these dead letters are flushed now. Before anything is written, so a bad message can
+   never block the good ones; acknowledged before Redis is touched, so a batch retried after a
+   Redis outage knows they went out and does not send or count them again.
 3. **Load** the states of the batch's streams that are not cached: one Redis round trip.
 4. **Append** events in offset order, skipping offsets at or below the stored last applied one:
    after a crash, events already applied are replayed by Kafka and must change nothing.
 5. **Score** every completed window of the batch in one model call (padded to a bucket size).
-6. **Alert policy**, then produce the alerts and **flush** the producer (alerts and dead
-   letters). Before the state write: if we crash after the flush, the replay finds the old
+6. **Alert policy**, then produce the alerts and **flush** the producer. Before the state
+   write: if we crash after the flush, the replay finds the old
    state, recomputes the same windows and re-sends the same alert ids (duplicates are allowed,
    losses are not). Had the state been written first, a crash would lose those alerts.
 7. **Write** the touched states back, fenced, in one pipelined round trip. Before the commit:
@@ -20,8 +22,14 @@ One batch, in this order (:meth:`Worker.run_batch`):
 
 No step depends on the broker's commit semantics: correctness comes from the fenced, offset-
 stamped state (a replay is a no-op), so it holds on brokers without transactions or fenced
-commits. Any failure in 3-8 (Redis or Kafka away) rewinds the consumer to the batch's first
-offsets, drops the batch's cached states and retries with backoff.
+commits, and nothing reads the broker's reported log end.
+
+Errors: the ``retriable`` flag of the project's exception decides. A retriable failure in 2-8
+(Redis or Kafka away) rewinds the consumer to the batch's first offsets, drops the batch's
+cached states and retries with backoff; the dead letters already acknowledged are not sent or
+counted again (:mod:`stream_ae.worker.dead_letters`). A non-retriable one (a refused login, a
+state that cannot be decoded, a broker that will never take a record) stops the worker with one
+fatal line and exit code 1, committing nothing: a retry would fail the same way, forever.
 """
 
 from __future__ import annotations
@@ -32,25 +40,27 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
 
 import orjson
 
-from stream_ae.core.records import Event, dead_letter_headers, decode_event
-from stream_ae.errors import BrokerError, SchemaError, StoreError
-from stream_ae.io.kafka import TrackedProducer
+from stream_ae.core.records import Event, decode_event
+from stream_ae.errors import BrokerError, SchemaError, StoreError, StreamAEError
+from stream_ae.io.kafka import BatchConsumer, Partition, Producer, Record, lag
 from stream_ae.io.state_guard import StateGuard, next_offsets
 from stream_ae.io.window_store import WindowStore
 from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
 from stream_ae.settings import Settings
+from stream_ae.worker.dead_letters import DeadLetterQueue, offset_spans
 from stream_ae.worker.metrics import WorkerMetrics
 from stream_ae.worker.processor import StreamProcessor
 
 log = logging.getLogger(__name__)
+
 
 # A test hook, inert unless this variable is set (never in production; not a STREAM_AE_ setting,
 # which would be refused as unknown): the crash tests (tests/integration/test_crash_replay.py)
@@ -110,8 +120,8 @@ class Worker:
         self,
         settings: Settings,
         *,
-        consumer: Any,
-        producer: TrackedProducer,
+        consumer: BatchConsumer,
+        producer: Producer,
         store: WindowStore,
         model: ModelSource,
         metrics: WorkerMetrics | None = None,
@@ -123,6 +133,7 @@ class Worker:
         self.producer = producer
         self.model = model
         self.metrics = metrics or WorkerMetrics()
+        self.dead_letters = DeadLetterQueue(producer, settings.dlq_topic, self.metrics)
         self.processor = StreamProcessor(
             store,
             model.current,
@@ -134,81 +145,68 @@ class Worker:
         self.totals = BatchStats()
         self._stop = threading.Event()
         self._backoff_s = 0.0
-        self._assigned: set[Any] = set()
+        self._assigned: set[Partition] = set()
         self._fatal: str | None = None
-        self._rebalance_lock = threading.Lock()
-        self._revoked_pending: set[Any] = set()
-        self._assigned_pending: set[Any] = set()
         self.state_guard = state_guard
-        self._unguarded: set[Any] = set()  # assigned, states not yet checked (Redis was away)
-        self._rewinds: dict[Any, int] = {}  # partition -> offset to replay from
+        self._unguarded: set[Partition] = set()  # assigned, states not checked (Redis away)
+        self._rewinds: dict[Partition, int] = {}  # partition -> offset to replay from
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def subscribe(self) -> None:
-        from kafka import ConsumerRebalanceListener
+        """Join the group; partition changes reach :meth:`_on_assigned` and
+        :meth:`_on_revoked` on the poll thread, between batches."""
+        self.consumer.subscribe(
+            self.settings.input_topics, on_assigned=self._on_assigned, on_revoked=self._on_revoked
+        )
 
-        worker = self
+    def _on_revoked(self, revoked: set[Partition]) -> None:
+        # Called before the next batch is processed: a revoked partition's cached states are
+        # dropped after its last batch was committed, before another worker's writes matter.
+        self._assigned -= revoked
+        self.metrics.ready = bool(self._assigned)
+        for tp in revoked:  # another worker reports its lag now; a stale series would alert
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        dropped = self.processor.forget_partitions(revoked)
+        log.info(
+            "partitions revoked; their cached states dropped",
+            extra=fields(partitions=_tps(revoked), streams=dropped),
+        )
+        self._guard_states(set(), revoked)
 
-        class Listener(ConsumerRebalanceListener):
-            # kafka-python 3 calls these on its background IO thread, possibly in the middle of
-            # a batch, and blocking client calls are forbidden there: only note the change.
-            # The poll thread applies it between batches (_apply_rebalance), so a revoked
-            # partition's cached states are dropped after its batch was committed.
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                with worker._rebalance_lock:
-                    worker._revoked_pending |= set(revoked)
-                    worker._assigned -= set(revoked)
-                log.info("partitions revoked", extra=fields(partitions=_tps(revoked)))
+    def _on_assigned(self, assigned: set[Partition]) -> None:
+        self._assigned |= assigned  # states load lazily, on first event
+        self.metrics.ready = bool(self._assigned)
+        log.info("partitions assigned", extra=fields(partitions=_tps(assigned)))
+        self._check_committed(assigned)
+        self._guard_states(assigned, set())
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                with worker._rebalance_lock:
-                    worker._assigned_pending |= set(assigned)
-                    worker._assigned |= set(assigned)  # states load lazily, on first event
-                worker.metrics.ready = bool(worker._assigned)
-                log.info("partitions assigned", extra=fields(partitions=_tps(assigned)))
-
-        self.consumer.subscribe(self.settings.input_topics, listener=Listener())
-
-    def _apply_rebalance(self) -> None:
-        """Apply partition changes noted by the listener, on the poll thread, between batches."""
-        with self._rebalance_lock:
-            revoked, self._revoked_pending = self._revoked_pending, set()
-            assigned, self._assigned_pending = self._assigned_pending, set()
-        if revoked:
-            for tp in revoked:  # another worker reports its lag now; a stale series would alert
-                with contextlib.suppress(KeyError):
-                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-            dropped = self.processor.forget_partitions((tp.topic, tp.partition) for tp in revoked)
-            log.info("cached states of revoked partitions dropped", extra=fields(streams=dropped))
-        if assigned:
-            self._check_committed(assigned)
-        self._guard_states(assigned, revoked)
-
-    def _check_committed(self, assigned: Any) -> None:
-        """Say loudly when a committed offset is out of the log's range: Kafka would reset it
-        by ``auto_offset_reset`` silently; with ``error`` the worker stops instead."""
+    def _check_committed(self, assigned: set[Partition]) -> None:
+        """Say loudly when a committed offset is below the log's start (its events were
+        deleted): Kafka would reset it by ``auto_offset_reset`` silently; with ``error`` the
+        worker stops instead. (Above the end is not checked: some brokers, Tansu among them,
+        report an end below the true one after multi-record batches; the client's own fetch
+        finds a truly out-of-range offset and applies the same policy.)"""
         try:
-            tps = list(assigned)
+            tps = sorted(assigned)
             begin = self.consumer.beginning_offsets(tps)
-            end = self.consumer.end_offsets(tps)
-            for tp in tps:
-                committed = self.consumer.committed(tp)
-                if committed is None or begin[tp] <= committed <= end[tp]:
-                    continue
-                policy = self.settings.auto_offset_reset
-                message = (
-                    f"committed offset {committed} of {tp.topic}:{tp.partition} is outside the "
-                    f"log [{begin[tp]}, {end[tp]}]"
-                )
-                if policy == "error":
-                    self._fatal = message + " and auto_offset_reset is 'error'"
-                    self.stop()
-                log.warning(message + f"; resetting per auto_offset_reset={policy!r}")
-        except Exception as exc:  # a metadata hiccup must not break the rebalance
+            committed = self.consumer.committed(tps)
+        except BrokerError as exc:  # a metadata hiccup must not break the rebalance
             log.warning("could not check committed offsets", extra=fields(error=str(exc)))
+            return
+        for tp in tps:
+            offset = committed.get(tp)
+            if offset is None or offset >= begin[tp]:
+                continue
+            policy = self.settings.auto_offset_reset
+            message = f"committed offset {offset} of {tp} is below the log start {begin[tp]}"
+            if policy == "error":
+                self._fail(message + " and auto_offset_reset is 'error'")
+            else:
+                log.warning(message + f"; resetting per auto_offset_reset={policy!r}")
 
-    def _guard_states(self, assigned: set[Any], revoked: set[Any]) -> None:
+    def _guard_states(self, assigned: set[Partition], revoked: set[Partition]) -> None:
         """Notice partitions whose stored states are older than their committed offsets
         (:mod:`stream_ae.io.state_guard`): log and count them and, under ``state_loss=rewind``,
         replay them from where their states stop. Partitions that could not be checked (Redis
@@ -222,8 +220,10 @@ class Worker:
             return
         try:
             tps = sorted(self._unguarded)
-            committed = {(tp.topic, tp.partition): self.consumer.committed(tp) for tp in tps}
-            lost = self.state_guard.check(committed)
+            committed = self.consumer.committed(tps)
+            lost = self.state_guard.check(
+                {(tp.topic, tp.partition): committed.get(tp) for tp in tps}
+            )
             begin = self.consumer.beginning_offsets(tps) if lost else {}
         except Exception as exc:  # Redis or the broker away: the next batch tries again
             log.warning("could not check the stored states", extra=fields(error=str(exc)))
@@ -244,18 +244,16 @@ class Worker:
                 action += f"; events before {begin[tp]} are gone from the topic"
             log.warning(f"window states lost: {loss.describe()}; {action}")
 
-    def _hold_back(self, messages: list[Any]) -> list[Any]:
+    def _hold_back(self, messages: list[Record]) -> list[Record]:
         """Drop the batch's events of partitions to replay (seeking them to their replay
         offset) or not yet checked (seeking back to the batch's first offset): whether they
         came before or after the seek, they are read again in order."""
         if not self._rewinds and not self._unguarded:
             return messages
-        from kafka import TopicPartition
-
-        first: dict[Any, int] = {}
+        first: dict[Partition, int] = {}
         kept = []
         for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
+            tp = Partition(m.topic, m.partition)
             if tp in self._rewinds or tp in self._unguarded:
                 first[tp] = min(first.get(tp, m.offset), m.offset)
             else:
@@ -285,8 +283,17 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def fatal(self) -> str | None:
+        """Why the worker stopped for good (None: it did not)."""
+        return self._fatal
+
+    def _fail(self, message: str) -> None:
+        self._fatal = self._fatal or message
+        self.stop()
+
     def run(self, max_batches: int | None = None) -> int:
-        """Poll batches until stopped; then commit (done per batch), close and return 0."""
+        """Poll batches until stopped; then close and return 0 (1 after a fatal error)."""
         batches = 0
         try:
             while not self._stop.is_set() and (max_batches is None or batches < max_batches):
@@ -296,15 +303,15 @@ class Worker:
         finally:
             self.close()
         if self._fatal:
-            log.error(self._fatal)
+            log.error(f"stopped: {self._fatal}")
             return 1
         return 0
 
     def close(self) -> None:
         self.metrics.ready = False
         try:
-            self.consumer.close(autocommit=False)
-        except Exception as exc:
+            self.consumer.close()
+        except BrokerError as exc:
             log.warning("consumer close failed: %s", exc)
         self.producer.close()
         self.model.close()
@@ -315,21 +322,25 @@ class Worker:
     def run_batch(self) -> BatchStats:
         """One pass of the poll-batch protocol (see the module docstring)."""
         self.metrics.heartbeat()
-        self._apply_rebalance()
-        # 1. Poll: bounded in count (max_records) and in wait (max_batch_wait_ms).
-        polled = self.consumer.poll(
-            timeout_ms=self.settings.max_batch_wait_ms, max_records=self.max_records
-        )
-        messages = [m for tp_messages in polled.values() for m in tp_messages]
-        self._apply_rebalance()  # a rebalance during the poll: drop stale states before use
-        messages = self._hold_back(messages)
+        # 1. Poll: bounded in count (max_records) and in wait (max_batch_wait_ms). Partition
+        #    changes are applied before and after it, so no stale state is used.
+        try:
+            messages = self.consumer.poll_batch(self.settings.max_batch_wait_ms, self.max_records)
+        except BrokerError as exc:
+            self._recover([], exc)
+            return BatchStats()
+        if self.state_guard is not None:
+            self._guard_states(set(), set())  # partitions Redis was away for: try again
+            messages = self._hold_back(messages)
         stats = BatchStats(consumed=len(messages))
         if not messages:
             return stats
         started = time.perf_counter()
         try:
-            # 2. Decode; bad messages to the dead-letter topic (sent now, flushed in step 6).
+            # 2. Decode; bad messages to the dead-letter topic, acknowledged before anything
+            #    else happens, so a retry of this batch does not send or count them again.
             events = self._decode(messages, stats)
+            self.dead_letters.flush(offset_spans(messages))
             # 3.-6. Load, append, score, alert policy.
             outcome = self.processor.process(events)
             for alert in outcome.alerts:
@@ -338,7 +349,7 @@ class Worker:
                     orjson.dumps(alert),
                     key=alert["stream"].encode(),
                 )
-            # 6. Flush alerts and dead letters: all acknowledged before the state moves on.
+            # 6. Flush the alerts: all acknowledged before the state moves on.
             self.producer.flush(timeout_s=30.0)
             _fault_point("alerts_flushed", len(outcome.alerts))
             # 7. Write the touched states, fenced, one round trip.
@@ -356,14 +367,7 @@ class Worker:
             _fault_point("state_written", len(outcome.alerts))
             # 8. Commit what was consumed.
             self._commit(messages)
-        except (StoreError, BrokerError) as exc:
-            if not exc.retriable:
-                # Trying again gives the same answer (stored states of another window shape):
-                # stop with one fatal line; nothing was committed, so nothing is lost.
-                self.producer.discard()
-                self._fatal = f"fatal {type(exc).__name__}: {exc}"
-                self.stop()
-                return stats
+        except StreamAEError as exc:
             self._recover(messages, exc)
             return stats
         self._backoff_s = 0.0
@@ -374,7 +378,7 @@ class Worker:
         self._adapt_batch_size(stats.seconds)
         return stats
 
-    def _decode(self, messages: list[Any], stats: BatchStats) -> list[Event]:
+    def _decode(self, messages: Sequence[Record], stats: BatchStats) -> list[Event]:
         spec = self.model.current().artifact.spec
         events: list[Event] = []
         for m in messages:
@@ -392,47 +396,28 @@ class Worker:
                 )
             except SchemaError as exc:
                 stats.dead_lettered += 1
-                self.metrics.dlq.labels(reason=exc.reason).inc()
-                self.producer.send(
-                    self.settings.dlq_topic,
-                    m.value,
-                    key=m.key,
-                    headers=dead_letter_headers(
-                        exc.reason, exc.detail, m.topic, m.partition, m.offset
-                    ),
-                )
+                self.dead_letters.send(m, exc)
         return events
 
-    def _commit(self, messages: list[Any]) -> None:
-        from kafka import OffsetAndMetadata, TopicPartition
+    def _commit(self, messages: Sequence[Record]) -> None:
+        # A failed commit loses nothing: the replay is skipped by the fenced state.
+        self.consumer.commit({tp: last + 1 for tp, (_, last) in offset_spans(messages).items()})
 
-        last: dict[TopicPartition, int] = {}
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            last[tp] = max(last.get(tp, -1), m.offset)
-        offsets = {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
-        try:
-            self.consumer.commit(offsets=offsets)
-        except Exception as exc:
-            # A failed commit loses nothing: the replay is skipped by the fenced state.
-            raise BrokerError(f"offset commit failed: {exc}") from exc
-
-    def _recover(self, messages: list[Any], exc: Exception) -> None:
-        """Rewind to the batch's first offsets and retry after a backoff; nothing committed."""
-        from kafka import TopicPartition
-
+    def _recover(self, messages: Sequence[Record], exc: StreamAEError) -> None:
+        """A retriable error: rewind to the batch's first offsets and retry after a backoff,
+        nothing committed. A non-retriable one: stop, nothing committed."""
         kind = "store" if isinstance(exc, StoreError) else "broker"
         self.metrics.errors.labels(kind=kind).inc()
         self.producer.discard()
+        self.dead_letters.discard()
         self.processor.forget({self._stream_of(m) for m in messages})
-        first: dict[Any, int] = {}
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            first[tp] = min(first.get(tp, m.offset), m.offset)
-        for tp, offset in first.items():
+        if not exc.retriable:
+            self._fail(f"{type(exc).__name__} (not retriable): {exc}")
+            return
+        for tp, (first, _) in offset_spans(messages).items():
             try:
-                self.consumer.seek(tp, offset)
-            except Exception as seek_exc:  # revoked meanwhile: the new owner replays it
+                self.consumer.seek(tp, first)
+            except BrokerError as seek_exc:  # revoked meanwhile: the new owner replays it
                 log.warning("seek failed", extra=fields(partition=str(tp), error=str(seek_exc)))
         self._backoff_s = min(max(self._backoff_s * 2, 0.5), self.settings.retry_backoff_max_s)
         log.error(
@@ -442,9 +427,9 @@ class Worker:
         self._stop.wait(self._backoff_s)
 
     @staticmethod
-    def _stream_of(message: Any) -> str:
+    def _stream_of(message: Record) -> str:
         try:
-            body = orjson.loads(message.value)
+            body = orjson.loads(message.value or b"")
             if isinstance(body, dict) and isinstance(body.get("stream"), str):
                 return str(body["stream"])
         except (orjson.JSONDecodeError, TypeError):
@@ -473,18 +458,8 @@ class Worker:
             "seconds",
         ):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(stats, name))
-        for tp in list(self._assigned):
-            try:
-                highwater = self.consumer.highwater(tp)
-                position = (
-                    self.consumer.position(tp, timeout_ms=0) if highwater is not None else None
-                )
-            except Exception:
-                continue
-            if highwater is not None and position is not None:
-                m.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    highwater - position
-                )
+        for tp, behind in lag(self.consumer, self._assigned).items():
+            m.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(behind)
 
     def _adapt_batch_size(self, seconds: float) -> None:
         """Keep a batch's processing inside its time budget: halve the poll size after a slow
@@ -500,5 +475,5 @@ class Worker:
             self.max_records = min(self.settings.max_poll_records, int(self.max_records * 1.5) + 1)
 
 
-def _tps(tps: Any) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+def _tps(tps: set[Partition]) -> list[str]:
+    return sorted(str(tp) for tp in tps)

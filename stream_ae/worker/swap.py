@@ -235,7 +235,7 @@ class ModelManager:
 
     def _redis(self) -> Any:
         if self._redis_client is None:
-            from stream_ae.io.window_store import connect_redis
+            from stream_ae.io.redis import connect_redis
 
             self._redis_client = connect_redis(self.settings)
         return self._redis_client

@@ -143,7 +143,7 @@ def run_swap_bench(
     first and the ``rss_swaps``-th swap. Starts a broker and Redis (dev stack) unless both
     ``bootstrap_servers`` and ``redis_url`` are given. Returns the figures and the raw series;
     ``out`` (None: silent) gets the printed summary lines."""
-    from stream_ae.io.kafka import TrackedProducer, make_consumer, make_producer
+    from stream_ae.io.kafka import worker_consumer, worker_producer
     from stream_ae.io.window_store import RedisWindowStore
     from stream_ae.settings import Settings
     from stream_ae.worker.bootstrap import load_scorer
@@ -201,8 +201,8 @@ def run_swap_bench(
         )
         worker = Worker(
             settings,
-            consumer=make_consumer(settings),
-            producer=TrackedProducer(make_producer(settings)),
+            consumer=worker_consumer(settings),
+            producer=worker_producer(settings),
             store=RedisWindowStore.from_settings(settings, window, 1),
             model=manager,
             metrics=metrics,

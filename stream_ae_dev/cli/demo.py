@@ -151,19 +151,19 @@ def _stream_and_follow(
 ) -> list[dict[str, Any]]:
     import threading
 
-    from kafka import KafkaConsumer, KafkaProducer
-
     from stream_ae.cli.alerts import HEADER, format_alert
+    from stream_ae.io.kafka import KafkaConnection, Partition
     from stream_ae.io.producing import interleave, send_events
 
-    consumer = KafkaConsumer(
-        "stream-ae.alerts",
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
-    )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    kafka = KafkaConnection(bootstrap, client_id="stream-ae-demo")
+    consumer = kafka.consumer(auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    deadline = time.monotonic() + 60
+    while not (partitions := consumer.partitions_of("stream-ae.alerts")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the topic stream-ae.alerts does not exist")
+        time.sleep(0.5)
+    consumer.assign([Partition("stream-ae.alerts", p) for p in partitions])
+    producer = kafka.producer()
     sender = threading.Thread(
         target=send_events,
         args=(producer, LIVE_TOPIC, interleave(streams, start=args.history)),
@@ -176,15 +176,13 @@ def _stream_and_follow(
     print(HEADER, flush=True)
     quiet_since = time.monotonic()
     while sender.is_alive() or time.monotonic() - quiet_since < 8:
-        batch = consumer.poll(timeout_ms=300)
-        for messages in batch.values():
-            for m in messages:
-                alert = orjson.loads(m.value)
-                if alert["alert_id"] not in seen:
-                    seen.add(alert["alert_id"])
-                    alerts.append(alert)
-                    print(format_alert(alert), flush=True)
-                quiet_since = time.monotonic()
+        for m in consumer.poll_batch(timeout_ms=300, max_records=500):
+            alert = orjson.loads(m.value or b"{}")
+            if alert["alert_id"] not in seen:
+                seen.add(alert["alert_id"])
+                alerts.append(alert)
+                print(format_alert(alert), flush=True)
+            quiet_since = time.monotonic()
         if sender.is_alive():
             quiet_since = time.monotonic()
     producer.close()

@@ -10,15 +10,25 @@ import random
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis
 
 from stream_ae.core.records import MAX_STREAM_ID_CHARS, Reason
+from stream_ae.settings import Settings
+from stream_ae.worker.dead_letters import (
+    ID_HEADER,
+    MAX_DEAD_LETTER_BYTES,
+    TRUNCATED_HEADER,
+    dead_letter_id,
+)
 from stream_ae.worker.metrics import HealthServer
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess, find_free_port
-from tests.support.kafka_topics import produce, read_topic
+from tests.support.kafka_clients import read_records
+from tests.support.kafka_topics import committed_offsets, produce
 from tests.support.outcomes import decode_states_equal, expected_outcome, stored_blobs
 from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
 from tests.support.waiting import wait_until
@@ -128,6 +138,7 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
     redis_client: redis.Redis,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
 ) -> None:
     input_topic = topic_factory(1, prefix="in")
     dlq_topic = topic_factory(1, prefix="dlq")
@@ -136,6 +147,7 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
             bootstrap_servers=broker.bootstrap_servers,
             redis_url=redis_server.url,
             model=tiny_model,
+            kafka_client=kafka_client,
             input_topic=input_topic,
             alerts_topic=topic_factory(1, prefix="alerts"),
             dlq_topic=dlq_topic,
@@ -172,7 +184,7 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
         assert metric_value(metrics_text, "stream_ae_dlq_total", {"reason": reason}) == count
 
     # Every bad message is in the DLQ once: original bytes and key, reason, source position.
-    dead_letters = read_topic(broker.bootstrap_servers, dlq_topic)
+    dead_letters = read_records(broker.bootstrap_servers, dlq_topic)
     assert len(dead_letters) == bad_total
     by_offset = {}
     for record in dead_letters:
@@ -196,3 +208,133 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
         decode_states_equal(stored_blobs(redis_client, settings.redis_key_prefix), oracle.blobs)
         == []
     )
+
+
+def _dlq_settings(
+    broker: BrokerProcess,
+    redis_url: str,
+    topic_factory: Callable[..., str],
+    model: TinyModel,
+    kafka_client: str,
+) -> Settings:
+    return settings_of(
+        worker_config(
+            bootstrap_servers=broker.bootstrap_servers,
+            redis_url=redis_url,
+            model=model,
+            kafka_client=kafka_client,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            input_topic=topic_factory(1, prefix="in"),
+            alerts_topic=topic_factory(1, prefix="alerts"),
+            dlq_topic=topic_factory(1, prefix="dlq"),
+        )
+    )
+
+
+def _dead_letter_ids(records: list[Any]) -> list[str]:
+    return [dict(r.headers)[ID_HEADER].decode() for r in records]
+
+
+# Value plus headers of the input: under Apache Kafka's default broker limit (1,048,588 B), so
+# a broker lets it in; its dead letter (the value plus our headers) is over the producer's.
+NEAR_LIMIT_BYTES = 1_048_400
+
+
+def test_a_near_1_mib_message_is_dead_lettered_cut_to_fit_and_the_batch_goes_on(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+    kafka_client: str,
+) -> None:
+    settings = _dlq_settings(broker, redis_server.url, topic_factory, tiny_model, kafka_client)
+    (input_topic,) = settings.input_topics
+    body = _event()
+    huge = body[:-1] + b',"pad":"' + b"p" * (NEAR_LIMIT_BYTES - len(body) - 9) + b'"}'
+    assert len(huge) == NEAR_LIMIT_BYTES
+    good = list(live_messages(fleet()))[:120]
+    messages = [*good[:60], (b"host-0", huge), *good[60:]]
+    sent = produce(broker.bootstrap_servers, input_topic, messages)
+
+    with running_worker(settings) as worker:
+        wait_until(lambda: worker.totals.consumed >= len(sent), 120, "every message consumed")
+        totals = worker.totals
+    assert (totals.applied, totals.dead_lettered) == (len(good), 1)
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, input_topic) == {
+        0: len(sent)
+    }
+
+    (letter,) = read_records(broker.bootstrap_servers, settings.dlq_topic)
+    headers = {name: value.decode() for name, value in letter.headers}
+    assert headers["stream-ae.reason"] == Reason.OVERSIZE
+    assert headers["stream-ae.source.offset"] == "60"
+    assert headers[TRUNCATED_HEADER] == str(len(huge))
+    assert headers[ID_HEADER] == dead_letter_id(input_topic, 0, 60)
+    assert 0 < len(letter.value) < len(huge) and huge.startswith(letter.value)
+    assert len(letter.value) + sum(len(n) + len(v) for n, v in letter.headers) <= (
+        MAX_DEAD_LETTER_BYTES
+    )
+
+
+BAD_IN_OUTAGE = 60
+
+
+def test_dead_letters_once_per_bad_message_when_batches_are_retried_over_a_redis_outage(
+    broker: BrokerProcess,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+    kafka_client: str,
+    tmp_path: Path,
+) -> None:
+    """Redis stops while good and bad messages arrive, so their batch fails after its dead
+    letters went out and is retried, several times, until Redis is back: each bad message is
+    in the dead-letter topic once, with its own id, and every counter says the same number."""
+    server = RedisProcess(run_dir=tmp_path / "redis").start()
+    try:
+        settings = _dlq_settings(broker, server.url, topic_factory, tiny_model, kafka_client)
+        (input_topic,) = settings.input_topics
+        messages, reasons = _mixed_input(seed=11)
+        bad_positions = [i for i, r in enumerate(reasons) if r is not None][:BAD_IN_OUTAGE]
+        mixed = messages[: bad_positions[-1] + 1]
+        bad = sum(r is not None for r in reasons[: len(mixed)])
+        client = redis.Redis.from_url(server.url)
+        with running_worker(settings) as worker:
+            wait_until(lambda: worker.metrics.ready, 120, "partitions assigned")
+            client.shutdown(save=True)
+            server.stop()
+            client.close()
+            sent = produce(broker.bootstrap_servers, input_topic, mixed)
+
+            def store_errors() -> float:
+                sample = worker.metrics.registry.get_sample_value(
+                    "stream_ae_errors_total", {"kind": "store"}
+                )
+                return sample or 0.0
+
+            wait_until(lambda: store_errors() >= 3, 120, "three failed tries of the batch")
+            assert worker.totals.consumed == 0
+            server = RedisProcess(run_dir=tmp_path / "redis", port=server.port).start()
+            wait_until(lambda: worker.totals.consumed >= len(sent), 120, "every message")
+            totals = worker.totals
+            registry = worker.metrics.registry
+            dlq_counted = sum(
+                registry.get_sample_value("stream_ae_dlq_total", {"reason": reason}) or 0
+                for reason in {r for r in reasons if r is not None}
+            )
+            events_dead = registry.get_sample_value(
+                "stream_ae_events_total", {"outcome": "dead_lettered"}
+            )
+        assert (totals.dead_lettered, dlq_counted, events_dead) == (bad, bad, bad)
+        assert totals.applied == len(sent) - bad
+        records = read_records(broker.bootstrap_servers, settings.dlq_topic)
+        ids = _dead_letter_ids(records)
+        assert len(records) == bad and len(set(ids)) == bad
+        expected_ids = {
+            dead_letter_id(input_topic, 0, m.offset)
+            for m, reason in zip(sent, reasons, strict=False)
+            if reason is not None
+        }
+        assert set(ids) == expected_ids
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ thread; the worker as a subprocess is exercised by the crash-replay and SIGTERM 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,8 @@ from stream_ae.core.records import alert_schema, parse_ts
 from stream_ae.core.state_codec import decode_state
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.support.kafka_topics import committed_offsets, produce, read_topic
+from tests.support.kafka_clients import read_records
+from tests.support.kafka_topics import committed_offsets, produce
 from tests.support.outcomes import (
     alerts_of,
     applied_counts,
@@ -74,6 +76,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
     redis_client: redis.Redis,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
 ) -> None:
     streams = fleet()
     topics = _topics(topic_factory, partitions=2)
@@ -81,6 +84,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
         bootstrap_servers=broker.bootstrap_servers,
         redis_url=redis_server.url,
         model=tiny_model,
+        kafka_client=kafka_client,
         **topics,
     )
     settings = settings_of(config)
@@ -133,7 +137,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
     )
 
     # Alerts: valid, at the anomalies, none on normal streams, exactly the oracle's ids.
-    records = read_topic(broker.bootstrap_servers, topics["alerts_topic"])
+    records = read_records(broker.bootstrap_servers, topics["alerts_topic"])
     validator = Draft202012Validator(
         alert_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
@@ -169,6 +173,7 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
     broker: BrokerProcess,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -184,6 +189,7 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
             bootstrap_servers=broker.bootstrap_servers,
             redis_url=server.url,
             model=tiny_model,
+            kafka_client=kafka_client,
             **topics,
         )
         settings = settings_of(config)
@@ -235,7 +241,7 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
         assert totals.applied == len(sent) and totals.dead_lettered == 0
         alert_ids = {
             a["alert_id"]
-            for a in alerts_of(read_topic(broker.bootstrap_servers, topics["alerts_topic"]))
+            for a in alerts_of(read_records(broker.bootstrap_servers, topics["alerts_topic"]))
         }
         assert alert_ids == expected.alert_ids
         assert committed_offsets(
@@ -251,6 +257,7 @@ def test_two_workers_in_one_group_split_the_partitions_and_totals_add_up(
     redis_client: redis.Redis,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
 ) -> None:
     topics = _topics(topic_factory, partitions=2)
     settings = settings_of(
@@ -258,6 +265,7 @@ def test_two_workers_in_one_group_split_the_partitions_and_totals_add_up(
             bootstrap_servers=broker.bootstrap_servers,
             redis_url=redis_server.url,
             model=tiny_model,
+            kafka_client=kafka_client,
             **topics,
         )
     )
@@ -342,3 +350,45 @@ def test_a_zombie_write_is_refused_by_the_fence(
     # ...and the state the zombie would have written was genuinely older.
     assert isinstance(stored, bytes)
     assert decode_state(stored).offset == 199 and decode_state(stored).count == 200
+
+
+def test_a_non_retriable_error_stops_the_worker_with_one_fatal_line(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+    kafka_client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``auto_offset_reset='error'`` and a group that never committed: the client will not
+    guess where to start, and no retry changes that. The worker stops at once with exit code
+    1 and one line saying why, having committed nothing, instead of retrying forever."""
+    from stream_ae.worker.bootstrap import build_worker
+
+    topics = _topics(topic_factory)
+    settings = settings_of(
+        worker_config(
+            bootstrap_servers=broker.bootstrap_servers,
+            redis_url=redis_server.url,
+            model=tiny_model,
+            kafka_client=kafka_client,
+            auto_offset_reset="error",
+            **topics,
+        )
+    )
+    produce(broker.bootstrap_servers, topics["input_topic"], list(live_messages(fleet()))[:50])
+    caplog.set_level(logging.ERROR, logger="stream_ae.worker.loop")
+    worker = build_worker(settings)
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(PROCESS_TIMEOUT_S)
+    assert not thread.is_alive(), "the worker did not stop"
+    assert exit_codes == [1]
+    assert worker.fatal is not None and "not retriable" in worker.fatal
+    fatal_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped:")]
+    assert len(fatal_lines) == 1 and "\n" not in fatal_lines[0], fatal_lines
+    assert worker.totals.consumed == 0
+    assert committed_offsets(
+        broker.bootstrap_servers, settings.group_id, topics["input_topic"]
+    ) == {0: None}

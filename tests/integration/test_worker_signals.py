@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.support.kafka_topics import BackgroundProducer, committed_offsets, read_topic
+from tests.support.kafka_clients import read_records
+from tests.support.kafka_topics import BackgroundProducer, committed_offsets
 from tests.support.outcomes import (
     alerts_of,
     applied_counts,
@@ -46,6 +47,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     redis_client: redis.Redis,
     topic_factory: Callable[..., str],
     tiny_model: TinyModel,
+    kafka_client: str,
     tmp_path: Path,
 ) -> None:
     input_topic = topic_factory(1, prefix="in")
@@ -54,6 +56,7 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
         bootstrap_servers=broker.bootstrap_servers,
         redis_url=redis_server.url,
         model=tiny_model,
+        kafka_client=kafka_client,
         input_topic=input_topic,
         alerts_topic=alerts_topic,
         dlq_topic=topic_factory(1, prefix="dlq"),
@@ -114,6 +117,6 @@ def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     oracle = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
     assert decode_states_equal(stored_blobs(redis_client, prefix), oracle.blobs) == []
     alert_ids = [
-        a["alert_id"] for a in alerts_of(read_topic(broker.bootstrap_servers, alerts_topic))
+        a["alert_id"] for a in alerts_of(read_records(broker.bootstrap_servers, alerts_topic))
     ]
     assert sorted(alert_ids) == sorted(oracle.alert_ids)  # none lost, none repeated

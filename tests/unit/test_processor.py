@@ -584,19 +584,23 @@ def test_the_worker_stops_on_a_non_retriable_store_error_instead_of_retrying_for
     from types import SimpleNamespace
 
     from stream_ae.core.state import new_state
-    from stream_ae.io.kafka import TrackedProducer
     from stream_ae.settings import load_settings
     from stream_ae.worker.loop import StaticModel, Worker
 
     class Consumer:
+        """The worker's side of :class:`stream_ae.io.kafka.BatchConsumer`, in memory."""
+
         def __init__(self) -> None:
             self.commits: list[Any] = []
             self.seeks: list[Any] = []
 
-        def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[Any]]:
+        def poll_batch(self, timeout_ms: int, max_records: int) -> list[Any]:
             payload = json.dumps({"ts": NOW_MS, "value": [1.0, 2.0]}).encode()
-            message = SimpleNamespace(key=b"s0", value=payload, topic=TOPIC, partition=0, offset=5)
-            return {"tp": [message]}
+            return [
+                SimpleNamespace(
+                    key=b"s0", value=payload, topic=TOPIC, partition=0, offset=5, headers=None
+                )
+            ]
 
         def commit(self, offsets: Any) -> None:
             self.commits.append(offsets)
@@ -604,14 +608,20 @@ def test_the_worker_stops_on_a_non_retriable_store_error_instead_of_retrying_for
         def seek(self, tp: Any, offset: int) -> None:
             self.seeks.append((tp, offset))
 
-        def close(self, autocommit: bool) -> None:
+        def close(self) -> None:
             pass
 
     class Producer:
         def send(self, *args: Any, **kwargs: Any) -> None:
             raise AssertionError("nothing is sent")
 
-        def close(self, timeout: float) -> None:
+        def flush(self, timeout_s: float) -> int:
+            return 0
+
+        def discard(self) -> None:
+            pass
+
+        def close(self) -> None:
             pass
 
     store = InMemoryWindowStore(WINDOW, FEATURES)
@@ -620,7 +630,7 @@ def test_the_worker_stops_on_a_non_retriable_store_error_instead_of_retrying_for
     worker = Worker(
         load_settings({"input_topics": [TOPIC]}),
         consumer=consumer,
-        producer=TrackedProducer(Producer()),
+        producer=Producer(),
         store=store,
         model=StaticModel(tiny.scorer),
     )

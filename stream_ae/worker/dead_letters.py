@@ -1,0 +1,147 @@
+"""The dead-letter topic: every bad input recorded once, whatever its size, and never a stall.
+
+- **Always recorded.** A dead letter holds the original key and bytes with the reason and the
+  source position in headers. One too large to send whole (an input near the broker's limit
+  plus our headers) is cut to fit, with a ``stream-ae.truncated`` header giving the original
+  size; should the producer still refuse it, the reference and reason alone are sent.
+- **Exactly once in effect.** Each dead letter carries a deterministic id (a hash of its source
+  topic, partition and offset) so a reader can drop the duplicates a crash may leave; and within
+  a worker's life, the offsets whose dead letters were acknowledged are remembered per
+  partition, so a batch retried after a Redis or broker outage neither re-sends nor re-counts
+  them.
+
+>>> dead_letter_id("metrics", 0, 42)
+'c0720a76c34e9dead7fc2577b9d3b45c'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from stream_ae.core.records import dead_letter_headers
+from stream_ae.errors import MessageTooLargeError, SchemaError
+from stream_ae.io.kafka import Partition, Producer, Record
+from stream_ae.logs import fields
+from stream_ae.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+ID_HEADER = "stream-ae.dead-letter-id"
+TRUNCATED_HEADER = "stream-ae.truncated"
+# What one dead letter (key, value and headers) may weigh. Under Kafka's default broker limit
+# (message.max.bytes = 1,048,588 B) and the producer's default request limit (1 MiB), with room
+# for the record and batch framing.
+MAX_DEAD_LETTER_BYTES = 1_000_000
+# Room kept for the truncation marker header.
+_MARKER_BYTES = 64
+
+
+def dead_letter_id(topic: str, partition: int, offset: int) -> str:
+    """The same id for the same input message, whichever worker dead-letters it, how often."""
+    return hashlib.sha256(f"{topic}/{partition}/{offset}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def build_dead_letter(
+    message: Record, reason: str, detail: str, max_bytes: int = MAX_DEAD_LETTER_BYTES
+) -> DeadLetter:
+    """The dead letter of ``message``: cut to ``max_bytes`` with a marker when too large."""
+    source = (message.topic, message.partition, message.offset)
+    headers = [
+        *dead_letter_headers(reason, detail, *source),
+        (ID_HEADER, dead_letter_id(*source).encode()),
+    ]
+    value = message.value
+    size = (
+        len(message.key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(content) for name, content in headers)
+    )
+    if size > max_bytes and value is not None:
+        keep = max(len(value) - (size - max_bytes) - _MARKER_BYTES, 0)
+        headers.append((TRUNCATED_HEADER, str(len(value)).encode()))
+        value = value[:keep]
+    return DeadLetter(message.key, value, headers)
+
+
+class DeadLetterQueue:
+    """Sends dead letters to ``topic`` and counts them, each input offset once."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        metrics: WorkerMetrics,
+        max_bytes: int = MAX_DEAD_LETTER_BYTES,
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+        # Per partition, the offsets [first, last] of the batches whose dead letters were all
+        # acknowledged; a retried batch re-reads the same offsets and finds them here.
+        self._done: dict[Partition, tuple[int, int]] = {}
+        self._unflushed: Counter[str] = Counter()
+
+    def already_sent(self, message: Record) -> bool:
+        done = self._done.get(Partition(message.topic, message.partition))
+        return done is not None and done[0] <= message.offset <= done[1]
+
+    def send(self, message: Record, error: SchemaError) -> None:
+        """Queue ``message``'s dead letter unless an earlier try of this batch delivered it."""
+        if self.already_sent(message):
+            return
+        letter = build_dead_letter(message, error.reason, error.detail, self.max_bytes)
+        try:
+            self.producer.send(self.topic, letter.value, key=letter.key, headers=letter.headers)
+        except MessageTooLargeError as exc:
+            # The producer's limit is below ours: the reference and the reason alone.
+            log.warning(
+                "dead letter too large even cut; sending its reference alone",
+                extra=fields(offset=message.offset, partition=message.partition, error=str(exc)),
+            )
+            size = len(message.value or b"")
+            headers = [h for h in letter.headers if h[0] != TRUNCATED_HEADER]
+            headers.append((TRUNCATED_HEADER, str(size).encode()))
+            self.producer.send(self.topic, None, key=None, headers=headers)
+        self._unflushed[error.reason] += 1
+
+    def flush(self, batch: Mapping[Partition, tuple[int, int]], timeout_s: float = 30.0) -> None:
+        """Wait for this batch's dead letters; then remember its offsets ``batch`` (first and
+        last per partition) and count the new ones. Raises :class:`BrokerError` if any was not
+        acknowledged (nothing is remembered then: the retry sends them again, same ids)."""
+        if self._unflushed:
+            self.producer.flush(timeout_s)
+            for reason, count in self._unflushed.items():
+                self.metrics.dlq.labels(reason=reason).inc(count)
+        self._unflushed.clear()
+        for partition, (first, last) in batch.items():
+            done = self._done.get(partition)
+            if done is not None and first <= done[1] + 1 and last >= done[0] - 1:
+                self._done[partition] = (min(first, done[0]), max(last, done[1]))
+            else:
+                self._done[partition] = (first, last)
+
+    def discard(self) -> None:
+        """The batch failed before its dead letters were acknowledged."""
+        self._unflushed.clear()
+
+
+def offset_spans(messages: Sequence[Record]) -> dict[Partition, tuple[int, int]]:
+    """The first and last offset of ``messages`` per partition."""
+    spans: dict[Partition, tuple[int, int]] = {}
+    for m in messages:
+        partition = Partition(m.topic, m.partition)
+        first, last = spans.get(partition, (m.offset, m.offset))
+        spans[partition] = (min(first, m.offset), max(last, m.offset))
+    return spans

@@ -1,0 +1,156 @@
+"""The Kafka edge without a broker: security options mapped to both clients, client errors
+wrapped with the right ``retriable`` flag, and dead letters built to fit."""
+
+from __future__ import annotations
+
+import confluent_kafka
+import kafka.errors
+import pytest
+from pydantic import SecretStr
+
+from stream_ae.core.records import Reason
+from stream_ae.errors import BrokerError, ConfigError, MessageTooLargeError
+from stream_ae.io.kafka import ConsumedRecord, KafkaConnection, security_config
+from stream_ae.io.kafka import confluent as confluent_client
+from stream_ae.io.kafka import kafka_python as kafka_python_client
+from stream_ae.settings import Settings, load_settings
+from stream_ae.worker.dead_letters import (
+    ID_HEADER,
+    TRUNCATED_HEADER,
+    build_dead_letter,
+    dead_letter_id,
+    offset_spans,
+)
+
+
+def _sasl_ssl(cafile: str | None = "/etc/ca.pem") -> Settings:
+    return Settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="worker",
+        sasl_password=SecretStr("s3cret"),
+        ssl_cafile=cafile,
+        ssl_password=SecretStr("keypass"),
+    )
+
+
+def test_one_security_config_secures_both_clients() -> None:
+    options = security_config(_sasl_ssl())
+    assert options == {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/etc/ca.pem",
+        "ssl_password": "keypass",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "worker",
+        "sasl_plain_password": "s3cret",
+    }
+    assert confluent_client.librdkafka_security(options) == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": "/etc/ca.pem",
+        "ssl.key.password": "keypass",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "worker",
+        "sasl.password": "s3cret",
+    }
+    # Every option is one kafka-python accepts, under its own name.
+    assert set(options) <= set(kafka.KafkaConsumer.DEFAULT_CONFIG)
+    assert set(options) <= set(kafka.KafkaProducer.DEFAULT_CONFIG)
+
+
+def test_librdkafka_accepts_the_mapped_options() -> None:
+    # librdkafka validates property names and values at construction (no connection made);
+    # it also reads the CA file, so none here: the system's CAs.
+    config = confluent_client.librdkafka_security(security_config(_sasl_ssl(cafile=None)))
+    confluent_kafka.Producer({"bootstrap.servers": "127.0.0.1:1", **config})
+    with pytest.raises(confluent_kafka.KafkaException):
+        confluent_kafka.Producer({"bootstrap.servers": "127.0.0.1:1", "ssl.ca.lokation": "x"})
+
+
+def test_the_client_setting_picks_the_library() -> None:
+    assert Settings().kafka_client == "kafka-python"
+    connection = KafkaConnection.from_settings(Settings(kafka_client="confluent"))
+    assert connection.client == "confluent"
+    with pytest.raises(ConfigError, match="kafka_client"):
+        load_settings({"kafka_client": "librdkafka"}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("error", "retriable", "kind"),
+    [
+        (kafka.errors.KafkaTimeoutError("no broker"), True, BrokerError),
+        (kafka.errors.KafkaConnectionError("reset"), True, BrokerError),
+        (kafka.errors.NoOffsetForPartitionError("p0"), False, BrokerError),
+        (kafka.errors.KafkaConfigurationError("bad"), False, BrokerError),
+        (kafka.errors.MessageSizeTooLargeError("1 MiB"), False, MessageTooLargeError),
+        (ConnectionRefusedError("refused"), True, BrokerError),
+        (ValueError("a bug"), False, BrokerError),
+    ],
+)
+def test_kafka_python_errors_keep_their_retriable_flag(
+    error: Exception, retriable: bool, kind: type
+) -> None:
+    wrapped = kafka_python_client.wrap_error("poll", error)
+    assert type(wrapped) is kind and wrapped.retriable is retriable
+    assert str(wrapped).startswith("poll: ")
+
+
+@pytest.mark.parametrize(
+    ("code", "retriable", "kind"),
+    [
+        (confluent_kafka.KafkaError._TRANSPORT, True, BrokerError),
+        (confluent_kafka.KafkaError._ALL_BROKERS_DOWN, True, BrokerError),
+        (confluent_kafka.KafkaError._AUTO_OFFSET_RESET, False, BrokerError),
+        (confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, False, BrokerError),
+        (confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, False, MessageTooLargeError),
+    ],
+)
+def test_confluent_errors_keep_their_retriable_flag(code: int, retriable: bool, kind: type) -> None:
+    wrapped = confluent_client.wrap_error(
+        "poll", confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
+    )
+    assert type(wrapped) is kind and wrapped.retriable is retriable
+
+
+def test_a_commit_lost_to_a_rebalance_is_retriable_for_both_clients() -> None:
+    # A failed commit loses nothing: the replay is skipped by the fenced state.
+    error = confluent_kafka.KafkaException(
+        confluent_kafka.KafkaError(confluent_kafka.KafkaError.ILLEGAL_GENERATION)
+    )
+    assert confluent_client.wrap_error("commit", error).retriable is False
+    assert confluent_client.wrap_error(
+        "commit", error, frozenset(confluent_client._COMMIT_TRANSIENT)
+    ).retriable
+    assert issubclass(kafka.errors.CommitFailedError, kafka_python_client._COMMIT_RETRIABLE)
+
+
+def _record(value: bytes, offset: int = 7) -> ConsumedRecord:
+    return ConsumedRecord("metrics", 2, offset, b"host-1", value)
+
+
+def test_a_dead_letter_that_fits_is_the_original_with_its_id() -> None:
+    letter = build_dead_letter(_record(b"not json"), Reason.NOT_JSON, "no JSON")
+    headers = dict(letter.headers)
+    assert letter.value == b"not json" and letter.key == b"host-1"
+    assert headers[ID_HEADER] == dead_letter_id("metrics", 2, 7).encode()
+    assert TRUNCATED_HEADER not in headers
+
+
+def test_a_dead_letter_too_large_is_cut_to_fit_with_a_marker() -> None:
+    value = b"x" * 5000
+    letter = build_dead_letter(_record(value), Reason.OVERSIZE, "too big", max_bytes=2000)
+    headers = dict(letter.headers)
+    assert headers[TRUNCATED_HEADER] == b"5000"
+    assert letter.value is not None and value.startswith(letter.value) and letter.value
+    size = len(letter.key or b"") + len(letter.value)
+    assert size + sum(len(n) + len(v) for n, v in letter.headers) <= 2000
+
+
+def test_dead_letter_ids_differ_by_source_and_repeat_for_the_same_one() -> None:
+    ids = {dead_letter_id(t, p, o) for t in ("a", "b") for p in (0, 1) for o in (0, 1, 10)}
+    assert len(ids) == 12
+    assert dead_letter_id("a", 0, 1) == dead_letter_id("a", 0, 1)
+
+
+def test_offset_spans_per_partition() -> None:
+    records = [_record(b"", 5), _record(b"", 3), ConsumedRecord("other", 0, 9, None, None)]
+    assert offset_spans(records) == {("metrics", 2): (3, 5), ("other", 0): (9, 9)}
