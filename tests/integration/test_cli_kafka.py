@@ -12,8 +12,8 @@ import pytest
 
 from stream_ae.cli.app import main
 from stream_ae_dev.devstack import BrokerProcess
-from tests.helpers import produce
-from tests.kafka_clients import read_records
+from tests.support.kafka_clients import read_records
+from tests.support.kafka_topics import produce
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,6 @@ import pytest
 from stream_ae.errors import MessageTooLargeError
 from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition, Record, lag
 from stream_ae_dev.devstack import BrokerProcess
-from tests.kafka_clients import kafka_client
-
-__all__ = ["kafka_client"]  # a fixture: imported so that pytest finds it here
 
 pytestmark = pytest.mark.integration
 

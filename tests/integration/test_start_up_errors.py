@@ -21,9 +21,8 @@ from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.settings import Settings
 from stream_ae.worker.bootstrap import build_worker, retry_until_up
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess, find_free_port
-from tests.helpers import TinyModel, settings_of, tiny_model, worker_config
-
-__all__ = ["tiny_model"]  # a fixture: imported so that pytest finds it here
+from tests.support.tiny_model import TinyModel
+from tests.support.worker_process import settings_of, worker_config
 
 pytestmark = pytest.mark.integration
 
