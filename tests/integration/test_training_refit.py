@@ -55,7 +55,12 @@ def test_refit_warm_starts_and_leaves_out_windows_that_raised_alerts(tmp_path: P
     assert metrics["excluded_windows"] == 27
     # Warm: the first epoch starts about where the champion's training ended, below the first
     # epoch of the champion's own (cold, same seed) fit.
-    cold = json.loads((registry.path("m", first.version) / "metrics.json").read_text())["history"]
+    first_metrics = json.loads((registry.path("m", first.version) / "metrics.json").read_text())
+    assert first_metrics["train_span_ms"] == [START_MS, START_MS + STEP_MS * 399]
+    # The refit replayed its data through both models before deciding, and recorded it.
+    shadow = registry.decision("m", second.version)["gate"]["shadow"]
+    assert {"champion_alerts", "challenger_alerts_in_training"} <= set(shadow)
+    cold = first_metrics["history"]
     warm = metrics["history"]
     assert warm["loss"][0] < cold["loss"][0]
     assert warm["loss"][0] < 1.25 * cold["loss"][-1]
