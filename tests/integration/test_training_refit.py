@@ -180,7 +180,8 @@ def _write_csvs(folder: Path, steps: int, start_step: int, spikes: bool) -> list
         times = [ms_to_iso(START_MS + STEP_MS * (start_step + k)) for k in range(steps)]
         path = folder / f"{stream}.csv"
         path.write_text(
-            "timestamp,value\n" + "".join(f"{t},{v:.5f}\n" for t, v in zip(times, values))
+            "timestamp,value\n"
+            + "".join(f"{t},{v:.5f}\n" for t, v in zip(times, values, strict=True))
         )
         paths.append(path)
     return paths
