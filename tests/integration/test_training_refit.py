@@ -217,9 +217,20 @@ def test_shadow_gate_from_the_command_line(
     rejected = json.loads(capsys.readouterr().out)
     assert not rejected["passed"]
     assert rejected["challenger_alerts"] > 3 * max(rejected["champion_alerts"], 1)
-    assert main(["shadow", "--artifact", str(retrained), *where, "--json"]) == 0
+    labels = tmp_path / "incidents.csv"
+    labels.write_text(
+        "stream,start,end\n"
+        + "".join(
+            f"{s},{ms_to_iso(START_MS + STEP_MS * (800 + a))},{ms_to_iso(START_MS + STEP_MS * b)}\n"
+            for s in "abc"
+            for a, b in ((475, 800 + 500), (955, 800 + 980))
+        )
+    )
+    argv = ["shadow", "--artifact", str(retrained), *where, "--labels", str(labels), "--json"]
+    assert main(argv) == 0
     passed = json.loads(capsys.readouterr().out)
     assert passed["passed"] and passed["champion_alerts"] >= 6  # the bursts, on 3 streams
+    assert passed["quality"]["champion"]["hits"] == passed["quality"]["challenger"]["hits"] == 6
     with capsys.disabled():  # the figures, shown with -s
         print("\nshadow rejected:", rejected, "\nshadow passed:", passed)
     assert Registry(registry).versions("m") == [Registry(registry).champion("m")]  # no promotion
