@@ -165,6 +165,19 @@ def test_refit_once_from_the_command_line(
     argv += ["--from", "4h", "--window", "12", "--hidden", "8", "--epochs", "1", "--stride", "2"]
     assert main([*argv, "--quiet", "--out", str(out_dir)]) == 0
     assert "184 training windows" in capsys.readouterr().out
+    # shadow: the newest version against the champion over the last 2 hours before the newest
+    # event (of 2014: a wall-clock range would hold nothing), nothing promoted.
+    champion = Registry(tmp_path).champion("m")
+    argv = ["shadow", "--version", "latest", "--registry", str(tmp_path), "--name", "m"]
+    argv += ["--topic", topic, "--bootstrap-servers", broker.bootstrap_servers, "--since", "2h"]
+    code = main([*argv, "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert code == (0 if shown["passed"] else 3)
+    stream_days = 2 * 120 / 1440  # two streams, 120 minutes each
+    assert shown["champion_alerts_per_stream_day"] == round(
+        shown["champion_alerts"] / stream_days, 3
+    )
+    assert Registry(tmp_path).champion("m") == champion
 
 
 def _write_csvs(folder: Path, steps: int, start_step: int, spikes: bool) -> list[Path]:
