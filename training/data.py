@@ -14,12 +14,15 @@ never here.
   :func:`stream_ae.core.records.decode_event` (invalid messages are counted by reason, not
   used), and
   bounded per stream to the newest ``max_events_per_stream`` events.
+- Labels of your own data: a CSV ``stream,start,end`` (:func:`load_labels`), attached to the
+  series of any source by stream name (:func:`attach_labels`).
 
 Parsing errors raise :class:`DataSourceError` naming the file and line.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import logging
@@ -37,7 +40,12 @@ import numpy as np
 from stream_ae.core.records import decode_event, ms_to_iso, parse_ts
 from stream_ae.errors import BrokerError, SchemaError, StreamAEError
 from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
-from stream_ae.io.series_files import ReadOptions, SeriesFileError, read_series_file
+from stream_ae.io.series_files import (
+    ReadOptions,
+    SeriesFileError,
+    parse_times,
+    read_series_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +152,16 @@ def time_range(series: Iterable[Series], start_ms: int | None, end_ms: int | Non
     return out
 
 
+def time_span(series: Iterable[Series]) -> list[int] | None:
+    """``[first, last]`` event time (ms) over ``series``; None when they hold no event. Recorded
+    as ``train_span_ms`` in an artifact's metrics, so a shadow replay can count the alerts a
+    model opens on its own training data (normal by construction)."""
+    spans = [(int(s.ts_ms[0]), int(s.ts_ms[-1])) for s in series if len(s)]
+    if not spans:
+        return None
+    return [min(a for a, _ in spans), max(b for _, b in spans)]
+
+
 def split_at_gaps(series: Iterable[Series], max_gap_ms: int) -> list[Series]:
     """Cut each series where consecutive timestamps are more than ``max_gap_ms`` apart.
 
@@ -212,6 +230,55 @@ def load_nab_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
         key: [(_parse_time(a, path, 0), _parse_time(b, path, 0)) for a, b in windows]
         for key, windows in raw.items()
     }
+
+
+def load_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
+    """Labelled anomaly ranges of your own data: a CSV with the header ``stream,start,end``,
+    one range a row, both ends included, times in any form the data reader accepts (ISO 8601,
+    epoch s, ms, us or ns)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError as exc:
+        raise DataSourceError(f"cannot read labels {path}: {exc.strerror or exc}") from None
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if header[:3] != ["stream", "start", "end"]:
+        raise DataSourceError(
+            f"{path}: labels need the header stream,start,end (found {','.join(header) or 'none'})"
+        )
+    body = rows[1:]
+    if any(len(r) < 3 for r in body):
+        line = 2 + next(i for i, r in enumerate(body) if len(r) < 3)
+        raise DataSourceError(f"{path}:{line}: a label row needs stream,start,end")
+    try:
+        # Both columns in one call: one time unit detected for the whole file.
+        times, _ = parse_times([r[1] for r in body] + [r[2] for r in body], "auto", path)
+    except SeriesFileError as exc:
+        raise DataSourceError(str(exc)) from None
+    out: dict[str, list[tuple[int, int]]] = {}
+    for i, row in enumerate(body):
+        start, end = int(times[i]), int(times[len(body) + i])
+        if end < start:
+            raise DataSourceError(f"{path}:{i + 2}: the range ends before it starts")
+        out.setdefault(row[0].strip(), []).append((start, end))
+    return out
+
+
+def attach_labels(
+    series: Sequence[Series], labels: Mapping[str, Sequence[tuple[int, int]]], source: str
+) -> list[Series]:
+    """``series`` with the ranges of ``labels`` added to theirs; a label naming no series is an
+    error (a typo would otherwise call every window normal)."""
+    names = {s.name for s in series}
+    unknown = sorted(set(labels) - names)
+    if unknown:
+        raise DataSourceError(
+            f"{source} labels stream(s) not in the data: {', '.join(unknown)} "
+            f"(streams: {', '.join(sorted(names)) or 'none'})"
+        )
+    return [replace(s, labels=(*s.labels, *labels.get(s.name, ()))) for s in series]
 
 
 def read_nab(

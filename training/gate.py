@@ -12,7 +12,9 @@ out), on two measures:
 
 The challenger passes if its error is at most ``(1 + error_tolerance)`` times the champion's
 and its false-alert rate at most the champion's plus ``far_tolerance``. Without a champion it
-passes. :func:`decide` is pure; :func:`evaluate_artifact` runs the model.
+passes. Neither measure predicts the alerts a worker would open: where traffic can be replayed,
+the shadow gate (:mod:`training.shadow`, ``max_alert_ratio``, ``min_excess_alerts``) runs first.
+:func:`decide` is pure; :func:`evaluate_artifact` runs the model.
 """
 
 from __future__ import annotations
@@ -48,9 +50,28 @@ class GateConfig:
         },
     )
 
+    # The shadow gate (:mod:`training.shadow`), when there is traffic to replay.
+    max_alert_ratio: float = field(
+        default=3.0,
+        metadata={
+            "help": "shadow replay: refuse a challenger that opens more than this many times "
+            "the champion's alerts on the same traffic",
+            "metavar": "X",
+        },
+    )
+    min_excess_alerts: int = field(
+        default=3,
+        metadata={
+            "help": "shadow replay: ... and at least this many alerts more than the champion",
+            "metavar": "N",
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.error_tolerance < 0 or self.far_tolerance < 0:
             raise ValueError("gate tolerances must be >= 0")
+        if self.max_alert_ratio < 1 or self.min_excess_alerts < 0:
+            raise ValueError("max_alert_ratio must be >= 1 and min_excess_alerts >= 0")
 
 
 @dataclass(frozen=True)

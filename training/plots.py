@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.network import ModelSpec, encoder_of, split_window
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
 from training.model_runner import predict_verbosity, run_model
+from training.shadow import ShadowResult, shadow_run
 from training.windows import Windows, all_windows, pad_side, step_mask
 
 log = logging.getLogger(__name__)
@@ -277,12 +279,17 @@ def build_report(
     title: str | None = None,
     data_description: str = "",
     reconstructions: int = 6,
+    policy: AlertPolicy | None = None,
 ) -> ReportResult:
     """Score every window of ``series`` with ``artifact`` and write the plots and
     ``report.md`` into ``out_dir``.
 
     ``train_fraction``: the share of each series the model was trained on (NAB: 0.15); those
     windows are reported apart, so "normal" means data the model did not see.
+
+    The alerts section replays ``series`` through the worker's processor and alert ``policy``
+    (:func:`training.shadow.shadow_run`): the alerts a worker would open, and, where the series
+    carry labels, the labelled windows hit and missed, the false alerts and the delays.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,12 +357,45 @@ def build_report(
         for name in sorted(set(windows.streams))
         for names in [np.asarray(windows.streams, dtype=object)]
     }
+    replay = shadow_run(artifact, series, policy=policy)
     summary = _markdown(
         artifact, groups, title, data_description, files, windows, labelled, per_series
     )
+    summary += _alerts_markdown(replay)
     (out_dir / REPORT_MD).write_text(summary)
     files.append(out_dir / REPORT_MD)
-    return ReportResult(files, groups, summary)
+    extra: dict[str, Any] = {
+        "alerts_opened": replay.alerts_opened,
+        "alerts_per_stream_day": replay.alerts_per_stream_day,
+        "alerts_in_training": replay.opened_in_training,
+    }
+    if replay.quality is not None:
+        extra["alert_quality"] = replay.quality.to_dict()
+    return ReportResult(files, groups, summary, extra)
+
+
+def _alerts_markdown(replay: ShadowResult) -> str:
+    """The alerts section of report.md: what a worker would have opened on this data."""
+    lines = [
+        "",
+        "## Alerts a worker would open",
+        "",
+        "The data replayed through the worker's processor and alert policy (hysteresis, "
+        "cooldown), one window per event.",
+        "",
+        f"- alerts opened: {replay.alerts_opened} "
+        f"({replay.alerts_per_stream_day:.2f} per stream-day)",
+        f"- of them inside the model's own training period: {replay.opened_in_training}",
+    ]
+    q = replay.quality
+    if q is not None:
+        delay = "-" if q.median_delay_ms is None else f"{q.median_delay_ms / 60_000:.1f} min"
+        lines += [
+            f"- labelled windows hit: **{q.hits} of {q.windows}** (missed {q.misses}); "
+            f"false alerts: **{q.false_alerts}** ({q.false_per_10k_rows:.2f} per 10k windows); "
+            f"median delay from a window's start to its first alert: {delay}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def _even_sample_per_group(groups: np.ndarray, per_group: int) -> np.ndarray:

@@ -12,8 +12,10 @@ One refit (:func:`refit_once`), in order:
    ones only the champion's scores flagged: that would make its false-alert rate zero by
    construction;
 4. hold out the most recent ``gate_fraction`` of every series for the gate, fit on the rest;
-5. publish the challenger (atomically), evaluate both models on the held-out recent windows,
-   and promote it or keep it as a rejected candidate with the reason
+5. publish the challenger (atomically, its training span recorded as ``train_span_ms``),
+   replay the refit data through both models as a worker would (the shadow gate: refused if
+   it would open several times the champion's alerts), evaluate both on the held-out recent
+   windows, and promote it or keep it as a rejected candidate with the reason
    (:func:`publish_gated`, shared with ``train --registry``).
 
 :func:`run_every` repeats a refit on a fixed period until asked to stop (SIGTERM/SIGINT).
@@ -30,15 +32,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.errors import StreamAEError
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.network import ModelSpec
 from training.calibrate import scores_and_thresholds
-from training.data import Series, alert_spans, describe, split_recent
+from training.data import Series, alert_spans, describe, split_recent, time_span
 from training.fit import FitConfig, FitResult, fit_series, save_fit
 from training.gate import GateConfig, GateDecision, decide, evaluate_artifact
 from training.model_runner import run_model
 from training.registry import Registry
+from training.shadow import ShadowVerdict, format_verdict, shadow_gate
 from training.windows import Windows
 
 log = logging.getLogger(__name__)
@@ -105,12 +109,19 @@ def load_champion(registry: Registry, name: str) -> Artifact | None:
 
 @dataclass(frozen=True)
 class GatedPublish:
-    """The outcome of :func:`publish_gated`."""
+    """The outcome of :func:`publish_gated`: promoted, rejected (by the shadow replay or the
+    loss gate, with why), or neither (kept as a candidate)."""
 
     version: str
     promoted: bool
     decision: GateDecision | None
     reason: str
+    shadow: ShadowVerdict | None = None
+
+    @property
+    def rejected(self) -> bool:
+        shadow_refused = self.shadow is not None and not self.shadow.passed
+        return shadow_refused or (self.decision is not None and not self.decision.accepted)
 
 
 def publish_gated(
@@ -124,6 +135,8 @@ def publish_gated(
     champion: Artifact | None = None,
     force: bool = False,
     extra_metrics: dict[str, Any] | None = None,
+    shadow_series: Sequence[Series] = (),
+    policy: AlertPolicy | None = None,
 ) -> GatedPublish:
     """Publish ``result``, then :func:`gate_and_promote` it."""
     version = registry.publish(
@@ -143,7 +156,14 @@ def publish_gated(
         gate=gate,
         keep=keep,
         force=force,
+        shadow_series=shadow_series,
+        policy=policy,
     )
+
+
+def shadow_record(verdict: ShadowVerdict) -> dict[str, Any]:
+    """The shadow comparison as the registry records it with the decision."""
+    return {"passed": verdict.passed, "reason": verdict.reason, **verdict.figures}
 
 
 def gate_and_promote(
@@ -156,9 +176,17 @@ def gate_and_promote(
     gate: GateConfig,
     keep: WindowFilter | None = None,
     force: bool = False,
+    shadow_series: Sequence[Series] = (),
+    policy: AlertPolicy | None = None,
 ) -> GatedPublish:
-    """Promote the published ``version`` if it passes the gate against ``champion`` on
-    ``gate_series`` (``force``: promote anyway); otherwise record it as rejected, with why.
+    """Promote the published ``version`` if it passes the gates against ``champion``
+    (``force``: promote anyway); otherwise record it as rejected, with why.
+
+    1. With ``shadow_series`` (recent traffic), both models replay it through the worker's
+       processor and alert ``policy`` (:func:`training.shadow.shadow_gate`): a challenger that
+       would open more than ``gate.max_alert_ratio`` times the champion's alerts is refused.
+       This runs first because it is what the on-call engineer would see.
+    2. On ``gate_series``, the error and false-alert rate of :func:`training.gate.decide`.
 
     With no gate data a challenger is promoted only when there is no champion or with
     ``force``; otherwise it stays a candidate for a manual ``promote``.
@@ -169,21 +197,45 @@ def gate_and_promote(
     if champion is None:
         registry.promote(name, version, reason="first champion")
         return GatedPublish(version, True, None, "first champion")
-    if not gate_series:
+    if not gate_series and not shadow_series:
         reason = "no gate data: kept as a candidate (promote it by hand)"
         log.warning("%s/%s: %s", name, version, reason)
         return GatedPublish(version, False, None, reason)
     challenger = load_artifact(registry.path(name, version))
+    verdict: ShadowVerdict | None = None
+    record: dict[str, Any] = {}
+    if shadow_series:
+        verdict = shadow_gate(
+            champion,
+            challenger,
+            shadow_series,
+            policy=policy,
+            max_alert_ratio=gate.max_alert_ratio,
+            min_excess_alerts=gate.min_excess_alerts,
+        )
+        log.info("%s/%s shadow replay:\n%s", name, version, format_verdict(verdict))
+        record["shadow"] = shadow_record(verdict)
+        if not verdict.passed:
+            reason = f"shadow replay: {verdict.reason}"
+            registry.reject(name, version, reason, gate=record)
+            return GatedPublish(version, False, None, reason, verdict)
+    if not gate_series:
+        assert verdict is not None
+        reason = f"shadow replay: {verdict.reason}"
+        registry.promote(name, version, reason=reason, gate=record)
+        return GatedPublish(version, True, None, reason, verdict)
     decision = decide(
         evaluate_artifact(challenger, list(gate_series), keep=keep),
         evaluate_artifact(champion, list(gate_series), keep=keep),
         gate,
     )
+    reason = decision.reason + (f"; shadow replay: {verdict.reason}" if verdict else "")
+    record = decision.to_dict() | record
     if decision.accepted:
-        registry.promote(name, version, reason=decision.reason, gate=decision.to_dict())
+        registry.promote(name, version, reason=reason, gate=record)
     else:
-        registry.reject(name, version, decision.reason, gate=decision.to_dict())
-    return GatedPublish(version, decision.accepted, decision, decision.reason)
+        registry.reject(name, version, reason, gate=record)
+    return GatedPublish(version, decision.accepted, decision, reason, verdict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +270,15 @@ class RefitPlan:
         default=True,
         metadata={"help": "start from the champion's weights when the spec is unchanged"},
     )
+    shadow: bool = field(
+        default=True,
+        metadata={
+            "help": "replay the data through both models as a worker would and refuse a "
+            "challenger that opens several times the champion's alerts (--max-alert-ratio)"
+        },
+    )
+    # The worker's alert policy (the settings' open/resolve/cooldown rules) for the shadow replay.
+    policy: AlertPolicy | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_fraction < 1.0:
@@ -356,13 +417,18 @@ def refit_once(
         # scored them high would make the champion's false-alert rate zero by construction.
         keep=gate_keep,
         champion=champion,
+        # The whole refit range, training period included: alerts a challenger opens on its
+        # own training data are false by construction, and the shadow verdict counts them.
+        shadow_series=series if plan.shadow and champion is not None else (),
+        policy=plan.policy,
         extra_metrics={
+            "train_span_ms": time_span(older),
             "refit": {
                 "warm_start_from": champion.version if warm is not None and champion else None,
                 "exclude": plan.exclude,
                 "gate_fraction": plan.gate_fraction,
                 "changes": changes,
-            }
+            },
         },
     )
     return RefitOutcome(

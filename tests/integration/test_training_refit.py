@@ -55,7 +55,12 @@ def test_refit_warm_starts_and_leaves_out_windows_that_raised_alerts(tmp_path: P
     assert metrics["excluded_windows"] == 27
     # Warm: the first epoch starts about where the champion's training ended, below the first
     # epoch of the champion's own (cold, same seed) fit.
-    cold = json.loads((registry.path("m", first.version) / "metrics.json").read_text())["history"]
+    first_metrics = json.loads((registry.path("m", first.version) / "metrics.json").read_text())
+    assert first_metrics["train_span_ms"] == [START_MS, START_MS + STEP_MS * 399]
+    # The refit replayed its data through both models before deciding, and recorded it.
+    shadow = registry.decision("m", second.version)["gate"]["shadow"]
+    assert {"champion_alerts", "challenger_alerts_in_training"} <= set(shadow)
+    cold = first_metrics["history"]
     warm = metrics["history"]
     assert warm["loss"][0] < cold["loss"][0]
     assert warm["loss"][0] < 1.25 * cold["loss"][-1]
@@ -160,3 +165,97 @@ def test_refit_once_from_the_command_line(
     argv += ["--from", "4h", "--window", "12", "--hidden", "8", "--epochs", "1", "--stride", "2"]
     assert main([*argv, "--quiet", "--out", str(out_dir)]) == 0
     assert "184 training windows" in capsys.readouterr().out
+    # shadow: the newest version against the champion over the last 2 hours before the newest
+    # event (of 2014: a wall-clock range would hold nothing), nothing promoted.
+    champion = Registry(tmp_path).champion("m")
+    argv = ["shadow", "--version", "latest", "--registry", str(tmp_path), "--name", "m"]
+    argv += ["--topic", topic, "--bootstrap-servers", broker.bootstrap_servers, "--since", "2h"]
+    code = main([*argv, "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert code == (0 if shown["passed"] else 3)
+    stream_days = 2 * 120 / 1440  # two streams, 120 minutes each
+    assert shown["champion_alerts_per_stream_day"] == round(
+        shown["champion_alerts"] / stream_days, 3
+    )
+    assert Registry(tmp_path).champion("m") == champion
+
+
+def _write_csvs(folder: Path, steps: int, start_step: int, spikes: bool) -> list[Path]:
+    """One CSV per stream (ISO times, a minute apart): noisy sines, and with ``spikes`` two
+    short bursts per stream, the anomalies every model should alert on."""
+    folder.mkdir()
+    paths = []
+    for i, stream in enumerate(("a", "b", "c")):
+        values = sine_series(stream, start_step + steps, seed=i).values[start_step:, 0].copy()
+        if spikes:
+            values[steps // 3 : steps // 3 + 4] += 6.0
+            values[2 * steps // 3 : 2 * steps // 3 + 4] -= 6.0
+        times = [ms_to_iso(START_MS + STEP_MS * (start_step + k)) for k in range(steps)]
+        path = folder / f"{stream}.csv"
+        path.write_text(
+            "timestamp,value\n"
+            + "".join(f"{t},{v:.5f}\n" for t, v in zip(times, values, strict=True))
+        )
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_shadow_gate_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``shadow`` compares without promoting; ``publish`` with recent traffic refuses the
+    challenger that would flood the pager, with the reason and figures in the registry."""
+    history = _write_csvs(tmp_path / "history", 800, 0, spikes=False)
+    traffic = _write_csvs(tmp_path / "traffic", 1440, 800, spikes=True)  # the next day
+    registry = tmp_path / "registry"
+    fit = ["--name", "m", "--window", "12", "--hidden", "8", "--epochs", "3", "--stride", "2"]
+    fit.append("--quiet")
+
+    def train(out: str, *extra: str) -> Path:
+        assert main(["train", "--csv", *map(str, history), *fit, *extra, "--out", str(out)]) == 0
+        return tmp_path / out
+
+    champion = train(str(tmp_path / "champion"))
+    metrics = json.loads((champion / "metrics.json").read_text())
+    assert metrics["train_span_ms"] == [START_MS, START_MS + STEP_MS * 799]
+    assert main(["publish", str(champion), "--registry", str(registry), "--name", "m"]) == 0
+    # Calibrated to alert on one normal window in ten instead of one in a thousand.
+    noisy = train(str(tmp_path / "noisy"), "--threshold-level", "0.9")
+    retrained = train(str(tmp_path / "retrained"), "--seed", "1")
+    capsys.readouterr()
+
+    where = ["--registry", str(registry), "--name", "m", "--csv", *map(str, traffic)]
+    assert main(["shadow", "--artifact", str(noisy), *where, "--json"]) == 3
+    rejected = json.loads(capsys.readouterr().out)
+    assert not rejected["passed"]
+    assert rejected["challenger_alerts"] > 3 * max(rejected["champion_alerts"], 1)
+    labels = tmp_path / "incidents.csv"
+    labels.write_text(
+        "stream,start,end\n"
+        + "".join(
+            f"{s},{ms_to_iso(START_MS + STEP_MS * (800 + a))},{ms_to_iso(START_MS + STEP_MS * b)}\n"
+            for s in "abc"
+            for a, b in ((475, 800 + 500), (955, 800 + 980))
+        )
+    )
+    argv = ["shadow", "--artifact", str(retrained), *where, "--labels", str(labels), "--json"]
+    assert main(argv) == 0
+    passed = json.loads(capsys.readouterr().out)
+    assert passed["passed"] and passed["champion_alerts"] >= 6  # the bursts, on 3 streams
+    assert passed["quality"]["champion"]["hits"] == passed["quality"]["challenger"]["hits"] == 6
+    with capsys.disabled():  # the figures, shown with -s
+        print("\nshadow rejected:", rejected, "\nshadow passed:", passed)
+    assert Registry(registry).versions("m") == [Registry(registry).champion("m")]  # no promotion
+
+    assert main(["publish", str(noisy), *where]) == 3
+    out = capsys.readouterr().out
+    assert "REJECT" in out and "rejected (shadow replay: would open" in out
+    reg = Registry(registry)
+    version = json.loads((noisy / "manifest.json").read_text())["version"]
+    decision = reg.decision("m", version)
+    assert decision["status"] == "rejected" and decision["reason"].startswith("shadow replay")
+    assert decision["gate"]["shadow"]["challenger_alerts"] == rejected["challenger_alerts"]
+    assert reg.champion("m") == json.loads((champion / "manifest.json").read_text())["version"]
+    assert main(["publish", str(retrained), *where]) == 0
+    assert "promoted (" in capsys.readouterr().out

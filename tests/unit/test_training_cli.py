@@ -195,6 +195,36 @@ def test_report_writes_the_plots_and_the_summary(
     assert "| training part |" in summary
 
 
+def test_report_on_your_own_csv_counts_alerts_against_your_labels(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, artifact_dir = trained
+    csv = data / "realA" / "one.csv"
+    labels = tmp_path / "incidents.csv"
+    # The spike's range (steps of 5 minutes), in epoch seconds (the reader detects the unit);
+    # the stream is the file stem.
+    start, end = (
+        (np.datetime64("2024-01-01T00:00") + np.array([490, 515]) * 5)
+        .astype("datetime64[s]")
+        .astype(np.int64)
+    )
+    labels.write_text(f"stream,start,end\none,{start},{end}\n")
+    base = ["report", "--artifact", str(artifact_dir), "--csv", str(csv), "--stride", "2"]
+    assert main([*base, "--labels", str(labels), "--out", str(tmp_path / "r")]) == 0
+    summary = (tmp_path / "r" / REPORT_MD).read_text()
+    assert "| labelled anomaly |" in summary
+    assert "labelled windows hit: **1 of 1** (missed 0)" in summary
+    assert "false alerts: **" in summary and "median delay" in summary
+    # NAB labels name NAB keys: with --csv they would match nothing, so they are refused.
+    capsys.readouterr()
+    nab_labels = ["--nab-labels", str(data.parent / "combined_windows.json")]
+    assert main([*base, *nab_labels, "--out", str(tmp_path / "x")]) == 1
+    assert "--nab-labels applies to --nab data only" in capsys.readouterr().err
+    labels.write_text(f"stream,start,end\ntwo,{start},{end}\n")
+    assert main([*base, "--labels", str(labels), "--out", str(tmp_path / "y")]) == 1
+    assert "stream(s) not in the data: two (streams: one)" in capsys.readouterr().err
+
+
 def test_embed_and_export_encoder(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, artifact_dir = trained
     codes_path, encoder_path = tmp_path / "codes.npz", tmp_path / "encoder.keras"

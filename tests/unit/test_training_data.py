@@ -123,3 +123,23 @@ def test_alert_spans_join_open_and_resolve() -> None:
     spans = alert_spans(alerts)
     assert spans["a"] == [(1000, 9000)]
     assert spans["b"][0][0] == 9000 and spans["b"][0][1] > 10**15  # still open
+
+
+def test_labels_of_your_own_data_read_any_time_format_and_refuse_typos(tmp_path: Path) -> None:
+    from training.data import DataSourceError, attach_labels, load_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("stream,start,end\ncpu,2024-01-01T00:10:00Z,2024-01-01T00:20:00Z\n")
+    iso = load_labels(path)
+    path.write_text("stream,start,end\ncpu,1704067800,1704068400\n\n")  # epoch seconds
+    assert load_labels(path) == iso == {"cpu": [(1_704_067_800_000, 1_704_068_400_000)]}
+    series = [Series("cpu", np.zeros(3), np.arange(3, dtype=np.int64))]
+    assert attach_labels(series, iso, "x")[0].labels == ((1_704_067_800_000, 1_704_068_400_000),)
+    with pytest.raises(DataSourceError, match="not in the data: mem"):
+        attach_labels(series, {"mem": [(0, 1)]}, "x")
+    path.write_text("name,from,to\ncpu,1,2\n")
+    with pytest.raises(DataSourceError, match="header stream,start,end"):
+        load_labels(path)
+    path.write_text("stream,start,end\ncpu,1704069000,1704068400\n")
+    with pytest.raises(DataSourceError, match=":2: the range ends before it starts"):
+        load_labels(path)

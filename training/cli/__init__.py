@@ -3,8 +3,9 @@
 One module per command group: :mod:`~training.cli.train`, :mod:`~training.cli.calibrate`
 (``thresholds``, ``calibrate``), :mod:`~training.cli.inspection` (``report``, ``embed``,
 ``export-encoder``), :mod:`~training.cli.registry` (``publish``, ``promote``, ``rollback``,
-``list``) and :mod:`~training.cli.refit`. Their model, fitting and gate options are generated
-from the dataclasses (:mod:`~training.cli.options`), so each default is written once.
+``list``), :mod:`~training.cli.refit` and :mod:`~training.cli.shadow`. Their model, fitting
+and gate options are generated from the dataclasses (:mod:`~training.cli.options`), so each
+default is written once.
 
 Defaults for Kafka, Redis and the registry come from the ``STREAM_AE_*`` settings, read only
 when a command needs them, so ``--help`` works without any environment and without loading
@@ -19,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from training.cli import calibrate, inspection, refit, registry, train
+from training.cli import calibrate, inspection, refit, registry, shadow, train
 from training.cli.common import Command
 
 COMMANDS: dict[str, Command] = {
@@ -28,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     **inspection.COMMANDS,
     **registry.COMMANDS,
     **refit.COMMANDS,
+    **shadow.COMMANDS,
 }
 
 

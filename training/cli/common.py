@@ -45,6 +45,11 @@ def settings() -> Any:
     return load_settings()
 
 
+def alert_policy() -> Any:
+    """The worker's alert policy from the settings (open/resolve rules), for shadow replays."""
+    return settings().alert_policy()
+
+
 def registry_root(args: argparse.Namespace) -> Path:
     return Path(args.registry) if args.registry else Path(settings().model_path)
 
@@ -102,7 +107,7 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _add_registry_location(group: argparse._ArgumentGroup) -> None:
+def add_registry_location(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--registry",
         type=Path,
@@ -116,7 +121,7 @@ def _add_registry_location(group: argparse._ArgumentGroup) -> None:
 
 def add_registry_options(parser: argparse.ArgumentParser, *, notify: bool = True) -> None:
     group = parser.add_argument_group("registry")
-    _add_registry_location(group)
+    add_registry_location(group)
     if notify:
         group.add_argument(
             "--redis-url",
@@ -133,7 +138,7 @@ def add_artifact_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="an artifact directory (or a registry root: its --name champion)",
     )
-    _add_registry_location(group)
+    add_registry_location(group)
     group.add_argument("--version", help="registry version (default: the champion)")
 
 

@@ -53,8 +53,16 @@ def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) 
         "--nab-labels",
         type=Path,
         metavar="FILE",
-        help="NAB label windows (default: combined_windows.json next to the data directory, "
-        "if present)",
+        help="with --nab: NAB label windows (default: combined_windows.json next to the data "
+        "directory, if present); for your own data use --labels",
+    )
+    group.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="labelled anomaly ranges of the data: a CSV stream,start,end (times as the data "
+        "reader accepts them: ISO 8601, epoch s/ms/us/ns); gives alert-level hits, misses, "
+        "false alerts and delays",
     )
     group.add_argument(
         "--bootstrap-servers",
@@ -120,6 +128,12 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
     from training import data
 
     series: list[data.Series]
+    if args.nab_labels and not args.nab:
+        # Silently ignoring it would call every window of your own data normal.
+        raise ValueError(
+            "--nab-labels applies to --nab data only; for CSV or topic data give --labels "
+            "FILE (a CSV stream,start,end)"
+        )
     if args.csv:
         series = []
         for path in args.csv:
@@ -151,6 +165,8 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
         series = window.apply(series, stats)
     else:
         return []
+    if args.labels:
+        series = data.attach_labels(series, data.load_labels(args.labels), str(args.labels))
     if args.max_gap:
         series = data.split_at_gaps(series, int(data.parse_duration_s(args.max_gap) * 1000))
     if args.train_fraction:

@@ -51,6 +51,7 @@ def run_report(args: argparse.Namespace) -> int:
         train_fraction=args.trained_fraction,
         title=args.title,
         reconstructions=args.reconstructions,
+        policy=common.alert_policy(),
     )
     print(report.summary)
     print("wrote " + ", ".join(str(p) for p in report.files))
@@ -113,6 +114,7 @@ COMMANDS = {
             "stream-ae-train report --artifact artifacts/cpu --csv cpu.csv --out reports/cpu",
             "stream-ae-train report --artifact artifacts/nab --nab data/nab/data "
             "--trained-fraction 0.15 --out reports/nab",
+            "stream-ae-train report --csv cpu.csv --labels incidents.csv --out reports/cpu",
         ),
         required="(--csv FILE [FILE ...] | --nab DIR | --topic TOPIC) --out DIR",
     ),

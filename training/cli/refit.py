@@ -71,7 +71,7 @@ def add_refit(parser: argparse.ArgumentParser) -> None:
     common.add_model_options(parser, inherit=True)
     common.add_fit_options(parser, inherit=True)
     common.add_registry_options(parser)
-    common.add_gate_options(parser, plan=("gate_fraction", "exclude", "warm_start"))
+    common.add_gate_options(parser, plan=("gate_fraction", "exclude", "warm_start", "shadow"))
 
 
 def run_refit(args: argparse.Namespace) -> int:
@@ -123,6 +123,7 @@ def run_refit(args: argparse.Namespace) -> int:
             spec_changes=_spec_changes(args, champion.spec) if champion else {},
             fit=common.build_fit_config(args),
             fit_changes=fit_changes,
+            policy=config.alert_policy(),
         )
         outcome = refit_once(
             registry,

@@ -14,13 +14,14 @@ from training.cli.data_options import add_data_options, load_data
 def add_publish(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", type=Path, help="the artifact directory to publish")
     common.add_registry_options(parser)
-    common.add_gate_options(parser, plan=())
+    common.add_gate_options(parser, plan=("shadow",))
     add_data_options(parser, required=False)
 
 
 def run_publish(args: argparse.Namespace) -> int:
     from stream_ae.model.artifacts import read_manifest
     from training.refit import gate_and_promote, labels_filter, load_champion
+    from training.shadow import format_verdict
 
     registry = common.registry(args)
     name = args.name or str(read_manifest(args.artifact, verify=False).get("name"))
@@ -38,11 +39,21 @@ def run_publish(args: argparse.Namespace) -> int:
         gate=common.build_gate_config(args),
         keep=labels_filter(series),  # labelled anomalies are not "normal data"
         force=args.force,
+        # The data given is the recent traffic both models replay, as a worker would.
+        shadow_series=series if args.shadow is not False else (),
+        policy=common.alert_policy(),
     )
-    rejected = outcome.decision is not None and not outcome.promoted
-    status = "promoted" if outcome.promoted else "rejected" if rejected else "kept as a candidate"
+    if outcome.shadow is not None:
+        print(format_verdict(outcome.shadow))
+    status = (
+        "promoted"
+        if outcome.promoted
+        else "rejected"
+        if outcome.rejected
+        else "kept as a candidate"
+    )
     print(f"published {registry.path(name, version)}: {status} ({outcome.reason})")
-    return 3 if rejected else 0
+    return 3 if outcome.rejected else 0
 
 
 FORCE_HELP = (

@@ -36,11 +36,12 @@ def add_train(parser: argparse.ArgumentParser) -> None:
         help="also write the report (plots and report.md) for the training data to DIR",
     )
     common.add_registry_options(parser)
-    common.add_gate_options(parser)
+    common.add_gate_options(parser, plan=("gate_fraction", "shadow"))
 
 
 def run_train(args: argparse.Namespace) -> int:
     from stream_ae.model.artifacts import load_artifact
+    from training.data import time_span
     from training.fit import fit_series, save_fit
     from training.refit import publish_gated, refit_once
 
@@ -51,7 +52,13 @@ def run_train(args: argparse.Namespace) -> int:
     config = common.build_fit_config(args)
     if args.out:
         result = fit_series(series, spec, config)
-        path = save_fit(result, args.out, name=common.model_name(args), version=args.version)
+        path = save_fit(
+            result,
+            args.out,
+            name=common.model_name(args),
+            version=args.version,
+            extra_metrics={"train_span_ms": time_span(series)},
+        )
         print(
             f"wrote {path}: {result.metrics['train_windows']} training windows, "
             f"{result.metrics['epochs_run']} epochs in {result.train_seconds:.1f}s, "
@@ -67,11 +74,18 @@ def run_train(args: argparse.Namespace) -> int:
             fit=config,
             exclude="none",
             warm_start=False,
+            policy=common.alert_policy(),
         )
         if args.force:
             result = fit_series(series, spec, config)
             published = publish_gated(
-                registry, plan.name, result, gate_series=[], gate=plan.gate, force=True
+                registry,
+                plan.name,
+                result,
+                gate_series=[],
+                gate=plan.gate,
+                force=True,
+                extra_metrics={"train_span_ms": time_span(series)},
             )
             version, promoted, reason = published.version, True, published.reason
         else:
