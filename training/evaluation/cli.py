@@ -9,6 +9,8 @@ Subcommands:
   side by side.
 * ``nab`` -- run a detector over the NAB data files; implemented in
   ``training.evaluation.nab_run``, imported only when this subcommand runs.
+* ``skab`` -- run a detector over SKAB files and score it with SKAB's protocol; implemented in
+  ``training.evaluation.skab_run``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_nab_arguments(nab)
     nab.set_defaults(evaluate_handler=_run_nab)
 
+    skab = sub.add_parser(
+        "skab",
+        help="run a detector over SKAB files and write SKAB predictions",
+        description="Per SKAB file: fit on the first 400 rows, stream the rest through the "
+        "worker's processor (no look-ahead), write <out>/<group>/<n>.csv (datetime;anomaly_pred), "
+        "print SKAB's pooled F1, FAR and MAR and which sensors the alerts name "
+        "(training.evaluation.skab_run).",
+    )
+    from training.evaluation import skab_run
+
+    skab_run.add_arguments(skab)
+    skab.set_defaults(evaluate_handler=_run_skab)
+
 
 def _add_nab_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evaluate nab``: to be added with ``training.evaluation.nab_run``.
@@ -143,6 +158,13 @@ def _run_nab(args: argparse.Namespace) -> int:
     from training.evaluation import nab_run  # type: ignore[attr-defined,unused-ignore]
 
     return int(nab_run.run(args))
+
+
+def _run_skab(args: argparse.Namespace) -> int:
+    """``evaluate skab``: delegate to ``training.evaluation.skab_run``."""
+    from training.evaluation import skab_run
+
+    return int(skab_run.run(args))
 
 
 def _run_score(args: argparse.Namespace) -> int:
