@@ -11,6 +11,8 @@ Subcommands:
   ``training.evaluation.nab_run``, imported only when this subcommand runs.
 * ``skab`` -- run a detector over SKAB files and score it with SKAB's protocol; implemented in
   ``training.evaluation.skab_run``.
+* ``cv`` -- cross-validated choice of post-processing and alert parameters for NAB and SKAB;
+  implemented in ``training.evaluation.cv``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     skab_run.add_arguments(skab)
     skab.set_defaults(evaluate_handler=_run_skab)
 
+    cv = sub.add_parser(
+        "cv",
+        help="cross-validate post-processing and alert parameters (NAB or SKAB)",
+        description="Choose post-processing and alert parameters on training folds and score "
+        "the fold left out (NAB: leave one category out; SKAB: leave one group out), from the "
+        "per-window outputs kept by `evaluate nab|skab --trace-dir`; prints the pooled "
+        "held-out score beside the in-sample one (training.evaluation.cv).",
+    )
+    from training.evaluation import cv as cv_module
+
+    cv_module.add_arguments(cv)
+    cv.set_defaults(evaluate_handler=_run_cv)
+
 
 def _add_nab_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evaluate nab``: to be added with ``training.evaluation.nab_run``.
@@ -165,6 +180,13 @@ def _run_skab(args: argparse.Namespace) -> int:
     from training.evaluation import skab_run
 
     return int(skab_run.run(args))
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    """``evaluate cv``: delegate to ``training.evaluation.cv``."""
+    from training.evaluation import cv
+
+    return int(cv.run(args))
 
 
 def _run_score(args: argparse.Namespace) -> int:
