@@ -14,6 +14,7 @@ from tests.unit.test_skab_score import SKAB_DIR, requires_skab
 from training.evaluation.skab_run import (
     Detection,
     SkabParams,
+    SkabTrace,
     alert_predictions,
     policy_predictions,
     predict_rows,
@@ -115,3 +116,25 @@ def test_command_writes_skab_layout(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report["params"]["epochs"] == 1 and 0.0 <= report["score"]["f1"] <= 1.0
     assert (out / "attribution.png").stat().st_size > 0
     assert "SKAB pooled: F1" in capsys.readouterr().out
+
+
+def test_min_open_keeps_a_detection_open() -> None:
+    n = 600
+    distances = np.ones(n)
+    distances[450:455] = 50.0  # a short burst of high distances
+    trace = SkabTrace(
+        distances=distances,
+        calibrated=np.clip(distances / 50, 0, 1),
+        contributions=np.zeros((n, 1)),
+        threshold=0.9,
+        alerts=[],
+    )
+    values = np.zeros((n, 1))
+    short, opened = predict_rows(trace, values, Detection("distance", threshold=10.0))
+    held, _ = predict_rows(trace, values, Detection("distance", threshold=10.0, min_open=100))
+    assert opened == [450]
+    assert short.sum() == 7  # 5 rows above, 2 below, resolved at the 3rd below
+    assert held[450:550].all() and held.sum() == 100
+    # The likelihood of the same distances fires at the burst too.
+    _, like_opened = predict_rows(trace, values, Detection("likelihood", threshold=0.3))
+    assert like_opened and like_opened[0] == 450

@@ -358,35 +358,44 @@ class SkabCandidate:
         d = self.detection
         threshold = "calibrated" if d.threshold is None else f"{d.threshold:g}"
         margin = "off" if d.range_margin is None else f"{d.range_margin:g}"
+        memory = f" memory={d.memory}" if d.score == "likelihood" else ""
         return (
-            f"model={self.model} score={d.score} threshold={threshold} smooth={d.smoothing} "
-            f"range={margin} open_after={d.open_after} resolve_after={d.resolve_after}"
+            f"model={self.model} score={d.score}{memory} threshold={threshold} "
+            f"smooth={d.smoothing} range={margin} open_after={d.open_after} "
+            f"resolve_after={d.resolve_after} min_open={d.min_open}"
         )
 
 
 def skab_grid(
     models: Sequence[str],
     thresholds: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0),
+    likelihood_thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.7),
+    memories: Sequence[int] = (100, 400),
     smoothings: Sequence[int] = (1, 5, 10, 20),
     range_margins: Sequence[float | None] = (None, 0.05, 0.2),
     open_afters: Sequence[int] = (1, 3),
     resolve_afters: Sequence[int] = (3, 10, 30),
+    min_opens: Sequence[int] = (0, 100),
 ) -> list[SkabCandidate]:
-    """The calibrated score at the model's own threshold, and the distance at each of
-    ``thresholds``, for every combination of the other values."""
+    """For every model and combination of the common values: the calibrated score at the
+    model's own threshold, the distance at each of ``thresholds``, and the likelihood at each
+    of ``likelihood_thresholds`` and ``memories``."""
     out = []
-    for model, smoothing, margin, open_after, resolve_after in itertools.product(
-        models, smoothings, range_margins, open_afters, resolve_afters
+    for model, smoothing, margin, open_after, resolve_after, min_open in itertools.product(
+        models, smoothings, range_margins, open_afters, resolve_afters, min_opens
     ):
-        common = {
+        common: dict[str, Any] = {
             "smoothing": smoothing,
             "range_margin": margin,
             "open_after": open_after,
             "resolve_after": resolve_after,
+            "min_open": min_open,
         }
-        out.append(SkabCandidate(model, Detection(**common)))  # type: ignore[arg-type]
+        out.append(SkabCandidate(model, Detection(**common)))
         for threshold in thresholds:
-            detection = Detection(score="distance", threshold=threshold, **common)  # type: ignore[arg-type]
+            out.append(SkabCandidate(model, Detection("distance", threshold=threshold, **common)))
+        for threshold, memory in itertools.product(likelihood_thresholds, memories):
+            detection = Detection("likelihood", threshold=threshold, memory=memory, **common)
             out.append(SkabCandidate(model, detection))
     return out
 

@@ -32,11 +32,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from stream_ae.core.alerting import OPEN, AlertPolicy
+from stream_ae.core.postprocess import LikelihoodParams, likelihood_scores
+from stream_ae.core.postprocess import new_state as new_likelihood_state
 from stream_ae.core.records import Event, decode_event, encode_event
 from stream_ae.core.windowing import AlertState
 from stream_ae.errors import StreamAEError
@@ -65,6 +67,7 @@ RUN_FILE = "run.json"
 MAX_EVENT_BYTES = 65_536
 # Where a distance threshold lands on the alert policy's [0, 1] score scale.
 DISTANCE_POLICY_LEVEL = 0.5
+SCORES = ("calibrated", "distance", "likelihood")
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,17 @@ class Detection:
     ``distance`` (the window's distance ``d`` from the model's validation errors, handed to
     the alert policy as ``min(d / (2 * threshold), 1)`` with the policy's threshold at 0.5, so
     that ``threshold`` and the resolve level ``resolve_ratio * threshold`` are in distance
-    units). ``smoothing``: windows averaged (a trailing mean; 1 = none).
+    units), or ``likelihood`` (the anomaly likelihood of :mod:`stream_ae.core.postprocess`
+    over the distances: the mean of the last ``smoothing`` distances against their
+    exponentially weighted history of ``memory`` windows, the training rows' windows included,
+    as a log-scaled Gaussian tail score in [0, 1]; ``threshold`` in those units).
+    ``smoothing``: windows averaged (a trailing mean; 1 = none).
     ``range_margin``: if set, a row where some feature lies outside the range the stream has
     shown so far by more than ``range_margin`` times that range scores 1 (the running range,
     never the file's). The alert policy then opens at ``threshold`` (None: the model's
     calibrated threshold, as the worker does) after ``open_after`` windows and resolves after
-    ``resolve_after`` windows below ``threshold * resolve_ratio``.
+    ``resolve_after`` windows below ``threshold * resolve_ratio``; an alert stays open for at
+    least ``min_open`` rows.
     """
 
     score: str = "calibrated"
@@ -90,14 +98,16 @@ class Detection:
     open_after: int = 1
     resolve_after: int = 3
     resolve_ratio: float = 0.9
+    memory: int = 200
+    min_open: int = 0
 
     def __post_init__(self) -> None:
-        if self.score not in ("calibrated", "distance"):
-            raise ValueError(f"score must be 'calibrated' or 'distance', got {self.score!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.smoothing < 1:
             raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
-        if self.score == "distance" and self.threshold is None:
-            raise ValueError("a distance score needs a threshold (in distance units)")
+        if self.score != "calibrated" and self.threshold is None:
+            raise ValueError(f"a {self.score} score needs a threshold")
 
     def policy_params(self) -> PolicyParams:
         """The alert policy's parameters, the threshold in score units."""
@@ -120,6 +130,7 @@ class SkabParams:
     window: int = 16
     horizon: int = 0
     hidden: int = 16
+    scaling: Literal["global", "stream"] = "global"
     epochs: int = 15
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -148,6 +159,7 @@ class SkabParams:
             patience=self.patience,
             val_fraction=self.val_fraction,
             seed=self.seed,
+            scaling=self.scaling,
             threshold_level=self.calibration_level,
             verbose=0,
         )
@@ -321,6 +333,9 @@ def detection_scores(trace: SkabTrace, values: np.ndarray, detection: Detection)
         assert detection.threshold is not None  # checked by Detection
         scores = trailing_mean(trace.distances, detection.smoothing)
         scores = np.minimum(scores * (DISTANCE_POLICY_LEVEL / detection.threshold), 1.0)
+    elif detection.score == "likelihood":
+        params = LikelihoodParams(short_window=detection.smoothing, long_window=detection.memory)
+        scores, _ = likelihood_scores(params, new_likelihood_state(params), trace.distances)
     else:
         scores = trailing_mean(trace.calibrated, detection.smoothing)
     if detection.range_margin is not None:
@@ -356,7 +371,10 @@ def predict_rows(
 ) -> tuple[np.ndarray, list[int]]:
     """0/1 per row of the whole file (training rows included) and the rows alerts opened at."""
     policy = detection.policy_params().policy(trace.threshold)
-    return policy_predictions(detection_scores(trace, values, detection), policy)
+    predictions, opened = policy_predictions(detection_scores(trace, values, detection), policy)
+    for row in opened:
+        predictions[row : row + detection.min_open] = 1
+    return predictions, opened
 
 
 def alert_predictions(alerts: Sequence[dict[str, Any]], n_rows: int) -> np.ndarray:
