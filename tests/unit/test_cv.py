@@ -12,6 +12,7 @@ from training.evaluation.cv import (
     SkabCandidate,
     cross_validate_nab,
     cross_validate_skab,
+    cross_validate_thresholds,
     leave_one_out_folds,
     nab_grid,
     skab_grid,
@@ -117,3 +118,21 @@ def test_nab_alike_categories_score_the_same_held_out_as_in_sample() -> None:
 def test_nab_grid_covers_the_shipped_defaults() -> None:
     defaults = NabCandidate(PostParams())
     assert defaults in nab_grid()
+
+
+def test_thresholds_only_cross_validation_of_fixed_scores() -> None:
+    inputs = {k: _nab_input(k, 1500) for k in ("c1/a.csv", "c2/b.csv")}
+    scores = {}
+    for key, data in inputs.items():
+        row_scores = np.zeros(len(data.ts_ms))
+        row_scores[1500] = 0.9  # a detection at the start of the window
+        scores[key] = (data.timestamps, row_scores)
+    windows = {k: d.windows for k, d in inputs.items()}
+    cv = cross_validate_thresholds(scores, windows, PROFILES)
+    assert cv["standard"] > 90.0
+    # c2's detection now scores below its own false positives: the best threshold on c2 alone
+    # detects nothing, which misses c1's window, and c1's threshold (0.9) misses c2's.
+    scores["c2/b.csv"][1][1500] = 0.5
+    scores["c2/b.csv"][1][100:200] = 0.6  # false positives above c2's own level
+    held_out = cross_validate_thresholds(scores, windows, PROFILES)
+    assert held_out["standard"] < cv["standard"]

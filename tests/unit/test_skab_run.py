@@ -30,7 +30,7 @@ from training.evaluation.skab_score import (
 )
 
 # Small and quick: the suite runs on a shared 2-core machine.
-TINY = SkabParams(epochs=2, hidden=8, batch_events=128)
+TINY = SkabParams(epochs=2, hidden=8, window=16, batch_events=128, detection=Detection())
 
 
 def test_running_range_never_looks_ahead() -> None:

@@ -315,6 +315,33 @@ def cross_validate_nab(
     )
 
 
+def cross_validate_thresholds(
+    results: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    windows: Mapping[str, Sequence[Any]],
+    profiles: Mapping[str, CostProfile],
+    folds_by: str = "group",
+) -> dict[str, float]:
+    """Normalised NAB scores of fixed row scores (``key -> (timestamps, anomaly_scores)``, e.g.
+    a published detector's results) with only the threshold cross-validated: each profile's
+    threshold swept on the training folds, applied to the held-out one, pooled."""
+    out = {}
+    keys = sorted(results)
+    for name, profile in profiles.items():
+        sweeps = {
+            k: _sweep_file(results[k][0], results[k][1], windows[k], profile, 0.15) for k in keys
+        }
+        null = -profile.fn_weight * sum(s.scored_windows.size for s in sweeps.values())
+        perfect = profile.tp_weight * sum(s.n_windows for s in sweeps.values())
+        raw = 0.0
+        for held_keys in leave_one_out_folds(keys, folds_by).values():
+            train = [sweeps[k] for k in keys if k not in held_keys]
+            curve = _threshold_curve(train, profile)
+            threshold = float(curve.thresholds[curve.best_index])
+            raw += math.fsum(_score_sweep(sweeps[k], profile, threshold).score for k in held_keys)
+        out[name] = normalised_score(raw, null, perfect)
+    return out
+
+
 def read_nab_inputs(data_dir: Path, trace_dir: Path, windows_path: Path) -> dict[str, NabInput]:
     """The NAB files that have a trace in ``trace_dir`` (``evaluate nab --trace-dir``)."""
     from training.evaluation.nab_run import data_files as nab_files
