@@ -60,7 +60,13 @@ from training.evaluation.nab_score import (
     normalised_score,
     probation_length,
 )
-from training.evaluation.skab_run import Detection, SkabTrace, load_trace, predict_rows
+from training.evaluation.skab_run import (
+    Detection,
+    SkabTrace,
+    detection_scores,
+    load_trace,
+    predict_rows,
+)
 from training.evaluation.skab_run import running_range_flags as _range_flags
 from training.evaluation.skab_score import (
     PooledScore,
@@ -457,12 +463,28 @@ def cross_validate_skab(
     started = time.perf_counter()
     counts: dict[tuple[SkabCandidate, str], PooledScore] = {}
 
+    # Scores depend on fewer fields than predictions: shared by the alert-policy variants.
+    scores: dict[tuple[Any, ...], np.ndarray] = {}
+
     def count(candidate: SkabCandidate, key: str) -> PooledScore:
         if (candidate, key) not in counts:
             data = files[key]
-            predictions, _ = predict_rows(
-                traces[candidate.model][key], data.values, candidate.detection
+            trace = traces[candidate.model][key]
+            d = candidate.detection
+            # A distance score is scaled by its threshold; the others do not depend on it.
+            threshold = d.threshold if d.score == "distance" else None
+            score_key: tuple[Any, ...] = (
+                candidate.model,
+                key,
+                d.score,
+                d.smoothing,
+                d.range_margin,
+                d.memory,
+                threshold,
             )
+            if score_key not in scores:
+                scores[score_key] = detection_scores(trace, data.values, d)
+            predictions, _ = predict_rows(trace, data.values, d, scores[score_key])
             test = data.test_rows
             counts[candidate, key] = confusion(data.anomaly[test], predictions[test])
         return counts[candidate, key]

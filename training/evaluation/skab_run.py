@@ -376,11 +376,15 @@ def policy_predictions(scores: np.ndarray, policy: AlertPolicy) -> tuple[np.ndar
 
 
 def predict_rows(
-    trace: SkabTrace, values: np.ndarray, detection: Detection
+    trace: SkabTrace, values: np.ndarray, detection: Detection, scores: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[int]]:
-    """0/1 per row of the whole file (training rows included) and the rows alerts opened at."""
+    """0/1 per row of the whole file (training rows included) and the rows alerts opened at.
+
+    ``scores``: the detection's scores if already computed (:func:`detection_scores`)."""
     policy = detection.policy_params().policy(trace.threshold)
-    predictions, opened = policy_predictions(detection_scores(trace, values, detection), policy)
+    if scores is None:
+        scores = detection_scores(trace, values, detection)
+    predictions, opened = policy_predictions(scores, policy)
     for row in opened:
         predictions[row : row + detection.min_open] = 1
     return predictions, opened
