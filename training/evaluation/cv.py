@@ -49,6 +49,7 @@ from stream_ae.core.postprocess import (
 )
 from stream_ae.errors import StreamAEError
 from training.evaluation.nab_score import (
+    DEFAULT_PROBATION_PERCENT,
     CostProfile,
     FileScore,
     _FileSweep,
@@ -198,7 +199,11 @@ class NabScoreCache:
         if cache_key not in self._sweeps:
             data = self.inputs[key]
             self._sweeps[cache_key] = _sweep_file(
-                data.timestamps, self.scores(candidate, key), data.windows, profile, 0.15
+                data.timestamps,
+                self.scores(candidate, key),
+                data.windows,
+                profile,
+                DEFAULT_PROBATION_PERCENT,
             )
         return self._sweeps[cache_key]
 
@@ -259,7 +264,13 @@ def _bounds(inputs: Mapping[str, NabInput], profile: CostProfile) -> tuple[float
     """The null and perfect raw scores of the whole corpus (independent of the detector)."""
     null = perfect = 0.0
     for data in inputs.values():
-        sweep = _sweep_file(data.timestamps, np.zeros(len(data.ts_ms)), data.windows, profile, 0.15)
+        sweep = _sweep_file(
+            data.timestamps,
+            np.zeros(len(data.ts_ms)),
+            data.windows,
+            profile,
+            DEFAULT_PROBATION_PERCENT,
+        )
         null -= profile.fn_weight * sweep.scored_windows.size
         perfect += profile.tp_weight * sweep.n_windows
     return null, perfect
@@ -334,7 +345,10 @@ def cross_validate_thresholds(
     keys = sorted(results)
     for name, profile in profiles.items():
         sweeps = {
-            k: _sweep_file(results[k][0], results[k][1], windows[k], profile, 0.15) for k in keys
+            k: _sweep_file(
+                results[k][0], results[k][1], windows[k], profile, DEFAULT_PROBATION_PERCENT
+            )
+            for k in keys
         }
         null = -profile.fn_weight * sum(s.scored_windows.size for s in sweeps.values())
         perfect = profile.tp_weight * sum(s.n_windows for s in sweeps.values())
