@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from stream_ae.core.postprocess import PostParams
+from tests.unit.test_skab_score import SKAB_DIR, requires_skab
 from training.evaluation.cv import (
     NabCandidate,
     NabInput,
@@ -18,8 +22,8 @@ from training.evaluation.cv import (
     skab_grid,
 )
 from training.evaluation.nab_score import CostProfile
-from training.evaluation.skab_run import Detection, SkabTrace
-from training.evaluation.skab_score import TRAIN_ROWS, SkabFile
+from training.evaluation.skab_run import Detection, SkabTrace, save_trace
+from training.evaluation.skab_score import TRAIN_ROWS, SkabFile, data_files, read_skab_file
 
 PROFILES = {
     "standard": CostProfile("standard", 1.0, 0.11, 1.0),
@@ -136,3 +140,29 @@ def test_thresholds_only_cross_validation_of_fixed_scores() -> None:
     scores["c2/b.csv"][1][100:200] = 0.6  # false positives above c2's own level
     held_out = cross_validate_thresholds(scores, windows, PROFILES)
     assert held_out["standard"] < cv["standard"]
+
+
+@requires_skab
+def test_cv_skab_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command end to end over traces that separate the labels perfectly: distance 1 on
+    normal rows, 50 on anomalous ones."""
+    from stream_ae.cli.app import main
+
+    assert SKAB_DIR is not None
+    traces = tmp_path / "traces"
+    for key, path in data_files(SKAB_DIR).items():
+        data = read_skab_file(key, path)
+        n, features = data.values.shape
+        distances = np.where(data.anomaly == 1, 50.0, 1.0)
+        distances[:15] = np.nan
+        trace = SkabTrace(distances, distances / 50, np.zeros((n, features)), 0.99, [])
+        save_trace(traces, key, trace)
+    out = tmp_path / "cv.json"
+    argv = ["evaluate", "cv", "skab", str(SKAB_DIR), "--traces", f"m={traces}", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "cross-val" in printed and "held out valve2" in printed
+    report = json.loads(out.read_text())
+    # other/2's anomaly starts inside the training rows but ends after them: still found.
+    assert report["cross_validated"]["f1"] > 0.99
+    assert {fold["held_out"] for fold in report["folds"]} == {"other", "valve2"}
