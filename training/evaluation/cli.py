@@ -9,6 +9,10 @@ Subcommands:
   side by side.
 * ``nab`` -- run a detector over the NAB data files; implemented in
   ``training.evaluation.nab_run``, imported only when this subcommand runs.
+* ``skab`` -- run a detector over SKAB files and score it with SKAB's protocol; implemented in
+  ``training.evaluation.skab_run``.
+* ``cv`` -- cross-validated choice of post-processing and alert parameters for NAB and SKAB;
+  implemented in ``training.evaluation.cv``.
 """
 
 from __future__ import annotations
@@ -115,6 +119,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_nab_arguments(nab)
     nab.set_defaults(evaluate_handler=_run_nab)
 
+    skab = sub.add_parser(
+        "skab",
+        help="run a detector over SKAB files and write SKAB predictions",
+        description="Per SKAB file: fit on the first 400 rows, stream the rest through the "
+        "worker's processor (no look-ahead), write <out>/<group>/<n>.csv (datetime;anomaly_pred), "
+        "print SKAB's pooled F1, FAR and MAR and which sensors the alerts name "
+        "(training.evaluation.skab_run).",
+    )
+    from training.evaluation import skab_run
+
+    skab_run.add_arguments(skab)
+    skab.set_defaults(evaluate_handler=_run_skab)
+
+    cv = sub.add_parser(
+        "cv",
+        help="cross-validate post-processing and alert parameters (NAB or SKAB)",
+        description="Choose post-processing and alert parameters on training folds and score "
+        "the fold left out (NAB: leave one category out; SKAB: leave one group out), from the "
+        "per-window outputs kept by `evaluate nab|skab --trace-dir`; prints the pooled "
+        "held-out score beside the in-sample one (training.evaluation.cv).",
+    )
+    from training.evaluation import cv as cv_module
+
+    cv_module.add_arguments(cv)
+    cv.set_defaults(evaluate_handler=_run_cv)
+
 
 def _add_nab_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evaluate nab``: to be added with ``training.evaluation.nab_run``.
@@ -150,6 +180,20 @@ def _run_nab(args: argparse.Namespace) -> int:
     from training.evaluation import nab_run  # type: ignore[attr-defined,unused-ignore]
 
     return int(nab_run.run(args))
+
+
+def _run_skab(args: argparse.Namespace) -> int:
+    """``evaluate skab``: delegate to ``training.evaluation.skab_run``."""
+    from training.evaluation import skab_run
+
+    return int(skab_run.run(args))
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    """``evaluate cv``: delegate to ``training.evaluation.cv``."""
+    from training.evaluation import cv
+
+    return int(cv.run(args))
 
 
 def _run_score(args: argparse.Namespace) -> int:

@@ -549,6 +549,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write RESULTS_DIR/plots/<file>.png for the files whose <category>/<file> "
         "contains TEXT (repeatable; needs matplotlib)",
     )
+    parser.add_argument(
+        "--trace-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each file's per-window outputs there (input of `evaluate cv nab`)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -586,6 +593,7 @@ def run(args: argparse.Namespace) -> int:
             only=args.only,
             keep_artifacts=args.keep_artifacts,
             progress=not args.no_progress,
+            trace_dir=args.trace_dir,
         )
         elapsed = time.perf_counter() - started
     except (StreamAEError, OSError, ValueError, TypeError) as exc:

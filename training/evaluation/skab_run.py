@@ -1,0 +1,645 @@
+"""``stream-ae evaluate skab``: run our detector over SKAB files, as streams, no look-ahead.
+
+Per file (SKAB's protocol, :mod:`training.evaluation.skab_score`): a model is fitted with
+:func:`training.fit.fit_series` on the first :data:`TRAIN_ROWS` rows (8 sensor features), written
+as an artifact and loaded back as a worker loads it. Then every row of the file is replayed in
+time order as a dict-valued event (``{"value": {feature name: number}}``, encoded and decoded
+with the worker's own :func:`~stream_ae.core.records.decode_event`) through
+:class:`~stream_ae.worker.processor.StreamProcessor` over an :class:`InMemoryWindowStore`. The
+training rows only fill the window state; the rows after them are scored.
+
+The 0/1 prediction of a row comes from the alert policy (:mod:`stream_ae.core.alerting`): 1
+while an alert is open. With the default :class:`Detection` the policy acts on the processor's
+own calibrated window scores and the predictions are exactly the processor's alerts (opened at
+the window that opened them, resolved at the window that resolved them); other detections
+re-run the same pure policy over a score computed from the processor's per-window outputs
+(:func:`detection_scores`), so a grid of them costs no model call (:mod:`training.evaluation.cv`).
+
+Attribution: the alert that opens a detection carries the per-feature contributions of its
+window (the share of the window's error each sensor makes); the report counts, per group of
+files, which sensor contributed most to each detection that overlaps a labelled anomaly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from stream_ae.core.alerting import OPEN, AlertPolicy
+from stream_ae.core.postprocess import LikelihoodParams, likelihood_scores
+from stream_ae.core.postprocess import new_state as new_likelihood_state
+from stream_ae.core.records import Event, decode_event, encode_event
+from stream_ae.core.windowing import AlertState
+from stream_ae.errors import StreamAEError
+from stream_ae.io.window_store import InMemoryWindowStore
+from stream_ae.model.artifacts import Artifact, load_artifact
+from stream_ae.model.inference import ScoredBatch, Scorer
+from stream_ae.model.network import ModelKind, ModelSpec
+from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from training.evaluation.skab_score import (
+    TRAIN_ROWS,
+    PooledScore,
+    SkabError,
+    SkabFile,
+    confusion,
+    data_files,
+    pooled_score_of,
+    predictions_path,
+    read_skab_file,
+    write_predictions,
+)
+from training.fit import FitConfig, fit_series, save_fit
+
+REPLAY_TOPIC = "skab"
+RUN_FILE = "run.json"
+# A JSON event of 8 named floats is about 250 bytes; the worker's default limit is far above.
+MAX_EVENT_BYTES = 65_536
+# Where a distance threshold lands on the alert policy's [0, 1] score scale.
+DISTANCE_POLICY_LEVEL = 0.5
+SCORES = ("calibrated", "distance", "likelihood")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How a row's 0/1 prediction is made from the processor's per-window outputs.
+
+    ``score``: ``calibrated`` (the processor's calibrated window score, in [0, 1]) or
+    ``distance`` (the window's distance ``d`` from the model's validation errors, handed to
+    the alert policy as ``min(d / (2 * threshold), 1)`` with the policy's threshold at 0.5, so
+    that ``threshold`` and the resolve level ``resolve_ratio * threshold`` are in distance
+    units), or ``likelihood`` (the anomaly likelihood of :mod:`stream_ae.core.postprocess`
+    over the distances: the mean of the last ``smoothing`` distances against their
+    exponentially weighted history of ``memory`` windows, the training rows' windows included,
+    as a log-scaled Gaussian tail score in [0, 1]; ``threshold`` in those units).
+    ``smoothing``: windows averaged (a trailing mean; 1 = none).
+    ``range_margin``: if set, a row where some feature lies outside the range the stream has
+    shown so far by more than ``range_margin`` times that range scores 1 (the running range,
+    never the file's). The alert policy then opens at ``threshold`` (None: the model's
+    calibrated threshold, as the worker does) after ``open_after`` windows and resolves after
+    ``resolve_after`` windows below ``threshold * resolve_ratio``; an alert stays open for at
+    least ``min_open`` rows.
+    """
+
+    score: str = "calibrated"
+    smoothing: int = 1
+    range_margin: float | None = None
+    threshold: float | None = None
+    open_after: int = 1
+    resolve_after: int = 3
+    resolve_ratio: float = 0.9
+    memory: int = 200
+    min_open: int = 0
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.smoothing < 1:
+            raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
+        if self.score != "calibrated" and self.threshold is None:
+            raise ValueError(f"a {self.score} score needs a threshold")
+
+    def policy_params(self) -> PolicyParams:
+        """The alert policy's parameters, the threshold in score units."""
+        # A distance score is scaled so that its threshold lands at 0.5 (see the class).
+        threshold = DISTANCE_POLICY_LEVEL if self.score == "distance" else self.threshold
+        return PolicyParams(
+            threshold=threshold,
+            resolve_ratio=self.resolve_ratio,
+            open_after=self.open_after,
+            resolve_after=self.resolve_after,
+        )
+
+
+@dataclass(frozen=True)
+class SkabParams:
+    """The detector for every SKAB file: model, fit and detection. Small and quick: 11 fits of
+    a few seconds each on 2 cores."""
+
+    kind: ModelKind = "reconstruct"
+    window: int = 32
+    horizon: int = 0
+    hidden: int = 16
+    scaling: Literal["global", "stream"] = "global"
+    epochs: int = 15
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    patience: int = 3
+    val_fraction: float = 0.2
+    calibration_level: float = 0.99
+    seed: int = 0
+    batch_events: int = 256
+    # Chosen by `evaluate cv skab` over 12,672 candidates (docs/skab.md).
+    detection: Detection = field(
+        default_factory=lambda: Detection(
+            "distance", threshold=15.0, smoothing=5, range_margin=0.2, resolve_after=3
+        )
+    )
+
+    def spec(self, feature_names: Sequence[str]) -> ModelSpec:
+        return ModelSpec(
+            kind=self.kind,
+            window=self.window,
+            features=len(feature_names),
+            feature_names=tuple(feature_names),
+            hidden=self.hidden,
+            horizon=self.horizon,
+        )
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            scaling=self.scaling,
+            threshold_level=self.calibration_level,
+            verbose=0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkabParams:
+        data = dict(data)
+        if "detection" in data:
+            data["detection"] = Detection(**data["detection"])
+        return cls(**data)
+
+
+DEFAULT_SKAB_PARAMS = SkabParams()
+
+
+@dataclass
+class SkabTrace:
+    """What the processor said about every row of one file (NaN where no window ended), the
+    model's calibrated threshold, its alerts and where the time went."""
+
+    distances: np.ndarray  # (n,)
+    calibrated: np.ndarray  # (n,)
+    contributions: np.ndarray  # (n, F)
+    threshold: float
+    alerts: list[dict[str, Any]]
+    fit_s: float = 0.0
+    stream_s: float = 0.0
+
+
+class _RecordingScorer(Scorer):
+    """The artifact's scorer, keeping each batch's per-window contributions (which the
+    processor hands to alerts but not to ``WindowRecords``)."""
+
+    def __init__(self, artifact: Artifact, buckets: Sequence[int]) -> None:
+        super().__init__(artifact, buckets)
+        self.contributions: list[np.ndarray] = []
+
+    def score(
+        self,
+        windows: np.ndarray,
+        streams: Sequence[str],
+        stat_mean: np.ndarray | None = None,
+        stat_std: np.ndarray | None = None,
+    ) -> ScoredBatch:
+        batch = super().score(windows, streams, stat_mean, stat_std)
+        self.contributions.append(batch.scores.contributions)
+        return batch
+
+
+def replay_events(data: SkabFile) -> list[Event]:
+    """The file's rows as dict-valued events of one stream, decoded as the worker decodes
+    them; offsets = row numbers."""
+    names = list(data.feature_names)
+    return [
+        decode_event(
+            data.key.encode(),
+            encode_event(data.key, int(ts), dict(zip(names, row, strict=True))),
+            topic=REPLAY_TOPIC,
+            partition=0,
+            offset=i,
+            feature_names=names,
+            max_bytes=MAX_EVENT_BYTES,
+        )
+        for i, (ts, row) in enumerate(zip(data.ts_ms.tolist(), data.values.tolist(), strict=True))
+    ]
+
+
+def fit_file(data: SkabFile, params: SkabParams, directory: Path) -> Artifact:
+    """Fit on the file's training rows, write the artifact, load it back."""
+    spec = params.spec(data.feature_names)
+    try:
+        result = fit_series([(data.key, data.values[:TRAIN_ROWS])], spec, params.fit_config())
+    except ValueError as exc:
+        raise SkabError(f"{data.key}: cannot fit on its {TRAIN_ROWS} training rows: {exc}") from exc
+    save_fit(result, directory, name=data.key, version="skab")
+    return load_artifact(directory, expect=spec)
+
+
+def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabTrace:
+    """Fit on the training rows, then replay every row through the processor."""
+    started = time.perf_counter()
+    artifact = fit_file(data, params, artifact_dir)
+    scorer = _RecordingScorer(artifact, buckets=(params.batch_events,))
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    n, features = data.values.shape
+    trace = SkabTrace(
+        distances=np.full(n, np.nan),
+        calibrated=np.full(n, np.nan),
+        contributions=np.full((n, features), np.nan),
+        threshold=float(artifact.calibration.default.threshold),
+        alerts=[],
+        fit_s=fit_s,
+    )
+    batch_time_ms = [0]  # alerts carry the batch's event time: replays are reproducible
+    processor = StreamProcessor(
+        InMemoryWindowStore(params.window, features),
+        lambda: scorer,
+        stride=1,
+        # The processor's own policy acts on its calibrated score; another detection re-runs
+        # the policy over its own score afterwards (predict_rows).
+        policy=params.detection.policy_params()
+        if params.detection.score == "calibrated"
+        else PolicyParams(),
+        clock_ms=lambda: batch_time_ms[0],
+    )
+    events = replay_events(data)
+    for lo in range(0, n, params.batch_events):
+        batch = events[lo : lo + params.batch_events]
+        batch_time_ms[0] = batch[-1].ts_ms
+        scorer.contributions.clear()
+        outcome = processor.process(batch)
+        processor.save(outcome.touched)
+        rows = outcome.windows.end_offsets
+        trace.distances[rows] = outcome.windows.distances
+        trace.calibrated[rows] = outcome.windows.scores
+        if len(rows):
+            trace.contributions[rows] = np.concatenate(scorer.contributions)
+        trace.alerts.extend(outcome.alerts)
+    trace.stream_s = time.perf_counter() - started
+    return trace
+
+
+# --- from window outputs to row predictions (pure) -------------------------------------------
+
+
+def running_range_flags(values: np.ndarray, margin: float, start: int = TRAIN_ROWS) -> np.ndarray:
+    """True on rows from ``start`` on where some feature lies outside the range of the rows
+    before it (all of them, from row 0) by more than ``margin`` times that range. No look-ahead:
+    row ``i`` is compared with rows ``< i`` only.
+
+    >>> running_range_flags(np.array([[0.0], [1.0], [0.5], [1.05], [1.2], [-0.5]]), 0.1, 2)
+    array([False, False, False, False,  True,  True])
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    low = np.minimum.accumulate(x, axis=0)
+    high = np.maximum.accumulate(x, axis=0)
+    # The range of the rows before row i: shift by one.
+    low_before, high_before = low[:-1], high[:-1]
+    span = high_before - low_before
+    outside = (x[1:] > high_before + margin * span) | (x[1:] < low_before - margin * span)
+    flags = np.r_[False, outside.any(axis=1)]
+    flags[:start] = False
+    return flags
+
+
+def trailing_mean(scores: np.ndarray, k: int) -> np.ndarray:
+    """The mean of each score and the ``k - 1`` before it (fewer at the start); NaN stays NaN
+    and is not counted.
+
+    >>> trailing_mean(np.array([np.nan, 1.0, 3.0, 5.0]), 2).tolist()
+    [nan, 1.0, 2.0, 4.0]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if k <= 1:
+        return s.copy()
+    valid = ~np.isnan(s)
+    sums = np.cumsum(np.where(valid, s, 0.0))
+    counts = np.cumsum(valid)
+    sums = sums - np.r_[np.zeros(k), sums[:-k]]
+    counts = counts - np.r_[np.zeros(k, dtype=np.int64), counts[:-k]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / counts
+    return np.where(valid, out, np.nan)
+
+
+def detection_scores(trace: SkabTrace, values: np.ndarray, detection: Detection) -> np.ndarray:
+    """The per-row score the alert policy acts on (NaN where no window ended)."""
+    if detection.score == "distance":
+        assert detection.threshold is not None  # checked by Detection
+        scores = trailing_mean(trace.distances, detection.smoothing)
+        scores = np.minimum(scores * (DISTANCE_POLICY_LEVEL / detection.threshold), 1.0)
+    elif detection.score == "likelihood":
+        params = LikelihoodParams(short_window=detection.smoothing, long_window=detection.memory)
+        scores, _ = likelihood_scores(params, new_likelihood_state(params), trace.distances)
+    else:
+        scores = trailing_mean(trace.calibrated, detection.smoothing)
+    if detection.range_margin is not None:
+        flags = running_range_flags(values, detection.range_margin)
+        scores = np.where(flags & ~np.isnan(scores), 1.0, scores)
+    return scores
+
+
+def policy_predictions(scores: np.ndarray, policy: AlertPolicy) -> tuple[np.ndarray, list[int]]:
+    """Run the alert policy over the rows' scores in order; a row is 1 from the window that
+    opens an alert up to (not including) the window that resolves it. Returns the predictions
+    and the rows where alerts opened."""
+    rows = np.flatnonzero(~np.isnan(scores))
+    _, transitions = policy.step(AlertState(), scores[rows])
+    predictions = np.zeros(len(scores), dtype=np.int64)
+    opened: list[int] = []
+    open_row: int | None = None
+    for index, status in transitions:
+        row = int(rows[index])
+        if status == OPEN:
+            open_row = row
+            opened.append(row)
+        elif open_row is not None:
+            predictions[open_row:row] = 1
+            open_row = None
+    if open_row is not None:
+        predictions[open_row:] = 1
+    return predictions, opened
+
+
+def predict_rows(
+    trace: SkabTrace, values: np.ndarray, detection: Detection, scores: np.ndarray | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """0/1 per row of the whole file (training rows included) and the rows alerts opened at.
+
+    ``scores``: the detection's scores if already computed (:func:`detection_scores`)."""
+    policy = detection.policy_params().policy(trace.threshold)
+    if scores is None:
+        scores = detection_scores(trace, values, detection)
+    predictions, opened = policy_predictions(scores, policy)
+    for row in opened:
+        predictions[row : row + detection.min_open] = 1
+    return predictions, opened
+
+
+def alert_predictions(alerts: Sequence[dict[str, Any]], n_rows: int) -> np.ndarray:
+    """The processor's own alerts as 0/1 per row (1 from an open to its resolve)."""
+    predictions = np.zeros(n_rows, dtype=np.int64)
+    open_row: int | None = None
+    for alert in alerts:
+        row = int(alert["source"]["offset"])
+        if alert["status"] == OPEN:
+            open_row = row
+        elif open_row is not None:
+            predictions[open_row:row] = 1
+            open_row = None
+    if open_row is not None:
+        predictions[open_row:] = 1
+    return predictions
+
+
+def detected_attributions(
+    data: SkabFile, trace: SkabTrace, predictions: np.ndarray, opened: Sequence[int]
+) -> list[np.ndarray]:
+    """The contributions of the windows that opened a detection overlapping a labelled anomaly
+    (one (F,) array per such detection, as its alert carries them)."""
+    ends = [*opened[1:], len(predictions)]
+    out = []
+    for start, end in zip(opened, ends, strict=True):
+        run_end = start + int(np.argmin(np.r_[predictions[start:end], 0]))
+        if start >= TRAIN_ROWS and data.anomaly[start:run_end].any():
+            out.append(trace.contributions[start])
+    return out
+
+
+# --- the corpus run -------------------------------------------------------------------------------
+
+
+@dataclass
+class SkabFileRun:
+    """How one file went."""
+
+    key: str
+    rows: int
+    fit_s: float
+    stream_s: float
+    alerts_opened: int
+    score: dict[str, float]
+
+
+def run_skab(
+    data_dir: Path,
+    out_dir: Path,
+    params: SkabParams = DEFAULT_SKAB_PARAMS,
+    *,
+    only: Sequence[str] | None = None,
+    trace_dir: Path | None = None,
+) -> tuple[PooledScore, list[SkabFileRun], dict[str, list[np.ndarray]]]:
+    """Run the detector over every labelled file and write ``<out>/<group>/<n>.csv``.
+
+    Returns the pooled score, the per-file runs and, per group, the contributions of each
+    detection that overlaps a labelled anomaly. ``trace_dir`` keeps each file's trace (what the
+    cross-validation reads).
+    """
+    files = data_files(data_dir)
+    if only:
+        files = {k: p for k, p in files.items() if any(o in k for o in only)}
+    runs: list[SkabFileRun] = []
+    scores: list[PooledScore] = []
+    attributions: dict[str, list[np.ndarray]] = {}
+    artifacts_root = Path(tempfile.mkdtemp())
+    try:
+        for key, path in files.items():
+            data = read_skab_file(key, path)
+            trace = stream_file(data, params, artifacts_root / key.replace("/", "__"))
+            predictions, opened = predict_rows(trace, data.values, params.detection)
+            test = data.test_rows
+            write_predictions(
+                predictions_path(out_dir, key), data.timestamps[test], predictions[test]
+            )
+            score = confusion(data.anomaly[test], predictions[test])
+            scores.append(score)
+            attributions.setdefault(data.group, []).extend(
+                detected_attributions(data, trace, predictions, opened)
+            )
+            if trace_dir is not None:
+                save_trace(trace_dir, key, trace)
+            runs.append(
+                SkabFileRun(
+                    key=key,
+                    rows=len(data.timestamps),
+                    fit_s=round(trace.fit_s, 2),
+                    stream_s=round(trace.stream_s, 2),
+                    alerts_opened=len(opened),
+                    score=score.as_dict(),
+                )
+            )
+    finally:
+        shutil.rmtree(artifacts_root, ignore_errors=True)
+    return pooled_score_of(scores), runs, attributions
+
+
+def save_trace(trace_dir: Path, key: str, trace: SkabTrace) -> Path:
+    """One file's trace as ``<trace_dir>/<group>__<n>.npz``."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    path = trace_dir / f"{key.replace('/', '__')}.npz"
+    np.savez(
+        path,
+        distances=trace.distances,
+        calibrated=trace.calibrated,
+        contributions=trace.contributions,
+        threshold=np.array(trace.threshold),
+    )
+    return path
+
+
+def load_trace(trace_dir: Path, key: str) -> SkabTrace:
+    """A trace written by :func:`save_trace` (without its alerts)."""
+    with np.load(trace_dir / f"{key.replace('/', '__')}.npz") as saved:
+        return SkabTrace(
+            distances=saved["distances"],
+            calibrated=saved["calibrated"],
+            contributions=saved["contributions"],
+            threshold=float(saved["threshold"]),
+            alerts=[],
+        )
+
+
+def attribution_summary(
+    attributions: dict[str, list[np.ndarray]], feature_names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per group: how often each sensor contributed most to a detection, and the mean share
+    of each sensor over those detections."""
+    summary: dict[str, dict[str, Any]] = {}
+    for group, rows in attributions.items():
+        if not rows:
+            summary[group] = {"detections": 0, "top": {}, "mean_share": {}}
+            continue
+        shares = np.vstack(rows)
+        means = shares.mean(axis=0).round(4).tolist()
+        top = Counter(feature_names[i] for i in np.argmax(shares, axis=1).tolist())
+        summary[group] = {
+            "detections": len(rows),
+            "top": dict(top.most_common()),
+            "mean_share": dict(zip(feature_names, means, strict=True)),
+        }
+    return summary
+
+
+def plot_attributions(
+    path: Path, summary: dict[str, dict[str, Any]], feature_names: Sequence[str]
+) -> Path:
+    """One PNG: per group, the mean contribution of each sensor over the detections that
+    overlap a labelled anomaly. Needs matplotlib (the ``plots`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted(summary)
+    fig, axis = plt.subplots(figsize=(10, 3.6))
+    width = 0.8 / max(len(groups), 1)
+    positions = np.arange(len(feature_names))
+    for i, group in enumerate(groups):
+        shares = [summary[group]["mean_share"].get(name, 0.0) for name in feature_names]
+        label = f"{group} ({summary[group]['detections']} detections)"
+        axis.bar(positions + i * width, shares, width, label=label)
+    axis.set_xticks(positions + width * (len(groups) - 1) / 2)
+    axis.set_xticklabels(feature_names, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("mean share of the window error")
+    axis.set_title("SKAB: which sensors the alerts name for detected anomalies")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stream-ae evaluate skab``."""
+    parser.add_argument(
+        "data_dir",
+        type=Path,
+        nargs="?",
+        metavar="DATA_DIR",
+        help="SKAB's root (with data/) or its data folder (<group>/<n>.csv); required",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="RESULTS_DIR",
+        help="where <group>/<n>.csv predictions, run.json and attribution.png go; required",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="detector parameters overriding the defaults (keys of SkabParams)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="run only the files whose <group>/<n> contains TEXT (repeatable)",
+    )
+    parser.add_argument(
+        "--trace-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each file's per-window outputs there (input of `evaluate cv skab`)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evaluate skab``; returns the exit status."""
+    if args.data_dir is None or args.out is None:
+        print("error: usage: stream-ae evaluate skab DATA_DIR --out RESULTS_DIR", file=sys.stderr)
+        return 2
+    params = DEFAULT_SKAB_PARAMS
+    started = time.perf_counter()
+    try:
+        if args.params is not None:
+            overrides = json.loads(args.params.read_text())
+            params = SkabParams.from_dict({**DEFAULT_SKAB_PARAMS.to_dict(), **overrides})
+        score, runs, attributions = run_skab(
+            args.data_dir, args.out, params, only=args.only, trace_dir=args.trace_dir
+        )
+    except (StreamAEError, OSError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - started
+    names = read_skab_file(runs[0].key, data_files(args.data_dir)[runs[0].key]).feature_names
+    summary = attribution_summary(attributions, names)
+    plot = plot_attributions(args.out / "attribution.png", summary, names)
+    rows = sum(r.rows for r in runs)
+    print(f"{len(runs)} files, {rows} rows in {elapsed:.1f} s -> {args.out}")
+    print(f"SKAB pooled: F1 {score.f1:.3f}  FAR {score.far:.2f} %  MAR {score.mar:.2f} %")
+    for group, info in sorted(summary.items()):
+        top = ", ".join(f"{name} {count}" for name, count in info["top"].items())
+        print(f"  {group}: {info['detections']} detections in anomalies; top sensor: {top}")
+    print(f"  plot {plot}")
+    report = {
+        "params": params.to_dict(),
+        "elapsed_s": round(elapsed, 1),
+        "score": score.as_dict(),
+        "files": [asdict(r) for r in runs],
+        "attribution": summary,
+    }
+    (args.out / RUN_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
