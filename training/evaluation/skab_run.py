@@ -36,17 +36,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stream_ae.core.alerting import OPEN, AlertPolicy
+from stream_ae.core.alerting import OPEN, AlertPolicy, AlertState
 from stream_ae.core.postprocess import LikelihoodParams, likelihood_scores
 from stream_ae.core.postprocess import new_state as new_likelihood_state
 from stream_ae.core.records import Event, decode_event, encode_event
-from stream_ae.core.windowing import AlertState
 from stream_ae.errors import StreamAEError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import ScoredBatch, Scorer
 from stream_ae.model.network import ModelKind, ModelSpec
-from stream_ae.worker.processor import PolicyParams, StreamProcessor
+from stream_ae.worker.processor import StreamProcessor
 from training.evaluation.skab_score import (
     TRAIN_ROWS,
     PooledScore,
@@ -109,11 +108,11 @@ class Detection:
         if self.score != "calibrated" and self.threshold is None:
             raise ValueError(f"a {self.score} score needs a threshold")
 
-    def policy_params(self) -> PolicyParams:
+    def policy_params(self) -> AlertPolicy:
         """The alert policy's parameters, the threshold in score units."""
         # A distance score is scaled so that its threshold lands at 0.5 (see the class).
         threshold = DISTANCE_POLICY_LEVEL if self.score == "distance" else self.threshold
-        return PolicyParams(
+        return AlertPolicy(
             threshold=threshold,
             resolve_ratio=self.resolve_ratio,
             open_after=self.open_after,
@@ -271,7 +270,7 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
         # the policy over its own score afterwards (predict_rows).
         policy=params.detection.policy_params()
         if params.detection.score == "calibrated"
-        else PolicyParams(),
+        else AlertPolicy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     events = replay_events(data)
@@ -381,7 +380,7 @@ def predict_rows(
     """0/1 per row of the whole file (training rows included) and the rows alerts opened at.
 
     ``scores``: the detection's scores if already computed (:func:`detection_scores`)."""
-    policy = detection.policy_params().policy(trace.threshold)
+    policy = detection.policy_params().with_default_threshold(trace.threshold)
     if scores is None:
         scores = detection_scores(trace, values, detection)
     predictions, opened = policy_predictions(scores, policy)
