@@ -175,9 +175,11 @@ class Settings(BaseSettings):
     )
 
     # --- Model and alert policy -------------------------------------------------------------
-    model_path: Path = Field(
+    model_path: Path | str = Field(
         Path("artifacts/model"),
-        description="A model artifact directory, or a registry root holding <model_name>/.",
+        description="A model artifact directory, or a registry root holding <model_name>/: a "
+        "folder, or a URL of object storage (s3://bucket/prefix, gs://...; "
+        "docs/operations.md).",
     )
     model_name: str = Field("default", description="Model name in the registry.")
     model_poll_interval_s: float = Field(
@@ -219,6 +221,15 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(
         None, description="Name of this worker in heartbeats; defaults to host-pid."
     )
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _model_location(cls, value: Any) -> Any:
+        # A URL of object storage stays text (a Path would fold its "//"), a folder is a Path.
+        text = str(value)
+        if "://" in text and not text.startswith("file://"):
+            return text
+        return Path(text.removeprefix("file://"))
 
     @field_validator("input_topics", mode="before")
     @classmethod

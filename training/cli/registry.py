@@ -114,7 +114,7 @@ def run_list(args: argparse.Namespace) -> int:
         )
         return 0
     if not versions:
-        print(f"{registry.root / name}: no versions")
+        print(f"{registry.root}/{name}: no versions")
         return 0
     print(format_versions(versions))
     if args.history:
