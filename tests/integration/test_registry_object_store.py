@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis
 
+from stream_ae.api import Detector
 from stream_ae.cli import model as model_cmd
 from stream_ae.errors import ArtifactError, IncompatibleModelError
 from stream_ae.model.artifacts import MANIFEST, MODEL_FILE, load_artifact, read_manifest
@@ -88,6 +89,7 @@ def test_publish_promote_and_load_the_champion(url: str, cache: Path) -> None:
     assert directory.is_relative_to(cache) and directory.name == second
     artifact = load_artifact(directory)
     assert (artifact.name, artifact.version) == (NAME, second)
+    assert Detector.load(url, name=NAME).scorer.version == second  # the embeddable API too
     assert registry.rollback(NAME) == first
     assert read_champion(url, NAME) == first
 
