@@ -225,10 +225,12 @@ class Settings(BaseSettings):
     @field_validator("model_path", mode="before")
     @classmethod
     def _model_location(cls, value: Any) -> Any:
-        # A URL of object storage stays text (a Path would fold its "//"), a folder is a Path.
+        # A URL of object storage stays text (a Path would fold its "//"), a folder is a Path;
+        # the same rule as stream_ae.model.registry_store.registry_root.
         text = str(value)
-        if "://" in text and not text.startswith("file://"):
-            return text
+        scheme, sep, _ = text.partition("://")
+        if sep and scheme != "file" and scheme.isidentifier():
+            return text.rstrip("/")
         return Path(text.removeprefix("file://"))
 
     @field_validator("input_topics", mode="before")

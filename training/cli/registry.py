@@ -41,7 +41,7 @@ def run_publish(args: argparse.Namespace) -> int:
     )
     rejected = outcome.decision is not None and not outcome.promoted
     status = "promoted" if outcome.promoted else "rejected" if rejected else "kept as a candidate"
-    print(f"published {registry.path(name, version)}: {status} ({outcome.reason})")
+    print(f"published {registry.location(name, version)}: {status} ({outcome.reason})")
     return 3 if rejected else 0
 
 
