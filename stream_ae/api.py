@@ -89,8 +89,9 @@ class Detector:
     def load(
         cls, path: str | Path, *, name: str = "default", policy: AlertPolicy | None = None
     ) -> Detector:
-        """A detector from an artifact directory, or from a registry root's champion ``name``."""
-        directory = resolve_artifact_dir(Path(path), name)
+        """A detector from an artifact directory, or from a registry root's champion ``name``
+        (a folder, or a URL of object storage such as ``s3://bucket/prefix``)."""
+        directory = resolve_artifact_dir(path, name)
         return cls(Scorer(load_artifact(directory)), policy=policy)
 
     @classmethod

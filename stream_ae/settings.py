@@ -180,9 +180,11 @@ class Settings(BaseSettings):
     )
 
     # --- Model and alert policy -------------------------------------------------------------
-    model_path: Path = Field(
+    model_path: Path | str = Field(
         Path("artifacts/model"),
-        description="A model artifact directory, or a registry root holding <model_name>/.",
+        description="A model artifact directory, or a registry root holding <model_name>/: a "
+        "folder, or a URL of object storage (s3://bucket/prefix, gs://...; "
+        "docs/operations.md).",
     )
     model_name: str = Field("default", description="Model name in the registry.")
     model_poll_interval_s: float = Field(
@@ -224,6 +226,17 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(
         None, description="Name of this worker in heartbeats; defaults to host-pid."
     )
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _model_location(cls, value: Any) -> Any:
+        # A URL of object storage stays text (a Path would fold its "//"), a folder is a Path;
+        # the same rule as stream_ae.model.registry_store.registry_root.
+        text = str(value)
+        scheme, sep, _ = text.partition("://")
+        if sep and scheme != "file" and scheme.isidentifier():
+            return text.rstrip("/")
+        return Path(text.removeprefix("file://"))
 
     @field_validator("input_topics", mode="before")
     @classmethod

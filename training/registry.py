@@ -8,13 +8,18 @@ The layout, the champion pointer and the notification channel are the read side'
     <name>/.staging-*            a publish in progress; readers ignore it
     <name>/.lock                 serialises champion changes
 
-Publishing is atomic: the artifact is written into a staging directory next to its final
-place, every file and the directory are fsynced, its manifest is verified, and one
-``rename`` puts it in place, so a reader either sees no ``<version>/`` or a complete one. The
-champion pointer flips last, by writing a temporary file, fsyncing it and ``os.replace``-ing
-the pointer; a worker reading ``CHAMPION`` therefore always finds a version that is complete.
-Changes of the champion are serialised by an advisory lock (``<name>/.lock``) so concurrent
-promotions cannot interleave their history records.
+Publishing is atomic. In a local folder, the artifact is written into a staging directory
+next to its final place, every file and the directory are fsynced, its manifest is verified,
+and one ``rename`` puts it in place, so a reader either sees no ``<version>/`` or a complete
+one. The champion pointer flips last, by writing a temporary file, fsyncing it and
+``os.replace``-ing the pointer; a worker reading ``CHAMPION`` therefore always finds a version
+that is complete. Changes of the champion are serialised by an advisory lock
+(``<name>/.lock``) so concurrent promotions cannot interleave their history records.
+
+On object storage (a registry root such as ``s3://bucket/prefix``) there is no rename and no
+lock: the artifact is staged and verified locally, uploaded file by file with its manifest
+last (readers ignore a version without one), and the pointer is one small object written by
+a single PUT; see :mod:`stream_ae.model.registry_store`.
 
 After a flip, running workers are told through Redis pub/sub (channel ``stream-ae.models``,
 payload ``{"name": ..., "version": ...}``) when a Redis URL is configured; they also re-read
@@ -23,14 +28,10 @@ the pointer periodically, so a lost notification only delays the switch.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,57 +43,24 @@ from stream_ae.model.registry import (
     CHAMPION_POINTER,
     DECISIONS_DIR,
     MODELS_CHANNEL,
-    is_artifact,
+    check_plain_name,
+    is_published,
+    local_version_dir,
     model_dir,
     read_champion,
+    read_version_manifest,
     resolve_version,
-    version_dir,
+    version_key,
     version_names,
 )
+from stream_ae.model.registry_store import LocalStore, open_store
+from stream_ae.model.registry_store import write_atomic as write_atomic  # tests flip pointers
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "HISTORY.jsonl"
-STAGING_PREFIX = ".staging-"
-LOCK_FILE = ".lock"
 
 Notifier = Callable[[str, str], None]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file under ``root``, then every directory bottom-up (so the entries that
-    name the files are durable too)."""
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for fname in filenames:
-            fd = os.open(Path(dirpath) / fname, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path``'s content atomically: write a temp file beside it, fsync, rename over,
-    fsync the directory. Readers see the old content or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def redis_notifier(
@@ -208,23 +176,41 @@ def _gate_figures(gate: Any) -> dict[str, float | None]:
 
 
 class Registry:
-    """The registry rooted at ``root`` (see the module docstring).
+    """The registry rooted at ``root``: a folder, or a URL of object storage (see the module
+    docstring).
 
     ``notifier`` is called with ``(name, version)`` after every champion change, e.g.
-    :func:`redis_notifier`; None notifies nobody.
+    :func:`redis_notifier`; None notifies nobody. ``cache_dir``: where versions on object
+    storage are downloaded to be verified and loaded (default: the user's cache).
     """
 
-    def __init__(self, root: Path | str, notifier: Notifier | None = None) -> None:
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: Path | str,
+        notifier: Notifier | None = None,
+        *,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.store = open_store(root, cache_dir)
+        self.root = self.store.root
         self.notifier = notifier
 
     # --- reading ----------------------------------------------------------------------------
 
     def model_dir(self, name: str) -> Path:
-        return model_dir(self.root, name)
+        """The folder of model ``name`` in a local registry."""
+        if not isinstance(self.store, LocalStore):
+            raise ArtifactError(f"{self.root} is object storage, not a folder")
+        return model_dir(Path(self.root), name)
 
     def path(self, name: str, version: str) -> Path:
-        return version_dir(self.root, name, version)
+        """A local folder holding ``version``: its own folder in a local registry, its verified
+        copy in the local cache on object storage."""
+        return local_version_dir(self.root, name, version)
+
+    def location(self, name: str, version: str) -> str:
+        """Where ``version`` is published (a path or a URL), for messages."""
+        return self.store.describe(version_key(name, version))
 
     def champion(self, name: str) -> str | None:
         """The version the pointer names, or None."""
@@ -236,21 +222,18 @@ class Registry:
 
     def decision(self, name: str, version: str) -> dict[str, Any]:
         """The status record of a version (``{}`` when it has none)."""
-        path = self.model_dir(name) / DECISIONS_DIR / f"{version}.json"
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
+        text = self.store.read_text(self._key(name, DECISIONS_DIR, f"{version}.json"))
+        if text is None:
             return {}
+        record: dict[str, Any] = json.loads(text)
         return record
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every champion change, oldest first."""
-        path = self.model_dir(name) / HISTORY_FILE
-        try:
-            lines = path.read_text().splitlines()
-        except FileNotFoundError:
+        text = self.store.read_text(self._key(name, HISTORY_FILE))
+        if text is None:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version with its status, oldest first."""
@@ -258,9 +241,8 @@ class Registry:
         former = {e["version"] for e in self.history(name)}
         out = []
         for version in self.versions(name):
-            folder = self.path(name, version)
             try:
-                manifest = read_manifest(folder, verify=False)
+                manifest = read_version_manifest(self.root, name, version)
             except ArtifactError:
                 out.append(VersionInfo(version, "incomplete", "", "", 0))
                 continue
@@ -274,8 +256,9 @@ class Registry:
             else:
                 status = "candidate"
             try:
-                metrics = json.loads((folder / "metrics.json").read_text())
-            except (OSError, ValueError):
+                metrics_text = self.store.read_text(f"{version_key(name, version)}/metrics.json")
+                metrics = json.loads(metrics_text or "{}")
+            except (ArtifactError, ValueError):
                 metrics = {}
             out.append(
                 VersionInfo(
@@ -304,16 +287,16 @@ class Registry:
         version: str | None = None,
     ) -> str:
         """Publish a new version: ``write(directory, version)`` writes the artifact into an
-        empty staging directory; it is verified, fsynced and renamed into place. Returns the
-        version. The champion is not changed (see :meth:`promote`)."""
+        empty local staging directory; it is verified, then put in place atomically for
+        readers (renamed on a local folder; uploaded with its manifest last on object
+        storage). Returns the version. The champion is not changed (see :meth:`promote`).
+        A version that exists already is refused: versions are immutable."""
         version = version or new_version()
-        folder = self.model_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = self.path(name, version)
-        if final.exists():
-            raise ArtifactError(f"{final} already exists: versions are immutable")
-        staging = folder / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-        try:
+        key = version_key(name, version)
+        if self.store.is_dir(key):
+            where = self.store.describe(key)
+            raise ArtifactError(f"{where} already exists: versions are immutable")
+        with self.store.staging(name, version) as staging:
             write(staging, version)
             manifest = read_manifest(staging, verify=True)
             if manifest.get("name") != name or manifest.get("version") != version:
@@ -321,15 +304,7 @@ class Registry:
                     f"artifact says {manifest.get('name')}/{manifest.get('version')}, "
                     f"published as {name}/{version}"
                 )
-            _fsync_tree(staging)
-            # rename() onto an existing empty directory would succeed: check once more.
-            if final.exists():
-                raise ArtifactError(f"{final} already exists: versions are immutable")
-            os.rename(staging, final)
-            _fsync_dir(folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            self.store.put_version(staging, key)
         self._record(name, version, {"status": "candidate", "reason": "published"})
         log.info("published %s/%s", name, version)
         return version
@@ -357,7 +332,7 @@ class Registry:
         """The version ``ref`` names: what :func:`resolve_version` accepts (a version,
         ``latest``, a unique prefix), or ``previous`` (the champion a rollback would return
         to)."""
-        if ref == "previous" and not is_artifact(self.path(name, ref)):
+        if ref == "previous" and not is_published(self.root, name, ref):
             stack = self.champion_stack(name)
             if len(stack) < 2:
                 raise ArtifactError(f"{name}: no earlier champion, so no 'previous'")
@@ -384,22 +359,23 @@ class Registry:
         A candidate the gate rejected is refused unless ``allow_rejected``.
         """
         version = self.resolve(name, version)
-        folder = self.path(name, version)
-        manifest = read_manifest(folder, verify=True)
+        # Every file against the manifest (on object storage: its downloaded copy).
+        manifest = read_manifest(self.path(name, version), verify=True)
         record = self.decision(name, version)
         if record.get("status") == "rejected" and not allow_rejected:
             raise ArtifactError(
                 f"{name}/{version} was rejected ({record.get('reason')}); allow rejected "
                 "versions (--allow-rejected) to promote it anyway"
             )
-        with self._lock(name):
+        with self.store.lock(check_plain_name("model name", name)):
             try:
                 previous = self.champion(name)
             except ArtifactError as exc:  # a bad pointer is what a promotion puts right
                 log.warning("replacing an invalid champion pointer: %s", exc)
                 previous = None
             self._check_workers_can_take(name, version, manifest, previous, force)
-            write_atomic(self.model_dir(name) / CHAMPION_POINTER, version + "\n")
+            # Last, and one write: a reader finds the old champion or the new, both complete.
+            self.store.write_atomic(self._key(name, CHAMPION_POINTER), version + "\n")
             self._append_history(
                 name,
                 {"event": event, "version": version, "previous": previous, "reason": reason},
@@ -447,7 +423,7 @@ class Registry:
         against the champion they run; refused unless ``force``."""
         if champion is None or champion == version:
             return
-        running = StateShape.of_manifest(read_manifest(self.path(name, champion), verify=False))
+        running = StateShape.of_manifest(read_version_manifest(self.root, name, champion))
         try:
             check_compatible(StateShape.of_manifest(manifest), running, f"{name}/{version}")
         except IncompatibleModelError as exc:
@@ -470,27 +446,17 @@ class Registry:
 
     # --- internals --------------------------------------------------------------------------
 
+    @staticmethod
+    def _key(name: str, *parts: str) -> str:
+        return "/".join([check_plain_name("model name", name), *parts])
+
     def _record(self, name: str, version: str, record: dict[str, Any]) -> None:
-        folder = self.model_dir(name) / DECISIONS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
         body = {"version": version, "at": datetime.now(UTC).isoformat()} | record
-        write_atomic(folder / f"{version}.json", json.dumps(body, indent=2, sort_keys=True))
+        self.store.write_atomic(
+            self._key(name, DECISIONS_DIR, f"{version}.json"),
+            json.dumps(body, indent=2, sort_keys=True),
+        )
 
     def _append_history(self, name: str, entry: dict[str, Any]) -> None:
-        path = self.model_dir(name) / HISTORY_FILE
         line = json.dumps({"at": datetime.now(UTC).isoformat()} | entry, sort_keys=True)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        folder = self.model_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / LOCK_FILE).open("a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        self.store.append_line(self._key(name, HISTORY_FILE), line)

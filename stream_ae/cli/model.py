@@ -26,10 +26,11 @@ from stream_ae.model.registry import (
     Heartbeat,
     heartbeat_pattern,
     is_artifact,
+    local_version_dir,
     read_champion,
     resolve_version,
-    version_dir,
 )
+from stream_ae.model.registry_store import is_url, registry_root
 
 # The fixed-width columns of ``model status``.
 _STATUS_COLUMNS = (
@@ -79,9 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     status.add_argument(
         "--registry",
-        type=Path,
-        help="registry root whose champion is compared with each worker's version "
-        "(default: STREAM_AE_MODEL_PATH when it is a registry)",
+        type=registry_root,
+        help="registry root (a folder, or a URL such as s3://bucket/prefix) whose champion "
+        "is compared with each worker's version (default: STREAM_AE_MODEL_PATH when it is a "
+        "registry)",
     )
     status.add_argument("--name", help="model name in the registry (default: STREAM_AE_MODEL_NAME)")
     status.add_argument(
@@ -98,8 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     show.add_argument(
         "path",
-        type=Path,
-        help="an artifact directory, or a registry root (then --version, or its champion)",
+        type=registry_root,
+        help="an artifact directory, or a registry root: a folder or a URL such as "
+        "s3://bucket/prefix (then --version, or its champion)",
     )
     show.add_argument(
         "--name",
@@ -272,8 +275,8 @@ def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    directory = Path(args.path)
-    if args.version or not is_artifact(directory):
+    location = args.path  # a folder, or a URL of object storage (always a registry)
+    if args.version or is_url(location) or not is_artifact(location):
         # A registry root: the named version, or the one its champion pointer names.
         name = args.name
         if name is None:
@@ -281,18 +284,20 @@ def _show(args: argparse.Namespace) -> int:
 
             name = load_settings().model_name
         version = (
-            resolve_version(directory, name, args.version)
+            resolve_version(location, name, args.version)
             if args.version
-            else read_champion(directory, name)
+            else read_champion(location, name)
         )
         if version is None:
             print(
-                f"stream-ae model show: {directory} is neither an artifact nor a registry with "
+                f"stream-ae model show: {location} is neither an artifact nor a registry with "
                 f"a champion for model {name!r}",
                 file=sys.stderr,
             )
             return 1
-        directory = version_dir(directory, name, version)
+        directory = local_version_dir(location, name, version)  # a copy, from a URL
+    else:
+        directory = Path(location)
     try:
         info = describe_artifact(directory, verify=not args.no_verify)
     except ArtifactError as exc:

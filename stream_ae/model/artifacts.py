@@ -280,38 +280,52 @@ def write_artifact(artifact: Artifact, directory: Path, *, version: str | None =
     )
 
 
-def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
-    """The manifest of an artifact, after checking every file's sha256 (``verify``).
+def parse_manifest(text: str, where: str) -> dict[str, Any]:
+    """The manifest in ``text`` (read from ``where``, named in errors), checked for its format
+    and its table of files.
 
     A manifest that does not list every file the loader reads (:data:`LOADED_FILES`) is
-    refused, verified or not: what it leaves out could be changed unnoticed."""
+    refused: what it leaves out could be changed unnoticed. Its files must be plain names
+    inside the artifact (a manifest read from object storage names what gets downloaded)."""
+    try:
+        manifest: dict[str, Any] = json.loads(text)
+    except ValueError as exc:
+        raise ArtifactError(f"{where}: unreadable manifest: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{where}: format {found!r}, expected {ARTIFACT_FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{where}: no 'files' table of sha256 digests")
+    outside = [
+        f for f in files if not isinstance(f, str) or "/" in f or f.startswith(".") or f == MANIFEST
+    ]
+    if outside:
+        raise ArtifactError(f"{where}: lists {outside}: an artifact's files are plain names in it")
+    unlisted = [fname for fname in LOADED_FILES if fname not in files]
+    if unlisted:
+        raise ArtifactError(
+            f"{where}: does not list {', '.join(unlisted)}; every file the loader reads must "
+            "be listed with its sha256"
+        )
+    return manifest
+
+
+def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest of an artifact (:func:`parse_manifest`), after checking every file's
+    sha256 (``verify``)."""
     path = Path(directory) / MANIFEST
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ArtifactError(
             f"{directory}: no {MANIFEST} (not an artifact, or incomplete)"
         ) from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: unreadable manifest: {exc}") from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(
-            f"{path}: format {manifest.get('format')!r}, expected {ARTIFACT_FORMAT}"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{path}: no 'files' table of sha256 digests")
-    outside = [f for f in files if not isinstance(f, str) or "/" in f or f.startswith(".")]
-    if outside:
-        raise ArtifactError(f"{path}: lists {outside}: an artifact's files are plain names in it")
-    unlisted = [fname for fname in LOADED_FILES if fname not in files]
-    if unlisted:
-        raise ArtifactError(
-            f"{path}: does not list {', '.join(unlisted)}; every file the loader reads must "
-            "be listed with its sha256"
-        )
+    manifest = parse_manifest(text, str(path))
     if verify:
-        for fname, expected in files.items():
+        for fname, expected in manifest["files"].items():
             file_path = Path(directory) / fname
             if not file_path.is_file():
                 raise ArtifactError(f"{directory}: {fname} is missing")

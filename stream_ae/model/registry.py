@@ -1,7 +1,8 @@
 """The model registry's read side: where versions live, which one is the champion, how workers
 hear of a change and how they report the model they run.
 
-Layout under a registry root (the worker's ``STREAM_AE_MODEL_PATH``)::
+Layout under a registry root (the worker's ``STREAM_AE_MODEL_PATH``: a folder, or a URL of
+object storage such as ``s3://bucket/prefix``, see :mod:`stream_ae.model.registry_store`)::
 
     <name>/CHAMPION          one line: the champion's version (what workers load)
     <name>/<version>/        an artifact (stream_ae.model.artifacts), immutable once there
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from stream_ae.errors import ArtifactError
-from stream_ae.model.artifacts import MANIFEST
+from stream_ae.model.artifacts import MANIFEST, parse_manifest
+from stream_ae.model.registry_store import is_url, open_store, registry_root
 
 CHAMPION_POINTER = "CHAMPION"
 # Where the registry announces champion changes: JSON {"name": ..., "version": ...}.
@@ -61,40 +63,64 @@ def check_plain_name(what: str, value: str) -> str:
 
 
 def model_dir(root: Path, name: str) -> Path:
-    """The folder of model ``name`` under the registry ``root``."""
+    """The folder of model ``name`` under the local registry ``root``."""
     return Path(root) / check_plain_name("model name", name)
 
 
 def version_dir(root: Path, name: str, version: str) -> Path:
-    """The artifact folder of ``version`` of model ``name`` (the name is checked, not that it
-    exists)."""
+    """The artifact folder of ``version`` of model ``name`` in the local registry ``root``
+    (the name is checked, not that it exists). On any registry: :func:`local_version_dir`."""
     return model_dir(root, name) / check_plain_name("version", version)
 
 
-def is_artifact(path: Path) -> bool:
-    """Whether ``path`` is an artifact directory (it has a manifest) rather than a registry."""
-    return (Path(path) / MANIFEST).is_file()
+def version_key(name: str, version: str) -> str:
+    """The key of a version in its registry's store (both names checked)."""
+    return f"{check_plain_name('model name', name)}/{check_plain_name('version', version)}"
 
 
-def version_names(root: Path, name: str) -> list[str]:
+def local_version_dir(root: Path | str, name: str, version: str) -> Path:
+    """A local folder holding ``version`` of model ``name`` to load it from: the version's own
+    folder in a local registry, a verified copy in the local cache for object storage
+    (:meth:`~stream_ae.model.registry_store.ObjectStore.local_dir`)."""
+    return open_store(root).local_dir(version_key(name, version))
+
+
+def is_artifact(path: Path | str) -> bool:
+    """Whether ``path`` (a folder or a URL) is an artifact (it has a manifest) rather than a
+    registry."""
+    return open_store(path).is_file(MANIFEST)
+
+
+def is_published(root: Path | str, name: str, version: str) -> bool:
+    """Whether ``version`` of model ``name`` is complete: its manifest, written last, is there
+    (a version without one is incomplete: being published, or left by a failed publish)."""
+    return open_store(root).is_file(f"{version_key(name, version)}/{MANIFEST}")
+
+
+def read_version_manifest(root: Path | str, name: str, version: str) -> dict[str, Any]:
+    """The manifest of ``version`` (not checked against the files: see :func:`read_manifest`
+    on :func:`local_version_dir` for that); :class:`ArtifactError` when it has none."""
+    store = open_store(root)
+    key = f"{version_key(name, version)}/{MANIFEST}"
+    text = store.read_text(key)
+    if text is None:
+        raise ArtifactError(f"{store.describe(key)}: missing (not a version, or incomplete)")
+    return parse_manifest(text, store.describe(key))
+
+
+def version_names(root: Path | str, name: str) -> list[str]:
     """The version folders of model ``name``, sorted (oldest first: versions sort by time);
     a folder without a manifest is an incomplete version, still listed."""
-    folder = model_dir(root, name)
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_dir() and _PLAIN_NAME.fullmatch(p.name) and p.name != DECISIONS_DIR
-    )
+    folders = open_store(root).list_dirs(check_plain_name("model name", name))
+    return sorted(f for f in folders if _PLAIN_NAME.fullmatch(f) and f != DECISIONS_DIR)
 
 
-def resolve_version(root: Path, name: str, ref: str) -> str:
+def resolve_version(root: Path | str, name: str, ref: str) -> str:
     """The published version of model ``name`` that ``ref`` names: the version itself,
     ``latest`` (the newest published), or a unique prefix of one (versions are long
     timestamps). :class:`ArtifactError` says why when it names none, or several.
     (``previous`` needs the champion history: ``training.registry.Registry.resolve``.)"""
-    published = [v for v in version_names(root, name) if is_artifact(version_dir(root, name, v))]
+    published = [v for v in version_names(root, name) if is_published(root, name, v)]
     if ref in published:
         return ref
     if ref == "latest":
@@ -114,44 +140,44 @@ def resolve_version(root: Path, name: str, ref: str) -> str:
     )
 
 
-def read_champion(root: Path, name: str) -> str | None:
+def read_champion(root: Path | str, name: str) -> str | None:
     """The champion version of model ``name``, or None when there is no pointer (yet).
 
     Raises :class:`ArtifactError` when the pointer names anything but a version folder inside
     the registry (a path, ``..``, a version that does not exist). Whether that version is a
     complete, intact artifact is for the loader to check (its manifest).
     """
-    pointer = model_dir(root, name) / CHAMPION_POINTER
+    store = open_store(root)
+    key = f"{check_plain_name('model name', name)}/{CHAMPION_POINTER}"
     try:
-        text = pointer.read_text().strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{pointer}: unreadable champion pointer: {exc}") from None
+        text = store.read_text(key)
+    except ArtifactError as exc:
+        raise ArtifactError(f"unreadable champion pointer: {exc}") from None
+    text = (text or "").strip()
     if not text:
         return None
+    pointer = store.describe(key)
     try:
         check_plain_name("version", text)
     except ArtifactError as exc:
         raise ArtifactError(f"{pointer}: {exc}") from None
-    if not (pointer.parent / text).is_dir():
+    if not store.is_dir(f"{name}/{text}"):
         raise ArtifactError(f"{pointer} names {text!r}, which is not a version in the registry")
     return text
 
 
-def resolve_artifact_dir(model_path: Path, model_name: str) -> Path:
-    """``model_path`` itself if it is an artifact, else the champion of ``model_name`` in the
-    registry rooted there."""
-    model_path = Path(model_path)
-    if is_artifact(model_path):
-        return model_path
+def resolve_artifact_dir(model_path: Path | str, model_name: str) -> Path:
+    """``model_path`` itself if it is a local artifact, else (a local copy of) the champion of
+    ``model_name`` in the registry rooted there."""
+    if not is_url(model_path) and is_artifact(model_path):
+        return Path(str(registry_root(model_path)))
     version = read_champion(model_path, model_name)
     if version is None:
         raise ArtifactError(
             f"{model_path} is neither an artifact (no {MANIFEST}) nor a registry with a "
             f"champion for model {model_name!r} (no {model_name}/{CHAMPION_POINTER})"
         )
-    return version_dir(model_path, model_name, version)
+    return local_version_dir(model_path, model_name, version)
 
 
 # --- what workers report ------------------------------------------------------------------

@@ -53,8 +53,8 @@ from stream_ae.model.registry import (
     Heartbeat,
     Refusal,
     is_artifact,
+    local_version_dir,
     read_champion,
-    version_dir,
 )
 from stream_ae.settings import Settings
 from stream_ae.worker.candidate import load_candidate, probe
@@ -108,9 +108,9 @@ class ModelManager:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.model_name = settings.model_name
-        model_path = Path(settings.model_path)
+        model_path = settings.model_path  # a folder, or a URL of object storage
         # A single artifact directory has nothing to follow; a registry root has a pointer.
-        self.registry_root: Path | None = None if is_artifact(model_path) else model_path
+        self.registry_root: Path | str | None = None if is_artifact(model_path) else model_path
         self.worker_id = settings.resolved_worker_id
         poll_interval_s = settings.model_poll_interval_s
         self._redis_client = redis_client
@@ -331,7 +331,8 @@ class ModelManager:
         ``version`` of the registry; raises :class:`IncompatibleModelError` or
         :class:`ArtifactError` naming the problem."""
         assert self.registry_root is not None
-        directory = version_dir(self.registry_root, self.model_name, version)
+        # A local folder: the version's own, or its verified copy from object storage.
+        directory = local_version_dir(self.registry_root, self.model_name, version)
         artifact, weights = load_candidate(directory, version, self.slots.current.artifact)
         # Onto a traced model of the same architecture if there is one (then nothing needs a
         # warm-up: its graphs are traced at every bucket size already), else a warm-up call at

@@ -105,7 +105,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
         if args.promote:
             registry.promote(artifact.name, version, reason=f"recalibrated {artifact.version}")
-        print(f"published {registry.path(artifact.name, version)}")
+        print(f"published {registry.location(artifact.name, version)}")
     print(format_thresholds(describe_thresholds(calibration)))
     return 0
 

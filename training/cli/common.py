@@ -50,8 +50,11 @@ def alert_policy() -> Any:
     return settings().alert_policy()
 
 
-def registry_root(args: argparse.Namespace) -> Path:
-    return Path(args.registry) if args.registry else Path(settings().model_path)
+def registry_root(args: argparse.Namespace) -> Path | str:
+    """The registry root of ``--registry``, else of the settings: a folder or a URL."""
+    from stream_ae.model.registry_store import registry_root as parse_root
+
+    return parse_root(args.registry or settings().model_path)
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -75,21 +78,21 @@ def artifact_dir(args: argparse.Namespace) -> Path:
     """The artifact directory of ``--artifact``, or of ``--version`` (default: the champion)."""
     from stream_ae.errors import ArtifactError
     from stream_ae.model.registry import (
+        local_version_dir,
         read_champion,
         resolve_artifact_dir,
         resolve_version,
-        version_dir,
     )
 
     if args.artifact:
         return resolve_artifact_dir(args.artifact, model_name(args))
     root, name = registry_root(args), model_name(args)
     if args.version:
-        return version_dir(root, name, resolve_version(root, name, args.version))
+        return local_version_dir(root, name, resolve_version(root, name, args.version))
     version = read_champion(root, name)
     if version is None:
         raise ArtifactError(f"no --artifact given and {root}/{name} has no champion")
-    return version_dir(root, name, version)
+    return local_version_dir(root, name, version)
 
 
 def load_artifact(args: argparse.Namespace) -> Any:
@@ -110,9 +113,9 @@ def print_json(data: Any) -> None:
 def add_registry_location(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--registry",
-        type=Path,
-        metavar="DIR",
-        help="registry root (default: $STREAM_AE_MODEL_PATH, else artifacts/model)",
+        metavar="DIR|URL",
+        help="registry root: a folder, or object storage such as s3://bucket/prefix "
+        "(default: $STREAM_AE_MODEL_PATH, else artifacts/model)",
     )
     group.add_argument(
         "--name", help="model name in the registry (default: $STREAM_AE_MODEL_NAME, else default)"

@@ -52,7 +52,7 @@ def run_publish(args: argparse.Namespace) -> int:
         if outcome.rejected
         else "kept as a candidate"
     )
-    print(f"published {registry.path(name, version)}: {status} ({outcome.reason})")
+    print(f"published {registry.location(name, version)}: {status} ({outcome.reason})")
     return 3 if outcome.rejected else 0
 
 
@@ -125,7 +125,7 @@ def run_list(args: argparse.Namespace) -> int:
         )
         return 0
     if not versions:
-        print(f"{registry.root / name}: no versions")
+        print(f"{registry.root}/{name}: no versions")
         return 0
     print(format_versions(versions))
     if args.history:

@@ -51,7 +51,7 @@ def add_shadow(parser: argparse.ArgumentParser) -> None:
 
 def run_shadow(args: argparse.Namespace) -> int:
     from stream_ae.model.artifacts import load_artifact
-    from stream_ae.model.registry import read_champion, resolve_version, version_dir
+    from stream_ae.model.registry import local_version_dir, read_champion, resolve_version
     from training.shadow import format_verdict, shadow_gate
 
     if bool(args.artifact) == bool(args.version):
@@ -65,12 +65,12 @@ def run_shadow(args: argparse.Namespace) -> int:
         challenger = load_artifact(args.artifact)
     else:
         version = resolve_version(root, name, args.version)
-        challenger = load_artifact(version_dir(root, name, version))
+        challenger = load_artifact(local_version_dir(root, name, version))
     champion = None
     if args.champion:
         champion = load_artifact(args.champion)
     elif (champion_version := read_champion(root, name)) is not None:
-        champion = load_artifact(version_dir(root, name, champion_version))
+        champion = load_artifact(local_version_dir(root, name, champion_version))
     series = load_data(args, challenger.spec.feature_names)
     if not series:
         raise ValueError("the data options selected no events")

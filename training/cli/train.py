@@ -91,8 +91,9 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             outcome = refit_once(registry, plan, lambda: series)
             version, promoted, reason = outcome.version, outcome.promoted, outcome.reason
-        path = registry.path(plan.name, version)
-        print(f"published {path}: {'promoted' if promoted else 'not promoted'} ({reason})")
+        where = registry.location(plan.name, version)
+        print(f"published {where}: {'promoted' if promoted else 'not promoted'} ({reason})")
+        path = registry.path(plan.name, version)  # local: a copy of it on object storage
     if args.export_encoder or args.report:
         artifact = load_artifact(path)
         if args.export_encoder:
