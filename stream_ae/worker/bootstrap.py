@@ -23,7 +23,7 @@ from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
 from stream_ae.model.registry import resolve_artifact_dir
 from stream_ae.settings import Settings
-from stream_ae.worker.loop import ModelSource, StaticModel, Worker
+from stream_ae.worker.loop import ModelSource, Worker
 from stream_ae.worker.metrics import WorkerMetrics
 from stream_ae.worker.state_shape import check_stored_states
 
@@ -71,11 +71,9 @@ def load_scorer(settings: Settings, directory: Path | None = None) -> Scorer:
 
 
 def build_model_source(settings: Settings, scorer: Scorer, metrics: WorkerMetrics) -> ModelSource:
-    """A hot-swapping model source when the hot-swap module is available, else a static one."""
-    try:
-        from stream_ae.worker.swap import ModelManager
-    except ImportError:
-        return StaticModel(scorer)
+    """The hot-swapping model source: it follows the registry's champion between batches."""
+    from stream_ae.worker.swap import ModelManager
+
     return ModelManager(settings, scorer, metrics)
 
 

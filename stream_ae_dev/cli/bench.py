@@ -7,7 +7,7 @@ Sections (all by default, or ``--only``):
 - ``e2e``: broker -> worker -> alerts vs the raw consume rate and the model alone, and the
   event-to-alert latency at half load;
 - ``scaling``: the e2e figure with 1, 2, 4 partitions/workers and 1k, 10k, 100k streams;
-- ``swap``: model hot-swap latency (when :mod:`stream_ae_dev.bench.swap_bench` is installed).
+- ``swap``: model hot-swap latency.
 
 The broker (Tansu) and Redis are started here, on free local ports, and stopped at the end.
 Prints one table and writes every figure and measurement to ``<out>/bench-<time>.json``.
@@ -16,7 +16,6 @@ Prints one table and writes every figure and measurement to ``<out>/bench-<time>
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import shutil
 import sys
@@ -358,15 +357,9 @@ def _scaling(
 
 
 def _swap(plan: Plan, bootstrap: str, redis_url: str, workdir: Path) -> BenchResult:
-    """The hot-swap benchmark, if its module exists; its arguments are matched by name."""
-    try:
-        module = importlib.import_module("stream_ae_dev.bench.swap_bench")
-    except ImportError as exc:
-        if exc.name != "stream_ae_dev.bench.swap_bench":
-            raise
-        _progress("[swap] skipped: stream_ae_dev.bench.swap_bench is not installed")
-        return BenchResult("swap", skipped="stream_ae_dev.bench.swap_bench is not installed")
-    bench = module.run_swap_bench
+    """The hot-swap benchmark; its arguments are matched by name."""
+    from stream_ae_dev.bench.swap_bench import run_swap_bench as bench
+
     offered: dict[str, Any] = {
         "quick": plan.cheap_events == Plan.quick().cheap_events,
         "bootstrap": bootstrap,

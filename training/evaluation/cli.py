@@ -18,7 +18,6 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -147,15 +146,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_nab_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``evaluate nab``: to be added with ``training.evaluation.nab_run``.
-
-    This is the place for them; ``_run_nab`` hands the parsed namespace to ``nab_run.run``.
-    ``nab_run`` imports no model runtime at module level, so this costs ``evaluate score``
-    no TensorFlow.
+    """Options of ``evaluate nab``, defined by :mod:`training.evaluation.nab_run` (which
+    imports no model runtime at module level, so this costs ``evaluate score`` no TensorFlow).
     """
-    if importlib.util.find_spec("training.evaluation.nab_run") is None:
-        return
-    from training.evaluation import nab_run  # type: ignore[attr-defined,unused-ignore]
+    from training.evaluation import nab_run
 
     nab_run.add_arguments(parser)
 
@@ -168,16 +162,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_nab(args: argparse.Namespace) -> int:
     """``evaluate nab``: delegate to ``training.evaluation.nab_run``."""
-    if importlib.util.find_spec("training.evaluation.nab_run") is None:
-        print(
-            "error: `evaluate nab` is not available yet: training.evaluation.nab_run is missing",
-            file=sys.stderr,
-        )
-        return 2
     # Imported here, not at the top: running detectors loads the model runtime, which
-    # `evaluate score` and `stream-ae --help` must not pay for. The ignore covers the time
-    # before nab_run exists (and `unused-ignore` the time after).
-    from training.evaluation import nab_run  # type: ignore[attr-defined,unused-ignore]
+    # `evaluate score` and `stream-ae --help` must not pay for.
+    from training.evaluation import nab_run
 
     return int(nab_run.run(args))
 
