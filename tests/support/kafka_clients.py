@@ -11,11 +11,9 @@ Fixture (plugged in by tests/conftest.py):
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from training.data import read_topic
+from tests.support.kafka_topics import read_topic
 
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 
@@ -26,13 +24,5 @@ def kafka_client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def read_records(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list[Any]:
-    """Every record of ``topic`` as of now, in offset order per partition.
-
-    Reads to the high watermark of the fetches, not to the end offset the broker reports:
-    Tansu reports the base offset of the last record batch + 1 there, and librdkafka sends
-    many records per batch (see :func:`training.data.read_topic`).
-    """
-    records: list[Any] = []
-    read_topic(bootstrap_servers, topic, lambda _p, r: records.append(r), timeout_s=timeout_s)
-    return records
+# One reader of topics for every test, whichever client wrote them.
+read_records = read_topic
