@@ -72,7 +72,6 @@ QUIET_S = 2.0
 # Issue 14's near-limit input: under Apache Kafka's default broker limit (1,048,588 bytes) with
 # its key and batch overhead, but its dead-letter copy with headers is over a 1 MiB request.
 NEAR_LIMIT_BYTES = 1_048_400
-POISON_XFAIL = pytest.mark.xfail(strict=False, reason="fixed by issue 14 items 1-2")
 DLQ_REASON = "stream-ae.reason"
 DLQ_OFFSET = "stream-ae.source.offset"
 DLQ_PARTITION = "stream-ae.source.partition"
@@ -196,7 +195,6 @@ def _near_limit() -> list[tuple[bytes | None, bytes]]:
     return [(b"host-0", head[:-2] + pad + b'"}')]
 
 
-@POISON_XFAIL
 @pytest.mark.parametrize(
     "poison",
     [

@@ -12,9 +12,10 @@ Good events come in the forms the schema allows for the same event: epoch ms or 
 the body or only in the key. They decode to the same event, so the oracle's states hold whatever
 form was sent.
 
-Deep nesting is generated at depths up to ``SAFE_NESTING_DEPTH`` and from orjson's own limit
-(1024) on. The band in between made the decoder raise ``RecursionError`` (issue 14, item 1);
-it is covered by the fixed poison examples of ``tests/integration/test_fuzz_worker.py``.
+Deep nesting is generated at every depth from 2 to ``MAX_NESTING_DEPTH``, the band around
+orjson's own limit (1024) included, where the decoder once raised ``RecursionError`` while
+building its error text (issue 14, item 1); the fixed poison examples of
+``tests/integration/test_fuzz_worker.py`` cover it as well.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import orjson
 
 from stream_ae.core.records import MAX_STREAM_ID_CHARS, ms_to_iso
 
-# Below the band where the decoder's error text recursed too deep (about 990-1023 levels).
-SAFE_NESTING_DEPTH = 800
+# Nesting depths are drawn up to here (the band around 1000 once crashed the decoder).
+SAFE_NESTING_DEPTH = 1023
 JSON_NESTING_LIMIT = 1024  # orjson refuses deeper documents itself
 MAX_NESTING_DEPTH = 2500  # at most 15 KB: under the fuzzed worker's max_message_bytes
 TS = 1_700_000_000_000  # a valid epoch-ms timestamp for bad messages that need one
