@@ -15,19 +15,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_ae.core.scoring import WindowScores, score_windows
+from stream_ae.core.scoring import Deviations, WindowScores, largest_deviations, score_windows
 from stream_ae.model.artifacts import Artifact
-from stream_ae.model.network import as_output_list, split_window
+from stream_ae.model.network import as_output_list, split_window, window_outputs
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Scores of a batch of windows plus the model's version and the time its call took."""
+    """Scores of a batch of windows plus the model's version and the time its call took.
+
+    ``expected`` is the model's output laid on the window's steps in original units (N, W, F;
+    NaN on steps the model does not output, the input part of a ``predict`` model), and
+    ``deviations`` the step of each window's largest deviation from it, per feature.
+    """
 
     scores: WindowScores
     thresholds: np.ndarray  # (N,) the alert threshold of each window's calibration
     model_version: str
     model_latency_s: float
+    expected: np.ndarray
+    deviations: Deviations
 
 
 class Scorer:
@@ -87,7 +94,12 @@ class Scorer:
         target = np.concatenate(targets, axis=1)
         output = np.concatenate(outputs, axis=1)
         scores, thresholds = self._score_by_calibration(streams, target, output)
-        return ScoredBatch(scores, thresholds, artifact.version, latency)
+        # What the model expected, in the units the events came in (explains the alert).
+        expected = artifact.scaling.invert(
+            window_outputs(artifact.spec, outputs), stat_mean, stat_std
+        )
+        deviations = largest_deviations(windows, expected)
+        return ScoredBatch(scores, thresholds, artifact.version, latency, expected, deviations)
 
     def _score_by_calibration(
         self, streams: Sequence[str], target: np.ndarray, output: np.ndarray

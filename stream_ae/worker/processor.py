@@ -203,6 +203,9 @@ class StreamProcessor:
                             feature_names=spec.feature_names,
                             contributions=batch.scores.contributions[i],
                             directions=batch.scores.directions[i],
+                            steps=batch.deviations.steps[i],
+                            observed=batch.deviations.observed[i],
+                            expected=batch.deviations.expected[i],
                             emitted_at_ms=now_ms,
                         )
                     )
