@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from stream_ae.alerts import Alert, parse_alert
+from stream_ae.cli.topic_reading import batches, topic_reader
 from stream_ae.core.postprocess import STAGES, new_post_state, post_batch
 from stream_ae.core.records import decode_event, ms_to_iso
 from stream_ae.core.state import new_state
 from stream_ae.core.windowing import append
 from stream_ae.errors import ArtifactError, ConfigError, SchemaError
-from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition, Record
+from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import ScoredBatch, Scorer
 from stream_ae.model.registry import is_artifact, version_dir
@@ -44,9 +43,6 @@ EXAMPLES = (
     "stream-ae explain 3f2a9c41 --plot alert.png",
     "stream-ae explain 3f2a9c41 --history 1000 --model models/",
 )
-# How long a read waits for more records before taking the topic as read to its end (a
-# reported log end is not trusted: see BatchConsumer.end_offsets).
-IDLE_END_S = 3.0
 # The expected band: the model's value plus or minus this many normal RMS errors.
 BAND_ERRORS = 2.0
 
@@ -92,15 +88,10 @@ def find_alert(connection: KafkaConnection, topic: str, reference: str) -> Alert
         raise ConfigError(
             f"{reference!r} is not an alert id: give its 32 hex digits, or at least the first 6"
         )
-    consumer = connection.consumer(group_id=None, client_id_suffix="explain")
+    consumer = topic_reader(connection, topic, from_beginning=True, purpose="explain")
     matches: dict[str, Alert] = {}
     try:
-        partitions = consumer.partitions_of(topic)
-        if not partitions:
-            raise ConfigError(f"the alerts topic {topic!r} does not exist (STREAM_AE_ALERTS_TOPIC)")
-        consumer.assign([Partition(topic, p) for p in partitions])
-        consumer.seek_to_beginning([Partition(topic, p) for p in partitions])
-        for records in _batches(consumer):
+        for records in batches(consumer):
             for record in records:
                 if record.value is None or reference.encode() not in record.value:
                     continue  # cheap filter before parsing
@@ -176,7 +167,7 @@ def _read_range(
     consumer.assign([source])
     consumer.seek(source, start)
     values, ts_ms, offsets = [], [], []
-    for records in _batches(consumer):
+    for records in batches(consumer):
         for record in records:
             if record.offset > stop:
                 break
@@ -204,16 +195,6 @@ def _read_range(
         np.array(ts_ms, dtype=np.int64),
         np.array(offsets, dtype=np.int64),
     )
-
-
-def _batches(consumer: BatchConsumer) -> Iterator[list[Record]]:
-    """Poll batches until the consumer has been idle for :data:`IDLE_END_S`."""
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < IDLE_END_S:
-        records = consumer.poll_batch(timeout_ms=300, max_records=2000)
-        if records:
-            idle_since = time.monotonic()
-            yield records
 
 
 def load_alert_model(model_path: Path, alert: Alert) -> Artifact:

@@ -35,6 +35,9 @@ from stream_ae.worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 ID_HEADER = "stream-ae.dead-letter-id"
+# On a dead letter re-sent to its input topic (``stream-ae dlq replay``): the dead letter's id,
+# so a second replay finds it there and skips it.
+REPLAYED_HEADER = "stream-ae.replayed-from"
 TRUNCATED_HEADER = "stream-ae.truncated"
 # What one dead letter (key, value and headers) may weigh. Under Kafka's default broker limit
 # (message.max.bytes = 1,048,588 B) and the producer's default request limit (1 MiB), with room
