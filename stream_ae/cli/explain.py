@@ -28,6 +28,7 @@ from stream_ae.alerts import Alert, parse_alert
 from stream_ae.cli.topic_reading import batches, topic_reader
 from stream_ae.core.postprocess import STAGES, new_post_state, post_batch
 from stream_ae.core.records import decode_event, ms_to_iso
+from stream_ae.core.scoring import Deviations
 from stream_ae.core.state import new_state
 from stream_ae.core.windowing import append
 from stream_ae.errors import ArtifactError, ConfigError, SchemaError
@@ -70,7 +71,9 @@ class Explanation:
     batch: ScoredBatch
     final_scores: np.ndarray
     stages: np.ndarray
-    band: np.ndarray  # (N, W, F) half-width of the expected band, original units
+    expected: np.ndarray  # (W, F) the model's values over the alert's window, original units
+    deviations: Deviations  # of the alert's window: arrays (1, F)
+    band: np.ndarray  # (W, F) half-width of the expected band around them, original units
     row: int
 
     @property
@@ -263,7 +266,8 @@ def explain(alert: Alert, events: StreamEvents, artifact: Artifact) -> Explanati
         if artifact.scaling.mode == "stream"
         else np.broadcast_to(np.asarray(artifact.scaling.std), (n, spec.features))
     )
-    band = np.broadcast_to((BAND_ERRORS * rms_scaled * scale)[:, None, :], result.windows.shape)
+    row = int(rows[-1])
+    band = np.broadcast_to(BAND_ERRORS * rms_scaled * scale[row], result.windows.shape[1:])
     return Explanation(
         alert=alert,
         artifact=artifact,
@@ -274,8 +278,10 @@ def explain(alert: Alert, events: StreamEvents, artifact: Artifact) -> Explanati
         batch=batch,
         final_scores=np.asarray(final),
         stages=np.asarray(stages),
+        expected=batch.expected(np.array([row]))[0],
+        deviations=batch.deviations(np.array([row])),
         band=band,
-        row=int(rows[-1]),
+        row=row,
     )
 
 
@@ -303,13 +309,13 @@ def render_text(ex: Explanation) -> str:
         f"{'feature':<20}{'contribution':>13}  {'direction':<10}{'step':>5}"
         f"{'observed':>14}{'expected':>14}",
     ]
-    deviations = ex.batch.deviations
+    deviations = ex.deviations
     for f, name in enumerate(ex.feature_names):
         direction = "above" if ex.batch.scores.directions[row, f] > 0 else "below"
         lines.append(
             f"{name[:19]:<20}{ex.batch.scores.contributions[row, f]:>12.1%}  {direction:<10}"
-            f"{deviations.steps[row, f]:>5}{deviations.observed[row, f]:>14.6g}"
-            f"{deviations.expected[row, f]:>14.6g}"
+            f"{deviations.steps[0, f]:>5}{deviations.observed[0, f]:>14.6g}"
+            f"{deviations.expected[0, f]:>14.6g}"
         )
     lines += ["", "values (observed / expected; * = the feature's largest deviation):"]
     shown = _top_features(ex)
@@ -320,8 +326,8 @@ def render_text(ex: Explanation) -> str:
     for step in range(ex.windows.shape[1]):
         cells = ""
         for f in shown:
-            mark = "*" if deviations.steps[row, f] == step else " "
-            expected = ex.batch.expected[row, step, f]
+            mark = "*" if deviations.steps[0, f] == step else " "
+            expected = ex.expected[step, f]
             text = "-" if np.isnan(expected) else f"{expected:.5g}"
             cells += f"{f'{ex.windows[row, step, f]:.5g} / {text}':>26}{mark}"
         lines.append(f"{step:>4}  {offsets[step]:>10}  {cells}")
@@ -345,8 +351,8 @@ def plot(ex: Explanation, path: Path) -> Path:
     steps = np.arange(ex.windows.shape[1])
     for k, f in enumerate(shown):
         ax = fig.add_subplot(grid[k, :])
-        expected = ex.batch.expected[row, :, f]
-        band = ex.band[row, :, f]
+        expected = ex.expected[:, f]
+        band = ex.band[:, f]
         ax.fill_between(
             steps,
             expected - band,
@@ -357,7 +363,7 @@ def plot(ex: Explanation, path: Path) -> Path:
         )
         ax.plot(steps, expected, color="tab:blue", lw=1.6, label="expected (model)")
         ax.plot(steps, ex.windows[row, :, f], color="black", lw=1.2, marker=".", label="observed")
-        worst = ex.batch.deviations.steps[row, f]
+        worst = ex.deviations.steps[0, f]
         ax.scatter(
             [worst],
             [ex.windows[row, worst, f]],

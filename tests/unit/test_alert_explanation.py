@@ -42,6 +42,7 @@ def test_the_scorer_returns_the_expected_values_and_the_largest_deviation(
     spike = spec.window - 2  # output by every kind of model
     windows = _windows(5, spec.window, spike)
     batch = scorer.score(windows, ["s"] * 5)
+    expected, deviations = batch.expected(), batch.deviations()
 
     # The expected values are the model's own outputs, unscaled, on the window's steps.
     scaling = scorer.artifact.scaling
@@ -49,22 +50,26 @@ def test_the_scorer_returns_the_expected_values_and_the_largest_deviation(
     outputs = as_output_list(scorer.artifact.model.predict_on_batch(inputs))
     mean, std = np.asarray(scaling.mean), np.asarray(scaling.std)
     if kind == "predict":
-        assert np.isnan(batch.expected[:, : spec.input_steps]).all()
+        assert np.isnan(expected[:, : spec.input_steps]).all()
         np.testing.assert_allclose(
-            batch.expected[:, spec.input_steps :], outputs[0] * std + mean, rtol=1e-4, atol=1e-6
+            expected[:, spec.input_steps :], outputs[0] * std + mean, rtol=1e-4, atol=1e-6
         )
     else:
         reconstruction = outputs[0][:, ::-1] if spec.reverse else outputs[0]
         np.testing.assert_allclose(
-            batch.expected[:, : spec.input_steps], reconstruction * std + mean, rtol=1e-4, atol=1e-6
+            expected[:, : spec.input_steps], reconstruction * std + mean, rtol=1e-4, atol=1e-6
         )
-    assert not np.isnan(batch.expected[:, spec.input_steps :]).any()
+    assert not np.isnan(expected[:, spec.input_steps :]).any()
 
-    assert batch.deviations.steps[:, 0].tolist() == [spike] * 5
-    np.testing.assert_allclose(batch.deviations.observed[:, 0], windows[:, spike, 0])
-    np.testing.assert_allclose(batch.deviations.expected[:, 0], batch.expected[:, spike, 0])
+    assert deviations.steps[:, 0].tolist() == [spike] * 5
+    np.testing.assert_allclose(deviations.observed[:, 0], windows[:, spike, 0])
+    np.testing.assert_allclose(deviations.expected[:, 0], expected[:, spike, 0])
     # The expected value sits near the series' level, not near the spike.
-    assert np.all(np.abs(batch.deviations.expected[:, 0]) < 5.0)
+    assert np.all(np.abs(deviations.expected[:, 0]) < 5.0)
+    # Asked for some rows, the same values as for all.
+    some = np.array([3, 1])
+    np.testing.assert_array_equal(batch.expected(some), expected[some])
+    np.testing.assert_array_equal(batch.deviations(some).observed, deviations.observed[some])
 
 
 def test_an_alert_carries_the_observed_and_expected_values(tmp_path: Path) -> None:
