@@ -303,8 +303,8 @@ def render_text(ex: Explanation) -> str:
         f"distance {a.distance:.3f})",
         f"re-scored now: score {ex.final_scores[row]:.6f} by stage {STAGES[ex.stages[row]]}, "
         f"model score {ex.batch.scores.scores[row]:.6f}, distance "
-        f"{ex.batch.scores.distances[row]:.3f} (post-processing from a fresh state over the "
-        f"last {n_windows} windows)",
+        f"{ex.batch.scores.distances[row]:.3f} ({n_windows} windows re-scored"
+        + (", post-processing from a fresh state)" if ex.artifact.post is not None else ")"),
         "",
         f"{'feature':<20}{'contribution':>13}  {'direction':<10}{'step':>5}"
         f"{'observed':>14}{'expected':>14}",

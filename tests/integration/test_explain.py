@@ -65,6 +65,8 @@ def test_explain_a_real_alert(
     png = tmp_path / "explain.png"
     assert main(["explain", alert["alert_id"][:10], "--plot", str(png)]) == 0
     text = capsys.readouterr().out
+    with capsys.disabled():
+        print(f"\n[explain]\n{text}")
     assert f"alert {alert['alert_id']}  open  stream {alert['stream']}" in text
     assert f"threshold {alert['threshold']:.6f}" in text
     assert f"fired by stage {alert['stage']}: score {alert['score']:.6f}" in text
