@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("stream_ae.cli.produce", "replay a CSV or synthetic streams to Kafka"),
     "alerts": ("stream_ae.cli.alerts", "follow the alerts topic and print a table"),
     "model": ("stream_ae.cli.model", "inspect artifacts and the models workers run"),
+    "explain": ("stream_ae.cli.explain", "explain an alert: values, expected values, scores"),
+    "dlq": ("stream_ae.cli.dlq", "list dead letters, or re-send chosen ones to their topic"),
+    "tail": ("stream_ae.cli.tail", "peek at any topic, as a table or JSON lines"),
 }
 
 PLUGIN_GROUP = "stream_ae.commands"

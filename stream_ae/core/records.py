@@ -5,8 +5,9 @@ Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": n
 Decoding never raises anything but :class:`SchemaError`, whose ``reason`` is the dead-letter
 reason code.
 
-Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v2.json`` (v2 added the window's
-raw score and the stage that fired; ``score`` is the final score the threshold applies to);
+Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v3.json`` (v2 added the window's
+raw score and the stage that fired, ``score`` being the final score the threshold applies to;
+v3 adds, per feature, the observed and the expected value at the step of largest deviation);
 ``alert_id`` is a hash of what determines the alert (stream, source position, status, model
 version), so a replay yields the same ids and consumers can de-duplicate.
 """
@@ -26,8 +27,8 @@ import orjson
 
 from stream_ae.errors import SchemaError
 
-ALERT_SCHEMA_ID = "stream-ae.alert/v2"
-ALERT_SCHEMA_FILE = "schemas/alert.v2.json"
+ALERT_SCHEMA_ID = "stream-ae.alert/v3"
+ALERT_SCHEMA_FILE = "schemas/alert.v3.json"
 MAX_STREAM_ID_CHARS = 256
 # Epoch-ms timestamps outside [1970, 2255-03-14) are rejected: they are almost always seconds or
 # microseconds sent by mistake. The bound, 9e12 ms, is a round number safely below April 2262,
@@ -288,12 +289,18 @@ def build_alert(
     feature_names: Sequence[str],
     contributions: np.ndarray,
     directions: np.ndarray,
+    steps: np.ndarray,
+    observed: np.ndarray,
+    expected: np.ndarray,
     emitted_at_ms: int,
 ) -> dict[str, Any]:
-    """An alert as the dict that is serialised to the alerts topic (schema v2).
+    """An alert as the dict that is serialised to the alerts topic (schema v3).
 
     ``score`` is the window's final anomaly score (what ``threshold`` applies to), ``raw_score``
-    its calibrated model score, ``stage`` the scoring stage that gave the final score."""
+    its calibrated model score, ``stage`` the scoring stage that gave the final score.
+    ``steps``, ``observed`` and ``expected`` (F,) are, per feature, the step of the window
+    (0 = oldest) where the observed value lies farthest from the model's expected value (its
+    reconstruction or prediction, in original units), and both values there."""
     return {
         "schema": ALERT_SCHEMA_ID,
         "alert_id": alert_id(stream, topic, partition, offset, status, model_version),
@@ -316,8 +323,13 @@ def build_alert(
                 "name": name,
                 "contribution": float(share),
                 "direction": "above" if sign > 0 else "below",
+                "step": int(step),
+                "observed": float(seen),
+                "expected": float(wanted),
             }
-            for name, share, sign in zip(feature_names, contributions, directions, strict=True)
+            for name, share, sign, step, seen, wanted in zip(
+                feature_names, contributions, directions, steps, observed, expected, strict=True
+            )
         ],
         "emitted_at": ms_to_iso(emitted_at_ms),
     }

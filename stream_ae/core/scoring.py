@@ -242,6 +242,38 @@ class WindowScores:
     directions: np.ndarray  # (N, F): +1 above the reconstruction, -1 below
 
 
+@dataclass(frozen=True)
+class Deviations:
+    """Per window and feature, the step where the observed value is farthest from the model's
+    expected value, and both values there, in original units (arrays of shape (N, F))."""
+
+    steps: np.ndarray  # index in the window, 0 = oldest event
+    observed: np.ndarray
+    expected: np.ndarray
+
+
+def largest_deviations(windows: np.ndarray, expected: np.ndarray) -> Deviations:
+    """The step of largest ``|observed - expected|`` per window and feature, over the steps the
+    model has an expected value for (``expected`` is NaN elsewhere); ``windows`` and
+    ``expected`` are (N, W, F) in the same units.
+
+    >>> w = np.array([[[1.0], [5.0], [2.0]]])
+    >>> d = largest_deviations(w, np.array([[[np.nan], [1.5], [2.5]]]))
+    >>> d.steps.tolist(), d.observed.tolist(), d.expected.tolist()
+    ([[1]], [[5.0]], [[1.5]])
+    """
+    observed = np.asarray(windows, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    gap = np.abs(observed - expected)
+    steps = np.argmax(np.where(np.isnan(gap), -np.inf, gap), axis=1)  # (N, F)
+    at = steps[:, None, :]
+    return Deviations(
+        steps=steps,
+        observed=np.take_along_axis(observed, at, axis=1)[:, 0, :],
+        expected=np.take_along_axis(expected, at, axis=1)[:, 0, :],
+    )
+
+
 def score_windows(
     calibration: Calibration, targets: np.ndarray, outputs: np.ndarray
 ) -> WindowScores:

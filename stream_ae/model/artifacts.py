@@ -71,6 +71,26 @@ class Scaling:
             mean, std = np.asarray(self.mean), np.asarray(self.std)
         return ((windows - mean) / std).astype(np.float32)
 
+    def invert(
+        self,
+        scaled: np.ndarray,
+        stat_mean: np.ndarray | None = None,
+        stat_std: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scaled windows (N, W, F) back in original units: the inverse of :meth:`apply`.
+
+        >>> s = Scaling("global", (10.0,), (2.0,))
+        >>> s.invert(s.apply(np.array([[[14.0]]]))).tolist()
+        [[[14.0]]]
+        """
+        if self.mode == "stream":
+            if stat_mean is None or stat_std is None:
+                raise ValueError("stream scaling needs the running statistics of each window")
+            mean, std = stat_mean[:, None, :], stat_std[:, None, :]
+        else:
+            mean, std = np.asarray(self.mean), np.asarray(self.std)
+        return np.asarray(scaled, dtype=np.float64) * std + mean
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "mean": list(self.mean), "std": list(self.std)}
 

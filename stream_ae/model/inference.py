@@ -15,19 +15,49 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_ae.core.scoring import WindowScores, score_windows
+from stream_ae.core.scoring import Deviations, WindowScores, largest_deviations, score_windows
 from stream_ae.model.artifacts import Artifact
-from stream_ae.model.network import as_output_list, split_window
+from stream_ae.model.network import as_output_list, split_window, window_outputs
+
+_ALL = slice(None)
+
+
+Rows = slice | np.ndarray
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Scores of a batch of windows plus the model's version and the time its call took."""
+    """Scores of a batch of windows plus the model's version and the time its call took, and
+    what explains them: the model's expected values and the largest deviations from them.
+
+    Those are computed on request, for the rows asked (the windows that raised an alert, or
+    the few an ``explain`` shows): the model's outputs are kept as they came, so a batch
+    nobody asks about costs nothing more.
+    """
 
     scores: WindowScores
     thresholds: np.ndarray  # (N,) the alert threshold of each window's calibration
     model_version: str
     model_latency_s: float
+    windows: np.ndarray  # (N, W, F) raw values, as scored
+    outputs: list[np.ndarray]  # the model's output(s), scaled, as split_window's targets
+    artifact: Artifact
+    stat_mean: np.ndarray | None = None
+    stat_std: np.ndarray | None = None
+
+    def expected(self, rows: Rows = _ALL) -> np.ndarray:
+        """The model's output laid on the windows' steps in original units (n, W, F) for
+        ``rows``; NaN on steps the model does not output (the input part of a ``predict``
+        model)."""
+        laid = window_outputs(self.artifact.spec, [o[rows] for o in self.outputs])
+        mean = None if self.stat_mean is None else self.stat_mean[rows]
+        std = None if self.stat_std is None else self.stat_std[rows]
+        return self.artifact.scaling.invert(laid, mean, std)
+
+    def deviations(self, rows: Rows = _ALL) -> Deviations:
+        """Per window of ``rows`` and feature, the step of the largest deviation from the
+        expected values and both values there (see :func:`largest_deviations`)."""
+        return largest_deviations(self.windows[rows], self.expected(rows))
 
 
 class Scorer:
@@ -87,7 +117,17 @@ class Scorer:
         target = np.concatenate(targets, axis=1)
         output = np.concatenate(outputs, axis=1)
         scores, thresholds = self._score_by_calibration(streams, target, output)
-        return ScoredBatch(scores, thresholds, artifact.version, latency)
+        return ScoredBatch(
+            scores,
+            thresholds,
+            artifact.version,
+            latency,
+            windows,
+            outputs,
+            artifact,
+            stat_mean if artifact.scaling.mode == "stream" else None,
+            stat_std if artifact.scaling.mode == "stream" else None,
+        )
 
     def _score_by_calibration(
         self, streams: Sequence[str], target: np.ndarray, output: np.ndarray

@@ -15,6 +15,7 @@ LSTMs without recurrent dropout, so cuDNN kernels apply on a GPU. The encoder al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -127,6 +128,26 @@ def split_window(spec: ModelSpec, windows: np.ndarray) -> tuple[np.ndarray, list
     if spec.kind in ("predict", "composite"):
         targets.append(windows[:, spec.input_steps :])
     return inputs, targets
+
+
+def window_outputs(spec: ModelSpec, outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The model's output(s) laid back on the window's own steps (N, W, F), NaN where the model
+    says nothing (the input steps of a ``predict`` model): the inverse of :func:`split_window`.
+
+    >>> spec = ModelSpec(kind="composite", window=4, horizon=1, reverse=True)
+    >>> out = [np.array([[[3.0], [2.0], [1.0]]]), np.array([[[9.0]]])]
+    >>> window_outputs(spec, out)[0, :, 0].tolist()
+    [1.0, 2.0, 3.0, 9.0]
+    """
+    n = len(outputs[0]) if len(outputs) else 0
+    laid = np.full((n, spec.window, spec.features), np.nan, dtype=np.float32)
+    parts = list(outputs)
+    if spec.kind in ("reconstruct", "composite"):
+        reconstruction = parts.pop(0)
+        laid[:, : spec.input_steps] = reconstruction[:, ::-1] if spec.reverse else reconstruction
+    if spec.kind in ("predict", "composite"):
+        laid[:, spec.input_steps :] = parts.pop(0)
+    return laid
 
 
 def as_output_list(outputs: Any) -> list[np.ndarray]:

@@ -9,6 +9,9 @@
   a worker's life, the offsets whose dead letters were acknowledged are remembered per
   partition, so a batch retried after a Redis or broker outage neither re-sends nor re-counts
   them.
+- **Seen in the log.** Each dead letter is logged at WARNING with its reason and source, at
+  most :data:`LOG_PER_MINUTE` a minute (a flood of bad input must not flood the log); the next line
+  logged says how many were left out.
 
 >>> dead_letter_id("metrics", 0, 42)
 'c0720a76c34e9dead7fc2577b9d3b45c'
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stream_ae.core.records import dead_letter_headers
@@ -31,6 +35,9 @@ from stream_ae.worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 ID_HEADER = "stream-ae.dead-letter-id"
+# On a dead letter re-sent to its input topic (``stream-ae dlq replay``): the dead letter's id,
+# so a second replay finds it there and skips it.
+REPLAYED_HEADER = "stream-ae.replayed-from"
 TRUNCATED_HEADER = "stream-ae.truncated"
 # What one dead letter (key, value and headers) may weigh. Under Kafka's default broker limit
 # (message.max.bytes = 1,048,588 B) and the producer's default request limit (1 MiB), with room
@@ -38,6 +45,8 @@ TRUNCATED_HEADER = "stream-ae.truncated"
 MAX_DEAD_LETTER_BYTES = 1_000_000
 # Room kept for the truncation marker header.
 _MARKER_BYTES = 64
+# Dead letters logged per minute at most (the metric counts every one).
+LOG_PER_MINUTE = 10
 
 
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:
@@ -74,8 +83,42 @@ def build_dead_letter(
     return DeadLetter(message.key, value, headers)
 
 
+class LogBudget:
+    """At most ``per_minute`` log lines in any minute (fixed one-minute windows), counting the
+    ones it refused: :meth:`take` gives None for a line to leave out, else how many were left
+    out since the last line taken.
+
+    >>> now = [0.0]
+    >>> budget = LogBudget(2, clock=lambda: now[0])
+    >>> [budget.take() for _ in range(4)]
+    [0, 0, None, None]
+    >>> now[0] = 60.0
+    >>> budget.take(), budget.take()
+    (2, 0)
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._window_start = -float("inf")
+        self._taken = 0
+        self._suppressed = 0
+
+    def take(self) -> int | None:
+        now = self.clock()
+        if now - self._window_start >= 60.0:
+            self._window_start, self._taken = now, 0
+        if self._taken >= self.per_minute:
+            self._suppressed += 1
+            return None
+        self._taken += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
 class DeadLetterQueue:
-    """Sends dead letters to ``topic`` and counts them, each input offset once."""
+    """Sends dead letters to ``topic`` and counts them, each input offset once; logs them at
+    WARNING within ``log_budget`` (default: :data:`LOG_PER_MINUTE` a minute)."""
 
     def __init__(
         self,
@@ -83,11 +126,13 @@ class DeadLetterQueue:
         topic: str,
         metrics: WorkerMetrics,
         max_bytes: int = MAX_DEAD_LETTER_BYTES,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.metrics = metrics
         self.max_bytes = max_bytes
+        self.log_budget = log_budget or LogBudget(LOG_PER_MINUTE)
         # Per partition, the offsets [first, last] of the batches whose dead letters were all
         # acknowledged; a retried batch re-reads the same offsets and finds them here.
         self._done: dict[Partition, tuple[int, int]] = {}
@@ -115,6 +160,26 @@ class DeadLetterQueue:
             headers.append((TRUNCATED_HEADER, str(size).encode()))
             self.producer.send(self.topic, None, key=None, headers=headers)
         self._unflushed[error.reason] += 1
+        self._log(message, error)
+
+    def _log(self, message: Record, error: SchemaError) -> None:
+        suppressed = self.log_budget.take()
+        if suppressed is None:
+            return
+        log.warning(
+            "dead-lettered a message: %s",
+            error.reason,
+            extra=fields(
+                reason=error.reason,
+                detail=error.detail[:200],
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                dead_letter_id=dead_letter_id(message.topic, message.partition, message.offset),
+                # Dead letters not logged since the last line (over the per-minute budget).
+                suppressed=suppressed,
+            ),
+        )
 
     def flush(self, batch: Mapping[Partition, tuple[int, int]], timeout_s: float = 30.0) -> None:
         """Wait for this batch's dead letters; then remember its offsets ``batch`` (first and

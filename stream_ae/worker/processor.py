@@ -183,6 +183,7 @@ class StreamProcessor:
                 result.state.alert = alert_state
                 for index, status in transitions:
                     i = rows.start + index
+                    explained = batch.deviations(np.array([i]))  # alerts are rare: on request
                     alerts.append(
                         build_alert(
                             stream=stream,
@@ -203,6 +204,9 @@ class StreamProcessor:
                             feature_names=spec.feature_names,
                             contributions=batch.scores.contributions[i],
                             directions=batch.scores.directions[i],
+                            steps=explained.steps[0],
+                            observed=explained.observed[0],
+                            expected=explained.expected[0],
                             emitted_at_ms=now_ms,
                         )
                     )

@@ -151,6 +151,7 @@ def _stream_and_follow(
 ) -> list[dict[str, Any]]:
     import threading
 
+    from stream_ae.alerts import parse_alert
     from stream_ae.cli.alerts import HEADER, format_alert
     from stream_ae.io.kafka import KafkaConnection, Partition
     from stream_ae.io.producing import interleave, send_events
@@ -181,7 +182,7 @@ def _stream_and_follow(
             if alert["alert_id"] not in seen:
                 seen.add(alert["alert_id"])
                 alerts.append(alert)
-                print(format_alert(alert), flush=True)
+                print(format_alert(parse_alert(alert)), flush=True)
             quiet_since = time.monotonic()
         if sender.is_alive():
             quiet_since = time.monotonic()

@@ -1,6 +1,5 @@
-"""``stream-ae produce`` and ``stream-ae alerts`` on the real broker, through the Kafka edge:
-what one sends (with the fast client, installed here) the topic holds, and the alert follower
-prints each alert once, replays de-duplicated."""
+"""``stream-ae produce`` on the real broker, through the Kafka edge: what one sends (with the
+fast client, installed here) the topic holds. (``stream-ae alerts``: test_alerts_follower.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import pytest
 from stream_ae.cli.app import main
 from stream_ae_dev.devstack import BrokerProcess
 from tests.support.kafka_clients import read_records
-from tests.support.kafka_topics import produce
 
 pytestmark = pytest.mark.integration
 
@@ -32,24 +30,3 @@ def test_produce_sends_every_synthetic_event_with_the_fast_client(
     per_stream = Counter(orjson.loads(r.value)["stream"] for r in records)
     assert len(records) == 1200 and sorted(per_stream.values()) == [400, 400, 400]
     assert all(r.key.decode() == orjson.loads(r.value)["stream"] for r in records)
-
-
-def _alert(alert_id: str) -> bytes:
-    return orjson.dumps({"alert_id": alert_id, "stream": "host-0", "status": "open"})
-
-
-def test_alerts_prints_each_alert_once(
-    broker: BrokerProcess,
-    topic_factory: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    topic = topic_factory(2, prefix="alerts")
-    alerts = [(b"host-0", _alert(f"a{i}")) for i in range(20)]
-    produce(broker.bootstrap_servers, topic, [*alerts, *alerts[:5]])  # 5 replayed
-    monkeypatch.setenv("STREAM_AE_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
-    monkeypatch.setenv("STREAM_AE_ALERTS_TOPIC", topic)
-    code = main(["alerts", "--from-beginning", "--json", "--idle-timeout", "3"])
-    assert code == 0
-    printed = [orjson.loads(line)["alert_id"] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(printed) == sorted(f"a{i}" for i in range(20))

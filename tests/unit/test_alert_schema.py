@@ -1,4 +1,4 @@
-"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v2.json), and alert ids are
+"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v3.json), and alert ids are
 deterministic: the same input and model version always give the same id."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import stream_ae
 from stream_ae.core.records import ALERT_SCHEMA_ID, alert_id, alert_schema, build_alert, ms_to_iso
 
 SCHEMAS = Path(stream_ae.__file__).parent / "schemas"
-SCHEMA_FILE = SCHEMAS / "alert.v2.json"
+SCHEMA_FILE = SCHEMAS / "alert.v3.json"
 # RFC 3339 date-time, as JSON Schema's "date-time" format means it. jsonschema only checks this
 # format when the optional rfc3339-validator is installed, so the check is spelled out here.
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -65,6 +65,9 @@ def make_alert(**overrides: Any) -> dict[str, Any]:
         "feature_names": ("cpu", "mem"),
         "contributions": np.array([0.75, 0.25]),
         "directions": np.array([1, -1]),
+        "steps": np.array([63, 10]),
+        "observed": np.array([97.5, 0.25]),
+        "expected": np.array([41.0, 0.5]),
         "emitted_at_ms": 1_704_067_264_123,
     }
     arguments.update(overrides)
@@ -91,8 +94,22 @@ def test_an_alert_validates_and_survives_json() -> None:
     }
     assert alert["source"] == {"topic": "metrics", "partition": 3, "offset": 12_345}
     assert alert["features"] == [
-        {"name": "cpu", "contribution": 0.75, "direction": "above"},
-        {"name": "mem", "contribution": 0.25, "direction": "below"},
+        {
+            "name": "cpu",
+            "contribution": 0.75,
+            "direction": "above",
+            "step": 63,
+            "observed": 97.5,
+            "expected": 41.0,
+        },
+        {
+            "name": "mem",
+            "contribution": 0.25,
+            "direction": "below",
+            "step": 10,
+            "observed": 0.25,
+            "expected": 0.5,
+        },
     ]
     assert alert["emitted_at"] == "2024-01-01T00:01:04.123Z"
 
@@ -107,7 +124,7 @@ def test_the_validator_does_check_formats_and_constraints() -> None:
         ("raw_score", -0.1),
         ("stage", "model"),
         ("alert_id", "XYZ"),
-        ("schema", "stream-ae.alert/v1"),
+        ("schema", "stream-ae.alert/v2"),
         ("features", []),
         ("unexpected", 1),
     ]
@@ -124,6 +141,11 @@ def test_the_validator_does_check_formats_and_constraints() -> None:
     del alert["source"]["offset"]
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(alert)
+    for field, value in [("step", -1), ("observed", "high"), ("expected", None)]:
+        alert = make_alert()
+        alert["features"][0][field] = value
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATOR.validate(alert)
 
 
 @settings(max_examples=100, deadline=None)
@@ -178,6 +200,9 @@ def test_any_alert_the_worker_can_build_validates(
         feature_names=[f"f{i}" for i in range(len(shares))],
         contributions=np.clip(contributions, 0.0, 1.0),
         directions=np.where(np.arange(len(shares)) % 2 == 0, 1, -1),
+        steps=np.arange(len(shares)) % window,
+        observed=np.array(shares) * 1e6,
+        expected=-np.array(shares),
     )
     VALIDATOR.validate(alert)
 
@@ -222,15 +247,30 @@ def test_ms_to_iso_is_utc_with_milliseconds() -> None:
     assert ms_to_iso(1_704_067_200_001) == "2024-01-01T00:00:00.001Z"
 
 
+def test_version_3_is_version_2_plus_the_observed_and_expected_values() -> None:
+    """The v2 file stays for consumers that still validate against it; v3 differs only by the
+    per-feature step, observed and expected values (a v2 validator refuses them: its feature
+    items allow no other properties, hence the new version)."""
+    v2 = json.loads((SCHEMAS / "alert.v2.json").read_text())
+    v3 = json.loads(SCHEMA_FILE.read_text())
+    assert v3["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v3"
+    assert set(v3["properties"]) == set(v2["properties"])
+    for name in set(v2["properties"]) - {"schema", "features"}:
+        assert v3["properties"][name] == v2["properties"][name], name
+    item2, item3 = v2["properties"]["features"]["items"], v3["properties"]["features"]["items"]
+    assert set(item3["properties"]) - set(item2["properties"]) == {"step", "observed", "expected"}
+    assert set(item3["required"]) - set(item2["required"]) == {"step", "observed", "expected"}
+    with pytest.raises(jsonschema.ValidationError):
+        Draft202012Validator(v2).validate(make_alert())
+
+
 def test_version_2_is_version_1_plus_raw_score_and_stage() -> None:
     """The v1 file stays for consumers that still validate against it; v2 differs only by
     the added fields (a v1 validator refuses v2 alerts, hence the new version)."""
     v1 = json.loads((SCHEMAS / "alert.v1.json").read_text())
-    v2 = json.loads(SCHEMA_FILE.read_text())
+    v2 = json.loads((SCHEMAS / "alert.v2.json").read_text())
     assert set(v2["properties"]) - set(v1["properties"]) == {"raw_score", "stage"}
     assert set(v2["required"]) - set(v1["required"]) == {"raw_score", "stage"}
-    assert v2["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v2"
+    assert v2["properties"]["schema"]["const"] == "stream-ae.alert/v2"
     for name in set(v1["properties"]) - {"schema", "score"}:
         assert v2["properties"][name] == v1["properties"][name], name
-    with pytest.raises(jsonschema.ValidationError):
-        Draft202012Validator(v1).validate(make_alert())
