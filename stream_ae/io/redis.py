@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from stream_ae.errors import ConfigError, StoreError
+from stream_ae.logs import mask_urls
 
 
 def connect_redis(settings: Any) -> Any:
@@ -62,7 +63,10 @@ def connect_redis(settings: Any) -> Any:
         if "invalid username-password" in str(exc) or "WRONGPASS" in str(exc):
             who = f" of user {settings.redis_username!r}" if settings.redis_username else ""
             raise ConfigError(f"Redis Cluster refused the login{who}") from None
-        raise redis.exceptions.ConnectionError(f"Redis Cluster unavailable: {exc}") from exc
+        raise StoreError(f"Redis Cluster unavailable: {exc}") from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # After the login errors (subclasses of ConnectionError): the server is away, for now.
+        raise StoreError(f"Redis unavailable at {mask_urls(url)}: {exc}") from exc
     return client
 
 

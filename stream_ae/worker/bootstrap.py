@@ -86,7 +86,7 @@ def check_model_fits_states(settings: Settings, directory: Path) -> None:
     manifest = read_manifest(directory, verify=True)
     shape = StateShape.of_manifest(manifest)
     model = f"model {manifest.get('name')}/{manifest.get('version')}"
-    client = connect_redis(settings)
+    client = retry_until_up("Redis", lambda: connect_redis(settings), settings)
     try:
         retry_until_up(
             "Redis",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from stream_ae.errors import StoreError
+from stream_ae.errors import ConfigError, StoreError
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.settings import Settings
 from stream_ae.worker.bootstrap import build_worker, retry_until_up
@@ -74,7 +74,7 @@ def test_a_wrong_redis_password_fails_start_up_at_once(
         redis_username="nobody",
         redis_password="wrong",
     )
-    with pytest.raises(StoreError, match="AuthenticationError") as failure:
+    with pytest.raises(ConfigError, match="refused the login of user 'nobody'") as failure:
         build_worker(settings)
     assert not failure.value.retriable
     assert "\n" not in str(failure.value) and "wrong" not in str(failure.value)
