@@ -67,6 +67,40 @@ class Event:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Decoded events as arrays, one row per event: what the processor consumes.
+
+    ``values`` is (N, F) float32; ``ts_ms``, ``partitions`` and ``offsets`` (N,) int64;
+    ``streams`` and ``topics`` lists of N strings.
+    """
+
+    streams: list[str]
+    ts_ms: np.ndarray
+    values: np.ndarray
+    topics: list[str]
+    partitions: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @classmethod
+    def from_events(cls, events: Sequence[Event], features: int) -> EventBatch:
+        """The batch of these :class:`Event` objects (all of ``features`` values)."""
+        n = len(events)
+        return cls(
+            streams=[e.stream for e in events],
+            ts_ms=np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=n),
+            # np.array, not np.stack: the same (n, F) array for equal shapes (decode_event
+            # guarantees them), at a fraction of np.stack's per-call cost.
+            values=np.array([e.values for e in events], dtype=np.float32).reshape(n, features),
+            topics=[e.topic for e in events],
+            partitions=np.fromiter((e.partition for e in events), dtype=np.int64, count=n),
+            offsets=np.fromiter((e.offset for e in events), dtype=np.int64, count=n),
+        )
+
+
 def decode_event(
     key: bytes | None,
     payload: bytes | None,
