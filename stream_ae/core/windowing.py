@@ -197,10 +197,12 @@ def append_runs(
     # long as any one of its streams is cached.
     new_rings = concat[ring_rows + lengths[:, None]]
     new_ts = concat_ts[ring_rows + lengths[:, None]]
-    last_event = starts + lengths - 1
+    last_event = (starts + lengths - 1).tolist()
+    last_offsets = offsets[np.maximum(starts + lengths - 1, 0)].tolist() if n else []
+    counts_after = (prior + lengths).tolist()
     new_states = list(states)
     for i in np.flatnonzero(lengths).tolist():
-        state, j = states[i], int(last_event[i])
+        state, j = states[i], last_event[i]
         # The constructor, not dataclasses.replace: replace re-reads every field by name,
         # several times slower, and this runs per stream per batch.
         new_states[i] = StreamState(
@@ -208,10 +210,10 @@ def append_runs(
             features=features,
             values=new_rings[i].copy(),
             ts_ms=new_ts[i].copy(),
-            count=state.count + int(lengths[i]),
+            count=counts_after[i],
             topic=topics[i],
             partition=partitions[i],
-            offset=int(offsets[j]),
+            offset=last_offsets[i],
             stat_mean=run_mean[j].copy(),
             stat_m2=run_m2[j].copy(),
             alert=state.alert,
