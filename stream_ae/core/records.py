@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,16 +90,22 @@ class EventBatch:
     def from_events(cls, events: Sequence[Event], features: int) -> EventBatch:
         """The batch of these :class:`Event` objects (all of ``features`` values)."""
         n = len(events)
+        # map over attrgetter, not generator expressions: C loops, no Python frame per event.
         return cls(
-            streams=[e.stream for e in events],
-            ts_ms=np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=n),
+            streams=list(map(_STREAM, events)),
+            ts_ms=np.fromiter(map(_TS_MS, events), dtype=np.int64, count=n),
             # np.array, not np.stack: the same (n, F) array for equal shapes (decode_event
             # guarantees them), at a fraction of np.stack's per-call cost.
-            values=np.array([e.values for e in events], dtype=np.float32).reshape(n, features),
-            topics=[e.topic for e in events],
-            partitions=np.fromiter((e.partition for e in events), dtype=np.int64, count=n),
-            offsets=np.fromiter((e.offset for e in events), dtype=np.int64, count=n),
+            values=np.array(list(map(_VALUES, events)), dtype=np.float32).reshape(n, features),
+            topics=list(map(_TOPIC, events)),
+            partitions=np.fromiter(map(_PARTITION, events), dtype=np.int64, count=n),
+            offsets=np.fromiter(map(_OFFSET, events), dtype=np.int64, count=n),
         )
+
+
+_STREAM, _TS_MS, _VALUES, _TOPIC, _PARTITION, _OFFSET = (
+    operator.attrgetter(f) for f in ("stream", "ts_ms", "values", "topic", "partition", "offset")
+)
 
 
 def decode_event(

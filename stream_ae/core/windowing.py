@@ -17,6 +17,7 @@ on how it was split into poll batches, so any split yields the same windows.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,14 @@ def append(
     )
 
 
+_OFFSET, _TOPIC, _PARTITION, _COUNT = (
+    operator.attrgetter(f) for f in ("offset", "topic", "partition", "count")
+)
+_VALUES, _TS, _MEAN, _M2 = (
+    operator.attrgetter(f) for f in ("values", "ts_ms", "stat_mean", "stat_m2")
+)
+
+
 @dataclass(frozen=True)
 class RunsResult:
     """What :func:`append_runs` produced for ``m`` runs: per run its new state and how many of
@@ -148,14 +157,12 @@ def append_runs(
     run_of = np.repeat(np.arange(m), lengths)
 
     # Replays: events at or below the state's offset of the same topic-partition are skipped.
-    last = np.fromiter((s.offset for s in states), dtype=np.int64, count=m)
-    same = np.fromiter(
-        (
-            s.topic == t and s.partition == p and s.offset != NO_OFFSET
-            for s, t, p in zip(states, topics, partitions, strict=True)
-        ),
-        dtype=bool,
-        count=m,
+    # map over attrgetter, not generator expressions: C loops, no Python frame per state.
+    last = np.fromiter(map(_OFFSET, states), dtype=np.int64, count=m)
+    same = (
+        np.fromiter(map(operator.eq, map(_TOPIC, states), topics), dtype=bool, count=m)
+        & (np.fromiter(map(_PARTITION, states), dtype=np.int64, count=m) == partitions)
+        & (last != NO_OFFSET)
     )
     stale = same[run_of] & (offsets <= last[run_of])
     if stale.any():
@@ -166,7 +173,7 @@ def append_runs(
     starts = np.zeros(m, dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     local = np.arange(n) - starts[run_of]  # each event's index within its run
-    prior = np.fromiter((s.count for s in states), dtype=np.int64, count=m)
+    prior = np.fromiter(map(_COUNT, states), dtype=np.int64, count=m)
     counts = prior[run_of] + local + 1  # events applied up to and including each one
 
     # Every run's ring followed by its new events, laid end to end: run i's block starts at
@@ -177,8 +184,8 @@ def append_runs(
     concat_ts = np.empty(n + m * window, dtype=np.int64)
     if m:
         # np.concatenate, not np.stack: a quarter of the cost per state.
-        concat[ring_rows.reshape(-1)] = np.concatenate([s.values for s in states])
-        concat_ts[ring_rows.reshape(-1)] = np.concatenate([s.ts_ms for s in states])
+        concat[ring_rows.reshape(-1)] = np.concatenate(list(map(_VALUES, states)))
+        concat_ts[ring_rows.reshape(-1)] = np.concatenate(list(map(_TS, states)))
     concat[rows] = values
     concat_ts[rows] = ts_ms
     ends = np.flatnonzero((counts >= window) & ((counts - window) % stride == 0))
@@ -257,9 +264,9 @@ def _welford_runs(
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     ordered = [states[i] for i in order.tolist()]
-    mean = np.concatenate([s.stat_mean for s in ordered]).astype(np.float64).reshape(-1, features)
-    m2 = np.concatenate([s.stat_m2 for s in ordered]).astype(np.float64).reshape(-1, features)
-    seen = np.fromiter((s.count for s in ordered), dtype=np.float64, count=len(ordered))
+    mean = np.concatenate(list(map(_MEAN, ordered))).astype(np.float64).reshape(-1, features)
+    m2 = np.concatenate(list(map(_M2, ordered))).astype(np.float64).reshape(-1, features)
+    seen = np.fromiter(map(_COUNT, ordered), dtype=np.float64, count=len(ordered))
     first = starts[order]
     descending = -sorted_lengths  # ascending: searchsorted counts the runs longer than step
     step = 0

@@ -132,7 +132,7 @@ class StreamProcessor:
         # 4. Append each stream's events in offset order, all streams at once; replayed offsets
         # are skipped.
         states, applied_per_stream, found = _apply_runs(
-            [self.cache[s] for s in streams], events, runs, self.stride
+            list(map(self.cache.__getitem__, streams)), events, runs, self.stride
         )
         applied = int(applied_per_stream.sum())
         skipped = len(events) - applied
@@ -277,17 +277,14 @@ class _Runs:
 
     @classmethod
     def of(cls, events: EventBatch) -> _Runs:
-        index: dict[str, int] = {}
-        codes = np.fromiter(
-            (index.setdefault(s, len(index)) for s in events.streams),
-            dtype=np.int64,
-            count=len(events),
-        )
-        topic_index: dict[str, int] = {}
-        topic_codes = np.fromiter(
-            (topic_index.setdefault(t, len(topic_index)) for t in events.topics),
-            dtype=np.int64,
-            count=len(events),
+        # Stream numbers in order of first appearance: dict.fromkeys and map run in C.
+        index = {stream: i for i, stream in enumerate(dict.fromkeys(events.streams))}
+        codes = np.fromiter(map(index.__getitem__, events.streams), np.int64, len(events))
+        topic_index = {topic: i for i, topic in enumerate(dict.fromkeys(events.topics))}
+        topic_codes = (
+            np.fromiter(map(topic_index.__getitem__, events.topics), np.int64, len(events))
+            if len(topic_index) > 1
+            else np.zeros(len(events), dtype=np.int64)
         )
         # Topics sort by name, as the per-stream sort by (topic, partition, offset) did.
         names = list(topic_index)
