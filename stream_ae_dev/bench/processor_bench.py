@@ -7,7 +7,8 @@ The worker's steady state: every stream's state is cached (no store round trip),
   timed is grouping the batch by stream and appending each stream's run (the per-event Python
   work of issue 13);
 - ``scored``: stride 1 with a cheap model (H=4), so every event completes a window: adds
-  gathering the windows, one model call, the post-processing and the alert policy.
+  gathering the windows, one model call, the post-processing and the alert policy;
+- ``decode``: decoding the messages (per message against per batch, side by side).
 
 Run as a script so that the same file can time another tree (``PYTHONPATH=<tree> python
 stream_ae_dev/bench/processor_bench.py``): that is how before/after ratios are measured
@@ -113,14 +114,68 @@ def run(mode: str, streams: int, batch: int, batches: int) -> dict[str, Any]:
     }
 
 
+def run_decode(batch: int, batches: int) -> dict[str, Any]:
+    """Messages/s of decoding poll batches of ``batch`` keyed messages: one
+    :func:`decode_event` call per message against one :func:`decode_batch` call, interleaved
+    batch by batch in this process (CPU time)."""
+    from collections import namedtuple
+
+    from stream_ae.core import records
+
+    record = namedtuple("record", "key value topic partition offset")
+    rng = np.random.default_rng(0)
+    messages = [
+        [
+            record(
+                f"s{i % 1000}".encode(),
+                records.encode_event(f"s{i % 1000}", START_TS_MS + i, float(rng.normal())),
+                TOPIC,
+                0,
+                b * batch + i,
+            )
+            for i in range(batch)
+        ]
+        for b in range(batches)
+    ]
+    names, limit = ("value",), 65_536
+    per_message = whole = 0.0
+    for batch_messages in messages:
+        started = time.process_time()
+        for m in batch_messages:
+            records.decode_event(
+                m.key,
+                m.value,
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                feature_names=names,
+                max_bytes=limit,
+            )
+        per_message += time.process_time() - started
+        if hasattr(records, "decode_batch"):
+            started = time.process_time()
+            records.decode_batch(batch_messages, feature_names=names, max_bytes=limit)
+            whole += time.process_time() - started
+    total = batch * batches
+    return {
+        "mode": "decode",
+        "batch": batch,
+        "decode_event_cpu_us_per_message": 1e6 * per_message / total,
+        "decode_batch_cpu_us_per_message": 1e6 * whole / total if whole else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("state", "scored"), default="state")
+    parser.add_argument("--mode", choices=("state", "scored", "decode"), default="state")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
-    print(json.dumps(run(args.mode, args.streams, args.batch, args.batches)))
+    if args.mode == "decode":
+        print(json.dumps(run_decode(args.batch, args.batches)))
+    else:
+        print(json.dumps(run(args.mode, args.streams, args.batch, args.batches)))
 
 
 if __name__ == "__main__":
