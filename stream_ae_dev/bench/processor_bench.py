@@ -8,7 +8,8 @@ The worker's steady state: every stream's state is cached (no store round trip),
   work of issue 13);
 - ``scored``: stride 1 with a cheap model (H=4), so every event completes a window: adds
   gathering the windows, one model call, the post-processing and the alert policy;
-- ``decode``: decoding the messages (per message against per batch, side by side).
+- ``decode``: decoding the messages (per message against per batch, side by side);
+- ``buckets``: one model call per padded batch size (what choosing ``batch_buckets`` trades).
 
 Run as a script so that the same file can time another tree (``PYTHONPATH=<tree> python
 stream_ae_dev/bench/processor_bench.py``): that is how before/after ratios are measured
@@ -165,14 +166,36 @@ def run_decode(batch: int, batches: int) -> dict[str, Any]:
     }
 
 
+def run_buckets(hidden: int, repeats: int = 5) -> dict[str, Any]:
+    """Milliseconds of one model call (W=64, F=1) per padded batch size, median of
+    ``repeats`` calls after a warm-up call each: what a bucket costs whatever it holds."""
+    artifact = bench_artifact(bench_spec(WINDOW, FEATURES, hidden), calibration_windows=64)
+    spec, model = artifact.spec, artifact.model
+    assert model is not None
+    ms: dict[str, float] = {}
+    for size in (8, 16, 32, 64, 128, 256, 512, 1024, 2048):
+        inputs = np.zeros((size, spec.input_steps, spec.features), dtype=np.float32)
+        model.predict_on_batch(inputs)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.predict_on_batch(inputs)
+            times.append(time.perf_counter() - started)
+        ms[str(size)] = round(1e3 * float(np.median(times)), 2)
+    return {"mode": "buckets", "hidden": hidden, "ms_per_call": ms}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("state", "scored", "decode"), default="state")
+    parser.add_argument("--mode", choices=("state", "scored", "decode", "buckets"), default="state")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=64, help="LSTM size (buckets mode)")
     args = parser.parse_args()
-    if args.mode == "decode":
+    if args.mode == "buckets":
+        print(json.dumps(run_buckets(args.hidden)))
+    elif args.mode == "decode":
         print(json.dumps(run_decode(args.batch, args.batches)))
     else:
         print(json.dumps(run(args.mode, args.streams, args.batch, args.batches)))
