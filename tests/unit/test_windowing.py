@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from stream_ae.core.alerting import NO_OFFSET, AlertState
 from stream_ae.core.state import StreamState, new_state
-from stream_ae.core.state_codec import FORMAT_VERSION, HEADER_SIZE, decode_state, encode_state
+from stream_ae.core.state_codec import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    decode_state,
+    encode_state,
+    encode_states,
+)
 from stream_ae.core.windowing import AppendResult, append, append_runs, series_windows
 from stream_ae.errors import StateFormatError
 
@@ -373,11 +379,13 @@ def test_series_windows_accepts_a_1d_series_with_default_timestamps() -> None:
 
 
 @st.composite
-def stream_states(draw: st.DrawFn) -> StreamState:
+def stream_states(
+    draw: st.DrawFn, window: int | None = None, features: int | None = None
+) -> StreamState:
     """Any state the encoding must carry, including a partly filled ring (count < W) and
     timestamps with irregular, huge or backwards steps."""
-    window = draw(st.integers(1, 70))
-    features = draw(st.integers(1, 4))
+    window = window or draw(st.integers(1, 70))
+    features = features or draw(st.integers(1, 4))
     count = draw(st.one_of(st.integers(0, 3 * window), st.integers(0, 2**40)))
     values = np.array(
         draw(st.lists(FLOAT32, min_size=window * features, max_size=window * features)),
@@ -413,6 +421,35 @@ def stream_states(draw: st.DrawFn) -> StreamState:
         ),
         post=np.array(draw(st.lists(stats, max_size=60)), dtype=np.float64),
     )
+
+
+@st.composite
+def batches_of_states(draw: st.DrawFn) -> list[StreamState]:
+    """The touched states of a poll batch: one shape (the model's), or now and then mixed."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.lists(stream_states(), max_size=4))
+    window, features = draw(st.integers(1, 70)), draw(st.integers(1, 4))
+    return draw(st.lists(stream_states(window, features), max_size=12))
+
+
+@settings(max_examples=100, deadline=None)
+@given(states=batches_of_states())
+def test_encoding_a_batch_of_states_gives_each_states_own_bytes(states: list[StreamState]) -> None:
+    assert encode_states(states) == [encode_state(state) for state in states]
+
+
+def test_a_batch_of_states_takes_each_states_own_timestamp_width() -> None:
+    """Delta-of-deltas at the edge of every width, and a partly filled ring, in one batch."""
+    states = []
+    for biggest in (0, 127, 128, 32767, 32768, 2**31 - 1, 2**31, -(2**63)):
+        ts = np.array([0, 0, 0, 0, biggest], dtype=np.int64)  # one delta-of-delta: biggest
+        state = new_state(5, 2)
+        state.ts_ms, state.count, state.topic = ts, 3 + biggest % 5, f"t{biggest}"
+        state.values = np.arange(10, dtype=np.float32).reshape(5, 2)
+        states.append(state)
+    blobs = encode_states(states)
+    assert blobs == [encode_state(state) for state in states]
+    assert len({blob[HEADER_SIZE - 4] for blob in blobs}) == 4  # widths 1, 2, 4 and 8
 
 
 @settings(max_examples=100, deadline=None)
