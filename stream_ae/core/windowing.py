@@ -1,7 +1,8 @@
 """Per-stream sliding windows: the pure core shared by the worker, the evaluator and the trainer.
 
-:func:`append` applies a run of new events to a :class:`~stream_ae.core.state.StreamState` and
-returns every window completed on the way, in one vectorised pass per stream.
+:func:`append_runs` applies the runs of new events of many streams (a poll batch) to their
+:class:`~stream_ae.core.state.StreamState` s and returns every window completed on the way, with
+array operations across the streams; :func:`append` is its one-stream case.
 
 Window ``k`` of a stream completes at the event that makes ``count - W`` a multiple of
 ``stride`` (``count`` = events applied so far). That depends only on the event sequence, never
