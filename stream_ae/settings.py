@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
     )
     batch_buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [32, 128, 512, 2048],
+        default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048],  # <= 2x padding
         description="Batch sizes the model is called with (windows padded up to the next one) "
         "so the compiled graph is reused instead of retraced; larger batches are cut into chunks "
         "of the largest. Keep the largest near max_poll_records: padding is wasted work.",

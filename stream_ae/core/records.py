@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -68,6 +69,46 @@ class Event:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Decoded events as arrays, one row per event: what the processor consumes.
+
+    ``values`` is (N, F) float32; ``ts_ms``, ``partitions`` and ``offsets`` (N,) int64;
+    ``streams`` and ``topics`` lists of N strings.
+    """
+
+    streams: list[str]
+    ts_ms: np.ndarray
+    values: np.ndarray
+    topics: list[str]
+    partitions: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @classmethod
+    def from_events(cls, events: Sequence[Event], features: int) -> EventBatch:
+        """The batch of these :class:`Event` objects (all of ``features`` values)."""
+        n = len(events)
+        # map over attrgetter, not generator expressions: C loops, no Python frame per event.
+        return cls(
+            streams=list(map(_STREAM, events)),
+            ts_ms=np.fromiter(map(_TS_MS, events), dtype=np.int64, count=n),
+            # np.array, not np.stack: the same (n, F) array for equal shapes (decode_event
+            # guarantees them), at a fraction of np.stack's per-call cost.
+            values=np.array(list(map(_VALUES, events)), dtype=np.float32).reshape(n, features),
+            topics=list(map(_TOPIC, events)),
+            partitions=np.fromiter(map(_PARTITION, events), dtype=np.int64, count=n),
+            offsets=np.fromiter(map(_OFFSET, events), dtype=np.int64, count=n),
+        )
+
+
+_STREAM, _TS_MS, _VALUES, _TOPIC, _PARTITION, _OFFSET = (
+    operator.attrgetter(f) for f in ("stream", "ts_ms", "values", "topic", "partition", "offset")
+)
+
+
 def decode_event(
     key: bytes | None,
     payload: bytes | None,
@@ -98,6 +139,132 @@ def decode_event(
         raise
     except Exception as exc:
         raise SchemaError(Reason.UNDECODABLE, f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+class Message(Protocol):
+    """What :func:`decode_batch` reads of a consumed Kafka record."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message :func:`decode_batch` refused: its index in the batch and the
+    :class:`SchemaError`'s reason code and detail."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+def decode_batch(
+    messages: Sequence[Message], *, feature_names: Sequence[str], max_bytes: int
+) -> tuple[EventBatch, list[DeadLetter]]:
+    """Decode a poll batch: the valid events as one :class:`EventBatch` (in message order) and
+    the messages to dead-letter.
+
+    Exactly :func:`decode_event` per message, faster: the common shape (a keyed message whose
+    body repeats the key or leaves it out, epoch-ms ``ts``, numbers as ``value``) is checked
+    inline with exact type tests, each key's stream id once per batch, and the values array
+    built in one go. Any message off that shape, valid or not, goes through
+    :func:`decode_event` itself, so the dead-letter rules and reasons are its own.
+    """
+    features = len(feature_names)
+    streams: list[str] = []
+    ts_ms: list[int] = []
+    flat: list[float] = []
+    topics: list[str] = []
+    partitions: list[int] = []
+    offsets: list[int] = []
+    dead: list[DeadLetter] = []
+    checked: dict[bytes, str] = {}  # message key -> its stream id, checked once per batch
+    for index, message in enumerate(messages):
+        try:
+            common = _decode_common(message, checked, features, max_bytes)
+        except Exception:  # whatever it is, the full decoder below decides
+            common = None
+        if common is None:
+            try:
+                event = decode_event(
+                    message.key,
+                    message.value,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    feature_names=feature_names,
+                    max_bytes=max_bytes,
+                )
+            except SchemaError as exc:
+                dead.append(DeadLetter(index, exc.reason, exc.detail))
+                continue
+            common = event.stream, event.ts_ms, event.values.tolist()
+        stream, ts, numbers = common
+        streams.append(stream)
+        ts_ms.append(ts)
+        flat.extend(numbers)
+        topics.append(message.topic)
+        partitions.append(message.partition)
+        offsets.append(message.offset)
+    n = len(streams)
+    batch = EventBatch(
+        streams=streams,
+        ts_ms=np.array(ts_ms, dtype=np.int64),
+        values=np.array(flat, dtype=np.float32).reshape(n, features),
+        topics=topics,
+        partitions=np.array(partitions, dtype=np.int64),
+        offsets=np.array(offsets, dtype=np.int64),
+    )
+    return batch, dead
+
+
+def _decode_common(
+    message: Message, checked: dict[bytes, str], features: int, max_bytes: int
+) -> tuple[str, int, list[float]] | None:
+    """(stream, ts_ms, values) of a valid message of the common shape, else None. Only exact
+    types pass (``type(x) is int`` refuses ``bool``), so whatever passes, :func:`decode_event`
+    accepts with the same result."""
+    payload, key = message.value, message.key
+    if payload is None or key is None or len(payload) > max_bytes:
+        return None
+    body = orjson.loads(payload)
+    if type(body) is not dict:
+        return None
+    stream = checked.get(key)
+    if stream is None:
+        stream = checked[key] = _stream_id(None, key)
+    named = body.get("stream")
+    ts = body.get("ts")
+    value = body.get("value")
+    if (named is not None and named != stream) or type(ts) is not int:
+        return None
+    if not 0 <= ts < _MAX_TS_MS:
+        return None
+    if type(value) is list:
+        if len(value) != features:
+            return None
+        items = value
+    elif features == 1 and (type(value) is float or type(value) is int):
+        items = [value]
+    else:
+        return None
+    numbers = []
+    for item in items:
+        if type(item) is not float and type(item) is not int:
+            return None
+        number = float(item)
+        if not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:  # also false for NaN
+            return None
+        numbers.append(number)
+    return stream, ts, numbers
 
 
 def _decode_event(

@@ -33,7 +33,7 @@ from stream_ae.core.state_codec import (
     OFFSET_POS,
     PARTITION_POS,
     decode_state,
-    encode_state,
+    encode_states,
 )
 from stream_ae.errors import StateFormatError, StateShapeError, StoreError
 from stream_ae.io.redis import connect_redis, redis_errors
@@ -146,6 +146,7 @@ class InMemoryWindowStore:
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
         self.round_trips += bool(states)
         landed: dict[str, bool] = {}
+        blobs = dict(zip(states, encode_states(list(states.values())), strict=True))
         for stream, state in states.items():
             blob = self._data.get(stream)
             if blob is not None and not _is_state(blob):
@@ -153,7 +154,7 @@ class InMemoryWindowStore:
                 blob = None
             ok = blob is None or _fenced_newer(blob, state)
             if ok:
-                self._data[stream] = encode_state(state)
+                self._data[stream] = blobs[stream]
             landed[stream] = ok
         return landed
 
@@ -246,8 +247,10 @@ class RedisWindowStore:
         import redis
 
         streams = list(states)
+        blobs = encode_states(list(states.values()))  # the whole batch's in one pass
         args = [
-            (encode_state(s), s.topic, str(s.partition), str(s.offset)) for s in states.values()
+            (blob, s.topic, str(s.partition), str(s.offset))
+            for blob, s in zip(blobs, states.values(), strict=True)
         ]
         pipe = self.client.pipeline(transaction=False)
         for stream, argv in zip(streams, args, strict=True):

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from stream_ae.core.records import Event, decode_event
+from stream_ae.core.records import EventBatch, decode_batch
 from stream_ae.errors import BrokerError, SchemaError, StoreError, StreamAEError
 from stream_ae.io.kafka import BatchConsumer, Partition, Producer, Record, lag
 from stream_ae.io.state_guard import StateGuard, next_offsets
@@ -378,25 +378,20 @@ class Worker:
         self._adapt_batch_size(stats.seconds)
         return stats
 
-    def _decode(self, messages: Sequence[Record], stats: BatchStats) -> list[Event]:
+    def _decode(self, messages: Sequence[Record], stats: BatchStats) -> EventBatch:
+        """Step 2: the batch's valid events as arrays (:func:`decode_batch`, exactly
+        :func:`decode_event` per message); each bad message to the dead-letter queue."""
         spec = self.model.current().artifact.spec
-        events: list[Event] = []
-        for m in messages:
-            try:
-                events.append(
-                    decode_event(
-                        m.key,
-                        m.value,
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        feature_names=spec.feature_names,
-                        max_bytes=self.settings.max_message_bytes,
-                    )
-                )
-            except SchemaError as exc:
-                stats.dead_lettered += 1
-                self.dead_letters.send(m, exc)
+        events, dead = decode_batch(
+            messages,
+            feature_names=spec.feature_names,
+            max_bytes=self.settings.max_message_bytes,
+        )
+        stats.dead_lettered += len(dead)
+        for letter in dead:
+            self.dead_letters.send(
+                messages[letter.index], SchemaError(letter.reason, letter.detail)
+            )
         return events
 
     def _commit(self, messages: Sequence[Record]) -> None:

@@ -14,9 +14,8 @@ so the worker can put it after the alerts are flushed (see :mod:`stream_ae.worke
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,10 +28,10 @@ from stream_ae.core.postprocess import (
     new_post_state,
     post_batch,
 )
-from stream_ae.core.records import Event, build_alert
+from stream_ae.core.records import Event, EventBatch, build_alert
 from stream_ae.core.scoring import WindowScores
 from stream_ae.core.state import StreamState, new_state
-from stream_ae.core.windowing import AppendResult, append
+from stream_ae.core.windowing import RunsResult, append_runs
 from stream_ae.io.window_store import Undecodable, WindowStore
 from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
@@ -98,19 +97,27 @@ class StreamProcessor:
         self.cache: dict[str, StreamState] = {}
         self.quarantined_total = 0  # undecodable states moved aside since start
 
-    def process(self, events: Sequence[Event]) -> BatchOutcome:
-        """Steps 3-6 of the poll-batch protocol (see :mod:`stream_ae.worker.loop`)."""
+    def process(self, events: Sequence[Event] | EventBatch) -> BatchOutcome:
+        """Steps 3-6 of the poll-batch protocol (see :mod:`stream_ae.worker.loop`).
+
+        The batch is grouped by stream once, with array operations, and every stream's run of
+        events is applied in one :func:`~stream_ae.core.windowing.append_runs` call: the
+        Python work per stream is a few object constructions, none per event.
+        """
         scorer = self.scorer()
         spec = scorer.artifact.spec
-        by_stream: dict[str, list[Event]] = defaultdict(list)
-        for event in events:
-            by_stream[event.stream].append(event)
+        if not isinstance(events, EventBatch):
+            events = EventBatch.from_events(events, spec.features)
+        if not len(events):
+            return BatchOutcome([], {}, WindowRecords(), 0, 0, 0.0, scorer.version)
+        runs = _Runs.of(events)
+        streams = runs.streams
 
         # 3. Load the states not cached, in one round trip. A stored value that is not a state
         # is moved to a quarantine key, intact, and its stream starts afresh: it stalls neither
         # its own stream nor the others (a replay after a crash finds the key empty and does
         # the same).
-        missing = [s for s in by_stream if s not in self.cache]
+        missing = [s for s in streams if s not in self.cache]
         quarantined: dict[str, str] = {}
         if missing:
             undecodable: dict[str, Undecodable] = {}
@@ -122,39 +129,35 @@ class StreamProcessor:
             if undecodable:
                 quarantined = self._quarantine(undecodable)
 
-        # 4. Append each stream's events in offset order; replayed offsets are skipped.
-        results: dict[str, AppendResult] = {}
-        applied = skipped = 0
-        for stream, stream_events in by_stream.items():
-            results[stream] = result = self._append(self.cache[stream], stream_events)
-            applied += result.applied
-            skipped += result.skipped
+        # 4. Append each stream's events in offset order, all streams at once; replayed offsets
+        # are skipped.
+        states, applied_per_stream, found = _apply_runs(
+            list(map(self.cache.__getitem__, streams)), events, runs, self.stride
+        )
+        applied = int(applied_per_stream.sum())
+        skipped = len(events) - applied
 
         # 5. Every completed window of the batch in one array, one model call.
-        scored_streams = [s for s, r in results.items() if len(r.windows)]
         records = WindowRecords()
         alerts: list[dict[str, Any]] = []
         latency = 0.0
-        if scored_streams:
-            parts = [results[s] for s in scored_streams]
-            windows = np.concatenate([r.windows for r in parts])
-            row_streams = [s for s, r in zip(scored_streams, parts, strict=True) for _ in r.windows]
-            batch = scorer.score(
-                windows,
-                row_streams,
-                np.concatenate([r.stat_mean for r in parts]),
-                np.concatenate([r.stat_std for r in parts]),
-            )
+        if len(found.windows):
+            owner = found.run  # the stream (index into streams) of each window, grouped
+            row_streams = [streams[i] for i in owner.tolist()]
+            batch = scorer.score(found.windows, row_streams, found.stat_mean, found.stat_std)
             latency = batch.model_latency_s
-            end_ts_ms = np.concatenate([r.end_ts_ms for r in parts])
+            scored, first_rows, lengths = np.unique(owner, return_index=True, return_counts=True)
+            scored_states = [states[i] for i in scored.tolist()]
             # 5b. The final score of every window: the post-processing of the distances, all
             # streams at once, each from its own post-processing state.
             post = scorer.artifact.post
-            final, stages = _final_scores(post, parts, batch.scores, end_ts_ms)
+            final, stages = _final_scores(
+                post, scored_states, lengths, batch.scores, found.end_ts_ms
+            )
             records = WindowRecords(
                 streams=row_streams,
-                end_offsets=np.concatenate([r.end_offsets for r in parts]),
-                end_ts_ms=end_ts_ms,
+                end_offsets=found.end_offsets,
+                end_ts_ms=found.end_ts_ms,
                 scores=batch.scores.scores,
                 distances=batch.scores.distances,
                 final_scores=final,
@@ -162,43 +165,41 @@ class StreamProcessor:
             )
             # 6. The alert policy, per stream over its final scores in order.
             now_ms = self.clock_ms()
-            row = 0
             policies: dict[float, AlertPolicy] = {}  # one per default threshold, not stream
-            for stream, result in zip(scored_streams, parts, strict=True):
-                rows = slice(row, row + len(result.windows))
-                row += len(result.windows)
+            for stream_index, state, start, length in zip(
+                scored.tolist(), scored_states, first_rows.tolist(), lengths.tolist(), strict=True
+            ):
+                rows = slice(start, start + length)
                 # The detector's threshold: the post-processing's, else the calibration's.
-                default = (
-                    post.threshold if post is not None else float(batch.thresholds[rows.start])
-                )
+                default = post.threshold if post is not None else float(batch.thresholds[start])
                 policy = policies.get(default) or policies.setdefault(
                     default, self.policy.with_default_threshold(default)
                 )
                 alert_state, transitions = policy.step(
-                    result.state.alert, final[rows], result.end_offsets
+                    state.alert, final[rows], found.end_offsets[rows]
                 )
-                # In place: append() made this state for this batch (a stream with windows
+                # In place: append_runs made this state for this batch (a stream with windows
                 # applied events), nothing else holds it yet, and a dataclasses.replace per
                 # stream per batch was a measurable share of the batch (docs/performance.md).
-                result.state.alert = alert_state
+                state.alert = alert_state
                 for index, status in transitions:
-                    i = rows.start + index
+                    i = start + index
                     explained = batch.deviations(np.array([i]))  # alerts are rare: on request
                     alerts.append(
                         build_alert(
-                            stream=stream,
+                            stream=streams[stream_index],
                             status=status,
                             score=float(final[i]),
                             raw_score=float(batch.scores.scores[i]),
                             stage=STAGES[stages[i]],
                             threshold=float(policy.threshold or default),
                             distance=float(batch.scores.distances[i]),
-                            start_ts_ms=int(result.start_ts_ms[index]),
-                            end_ts_ms=int(result.end_ts_ms[index]),
+                            start_ts_ms=int(found.start_ts_ms[i]),
+                            end_ts_ms=int(found.end_ts_ms[i]),
                             window_size=spec.window,
-                            topic=result.state.topic,
-                            partition=result.state.partition,
-                            offset=int(result.end_offsets[index]),
+                            topic=state.topic,
+                            partition=state.partition,
+                            offset=int(found.end_offsets[i]),
                             model_name=scorer.artifact.name,
                             model_version=batch.model_version,
                             feature_names=spec.feature_names,
@@ -210,7 +211,7 @@ class StreamProcessor:
                             emitted_at_ms=now_ms,
                         )
                     )
-        touched = {s: r.state for s, r in results.items() if r.applied}
+        touched = {streams[i]: states[i] for i in np.flatnonzero(applied_per_stream).tolist()}
         self.cache.update(touched)
         return BatchOutcome(
             alerts=alerts,
@@ -237,42 +238,6 @@ class StreamProcessor:
                 ),
             )
         return moved
-
-    def _append(self, state: StreamState, events: list[Event]) -> AppendResult:
-        # Events of one stream come from one partition in offset order (Kafka keys them so);
-        # sorting keeps that true if a producer re-keyed a stream mid-flight.
-        events.sort(key=lambda e: (e.topic, e.partition, e.offset))
-        first = events[0]
-        if any(e.partition != first.partition or e.topic != first.topic for e in events):
-            # Rare: a stream moved partitions. Apply per topic-partition run, in order.
-            result: AppendResult | None = None
-            total_applied = total_skipped = 0
-            collected: list[AppendResult] = []
-            start = 0
-            while start < len(events):
-                end = start
-                while end < len(events) and (events[end].topic, events[end].partition) == (
-                    events[start].topic,
-                    events[start].partition,
-                ):
-                    end += 1
-                result = self._append(state if result is None else result.state, events[start:end])
-                collected.append(result)
-                total_applied += result.applied
-                total_skipped += result.skipped
-                start = end
-            return _merge_results(collected, total_applied, total_skipped)
-        return append(
-            state,
-            # np.array, not np.stack: the same (n, F) array for equal shapes (decode_event
-            # guarantees them), at a fraction of np.stack's per-call cost.
-            np.array([e.values for e in events]),
-            np.fromiter((e.ts_ms for e in events), dtype=np.int64, count=len(events)),
-            np.fromiter((e.offset for e in events), dtype=np.int64, count=len(events)),
-            topic=first.topic,
-            partition=first.partition,
-            stride=self.stride,
-        )
 
     def save(self, touched: dict[str, StreamState]) -> list[str]:
         """Step 7: write the touched states back, fenced, in one round trip.
@@ -301,14 +266,130 @@ class StreamProcessor:
             self.cache.pop(stream, None)
 
 
+@dataclass(frozen=True)
+class _Runs:
+    """A batch grouped by stream with array operations: ``order`` sorts the events by
+    (stream, topic, partition, offset), streams numbered by first appearance; the sorted events
+    form runs of one stream and one topic-partition (``run_starts``, ``run_stream``), and
+    ``run_round`` numbers each stream's runs (0 for all but a stream that moved partitions)."""
+
+    streams: list[str]
+    order: np.ndarray
+    run_starts: np.ndarray  # (R + 1,) bounds into the sorted events
+    run_stream: np.ndarray  # (R,)
+    run_round: np.ndarray  # (R,)
+
+    @classmethod
+    def of(cls, events: EventBatch) -> _Runs:
+        # Stream numbers in order of first appearance: dict.fromkeys and map run in C.
+        index = {stream: i for i, stream in enumerate(dict.fromkeys(events.streams))}
+        codes = np.fromiter(map(index.__getitem__, events.streams), np.int64, len(events))
+        topic_index = {topic: i for i, topic in enumerate(dict.fromkeys(events.topics))}
+        topic_codes = (
+            np.fromiter(map(topic_index.__getitem__, events.topics), np.int64, len(events))
+            if len(topic_index) > 1
+            else np.zeros(len(events), dtype=np.int64)
+        )
+        # Topics sort by name, as the per-stream sort by (topic, partition, offset) did.
+        names = list(topic_index)
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+        topic_rank = rank[topic_codes]
+        order = np.lexsort((events.offsets, events.partitions, topic_rank, codes))
+        code, topic, partition = codes[order], topic_rank[order], events.partitions[order]
+        change = np.flatnonzero(
+            (code[1:] != code[:-1]) | (topic[1:] != topic[:-1]) | (partition[1:] != partition[:-1])
+        )
+        run_starts = np.concatenate(([0], change + 1, [len(order)])).astype(np.int64)
+        run_stream = code[run_starts[:-1]]
+        # A run's round: its index among its stream's runs (runs of a stream are adjacent).
+        first_run = np.flatnonzero(np.diff(run_stream, prepend=-1) != 0)
+        run_round = np.arange(len(run_stream)) - np.repeat(
+            first_run, np.diff(first_run, append=len(run_stream))
+        )
+        return cls(list(index), order, run_starts, run_stream, run_round)
+
+
+def _apply_runs(
+    states: list[StreamState], events: EventBatch, runs: _Runs, stride: int
+) -> tuple[list[StreamState], np.ndarray, RunsResult]:
+    """Apply a batch grouped by :class:`_Runs` to the states of ``runs.streams``.
+
+    Returns every stream's new state, its applied event count, and the completed windows with
+    ``run`` set to the stream's index, grouped by stream in order. A stream whose events came
+    from several topic-partitions (rare: it was re-keyed mid-flight) has its runs applied in
+    rounds, each from the state the previous left.
+    """
+    order = runs.order
+    values, ts_ms, offsets = events.values[order], events.ts_ms[order], events.offsets[order]
+    partitions = events.partitions[order]
+    lengths = np.diff(runs.run_starts)
+    states = list(states)
+    applied = np.zeros(len(states), dtype=np.int64)
+    found: list[tuple[np.ndarray, RunsResult]] = []
+    for round_number in range(int(runs.run_round.max()) + 1 if len(lengths) else 0):
+        chosen = np.flatnonzero(runs.run_round == round_number)
+        if len(chosen) == len(lengths):
+            rows: slice | np.ndarray = slice(None)
+        else:
+            rows = np.concatenate(
+                [np.arange(runs.run_starts[r], runs.run_starts[r + 1]) for r in chosen.tolist()]
+            )
+        owners = runs.run_stream[chosen]
+        starts = runs.run_starts[chosen].tolist()
+        result = append_runs(
+            [states[i] for i in owners.tolist()],
+            values[rows],
+            ts_ms[rows],
+            offsets[rows],
+            lengths[chosen],
+            topics=[events.topics[order[start]] for start in starts],
+            partitions=[int(partitions[start]) for start in starts],
+            stride=stride,
+        )
+        for i, state in zip(owners.tolist(), result.states, strict=True):
+            states[i] = state
+        applied[owners] += result.applied
+        found.append((owners, result))
+    if len(found) == 1:
+        owners, only = found[0]
+        return states, applied, replace(only, run=owners[only.run])
+    return states, applied, _merge_rounds(found)
+
+
+def _merge_rounds(found: list[tuple[np.ndarray, RunsResult]]) -> RunsResult:
+    """The windows of several rounds, grouped by stream (a stable sort keeps each stream's
+    earlier rounds first)."""
+    owner = np.concatenate([owners[r.run] for owners, r in found])
+    by_stream = np.argsort(owner, kind="stable")
+    parts = [r for _, r in found]
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])[by_stream]
+
+    return RunsResult(
+        states=[],
+        applied=np.zeros(0, dtype=np.int64),
+        run=owner[by_stream],
+        windows=joined("windows"),
+        start_ts_ms=joined("start_ts_ms"),
+        end_ts_ms=joined("end_ts_ms"),
+        end_offsets=joined("end_offsets"),
+        counts=joined("counts"),
+        stat_mean=joined("stat_mean"),
+        stat_std=joined("stat_std"),
+    )
+
+
 def _final_scores(
     post: PostParams | None,
-    parts: list[AppendResult],
+    states: list[StreamState],
+    lengths: np.ndarray,
     scores: WindowScores,
     end_ts_ms: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The final score and stage of every window of ``parts`` (in order); the post-processing
-    states of ``parts``' new states are advanced in place.
+    """The final score and stage of every window (grouped by stream: ``lengths[i]`` windows of
+    ``states[i]``, in order); the post-processing states of ``states`` are advanced in place.
 
     A state without a post-processing state of this detector's size (a new stream, a state
     written by format version 1, or one kept across a swap from another post-processing) starts
@@ -317,25 +398,8 @@ def _final_scores(
     if post is None:
         return scores.scores, np.full(len(scores.scores), CALIBRATION, dtype=np.int8)
     fresh = new_post_state(post)
-    states = np.stack([r.state.post if r.state.post.shape == fresh.shape else fresh for r in parts])
-    lengths = np.fromiter((len(r.windows) for r in parts), dtype=np.int64, count=len(parts))
-    result = post_batch(post, states, scores.distances, end_ts_ms, lengths)
-    for part, state in zip(parts, result.states, strict=True):
-        part.state.post = state  # in place, as the alert state (see process)
+    stacked = np.stack([s.post if s.post.shape == fresh.shape else fresh for s in states])
+    result = post_batch(post, stacked, scores.distances, end_ts_ms, lengths)
+    for state, post_state in zip(states, result.states, strict=True):
+        state.post = post_state  # in place, as the alert state (see process)
     return result.scores, result.stages
-
-
-def _merge_results(parts: list[AppendResult], applied: int, skipped: int) -> AppendResult:
-    last = parts[-1]
-    return AppendResult(
-        state=last.state,
-        windows=np.concatenate([p.windows for p in parts]),
-        start_ts_ms=np.concatenate([p.start_ts_ms for p in parts]),
-        end_ts_ms=np.concatenate([p.end_ts_ms for p in parts]),
-        end_offsets=np.concatenate([p.end_offsets for p in parts]),
-        counts=np.concatenate([p.counts for p in parts]),
-        stat_mean=np.concatenate([p.stat_mean for p in parts]),
-        stat_std=np.concatenate([p.stat_std for p in parts]),
-        applied=applied,
-        skipped=skipped,
-    )

@@ -55,7 +55,7 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def _state_only_scorer(window: int, features: int) -> Scorer:
+def state_only_scorer(window: int, features: int) -> Scorer:
     """A Scorer whose model is never called (no window completes): the processor reads only
     its spec and version."""
     spec = bench_spec(window, features)
@@ -187,7 +187,7 @@ def run_store_bench(
             budget = MEMORY_FACTOR * raw + MEMORY_EXTRA_BYTES
 
             store = RedisWindowStore(client, window, f, prefix=key_prefix)
-            scorer = _state_only_scorer(window, f)
+            scorer = state_only_scorer(window, f)
             policy = AlertPolicy()
             cold = StreamProcessor(
                 store,

@@ -28,7 +28,7 @@ from stream_ae.core.postprocess import (
     new_post_state,
     post_scores,
 )
-from stream_ae.core.records import Event, alert_schema
+from stream_ae.core.records import Event, EventBatch, alert_schema
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.core.state_codec import decode_state, encode_state
 from stream_ae.core.synthetic import make_stream
@@ -154,7 +154,7 @@ def processor(tiny: Tiny, store: InMemoryWindowStore, post: bool = False) -> Str
 
 def run_batches(
     tiny: Tiny,
-    batches: Sequence[Sequence[Event]],
+    batches: Sequence[Sequence[Event] | EventBatch],
     store: InMemoryWindowStore | None = None,
     post: bool = False,
 ) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
@@ -238,6 +238,30 @@ def test_any_split_into_poll_batches_gives_the_same_alerts_and_states(
     assert sorted(offsets.tolist()) == sorted(ref)
     # Scores agree to float32 round-off: the model may batch rows differently.
     np.testing.assert_allclose(scores, [ref[o] for o in offsets.tolist()], rtol=1e-4, atol=1e-6)
+
+
+MANY = make_events(streams=40, steps=24, seed=7)
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts=st.lists(st.integers(1, len(MANY) - 1), max_size=5))
+def test_a_batch_of_many_streams_as_arrays_or_events_splits_alike(
+    tiny: Tiny, cuts: list[int]
+) -> None:
+    """Enough streams that their running statistics are stepped across streams at once; the
+    arrays of an EventBatch and the Event objects give the same results."""
+    reference_store, reference = run_batches(
+        tiny, [EventBatch.from_events(MANY, FEATURES)], post=True
+    )
+    store, outcomes = run_batches(tiny, split(MANY, cuts), post=True)
+    assert alert_ids(outcomes) == alert_ids(reference)
+    assert stored_bytes(store, MANY) == stored_bytes(reference_store, MANY)
+    windows = sum(len(o.windows.scores) for o in outcomes)
+    assert windows == len(reference[0].windows.scores) == 40 * ((24 - WINDOW) // STRIDE + 1)
 
 
 def test_one_model_call_per_batch(tiny: Tiny) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from stream_ae.core.records import (
     Event,
     Reason,
     dead_letter_headers,
+    decode_batch,
     decode_event,
     encode_event,
     parse_ts,
@@ -437,3 +439,109 @@ def test_fuzz_deep_nesting_anywhere_only_ever_raises_schema_error(
                 decode(candidate, key=key, names=names, max_bytes=len(candidate))
             except SchemaError as exc:
                 assert exc.reason in vars(Reason).values()
+
+
+# --- the batch decoder: decode_event's results, message by message ---------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed Kafka record, as decode_batch reads it."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def common_shape(draw: st.DrawFn) -> tuple[bytes | None, bytes]:
+    """Mostly valid keyed messages of the common shape, with every near miss in reach."""
+    stream = draw(st.sampled_from(["s1", "s2", "a{b", "", "x" * 300]))
+    key = draw(st.sampled_from([stream.encode(), b"s1", None, b"\xff"]))
+    message: dict[str, Any] = {
+        "ts": draw(st.one_of(st.integers(0, 10**13), st.integers(-5, 10**14), st.floats(0, 1e13))),
+        "value": draw(
+            st.one_of(
+                st.floats(width=64),
+                st.integers(-(2**130), 2**130),
+                st.lists(st.one_of(st.floats(), st.integers(), st.booleans()), max_size=4),
+                st.dictionaries(st.sampled_from(THREE), st.floats(), max_size=3),
+                st.booleans(),
+                st.none(),
+            )
+        ),
+    }
+    if draw(st.booleans()):
+        message["stream"] = draw(st.sampled_from([stream, "s1", 5, None]))
+    return key, json.dumps(message).encode()
+
+
+batch_messages = st.lists(
+    st.one_of(
+        st.composite(common_shape)(),
+        st.tuples(keys, st.builds(lambda m: json.dumps(m).encode(), near_valid)),
+        st.tuples(keys, st.one_of(st.none(), st.binary(max_size=60))),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=batch_messages,
+    names=st.sampled_from([ONE, THREE]),
+    max_bytes=st.sampled_from([64, 4096]),
+)
+def test_decode_batch_gives_decode_events_results_and_dead_letter_reasons(
+    messages: list[tuple[bytes | None, bytes | None]], names: Sequence[str], max_bytes: int
+) -> None:
+    records = [Record(key, value, "in", i % 3, 100 + i) for i, (key, value) in enumerate(messages)]
+    batch, dead = decode_batch(records, feature_names=names, max_bytes=max_bytes)
+    expected_events, expected_dead = [], []
+    for i, r in enumerate(records):
+        try:
+            expected_events.append(
+                decode_event(
+                    r.key,
+                    r.value,
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    feature_names=names,
+                    max_bytes=max_bytes,
+                )
+            )
+        except SchemaError as exc:
+            expected_dead.append((i, exc.reason, exc.detail))
+    assert [(d.index, d.reason, d.detail) for d in dead] == expected_dead
+    assert batch.streams == [e.stream for e in expected_events]
+    assert batch.ts_ms.tolist() == [e.ts_ms for e in expected_events]
+    assert batch.topics == [e.topic for e in expected_events]
+    assert batch.partitions.tolist() == [e.partition for e in expected_events]
+    assert batch.offsets.tolist() == [e.offset for e in expected_events]
+    assert batch.values.dtype == np.float32 and batch.values.shape == (len(batch), len(names))
+    for row, event in zip(batch.values, expected_events, strict=True):
+        assert row.tobytes() == event.values.tobytes()
+
+
+def test_decode_batch_takes_the_common_shape_inline_and_refuses_as_decode_event_does() -> None:
+    records = [
+        Record(b"s1", body(stream=_ABSENT, ts=TS_2024, value=1.5), "in", 0, 1),
+        Record(b"s1", body(value=True), "in", 0, 2),  # a bool is not a number
+        Record(b"s1", body(value=[False]), "in", 0, 5),
+        Record(b"s1", body(value=[1e39]), "in", 0, 6),  # beyond float32
+        Record(b"s2", body(stream="s2", ts="2024-01-01T00:00:00Z", value=[2]), "in", 0, 3),
+        Record(b"s1", body(stream="s9"), "in", 0, 4),
+    ]
+    batch, dead = decode_batch(records, feature_names=ONE, max_bytes=MAX_BYTES)
+    assert batch.streams == ["s1", "s2"] and batch.offsets.tolist() == [1, 3]
+    assert len(dead) == 4
+    assert batch.ts_ms.tolist() == [TS_2024, TS_2024]
+    assert batch.values.tolist() == [[1.5], [2.0]]
+    assert [(d.index, d.reason) for d in dead] == [
+        (1, Reason.BAD_VALUE),
+        (2, Reason.BAD_VALUE),
+        (3, Reason.NOT_FINITE),
+        (5, Reason.KEY_MISMATCH),
+    ]

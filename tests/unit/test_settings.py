@@ -45,7 +45,7 @@ def test_defaults_load() -> None:
     assert settings == Settings.model_validate({})
     assert settings.input_topics == ["stream-ae.metrics"]
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
-    assert settings.batch_buckets == [32, 128, 512, 2048]
+    assert settings.batch_buckets == [16, 32, 64, 128, 256, 512, 1024, 2048]
     assert settings.sasl_password is None and settings.security_protocol == "PLAINTEXT"
     assert settings.window_size is None and settings.stride == 1
 

@@ -18,8 +18,14 @@ from hypothesis import strategies as st
 
 from stream_ae.core.alerting import NO_OFFSET, AlertState
 from stream_ae.core.state import StreamState, new_state
-from stream_ae.core.state_codec import FORMAT_VERSION, HEADER_SIZE, decode_state, encode_state
-from stream_ae.core.windowing import AppendResult, append, series_windows
+from stream_ae.core.state_codec import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    decode_state,
+    encode_state,
+    encode_states,
+)
+from stream_ae.core.windowing import AppendResult, append, append_runs, series_windows
 from stream_ae.errors import StateFormatError
 
 TOPIC, PARTITION = "metrics", 3
@@ -105,6 +111,77 @@ WINDOW_FIELDS = ("windows", "start_ts_ms", "end_ts_ms", "end_offsets", "counts",
 
 
 # --- split invariance ----------------------------------------------------------------------
+
+
+def random_run(rng: np.random.Generator, start_offset: int, n: int, features: int) -> Events:
+    """``n`` events with values over many magnitudes (rounding differences would show)."""
+    scale = 10.0 ** rng.uniform(-3, 6, size=(n, 1))
+    values = (rng.normal(size=(n, features)) * scale).astype(np.float32)
+    ts = 1_700_000_000_000 + np.cumsum(rng.integers(-5, 2000, size=n))
+    offsets = start_offset + np.cumsum(rng.integers(1, 4, size=n))
+    return Events(values, ts.astype(np.int64), offsets.astype(np.int64))
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    window=st.integers(1, 6),
+    features=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    runs=st.integers(1, 60),
+)
+def test_append_runs_across_streams_equals_append_per_stream_bit_for_bit(
+    seed: int, window: int, features: int, stride: int, runs: int
+) -> None:
+    """The batch path (one call for every stream of a poll batch, its running statistics
+    stepped across streams) gives each stream exactly what :func:`append` alone gives it:
+    windows, statistics, skipped replays, state and stored bytes."""
+    rng = np.random.default_rng(seed)
+    states, batches, partitions = [], [], []
+    for i in range(runs):
+        partition = int(rng.integers(0, 3))
+        history = random_run(rng, 0, int(rng.integers(0, 3 * window + 2)), features)
+        state = new_state(window, features)
+        if len(history):
+            state = append(
+                state,
+                history.values,
+                history.ts_ms,
+                history.offsets,
+                topic=TOPIC,
+                partition=i % 3,
+                stride=stride,
+            ).state
+        # Some runs start inside what was applied (a replay), some on another partition.
+        start = max(int(state.offset) - int(rng.integers(0, 4)), 0)
+        states.append(state)
+        batches.append(random_run(rng, start, int(rng.integers(0, 12)), features))
+        partitions.append(partition)
+    alone = [
+        append(s, b.values, b.ts_ms, b.offsets, topic=TOPIC, partition=p, stride=stride)
+        for s, b, p in zip(states, batches, partitions, strict=True)
+    ]
+    together = append_runs(
+        states,
+        np.concatenate([b.values for b in batches]),
+        np.concatenate([b.ts_ms for b in batches]),
+        np.concatenate([b.offsets for b in batches]),
+        np.array([len(b) for b in batches]),
+        topics=[TOPIC] * runs,
+        partitions=partitions,
+        stride=stride,
+    )
+    assert together.applied.tolist() == [r.applied for r in alone]
+    for one, state in zip(alone, together.states, strict=True):
+        assert state.same_as(one.state)
+        assert encode_state(state) == encode_state(one.state)
+    assert together.run.tolist() == [i for i, r in enumerate(alone) for _ in r.windows]
+    for name in (*WINDOW_FIELDS, "stat_std"):
+        expected = concat(alone, name)
+        assert np.array_equal(
+            getattr(together, name), expected.reshape(getattr(together, name).shape)
+        )
+        assert getattr(together, name).dtype == expected.dtype
 
 
 @FAST
@@ -302,11 +379,13 @@ def test_series_windows_accepts_a_1d_series_with_default_timestamps() -> None:
 
 
 @st.composite
-def stream_states(draw: st.DrawFn) -> StreamState:
+def stream_states(
+    draw: st.DrawFn, window: int | None = None, features: int | None = None
+) -> StreamState:
     """Any state the encoding must carry, including a partly filled ring (count < W) and
     timestamps with irregular, huge or backwards steps."""
-    window = draw(st.integers(1, 70))
-    features = draw(st.integers(1, 4))
+    window = window or draw(st.integers(1, 70))
+    features = features or draw(st.integers(1, 4))
     count = draw(st.one_of(st.integers(0, 3 * window), st.integers(0, 2**40)))
     values = np.array(
         draw(st.lists(FLOAT32, min_size=window * features, max_size=window * features)),
@@ -342,6 +421,35 @@ def stream_states(draw: st.DrawFn) -> StreamState:
         ),
         post=np.array(draw(st.lists(stats, max_size=60)), dtype=np.float64),
     )
+
+
+@st.composite
+def batches_of_states(draw: st.DrawFn) -> list[StreamState]:
+    """The touched states of a poll batch: one shape (the model's), or now and then mixed."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.lists(stream_states(), max_size=4))
+    window, features = draw(st.integers(1, 70)), draw(st.integers(1, 4))
+    return draw(st.lists(stream_states(window, features), max_size=12))
+
+
+@settings(max_examples=100, deadline=None)
+@given(states=batches_of_states())
+def test_encoding_a_batch_of_states_gives_each_states_own_bytes(states: list[StreamState]) -> None:
+    assert encode_states(states) == [encode_state(state) for state in states]
+
+
+def test_a_batch_of_states_takes_each_states_own_timestamp_width() -> None:
+    """Delta-of-deltas at the edge of every width, and a partly filled ring, in one batch."""
+    states = []
+    for biggest in (0, 127, 128, 32767, 32768, 2**31 - 1, 2**31, -(2**63)):
+        ts = np.array([0, 0, 0, 0, biggest], dtype=np.int64)  # one delta-of-delta: biggest
+        state = new_state(5, 2)
+        state.ts_ms, state.count, state.topic = ts, 3 + biggest % 5, f"t{biggest}"
+        state.values = np.arange(10, dtype=np.float32).reshape(5, 2)
+        states.append(state)
+    blobs = encode_states(states)
+    assert blobs == [encode_state(state) for state in states]
+    assert len({blob[HEADER_SIZE - 4] for blob in blobs}) == 4  # widths 1, 2, 4 and 8
 
 
 @settings(max_examples=100, deadline=None)
