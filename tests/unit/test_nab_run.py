@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from stream_ae.cli import app as cli
-from stream_ae.core.postprocess import LikelihoodParams, PostParams
-from stream_ae.model.artifacts import read_manifest
+from stream_ae.core.postprocess import LikelihoodParams, PostParams, new_post_state, post_scores
+from stream_ae.model.artifacts import load_artifact, read_manifest
 from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation.nab_run import (
     DETECTOR_NAME,
@@ -82,7 +82,14 @@ def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: P
     assert first.fit_rows == second.fit_rows == [120, 520]
     np.testing.assert_array_equal(first.distances[:600], second.distances[:600])
     np.testing.assert_array_equal(first.calibrated[:600], second.calibrated[:600])
+    np.testing.assert_array_equal(first.final_scores[:600], second.final_scores[:600])
     assert not np.allclose(first.distances[600:], second.distances[600:])
+    # The final scores are the processor's, from the detector.json every fit carries: exactly
+    # the post-processing of the distances in one pass, its state kept across the refit's swap.
+    expected, _ = post_scores(
+        params.post, new_post_state(params.post), first.distances, series.ts_ms
+    )
+    np.testing.assert_array_equal(first.final_scores, expected)
     # The first window ends at row window - 1; rows from the refit on are scored by fit 1.
     assert np.all(np.isnan(first.distances[: params.window - 1]))
     assert np.all(np.isfinite(first.distances[params.window - 1 :]))
@@ -94,6 +101,7 @@ def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: P
         assert read_manifest(directory)["version"].endswith(f"-{seen}")
         metrics = json.loads((directory / "metrics.json").read_text())
         assert metrics["seen_rows"] == seen
+        assert load_artifact(directory).post == params.post
 
 
 def write_fake_nab(root: Path) -> dict[str, NabSeries]:

@@ -4,10 +4,11 @@ Each data file is one stream, replayed in time order through the worker's own co
 :class:`~stream_ae.worker.processor.StreamProcessor` over an :class:`InMemoryWindowStore`
 (states are encoded and fenced as in Redis), a :class:`~stream_ae.model.inference.Scorer` over
 an artifact written
-and loaded in the artifact format, fitted with :mod:`training.fit`. Only the per-window outputs
-(``BatchOutcome.windows``) leave the processor; the anomaly score of a row is the streaming
-post-processing of :mod:`stream_ae.core.postprocess` over them, a pure function of the windows that
-ended at or before that row.
+and loaded in the artifact format, fitted with :mod:`training.fit`. The artifact carries the
+detector's post-processing (``detector.json``), so the processor computes the final score of
+every window as the worker does; the anomaly score of a row is the final score of the window
+that ended on it (``BatchOutcome.windows.final_scores``), and the evaluator has no scoring path
+of its own. The alerts are the processor's too: the worker's alert policy on the final score.
 
 What the detector may learn from, for a file of ``n`` rows:
 
@@ -43,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stream_ae.core.alerting import AlertPolicy
-from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
+from stream_ae.core.postprocess import PostParams
 from stream_ae.core.records import Event
 from stream_ae.core.state import StreamState
 from stream_ae.errors import StreamAEError
@@ -54,6 +55,7 @@ from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec
 from stream_ae.worker.processor import StreamProcessor
 from training.data import NAB_READ
+from training.detector import DEFAULT_DETECTOR
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -80,10 +82,10 @@ class NabRunError(StreamAEError):
     """A NAB data file or directory cannot be used (missing, malformed, too short)."""
 
 
-# The detector chosen for NAB (docs/nab.md): a small predictive model, fitted briefly. Only
-# what differs from ModelSpec's and FitConfig's own defaults is written here.
-NAB_MODEL = ModelSpec(kind="predict", window=32, horizon=4, hidden=32)
-NAB_FIT = FitConfig(epochs=15, learning_rate=2e-3, patience=3, verbose=0)
+# The detector measured here is the one `stream-ae-train train` ships (training.detector);
+# only Keras's progress output differs.
+NAB_MODEL = DEFAULT_DETECTOR.model
+NAB_FIT = replace(DEFAULT_DETECTOR.fit, verbose=0)
 # Old flat names of run.json and --params files, kept readable.
 _RENAMED = {"calibration_level": "threshold_level"}
 
@@ -108,7 +110,7 @@ class DetectorParams:
     refit_history: int = 4000
     warm_start: bool = True
     batch_events: int = 1024
-    post: PostParams = field(default_factory=PostParams)
+    post: PostParams = DEFAULT_DETECTOR.post
 
     @property
     def window(self) -> int:
@@ -187,7 +189,8 @@ class NabSeries:
 
 @dataclass
 class StreamTrace:
-    """What the processor said about every row of one file (NaN where no window ended).
+    """What the processor said about every row of one file (NaN where no window ended): the
+    window's distance, calibrated score and final score, and the alerts it opened and resolved.
 
     ``model_index[i]`` is the fit that scored row ``i`` (0 the first fit, k the k-th refit,
     -1 none); ``fit_rows`` the row count each fit had seen; ``final_state`` the stream's window
@@ -196,8 +199,10 @@ class StreamTrace:
 
     distances: np.ndarray
     calibrated: np.ndarray
+    final_scores: np.ndarray
     model_index: np.ndarray
     fit_rows: list[int]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     fit_s: float = 0.0
     stream_s: float = 0.0
     final_state: StreamState | None = None  # the stream's window state after the last row
@@ -228,12 +233,10 @@ def row_labels(timestamps: Sequence[str], windows: Sequence[Sequence[Any]]) -> n
     return labels
 
 
-def anomaly_scores(trace: StreamTrace, ts_ms: np.ndarray, post: PostParams) -> np.ndarray:
-    """The row scores NAB sees: the post-processing of the window distances (each window's
-    score on the row of its last event), 0 where no window ended (the first ``window - 1``
-    rows)."""
-    scores, _ = post_scores(post, new_post_state(post), trace.distances, ts_ms)
-    return np.nan_to_num(scores, nan=0.0)
+def anomaly_scores(trace: StreamTrace) -> np.ndarray:
+    """The row scores NAB sees: the processor's final score of each window on the row of its
+    last event, 0 where no window ended (the first ``window - 1`` rows)."""
+    return np.nan_to_num(trace.final_scores, nan=0.0)
 
 
 # --- fitting and streaming ------------------------------------------------------------------------
@@ -274,15 +277,17 @@ def fit_detector(
         name=name,
         version=version,
         extra_metrics={"first_row": first_row, "seen_rows": seen_rows},
+        post=params.post,
     )
     return load_artifact(directory, expect=result.spec)
 
 
-def replay_events(series: NabSeries) -> list[Event]:
-    """The file's rows as decoded events of one stream, offsets = row numbers."""
+def replay_events(series: NabSeries, topic: str = REPLAY_TOPIC) -> list[Event]:
+    """The file's rows as decoded events of one stream from partition 0 of ``topic``,
+    offsets = row numbers."""
     values = series.values.astype(np.float32).reshape(-1, 1)
     return [
-        Event(series.key, int(ts), values[i], REPLAY_TOPIC, 0, i)
+        Event(series.key, int(ts), values[i], topic, 0, i)
         for i, ts in enumerate(series.ts_ms.tolist())
     ]
 
@@ -293,19 +298,25 @@ def stream_file(
     probation_rows: int,
     artifacts_dir: Path,
     progress: tqdm | None = None,
+    *,
+    policy: AlertPolicy | None = None,
+    topic: str = REPLAY_TOPIC,
 ) -> StreamTrace:
     """Replay one file through the processor, fitting and refitting on rows already seen.
 
-    ``artifacts_dir`` receives one artifact per fit (``fit-<k>``).
+    ``artifacts_dir`` receives one artifact per fit (``fit-<k>``). Alerts come from ``policy``
+    (default: the worker's default policy) and name ``topic`` as their source, as a worker's
+    would (their ids hash both).
     """
     n = len(series.values)
     spec = params.spec()
     fit_rows = [probation_rows, *refit_rows(n, probation_rows, params)]
     segment_ends = [*fit_rows[1:], n]
-    events = replay_events(series)
+    events = replay_events(series, topic)
     trace = StreamTrace(
         distances=np.full(n, np.nan),
         calibrated=np.full(n, np.nan),
+        final_scores=np.full(n, np.nan),
         model_index=np.full(n, -1, dtype=np.int64),
         fit_rows=fit_rows,
     )
@@ -316,7 +327,7 @@ def stream_file(
         InMemoryWindowStore(spec.window, spec.features),
         lambda: current[0],
         stride=1,
-        policy=AlertPolicy(),
+        policy=policy or AlertPolicy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     artifact: Artifact | None = None
@@ -344,6 +355,8 @@ def stream_file(
             rows = outcome.windows.end_offsets
             trace.distances[rows] = outcome.windows.distances
             trace.calibrated[rows] = outcome.windows.scores
+            trace.final_scores[rows] = outcome.windows.final_scores
+            trace.alerts.extend(outcome.alerts)
             trace.model_index[rows] = k
             if progress is not None:
                 progress.update(len(batch))
@@ -449,7 +462,7 @@ def run_corpus(
                 trace = stream_file(
                     series, params, probation, artifacts_root / key.replace("/", "__"), bar
                 )
-            scores = anomaly_scores(trace, series.ts_ms, params.post)
+            scores = anomaly_scores(trace)
             labels = row_labels(series.timestamps, windows[key])
             write_results(results_path(out_dir, key), series, scores, labels)
             if trace_dir is not None:
