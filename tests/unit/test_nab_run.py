@@ -20,7 +20,9 @@ from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation.nab_run import (
     DETECTOR_NAME,
     DetectorParams,
+    FileRun,
     NabSeries,
+    alert_figures,
     data_files,
     read_series,
     refit_rows,
@@ -172,6 +174,37 @@ def test_the_command_writes_nab_results_and_scores_them(
     assert not (out / "plots" / "tiny_calm.png").exists()
     printed = capsys.readouterr().out
     assert "NAB normalised scores on 2 files" in printed
+    # Alert-level figures from the processor's own alerts, on the rows after the probation.
+    jump, calm = (written[k] for k in sorted(written, reverse=True))
+    files = {f["key"]: f for f in report["files"]}
+    assert files[jump.key]["windows_ms"] == [[int(jump.ts_ms[590]), int(jump.ts_ms[640])]]
+    assert files[calm.key]["windows_ms"] == []
+    first_scored = {k: int(written[k].ts_ms[probation_length(800)]) for k in written}
+    assert all(t >= first_scored[k] for k, f in files.items() for t in f["opened_ms"])
+    pooled = report["alerts"]["pooled"]
+    assert (pooled["windows"], pooled["rows"]) == (1, 2 * (800 - probation_length(800)))
+    assert pooled["hits"] + pooled["misses"] == 1
+    assert pooled["alerts_opened"] == sum(len(f["opened_ms"]) for f in files.values())
+    assert set(report["alerts"]["files"]) == set(written)
+    assert "windows hit" in printed and "pooled" in printed
+
+
+def test_alert_figures_per_file_and_pooled() -> None:
+    def run(key: str, opened: list[int], windows: list[tuple[int, int]]) -> FileRun:
+        return FileRun(key, 1100, 100, [100], 0.0, 0.0, 0.0, opened, windows)
+
+    runs = [
+        run("a/x.csv", [50, 1_500, 1_700, 9_000], [(1_000, 2_000)]),
+        run("b/y.csv", [], [(5_000, 6_000)]),
+        run("c/z.csv", [7_000], []),
+    ]
+    per_file, pooled = alert_figures(runs)
+    x = per_file["a/x.csv"]
+    assert (x.windows, x.hits, x.false_alerts, x.median_delay_ms) == (1, 1, 2, 500.0)
+    assert x.false_per_10k_rows == 20.0  # 2 false alerts on the 1000 scored rows
+    assert (per_file["b/y.csv"].misses, per_file["b/y.csv"].median_delay_ms) == (1, None)
+    assert (pooled.windows, pooled.hits, pooled.misses, pooled.false_alerts) == (2, 1, 1, 3)
+    assert pooled.rows == 3000 and pooled.false_per_10k_rows == 10.0
 
 
 def test_the_command_refuses_missing_arguments_and_bad_parameters(

@@ -56,6 +56,7 @@ from stream_ae.model.network import ModelSpec
 from stream_ae.worker.processor import StreamProcessor
 from training.data import NAB_READ
 from training.detector import DEFAULT_DETECTOR
+from training.evaluation.alert_quality import AlertQuality, alert_quality, opened_times
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -418,7 +419,9 @@ def results_path(out_dir: Path, key: str, detector: str = DETECTOR_NAME) -> Path
 
 @dataclass
 class FileRun:
-    """How one file went: its fits and where the time went."""
+    """How one file went: its fits, where the time went, and its alerts: the window end times
+    of the alerts the processor opened on scored rows (after the probation) and the labelled
+    windows' ``(start_ms, end_ms)``."""
 
     key: str
     rows: int
@@ -427,6 +430,36 @@ class FileRun:
     fit_s: float
     stream_s: float
     total_s: float
+    opened_ms: list[int] = field(default_factory=list)
+    windows_ms: list[tuple[int, int]] = field(default_factory=list)
+
+
+def alert_figures(runs: Sequence[FileRun]) -> tuple[dict[str, AlertQuality], AlertQuality]:
+    """Alert-level quality (:mod:`training.evaluation.alert_quality`) per file and pooled over
+    ``runs``: labelled windows with an alert opened inside, alerts opened outside every window
+    per 10k scored rows, median delay from a window's start to its first alert."""
+    opened = {r.key: r.opened_ms for r in runs}
+    windows = {r.key: r.windows_ms for r in runs}
+    rows = {r.key: r.rows - r.probation_rows for r in runs}
+    per_file = {
+        key: alert_quality({key: opened[key]}, {key: windows[key]}, rows={key: rows[key]})
+        for key in opened
+    }
+    return per_file, alert_quality(opened, windows, rows=rows)
+
+
+def scored_alerts(
+    series: NabSeries, trace: StreamTrace, probation_rows: int, labelled: Sequence[Any]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The window end times of the alerts opened on rows NAB scores (after the probation), and
+    the labelled windows as ``(start_ms, end_ms)`` of their first and last rows."""
+    first_scored_ms = int(series.ts_ms[probation_rows])
+    opened = [t for t in opened_times(trace.alerts).get(series.key, []) if t >= first_scored_ms]
+    if not len(labelled):
+        return opened, []
+    bounds = window_bounds(np.asarray(series.timestamps), labelled)
+    spans = [(int(series.ts_ms[first]), int(series.ts_ms[last])) for first, last in bounds]
+    return opened, spans
 
 
 def run_corpus(
@@ -465,6 +498,7 @@ def run_corpus(
             scores = anomaly_scores(trace)
             labels = row_labels(series.timestamps, windows[key])
             write_results(results_path(out_dir, key), series, scores, labels)
+            opened_ms, windows_ms = scored_alerts(series, trace, probation, windows[key])
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 np.savez(
@@ -482,6 +516,8 @@ def run_corpus(
                     fit_s=trace.fit_s,
                     stream_s=trace.stream_s,
                     total_s=time.perf_counter() - started,
+                    opened_ms=opened_ms,
+                    windows_ms=windows_ms,
                 )
             )
     finally:
@@ -619,6 +655,14 @@ def run(args: argparse.Namespace) -> int:
         "files": [asdict(r) for r in runs],
     }
     print(f"{len(runs)} files, {sum(r.rows for r in runs)} rows in {elapsed:.1f} s -> {out_dir}")
+    per_file, pooled = alert_figures(runs)
+    report["alerts"] = {
+        "pooled": pooled.to_dict(),
+        "files": {key: q.to_dict() for key, q in per_file.items()},
+    }
+    print("Alerts (the worker's alert policy on the final score; rows after the probation):")
+    for key, quality in [*per_file.items(), ("pooled", pooled)]:
+        print(f"  {key:<58} {describe_alerts(quality)}")
     keys = [r.key for r in runs]
     profiles_path = _find(windows_path.parent, args.profiles, "config-profiles.json")
     thresholds: dict[str, float] = {}
@@ -662,6 +706,19 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  plot {path}")
     (out_dir / RUN_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def describe_alerts(quality: AlertQuality) -> str:
+    """One line: windows hit, false alerts per 10k rows, median delay.
+
+    >>> describe_alerts(AlertQuality(4, 3, 1, 2, 6, 10_000, 1_800_000.0))
+    'windows hit 3/4, false alerts 2 (2.0 per 10k rows), median delay 0.50 h'
+    """
+    delay = "-" if quality.median_delay_ms is None else f"{quality.median_delay_ms / 3.6e6:.2f} h"
+    return (
+        f"windows hit {quality.hits}/{quality.windows}, false alerts {quality.false_alerts} "
+        f"({quality.false_per_10k_rows:.1f} per 10k rows), median delay {delay}"
+    )
 
 
 def score_results(
