@@ -273,3 +273,30 @@ def test_labels_are_nab_labels_on_every_file() -> None:
         with (NAB_DIR / "results-numenta" / category / f"numenta_{name}").open() as handle:
             official = [int(row["label"]) for row in csv.DictReader(handle)]
         np.testing.assert_array_equal(row_labels(series.timestamps, windows[key]), official)
+
+
+def test_fleet_mode_serves_every_file_with_one_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = write_fake_nab(tmp_path / "nab")
+    params_path = tmp_path / "params.json"
+    params_path.write_text(json.dumps(TINY.to_dict()))
+    out = tmp_path / "results"
+    args = ["evaluate", "nab", str(tmp_path / "nab"), "--out", str(out), "--fleet"]
+    rc = cli.main([*args, "--params", str(params_path), "--no-progress", "--keep-artifacts"])
+    assert rc == 0, capsys.readouterr().err
+
+    # One artifact, fitted on the probationary rows of both files, per-stream scaling.
+    assert [p.name for p in (out / "artifacts").iterdir()] == ["fleet"]
+    fleet = load_artifact(out / "artifacts" / "fleet")
+    assert fleet.scaling.mode == "stream" and fleet.post == TINY.post
+    assert fleet.metrics["streams"] == 2
+    report = json.loads((out / "run.json").read_text())
+    assert report["mode"] == "fleet"
+    assert all(math.isfinite(v) for v in report["scores"].values())
+    results = read_results_dir(out, known_files=written.keys())
+    for key in written:
+        scores = results[key].anomaly_scores
+        assert np.all((scores >= 0) & (scores <= 1))
+        assert scores.max() > 0  # every stream was post-processed on its own
+    assert report["alerts"]["pooled"]["windows"] == 1

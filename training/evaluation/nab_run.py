@@ -370,6 +370,89 @@ def stream_file(
     return trace
 
 
+def stream_fleet(
+    corpus: Sequence[NabSeries],
+    params: DetectorParams,
+    artifacts_dir: Path,
+    progress: tqdm | None = None,
+) -> dict[str, StreamTrace]:
+    """Fleet mode: one model serves every file, as one worker serves many streams.
+
+    The model is fitted once on the probationary rows of every file (each file a series of its
+    own: no window spans two files), with per-stream scaling (one global scaling cannot serve
+    streams whose levels differ by orders of magnitude). Then every file streams through one
+    processor, their events interleaved by row number, so a poll batch holds rows of many
+    streams; each stream keeps its own window, post-processing and alert state. No refits.
+    """
+    spec = params.spec()
+    probations = {s.key: probation_length(len(s.values)) for s in corpus}
+    fit_started = time.perf_counter()
+    try:
+        result = fit_series(
+            [(s.key, s.values[: probations[s.key]].reshape(-1, 1)) for s in corpus],
+            spec,
+            replace(params.fit, scaling="stream"),
+        )
+    except ValueError as exc:
+        raise NabRunError(f"fleet: cannot fit on the probationary rows: {exc}") from exc
+    save_fit(result, artifacts_dir, name="fleet", version="fleet", post=params.post)
+    scorer = Scorer(
+        load_artifact(artifacts_dir, expect=result.spec), buckets=(params.batch_events,)
+    )
+    fit_s = time.perf_counter() - fit_started
+
+    traces = {
+        s.key: StreamTrace(
+            distances=np.full(len(s.values), np.nan),
+            calibrated=np.full(len(s.values), np.nan),
+            final_scores=np.full(len(s.values), np.nan),
+            model_index=np.full(len(s.values), -1, dtype=np.int64),
+            fit_rows=[probations[s.key]],
+            fit_s=fit_s,
+        )
+        for s in corpus
+    }
+    # Every file's events, ordered by row number, then by file.
+    events = [event for s in corpus for event in replay_events(s)]
+    rows = np.concatenate([np.arange(len(s.values)) for s in corpus])
+    files = np.concatenate([np.full(len(s.values), k) for k, s in enumerate(corpus)])
+    events = [events[i] for i in np.lexsort((files, rows))]
+    batch_time_ms = [0]
+    processor = StreamProcessor(
+        InMemoryWindowStore(spec.window, spec.features),
+        lambda: scorer,
+        stride=1,
+        policy=AlertPolicy(),
+        clock_ms=lambda: batch_time_ms[0],
+    )
+    stream_started = time.perf_counter()
+    for lo in range(0, len(events), params.batch_events):
+        batch = events[lo : lo + params.batch_events]
+        batch_time_ms[0] = max(e.ts_ms for e in batch)
+        outcome = processor.process(batch)
+        processor.save(outcome.touched)
+        windows = outcome.windows
+        streams = np.asarray(windows.streams)
+        for key in np.unique(streams).tolist():
+            mine = streams == key
+            trace, ended = traces[key], windows.end_offsets[mine]
+            trace.distances[ended] = windows.distances[mine]
+            trace.calibrated[ended] = windows.scores[mine]
+            trace.final_scores[ended] = windows.final_scores[mine]
+            trace.model_index[ended] = 0
+        for alert in outcome.alerts:
+            traces[alert["stream"]].alerts.append(alert)
+        if progress is not None:
+            progress.update(len(batch))
+    stream_s = time.perf_counter() - stream_started
+    stored = processor.store.load(list(traces))
+    for key, trace in traces.items():
+        trace.stream_s = stream_s
+        state = stored.get(key)
+        trace.final_state = state if isinstance(state, StreamState) else None
+    return traces
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 
@@ -472,29 +555,46 @@ def run_corpus(
     keep_artifacts: bool = False,
     progress: bool = True,
     trace_dir: Path | None = None,
+    fleet: bool = False,
 ) -> list[FileRun]:
     """Run the detector over every data file (or those whose key contains one of ``only``)
-    and write the results CSVs; ``trace_dir`` also keeps each file's :class:`StreamTrace`."""
+    and write the results CSVs; ``trace_dir`` also keeps each file's :class:`StreamTrace`.
+
+    Per file (NAB's protocol): one model per file, fitted on its probationary rows. ``fleet``:
+    one model for all files (:func:`stream_fleet`); a file's times then are the fleet's.
+    """
     files = data_files(data_dir)
     if only:
         files = {k: p for k, p in files.items() if any(o in k for o in only)}
     runs: list[FileRun] = []
     artifacts_root = out_dir / "artifacts" if keep_artifacts else Path(tempfile.mkdtemp())
+    corpus = {key: read_series(key, path) for key, path in files.items()}
+    unlabelled = sorted(set(corpus) - set(windows))
+    if unlabelled:
+        raise NabRunError(f"{unlabelled[0]}: no labelled windows for this file")
+    fleet_traces: dict[str, StreamTrace] = {}
+    if fleet:
+        total = sum(len(s.values) for s in corpus.values())
+        bar = tqdm(total=total, desc="fleet", unit="row", file=sys.stderr, disable=not progress)
+        with bar:
+            fleet_traces = stream_fleet(
+                list(corpus.values()), params, artifacts_root / "fleet", bar
+            )
     try:
-        for key, path in files.items():
+        for key, series in corpus.items():
             started = time.perf_counter()
-            series = read_series(key, path)
-            if key not in windows:
-                raise NabRunError(f"{key}: no labelled windows for this file")
             n = len(series.values)
             probation = probation_length(n)
-            bar = tqdm(
-                total=n, desc=key, unit="row", file=sys.stderr, disable=not progress, leave=True
-            )
-            with bar:
-                trace = stream_file(
-                    series, params, probation, artifacts_root / key.replace("/", "__"), bar
+            if fleet:
+                trace = fleet_traces[key]
+            else:
+                bar = tqdm(
+                    total=n, desc=key, unit="row", file=sys.stderr, disable=not progress, leave=True
                 )
+                with bar:
+                    trace = stream_file(
+                        series, params, probation, artifacts_root / key.replace("/", "__"), bar
+                    )
             scores = anomaly_scores(trace)
             labels = row_labels(series.timestamps, windows[key])
             write_results(results_path(out_dir, key), series, scores, labels)
@@ -605,6 +705,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep each file's per-window outputs there (input of `evaluate cv nab`)",
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="fleet mode: one model for every file, fitted on all the probationary rows, and "
+        "all files streamed through one processor (as one worker serves many streams)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -643,6 +749,7 @@ def run(args: argparse.Namespace) -> int:
             keep_artifacts=args.keep_artifacts,
             progress=not args.no_progress,
             trace_dir=args.trace_dir,
+            fleet=args.fleet,
         )
         elapsed = time.perf_counter() - started
     except (StreamAEError, OSError, ValueError, TypeError) as exc:
@@ -650,6 +757,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report: dict[str, Any] = {
         "detector": DETECTOR_NAME,
+        "mode": "fleet" if args.fleet else "per-file",
         "params": params.to_dict(),
         "elapsed_s": elapsed,
         "files": [asdict(r) for r in runs],
