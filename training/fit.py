@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_ae.core.postprocess import PostParams
 from stream_ae.core.scoring import ThresholdMethod
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling, write_artifact
 from stream_ae.model.network import ModelSpec, build_model, split_window
@@ -233,10 +234,15 @@ class FitResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_artifact(
-        self, name: str, version: str | None = None, extra_metrics: dict[str, Any] | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        extra_metrics: dict[str, Any] | None = None,
+        post: PostParams | None = None,
     ) -> Artifact:
         """The fit as an in-memory artifact, ready for
-        :func:`stream_ae.model.artifacts.write_artifact` (an empty version: a new one)."""
+        :func:`stream_ae.model.artifacts.write_artifact` (an empty version: a new one), with
+        the detector's post-processing ``post`` (None: the calibrated score is final)."""
         return Artifact(
             name=name,
             version=version or "",
@@ -247,6 +253,7 @@ class FitResult:
             metrics={**self.metrics, **(extra_metrics or {})},
             model=self.model,
             manifest={},
+            post=post,
         )
 
 
@@ -364,9 +371,11 @@ def save_fit(
     name: str,
     version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    post: PostParams | None = None,
 ) -> Path:
-    """Write a fit as an artifact directory (see :mod:`stream_ae.model.artifacts`)."""
-    return write_artifact(result.to_artifact(name, version, extra_metrics), out_dir)
+    """Write a fit as an artifact directory (see :mod:`stream_ae.model.artifacts`), with the
+    detector's post-processing ``post`` (``detector.json``) when given."""
+    return write_artifact(result.to_artifact(name, version, extra_metrics, post), out_dir)
 
 
 def train_artifact(

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.postprocess import PostParams
 from stream_ae.errors import StreamAEError
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.network import ModelSpec
@@ -137,12 +138,13 @@ def publish_gated(
     extra_metrics: dict[str, Any] | None = None,
     shadow_series: Sequence[Series] = (),
     policy: AlertPolicy | None = None,
+    post: PostParams | None = None,
 ) -> GatedPublish:
-    """Publish ``result``, then :func:`gate_and_promote` it."""
+    """Publish ``result`` with the post-processing ``post``, then :func:`gate_and_promote` it."""
     version = registry.publish(
         name,
         lambda directory, v: save_fit(
-            result, directory, name=name, version=v, extra_metrics=extra_metrics
+            result, directory, name=name, version=v, extra_metrics=extra_metrics, post=post
         ),
     )
     if champion is None:
@@ -251,6 +253,8 @@ class RefitPlan:
     spec_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
     fit_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"cli": False})
+    # A first fit's post-processing (detector.json; None: none); a refit keeps the champion's.
+    post: PostParams | None = field(default=None, metadata={"cli": False})
     gate_fraction: float = field(
         default=0.2,
         metadata={
@@ -421,6 +425,7 @@ def refit_once(
         # own training data are false by construction, and the shadow verdict counts them.
         shadow_series=series if plan.shadow and champion is not None else (),
         policy=plan.policy,
+        post=plan.post if plan.spec is not None else champion.post if champion else None,
         extra_metrics={
             "train_span_ms": time_span(older),
             "refit": {

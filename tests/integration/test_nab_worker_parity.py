@@ -1,12 +1,14 @@
-"""One NAB file through Kafka + Redis + the worker scores as the in-process NAB harness does
-(issue 6): the harness is the worker's code path, not a re-implementation.
+"""One NAB file through Kafka + Redis + the worker scores and alerts as ``evaluate nab`` does
+(issues 6 and 12): the evaluator is the worker's code path, not a re-implementation.
 
-The harness fits on the file's probationary period and replays the file through
-``StreamProcessor`` over the in-memory store; the worker (built as ``stream-ae worker`` builds
-it, on a thread) loads the same artifact, consumes the same rows from a topic and keeps its
-window state in Redis. Every window's distance and the anomaly scores post-processed from
-them must agree (to float32 round-off: the worker batches rows differently), and the window
-state stored in Redis must be the harness's final state.
+The harness fits on the file's probationary period (an artifact with the detector's
+post-processing in its ``detector.json``) and replays the file through ``StreamProcessor``
+over the in-memory store; the worker (built as ``stream-ae worker`` builds it, on a thread)
+loads the same artifact, consumes the same rows from a topic and keeps its window state, the
+post-processing state included, in Redis. Every window's distance and final score must agree
+(to float32 round-off: the worker batches rows differently), the alerts must be the same
+alerts (same ids, stages and statuses), and the window state stored in Redis must be the
+harness's final state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import orjson
 import pytest
 import redis
 
-from stream_ae.core.postprocess import new_post_state, post_scores
 from stream_ae.core.state_codec import decode_state
 from stream_ae.worker.processor import BatchOutcome
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
@@ -58,17 +59,26 @@ def test_a_nab_file_through_kafka_redis_and_the_worker_scores_as_in_process(
 ) -> None:
     series = read_series(NAB_FILE, NAB_DIR / "data" / NAB_FILE)
     n = len(series.values)
-    trace = stream_file(series, PARAMS, probation_length(n), tmp_path / "artifacts")
-    expected_scores = anomaly_scores(trace, series.ts_ms, PARAMS.post)
-
+    input_topic = topic_factory(1, prefix="nab-in")
     config = worker_config(
         bootstrap_servers=broker.bootstrap_servers,
         redis_url=redis_server.url,
         model=TinyModel(path=tmp_path / "artifacts" / "fit-0", window=PARAMS.window, features=1),
-        input_topic=topic_factory(1, prefix="nab-in"),
+        input_topic=input_topic,
         alerts_topic=topic_factory(1, prefix="nab-alerts"),
         dlq_topic=topic_factory(1, prefix="nab-dlq"),
     )
+    # The worker's own alert policy, and its topic (an alert id hashes its source position).
+    policy = settings_of(config).alert_policy()
+    trace = stream_file(
+        series,
+        PARAMS,
+        probation_length(n),
+        tmp_path / "artifacts",
+        policy=policy,
+        topic=input_topic,
+    )
+    expected_scores = anomaly_scores(trace)
     seen: list[BatchOutcome] = []
     lock = threading.Lock()
     with running_worker(settings_of(config)) as worker:
@@ -99,7 +109,9 @@ def test_a_nab_file_through_kafka_redis_and_the_worker_scores_as_in_process(
 
     offsets = np.concatenate([o.windows.end_offsets for o in seen])
     distances = np.concatenate([o.windows.distances for o in seen])
+    final_scores = np.concatenate([o.windows.final_scores for o in seen])
     end_ts_ms = np.concatenate([o.windows.end_ts_ms for o in seen])
+    alerts = [alert for o in seen for alert in o.alerts]
     assert len(seen) > 1  # several poll batches, not one
     # Each row's window once, in order (one partition, offsets = row numbers).
     np.testing.assert_array_equal(offsets, np.arange(PARAMS.window - 1, n))
@@ -108,11 +120,18 @@ def test_a_nab_file_through_kafka_redis_and_the_worker_scores_as_in_process(
         distances, trace.distances[PARAMS.window - 1 :], rtol=1e-4, atol=1e-6
     )
 
-    worker_scores, _ = post_scores(PARAMS.post, new_post_state(PARAMS.post), distances, end_ts_ms)
+    # The worker's processor post-processed the distances itself, from the artifact's
+    # detector.json, and its alert policy acted on those final scores.
     np.testing.assert_allclose(
-        worker_scores, expected_scores[PARAMS.window - 1 :], rtol=1e-4, atol=1e-5
+        final_scores, expected_scores[PARAMS.window - 1 :], rtol=1e-4, atol=1e-5
     )
     assert expected_scores.max() > 0.5  # the comparison covers high scores, not only zeros
+    assert trace.alerts, "the file opens alerts: the comparison covers them"
+
+    def summary(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(a["alert_id"], a["status"], a["stage"], a["window"]["end_ts"]) for a in found]
+
+    assert summary(alerts) == summary(trace.alerts)
 
     blobs = stored_blobs(redis_client, config["redis_key_prefix"])
     assert len(blobs) == 1

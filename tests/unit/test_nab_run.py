@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 
 from stream_ae.cli import app as cli
-from stream_ae.core.postprocess import LikelihoodParams, PostParams
-from stream_ae.model.artifacts import read_manifest
+from stream_ae.core.postprocess import LikelihoodParams, PostParams, new_post_state, post_scores
+from stream_ae.model.artifacts import load_artifact, read_manifest
 from tests.support.paths import NAB_DIR, requires_nab
 from training.evaluation.nab_run import (
     DETECTOR_NAME,
     DetectorParams,
+    FileRun,
     NabSeries,
+    alert_figures,
     data_files,
     read_series,
     refit_rows,
@@ -82,7 +84,14 @@ def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: P
     assert first.fit_rows == second.fit_rows == [120, 520]
     np.testing.assert_array_equal(first.distances[:600], second.distances[:600])
     np.testing.assert_array_equal(first.calibrated[:600], second.calibrated[:600])
+    np.testing.assert_array_equal(first.final_scores[:600], second.final_scores[:600])
     assert not np.allclose(first.distances[600:], second.distances[600:])
+    # The final scores are the processor's, from the detector.json every fit carries: exactly
+    # the post-processing of the distances in one pass, its state kept across the refit's swap.
+    expected, _ = post_scores(
+        params.post, new_post_state(params.post), first.distances, series.ts_ms
+    )
+    np.testing.assert_array_equal(first.final_scores, expected)
     # The first window ends at row window - 1; rows from the refit on are scored by fit 1.
     assert np.all(np.isnan(first.distances[: params.window - 1]))
     assert np.all(np.isfinite(first.distances[params.window - 1 :]))
@@ -94,6 +103,7 @@ def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: P
         assert read_manifest(directory)["version"].endswith(f"-{seen}")
         metrics = json.loads((directory / "metrics.json").read_text())
         assert metrics["seen_rows"] == seen
+        assert load_artifact(directory).post == params.post
 
 
 def write_fake_nab(root: Path) -> dict[str, NabSeries]:
@@ -164,6 +174,37 @@ def test_the_command_writes_nab_results_and_scores_them(
     assert not (out / "plots" / "tiny_calm.png").exists()
     printed = capsys.readouterr().out
     assert "NAB normalised scores on 2 files" in printed
+    # Alert-level figures from the processor's own alerts, on the rows after the probation.
+    jump, calm = (written[k] for k in sorted(written, reverse=True))
+    files = {f["key"]: f for f in report["files"]}
+    assert files[jump.key]["windows_ms"] == [[int(jump.ts_ms[590]), int(jump.ts_ms[640])]]
+    assert files[calm.key]["windows_ms"] == []
+    first_scored = {k: int(written[k].ts_ms[probation_length(800)]) for k in written}
+    assert all(t >= first_scored[k] for k, f in files.items() for t in f["opened_ms"])
+    pooled = report["alerts"]["pooled"]
+    assert (pooled["windows"], pooled["rows"]) == (1, 2 * (800 - probation_length(800)))
+    assert pooled["hits"] + pooled["misses"] == 1
+    assert pooled["alerts_opened"] == sum(len(f["opened_ms"]) for f in files.values())
+    assert set(report["alerts"]["files"]) == set(written)
+    assert "windows hit" in printed and "pooled" in printed
+
+
+def test_alert_figures_per_file_and_pooled() -> None:
+    def run(key: str, opened: list[int], windows: list[tuple[int, int]]) -> FileRun:
+        return FileRun(key, 1100, 100, [100], 0.0, 0.0, 0.0, opened, windows)
+
+    runs = [
+        run("a/x.csv", [50, 1_500, 1_700, 9_000], [(1_000, 2_000)]),
+        run("b/y.csv", [], [(5_000, 6_000)]),
+        run("c/z.csv", [7_000], []),
+    ]
+    per_file, pooled = alert_figures(runs)
+    x = per_file["a/x.csv"]
+    assert (x.windows, x.hits, x.false_alerts, x.median_delay_ms) == (1, 1, 2, 500.0)
+    assert x.false_per_10k_rows == 20.0  # 2 false alerts on the 1000 scored rows
+    assert (per_file["b/y.csv"].misses, per_file["b/y.csv"].median_delay_ms) == (1, None)
+    assert (pooled.windows, pooled.hits, pooled.misses, pooled.false_alerts) == (2, 1, 1, 3)
+    assert pooled.rows == 3000 and pooled.false_per_10k_rows == 10.0
 
 
 def test_the_command_refuses_missing_arguments_and_bad_parameters(
@@ -232,3 +273,30 @@ def test_labels_are_nab_labels_on_every_file() -> None:
         with (NAB_DIR / "results-numenta" / category / f"numenta_{name}").open() as handle:
             official = [int(row["label"]) for row in csv.DictReader(handle)]
         np.testing.assert_array_equal(row_labels(series.timestamps, windows[key]), official)
+
+
+def test_fleet_mode_serves_every_file_with_one_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = write_fake_nab(tmp_path / "nab")
+    params_path = tmp_path / "params.json"
+    params_path.write_text(json.dumps(TINY.to_dict()))
+    out = tmp_path / "results"
+    args = ["evaluate", "nab", str(tmp_path / "nab"), "--out", str(out), "--fleet"]
+    rc = cli.main([*args, "--params", str(params_path), "--no-progress", "--keep-artifacts"])
+    assert rc == 0, capsys.readouterr().err
+
+    # One artifact, fitted on the probationary rows of both files, per-stream scaling.
+    assert [p.name for p in (out / "artifacts").iterdir()] == ["fleet"]
+    fleet = load_artifact(out / "artifacts" / "fleet")
+    assert fleet.scaling.mode == "stream" and fleet.post == TINY.post
+    assert fleet.metrics["streams"] == 2
+    report = json.loads((out / "run.json").read_text())
+    assert report["mode"] == "fleet"
+    assert all(math.isfinite(v) for v in report["scores"].values())
+    results = read_results_dir(out, known_files=written.keys())
+    for key in written:
+        scores = results[key].anomaly_scores
+        assert np.all((scores >= 0) & (scores <= 1))
+        assert scores.max() > 0  # every stream was post-processed on its own
+    assert report["alerts"]["pooled"]["windows"] == 1

@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -16,6 +17,7 @@ import pytest
 
 from stream_ae.model.artifacts import load_artifact
 from training.cli import COMMANDS, build_parser, main
+from training.detector import DEFAULT_DETECTOR
 from training.plots import HISTOGRAM_PNG, LATENT_PNG, LOSS_PNG, RECONSTRUCTIONS_PNG, REPORT_MD
 
 
@@ -103,6 +105,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "0.5",
             "--scaling",
             "stream",
+            # The encoder tests below feed whole windows: a reconstruct model, not the default.
+            "--kind",
+            "reconstruct",
             "--window",
             "16",
             "--hidden",
@@ -134,6 +139,8 @@ def test_train_then_thresholds(
     artifact = load_artifact(artifact_dir)
     assert (artifact.name, artifact.version, artifact.scaling.mode) == ("nab", "v1", "stream")
     assert artifact.metrics["train_windows"] > 0
+    # The default detector's post-processing travels in the artifact (detector.json).
+    assert artifact.post == DEFAULT_DETECTOR.post
     capsys.readouterr()
     assert main(["thresholds", "--artifact", str(artifact_dir), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -303,17 +310,33 @@ def test_options_come_from_the_dataclasses_with_their_defaults() -> None:
     assert common.build_fit_config(args) == FitConfig(verbose=0)
     assert common.build_gate_config(args) == GateConfig()
     assert common.build_spec(args, ["value"]) == ModelSpec()
-    help_text = _command("train").format_help()
-    for f in options.cli_fields(FitConfig):
-        shown = f"{options.option_name(f)}"
-        assert shown in help_text, shown
-        assert f"(default: {f.default})" in " ".join(help_text.split()), f.name
-    # Given options change only their field; a predict model gets a horizon of its own.
+    # train builds on the default detector, the one `evaluate nab` measures, and says so.
+    assert common.build_fit_config(args, DEFAULT_DETECTOR.fit) == replace(
+        DEFAULT_DETECTOR.fit, verbose=0
+    )
+    assert common.build_spec(args, ["value"], base=DEFAULT_DETECTOR.model) == replace(
+        DEFAULT_DETECTOR.model, features=1, feature_names=("value",)
+    )
+    assert common.build_post(args) == DEFAULT_DETECTOR.post
+    no_post = _command("train").parse_args(["--csv", "x.csv", "--no-post-processing"])
+    assert common.build_post(no_post) is None
+    help_text = " ".join(_command("train").format_help().split())
+    for cls, base in ((FitConfig, DEFAULT_DETECTOR.fit), (ModelSpec, DEFAULT_DETECTOR.model)):
+        for f in options.cli_fields(cls, exclude=("features", "feature_names")):
+            assert options.option_name(f) in help_text, f.name
+            if f.name not in ("horizon", "latent"):
+                assert f"(default: {getattr(base, f.name)})" in help_text, f.name
+    assert "(default: 4 (predict), 8 (predict, composite), 0 (reconstruct))" in help_text
+    assert "--no-post-processing" in help_text
+    # Given options change only their field; a reconstruct model has no horizon, a predict
+    # model given on ModelSpec's defaults gets a horizon of its own.
     args = _command("train").parse_args(
         ["--csv", "x.csv", "--kind", "predict", "--epochs", "3", "--no-per-stream-thresholds"]
     )
     assert common.build_spec(args, ["value"]).horizon == common.DEFAULT_HORIZON
     assert options.given(FitConfig, args) == {"epochs": 3, "per_stream_calibration": False}
+    back = _command("train").parse_args(["--csv", "x.csv", "--kind", "reconstruct"])
+    assert common.build_spec(back, ["value"], base=DEFAULT_DETECTOR.model).horizon == 0
 
 
 def test_refit_options_not_given_keep_the_champions_values() -> None:

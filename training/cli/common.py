@@ -17,6 +17,7 @@ from typing import Any
 
 from stream_ae.model.network import ModelSpec
 from training.cli import options
+from training.detector import DEFAULT_DETECTOR
 from training.fit import FitConfig
 from training.gate import GateConfig
 from training.refit import RefitPlan
@@ -167,19 +168,26 @@ _SPEC_FROM_DATA = ("features", "feature_names")
 DEFAULT_HORIZON = 8
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, inherit: bool = False) -> None:
-    """The ModelSpec options; with ``inherit`` an option not given keeps the champion's value."""
+def add_model_options(
+    parser: argparse.ArgumentParser, *, inherit: bool = False, base: ModelSpec | None = None
+) -> None:
+    """The ModelSpec options, their defaults ``base``'s (default: ModelSpec's); with
+    ``inherit`` an option not given keeps the champion's value."""
     group = parser.add_argument_group("model" + (" (default: the champion's)" if inherit else ""))
+    horizon = (
+        f"{base.horizon} ({base.kind}), " if base is not None and base.kind != "reconstruct" else ""
+    )
     options.add_options(
         group,
         ModelSpec,
         exclude=_SPEC_FROM_DATA,
         helps=MODEL_HELP,
         shown_defaults={
-            "horizon": f"{DEFAULT_HORIZON} (predict, composite), 0 (reconstruct)",
+            "horizon": f"{horizon}{DEFAULT_HORIZON} (predict, composite), 0 (reconstruct)",
             "latent": "--hidden",
         },
         defaults_note="the champion's" if inherit else None,
+        base=base,
     )
 
 
@@ -207,12 +215,16 @@ def build_spec(
 # --- fitting and the gate ----------------------------------------------------------------------
 
 
-def add_fit_options(parser: argparse.ArgumentParser, *, inherit: bool = False) -> None:
-    """The FitConfig options, and --quiet."""
+def add_fit_options(
+    parser: argparse.ArgumentParser, *, inherit: bool = False, base: FitConfig | None = None
+) -> None:
+    """The FitConfig options (their defaults ``base``'s, default FitConfig's), and --quiet."""
     group = parser.add_argument_group(
         "fitting and calibration" + (" (default: the champion's)" if inherit else "")
     )
-    options.add_options(group, FitConfig, defaults_note="the champion's" if inherit else None)
+    options.add_options(
+        group, FitConfig, defaults_note="the champion's" if inherit else None, base=base
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -222,6 +234,22 @@ def build_fit_config(args: argparse.Namespace, base: FitConfig | None = None) ->
 
     verbose = 0 if args.quiet else default_verbosity()
     return options.build(FitConfig, args, base, verbose=verbose)
+
+
+def add_post_options(parser: argparse.ArgumentParser) -> None:
+    """--no-post-processing: the detector's post-processing is on unless this is given."""
+    parser.add_argument_group("detector").add_argument(
+        "--no-post-processing",
+        action="store_true",
+        help="write no detector.json: the worker alerts on the calibrated window score alone "
+        "(default: the default detector's post-processing: likelihood, time-of-day profile, "
+        "peak hold; see docs/nab.md)",
+    )
+
+
+def build_post(args: argparse.Namespace) -> Any:
+    """The post-processing the options ask for: the default detector's, or None."""
+    return None if args.no_post_processing else DEFAULT_DETECTOR.post
 
 
 def add_gate_options(

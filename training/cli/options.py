@@ -77,8 +77,12 @@ def add_options(
     helps: Mapping[str, str] | None = None,
     shown_defaults: Mapping[str, str] | None = None,
     defaults_note: str | None = None,
+    base: Any = None,
 ) -> None:
     """Add one option per field of ``cls`` to ``parser`` (see the module docstring).
+
+    ``base`` (an instance of ``cls``) is the default shown, when the command builds on it
+    rather than on ``cls()`` (``train`` builds on the default detector).
 
     ``shown_defaults`` replaces the default shown for some fields (one the class cannot express,
     such as a horizon that depends on the kind); ``defaults_note`` replaces every shown default
@@ -91,7 +95,7 @@ def add_options(
         if not help_text:
             raise TypeError(f"{cls.__name__}.{f.name} has no help text")
         kind, choices = _base_type(hints[f.name])
-        default = _default(f)
+        default = getattr(base, f.name) if base is not None else _default(f)
         shown = defaults_note or (shown_defaults or {}).get(f.name) or str(default)
         help_text = f"{help_text} (default: {shown})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}

@@ -13,6 +13,7 @@ from typing import Any
 from training.cli import common, options
 from training.cli.common import Command
 from training.cli.data_options import bootstrap, consumer_security
+from training.detector import DEFAULT_DETECTOR
 from training.fit import FitConfig
 
 log = logging.getLogger("training")
@@ -91,8 +92,8 @@ def run_refit(args: argparse.Namespace) -> int:
     def job() -> None:
         champion = load_champion(registry, name)
         spec = None
-        if champion is None:  # a first fit: the options, on ModelSpec's defaults
-            spec = common.build_spec(args, ["value"])
+        if champion is None:  # a first fit: the options, on the default detector
+            spec = common.build_spec(args, ["value"], base=DEFAULT_DETECTOR.model)
         feature_names = spec.feature_names if spec else champion.spec.feature_names  # type: ignore[union-attr]
 
         def load_series() -> tuple[list[data.Series], data.ReplayStats]:
@@ -121,8 +122,9 @@ def run_refit(args: argparse.Namespace) -> int:
             name=name,
             spec=spec,
             spec_changes=_spec_changes(args, champion.spec) if champion else {},
-            fit=common.build_fit_config(args),
+            fit=common.build_fit_config(args, base=DEFAULT_DETECTOR.fit),
             fit_changes=fit_changes,
+            post=DEFAULT_DETECTOR.post,
             policy=config.alert_policy(),
         )
         outcome = refit_once(

@@ -9,12 +9,15 @@ from pathlib import Path
 from training.cli import common
 from training.cli.common import Command
 from training.cli.data_options import add_data_options, feature_names_of, load_data
+from training.detector import DEFAULT_DETECTOR
 
 
 def add_train(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
-    common.add_model_options(parser)
-    common.add_fit_options(parser)
+    # Defaults: the detector the NAB evaluation chose (training.detector).
+    common.add_model_options(parser, base=DEFAULT_DETECTOR.model)
+    common.add_fit_options(parser, base=DEFAULT_DETECTOR.fit)
+    common.add_post_options(parser)
     out = parser.add_argument_group("output (--out, or publish to the registry)")
     out.add_argument(
         "--out",
@@ -48,8 +51,9 @@ def run_train(args: argparse.Namespace) -> int:
     series = load_data(args)
     if not series:
         raise ValueError("the data options selected no events")
-    spec = common.build_spec(args, feature_names_of(args, series))
-    config = common.build_fit_config(args)
+    spec = common.build_spec(args, feature_names_of(args, series), base=DEFAULT_DETECTOR.model)
+    config = common.build_fit_config(args, base=DEFAULT_DETECTOR.fit)
+    post = common.build_post(args)
     if args.out:
         result = fit_series(series, spec, config)
         path = save_fit(
@@ -58,6 +62,7 @@ def run_train(args: argparse.Namespace) -> int:
             name=common.model_name(args),
             version=args.version,
             extra_metrics={"train_span_ms": time_span(series)},
+            post=post,
         )
         print(
             f"wrote {path}: {result.metrics['train_windows']} training windows, "
@@ -72,6 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
             name=common.model_name(args),
             spec=spec,
             fit=config,
+            post=post,
             exclude="none",
             warm_start=False,
             policy=common.alert_policy(),
@@ -86,6 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
                 gate=plan.gate,
                 force=True,
                 extra_metrics={"train_span_ms": time_span(series)},
+                post=post,
             )
             version, promoted, reason = published.version, True, published.reason
         else:
@@ -115,8 +122,7 @@ COMMANDS = {
         "fit a model on CSV, NAB or a topic replay",
         (
             "stream-ae-train train --csv cpu.csv --time-column time --out artifacts/cpu",
-            "stream-ae-train train --nab data/nab/data --train-fraction 0.15 --kind predict "
-            "--window 32 --horizon 4 --out artifacts/nab",
+            "stream-ae-train train --nab data/nab/data --train-fraction 0.15 --out artifacts/nab",
             "stream-ae-train train --csv a.csv b.csv --scaling stream --per-stream-thresholds "
             "--registry artifacts/model --name cpu",
         ),

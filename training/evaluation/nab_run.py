@@ -4,10 +4,11 @@ Each data file is one stream, replayed in time order through the worker's own co
 :class:`~stream_ae.worker.processor.StreamProcessor` over an :class:`InMemoryWindowStore`
 (states are encoded and fenced as in Redis), a :class:`~stream_ae.model.inference.Scorer` over
 an artifact written
-and loaded in the artifact format, fitted with :mod:`training.fit`. Only the per-window outputs
-(``BatchOutcome.windows``) leave the processor; the anomaly score of a row is the streaming
-post-processing of :mod:`stream_ae.core.postprocess` over them, a pure function of the windows that
-ended at or before that row.
+and loaded in the artifact format, fitted with :mod:`training.fit`. The artifact carries the
+detector's post-processing (``detector.json``), so the processor computes the final score of
+every window as the worker does; the anomaly score of a row is the final score of the window
+that ended on it (``BatchOutcome.windows.final_scores``), and the evaluator has no scoring path
+of its own. The alerts are the processor's too: the worker's alert policy on the final score.
 
 What the detector may learn from, for a file of ``n`` rows:
 
@@ -43,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stream_ae.core.alerting import AlertPolicy
-from stream_ae.core.postprocess import PostParams, new_post_state, post_scores
+from stream_ae.core.postprocess import PostParams
 from stream_ae.core.records import Event
 from stream_ae.core.state import StreamState
 from stream_ae.errors import StreamAEError
@@ -54,6 +55,8 @@ from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec
 from stream_ae.worker.processor import StreamProcessor
 from training.data import NAB_READ
+from training.detector import DEFAULT_DETECTOR
+from training.evaluation.alert_quality import AlertQuality, alert_quality, opened_times
 from training.evaluation.nab_score import (
     CorpusScore,
     CostProfile,
@@ -80,10 +83,10 @@ class NabRunError(StreamAEError):
     """A NAB data file or directory cannot be used (missing, malformed, too short)."""
 
 
-# The detector chosen for NAB (docs/nab.md): a small predictive model, fitted briefly. Only
-# what differs from ModelSpec's and FitConfig's own defaults is written here.
-NAB_MODEL = ModelSpec(kind="predict", window=32, horizon=4, hidden=32)
-NAB_FIT = FitConfig(epochs=15, learning_rate=2e-3, patience=3, verbose=0)
+# The detector measured here is the one `stream-ae-train train` ships (training.detector);
+# only Keras's progress output differs.
+NAB_MODEL = DEFAULT_DETECTOR.model
+NAB_FIT = replace(DEFAULT_DETECTOR.fit, verbose=0)
 # Old flat names of run.json and --params files, kept readable.
 _RENAMED = {"calibration_level": "threshold_level"}
 
@@ -108,7 +111,7 @@ class DetectorParams:
     refit_history: int = 4000
     warm_start: bool = True
     batch_events: int = 1024
-    post: PostParams = field(default_factory=PostParams)
+    post: PostParams = DEFAULT_DETECTOR.post
 
     @property
     def window(self) -> int:
@@ -187,7 +190,8 @@ class NabSeries:
 
 @dataclass
 class StreamTrace:
-    """What the processor said about every row of one file (NaN where no window ended).
+    """What the processor said about every row of one file (NaN where no window ended): the
+    window's distance, calibrated score and final score, and the alerts it opened and resolved.
 
     ``model_index[i]`` is the fit that scored row ``i`` (0 the first fit, k the k-th refit,
     -1 none); ``fit_rows`` the row count each fit had seen; ``final_state`` the stream's window
@@ -196,8 +200,10 @@ class StreamTrace:
 
     distances: np.ndarray
     calibrated: np.ndarray
+    final_scores: np.ndarray
     model_index: np.ndarray
     fit_rows: list[int]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     fit_s: float = 0.0
     stream_s: float = 0.0
     final_state: StreamState | None = None  # the stream's window state after the last row
@@ -228,12 +234,10 @@ def row_labels(timestamps: Sequence[str], windows: Sequence[Sequence[Any]]) -> n
     return labels
 
 
-def anomaly_scores(trace: StreamTrace, ts_ms: np.ndarray, post: PostParams) -> np.ndarray:
-    """The row scores NAB sees: the post-processing of the window distances (each window's
-    score on the row of its last event), 0 where no window ended (the first ``window - 1``
-    rows)."""
-    scores, _ = post_scores(post, new_post_state(post), trace.distances, ts_ms)
-    return np.nan_to_num(scores, nan=0.0)
+def anomaly_scores(trace: StreamTrace) -> np.ndarray:
+    """The row scores NAB sees: the processor's final score of each window on the row of its
+    last event, 0 where no window ended (the first ``window - 1`` rows)."""
+    return np.nan_to_num(trace.final_scores, nan=0.0)
 
 
 # --- fitting and streaming ------------------------------------------------------------------------
@@ -274,15 +278,17 @@ def fit_detector(
         name=name,
         version=version,
         extra_metrics={"first_row": first_row, "seen_rows": seen_rows},
+        post=params.post,
     )
     return load_artifact(directory, expect=result.spec)
 
 
-def replay_events(series: NabSeries) -> list[Event]:
-    """The file's rows as decoded events of one stream, offsets = row numbers."""
+def replay_events(series: NabSeries, topic: str = REPLAY_TOPIC) -> list[Event]:
+    """The file's rows as decoded events of one stream from partition 0 of ``topic``,
+    offsets = row numbers."""
     values = series.values.astype(np.float32).reshape(-1, 1)
     return [
-        Event(series.key, int(ts), values[i], REPLAY_TOPIC, 0, i)
+        Event(series.key, int(ts), values[i], topic, 0, i)
         for i, ts in enumerate(series.ts_ms.tolist())
     ]
 
@@ -293,19 +299,25 @@ def stream_file(
     probation_rows: int,
     artifacts_dir: Path,
     progress: tqdm | None = None,
+    *,
+    policy: AlertPolicy | None = None,
+    topic: str = REPLAY_TOPIC,
 ) -> StreamTrace:
     """Replay one file through the processor, fitting and refitting on rows already seen.
 
-    ``artifacts_dir`` receives one artifact per fit (``fit-<k>``).
+    ``artifacts_dir`` receives one artifact per fit (``fit-<k>``). Alerts come from ``policy``
+    (default: the worker's default policy) and name ``topic`` as their source, as a worker's
+    would (their ids hash both).
     """
     n = len(series.values)
     spec = params.spec()
     fit_rows = [probation_rows, *refit_rows(n, probation_rows, params)]
     segment_ends = [*fit_rows[1:], n]
-    events = replay_events(series)
+    events = replay_events(series, topic)
     trace = StreamTrace(
         distances=np.full(n, np.nan),
         calibrated=np.full(n, np.nan),
+        final_scores=np.full(n, np.nan),
         model_index=np.full(n, -1, dtype=np.int64),
         fit_rows=fit_rows,
     )
@@ -316,7 +328,7 @@ def stream_file(
         InMemoryWindowStore(spec.window, spec.features),
         lambda: current[0],
         stride=1,
-        policy=AlertPolicy(),
+        policy=policy or AlertPolicy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     artifact: Artifact | None = None
@@ -344,6 +356,8 @@ def stream_file(
             rows = outcome.windows.end_offsets
             trace.distances[rows] = outcome.windows.distances
             trace.calibrated[rows] = outcome.windows.scores
+            trace.final_scores[rows] = outcome.windows.final_scores
+            trace.alerts.extend(outcome.alerts)
             trace.model_index[rows] = k
             if progress is not None:
                 progress.update(len(batch))
@@ -354,6 +368,89 @@ def stream_file(
     final_state = processor.store.load([series.key])[series.key]
     trace.final_state = final_state if isinstance(final_state, StreamState) else None
     return trace
+
+
+def stream_fleet(
+    corpus: Sequence[NabSeries],
+    params: DetectorParams,
+    artifacts_dir: Path,
+    progress: tqdm | None = None,
+) -> dict[str, StreamTrace]:
+    """Fleet mode: one model serves every file, as one worker serves many streams.
+
+    The model is fitted once on the probationary rows of every file (each file a series of its
+    own: no window spans two files), with per-stream scaling (one global scaling cannot serve
+    streams whose levels differ by orders of magnitude). Then every file streams through one
+    processor, their events interleaved by row number, so a poll batch holds rows of many
+    streams; each stream keeps its own window, post-processing and alert state. No refits.
+    """
+    spec = params.spec()
+    probations = {s.key: probation_length(len(s.values)) for s in corpus}
+    fit_started = time.perf_counter()
+    try:
+        result = fit_series(
+            [(s.key, s.values[: probations[s.key]].reshape(-1, 1)) for s in corpus],
+            spec,
+            replace(params.fit, scaling="stream"),
+        )
+    except ValueError as exc:
+        raise NabRunError(f"fleet: cannot fit on the probationary rows: {exc}") from exc
+    save_fit(result, artifacts_dir, name="fleet", version="fleet", post=params.post)
+    scorer = Scorer(
+        load_artifact(artifacts_dir, expect=result.spec), buckets=(params.batch_events,)
+    )
+    fit_s = time.perf_counter() - fit_started
+
+    traces = {
+        s.key: StreamTrace(
+            distances=np.full(len(s.values), np.nan),
+            calibrated=np.full(len(s.values), np.nan),
+            final_scores=np.full(len(s.values), np.nan),
+            model_index=np.full(len(s.values), -1, dtype=np.int64),
+            fit_rows=[probations[s.key]],
+            fit_s=fit_s,
+        )
+        for s in corpus
+    }
+    # Every file's events, ordered by row number, then by file.
+    events = [event for s in corpus for event in replay_events(s)]
+    rows = np.concatenate([np.arange(len(s.values)) for s in corpus])
+    files = np.concatenate([np.full(len(s.values), k) for k, s in enumerate(corpus)])
+    events = [events[i] for i in np.lexsort((files, rows))]
+    batch_time_ms = [0]
+    processor = StreamProcessor(
+        InMemoryWindowStore(spec.window, spec.features),
+        lambda: scorer,
+        stride=1,
+        policy=AlertPolicy(),
+        clock_ms=lambda: batch_time_ms[0],
+    )
+    stream_started = time.perf_counter()
+    for lo in range(0, len(events), params.batch_events):
+        batch = events[lo : lo + params.batch_events]
+        batch_time_ms[0] = max(e.ts_ms for e in batch)
+        outcome = processor.process(batch)
+        processor.save(outcome.touched)
+        windows = outcome.windows
+        streams = np.asarray(windows.streams)
+        for key in np.unique(streams).tolist():
+            mine = streams == key
+            trace, ended = traces[key], windows.end_offsets[mine]
+            trace.distances[ended] = windows.distances[mine]
+            trace.calibrated[ended] = windows.scores[mine]
+            trace.final_scores[ended] = windows.final_scores[mine]
+            trace.model_index[ended] = 0
+        for alert in outcome.alerts:
+            traces[alert["stream"]].alerts.append(alert)
+        if progress is not None:
+            progress.update(len(batch))
+    stream_s = time.perf_counter() - stream_started
+    stored = processor.store.load(list(traces))
+    for key, trace in traces.items():
+        trace.stream_s = stream_s
+        state = stored.get(key)
+        trace.final_state = state if isinstance(state, StreamState) else None
+    return traces
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -405,7 +502,9 @@ def results_path(out_dir: Path, key: str, detector: str = DETECTOR_NAME) -> Path
 
 @dataclass
 class FileRun:
-    """How one file went: its fits and where the time went."""
+    """How one file went: its fits, where the time went, and its alerts: the window end times
+    of the alerts the processor opened on scored rows (after the probation) and the labelled
+    windows' ``(start_ms, end_ms)``."""
 
     key: str
     rows: int
@@ -414,6 +513,36 @@ class FileRun:
     fit_s: float
     stream_s: float
     total_s: float
+    opened_ms: list[int] = field(default_factory=list)
+    windows_ms: list[tuple[int, int]] = field(default_factory=list)
+
+
+def alert_figures(runs: Sequence[FileRun]) -> tuple[dict[str, AlertQuality], AlertQuality]:
+    """Alert-level quality (:mod:`training.evaluation.alert_quality`) per file and pooled over
+    ``runs``: labelled windows with an alert opened inside, alerts opened outside every window
+    per 10k scored rows, median delay from a window's start to its first alert."""
+    opened = {r.key: r.opened_ms for r in runs}
+    windows = {r.key: r.windows_ms for r in runs}
+    rows = {r.key: r.rows - r.probation_rows for r in runs}
+    per_file = {
+        key: alert_quality({key: opened[key]}, {key: windows[key]}, rows={key: rows[key]})
+        for key in opened
+    }
+    return per_file, alert_quality(opened, windows, rows=rows)
+
+
+def scored_alerts(
+    series: NabSeries, trace: StreamTrace, probation_rows: int, labelled: Sequence[Any]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The window end times of the alerts opened on rows NAB scores (after the probation), and
+    the labelled windows as ``(start_ms, end_ms)`` of their first and last rows."""
+    first_scored_ms = int(series.ts_ms[probation_rows])
+    opened = [t for t in opened_times(trace.alerts).get(series.key, []) if t >= first_scored_ms]
+    if not len(labelled):
+        return opened, []
+    bounds = window_bounds(np.asarray(series.timestamps), labelled)
+    spans = [(int(series.ts_ms[first]), int(series.ts_ms[last])) for first, last in bounds]
+    return opened, spans
 
 
 def run_corpus(
@@ -426,32 +555,50 @@ def run_corpus(
     keep_artifacts: bool = False,
     progress: bool = True,
     trace_dir: Path | None = None,
+    fleet: bool = False,
 ) -> list[FileRun]:
     """Run the detector over every data file (or those whose key contains one of ``only``)
-    and write the results CSVs; ``trace_dir`` also keeps each file's :class:`StreamTrace`."""
+    and write the results CSVs; ``trace_dir`` also keeps each file's :class:`StreamTrace`.
+
+    Per file (NAB's protocol): one model per file, fitted on its probationary rows. ``fleet``:
+    one model for all files (:func:`stream_fleet`); a file's times then are the fleet's.
+    """
     files = data_files(data_dir)
     if only:
         files = {k: p for k, p in files.items() if any(o in k for o in only)}
     runs: list[FileRun] = []
     artifacts_root = out_dir / "artifacts" if keep_artifacts else Path(tempfile.mkdtemp())
+    corpus = {key: read_series(key, path) for key, path in files.items()}
+    unlabelled = sorted(set(corpus) - set(windows))
+    if unlabelled:
+        raise NabRunError(f"{unlabelled[0]}: no labelled windows for this file")
+    fleet_traces: dict[str, StreamTrace] = {}
+    if fleet:
+        total = sum(len(s.values) for s in corpus.values())
+        bar = tqdm(total=total, desc="fleet", unit="row", file=sys.stderr, disable=not progress)
+        with bar:
+            fleet_traces = stream_fleet(
+                list(corpus.values()), params, artifacts_root / "fleet", bar
+            )
     try:
-        for key, path in files.items():
+        for key, series in corpus.items():
             started = time.perf_counter()
-            series = read_series(key, path)
-            if key not in windows:
-                raise NabRunError(f"{key}: no labelled windows for this file")
             n = len(series.values)
             probation = probation_length(n)
-            bar = tqdm(
-                total=n, desc=key, unit="row", file=sys.stderr, disable=not progress, leave=True
-            )
-            with bar:
-                trace = stream_file(
-                    series, params, probation, artifacts_root / key.replace("/", "__"), bar
+            if fleet:
+                trace = fleet_traces[key]
+            else:
+                bar = tqdm(
+                    total=n, desc=key, unit="row", file=sys.stderr, disable=not progress, leave=True
                 )
-            scores = anomaly_scores(trace, series.ts_ms, params.post)
+                with bar:
+                    trace = stream_file(
+                        series, params, probation, artifacts_root / key.replace("/", "__"), bar
+                    )
+            scores = anomaly_scores(trace)
             labels = row_labels(series.timestamps, windows[key])
             write_results(results_path(out_dir, key), series, scores, labels)
+            opened_ms, windows_ms = scored_alerts(series, trace, probation, windows[key])
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 np.savez(
@@ -469,6 +616,8 @@ def run_corpus(
                     fit_s=trace.fit_s,
                     stream_s=trace.stream_s,
                     total_s=time.perf_counter() - started,
+                    opened_ms=opened_ms,
+                    windows_ms=windows_ms,
                 )
             )
     finally:
@@ -556,6 +705,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep each file's per-window outputs there (input of `evaluate cv nab`)",
     )
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="fleet mode: one model for every file, fitted on all the probationary rows, and "
+        "all files streamed through one processor (as one worker serves many streams)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -594,6 +749,7 @@ def run(args: argparse.Namespace) -> int:
             keep_artifacts=args.keep_artifacts,
             progress=not args.no_progress,
             trace_dir=args.trace_dir,
+            fleet=args.fleet,
         )
         elapsed = time.perf_counter() - started
     except (StreamAEError, OSError, ValueError, TypeError) as exc:
@@ -601,11 +757,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report: dict[str, Any] = {
         "detector": DETECTOR_NAME,
+        "mode": "fleet" if args.fleet else "per-file",
         "params": params.to_dict(),
         "elapsed_s": elapsed,
         "files": [asdict(r) for r in runs],
     }
     print(f"{len(runs)} files, {sum(r.rows for r in runs)} rows in {elapsed:.1f} s -> {out_dir}")
+    per_file, pooled = alert_figures(runs)
+    report["alerts"] = {
+        "pooled": pooled.to_dict(),
+        "files": {key: q.to_dict() for key, q in per_file.items()},
+    }
+    print("Alerts (the worker's alert policy on the final score; rows after the probation):")
+    for key, quality in [*per_file.items(), ("pooled", pooled)]:
+        print(f"  {key:<58} {describe_alerts(quality)}")
     keys = [r.key for r in runs]
     profiles_path = _find(windows_path.parent, args.profiles, "config-profiles.json")
     thresholds: dict[str, float] = {}
@@ -649,6 +814,19 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  plot {path}")
     (out_dir / RUN_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def describe_alerts(quality: AlertQuality) -> str:
+    """One line: windows hit, false alerts per 10k rows, median delay.
+
+    >>> describe_alerts(AlertQuality(4, 3, 1, 2, 6, 10_000, 1_800_000.0))
+    'windows hit 3/4, false alerts 2 (2.0 per 10k rows), median delay 0.50 h'
+    """
+    delay = "-" if quality.median_delay_ms is None else f"{quality.median_delay_ms / 3.6e6:.2f} h"
+    return (
+        f"windows hit {quality.hits}/{quality.windows}, false alerts {quality.false_alerts} "
+        f"({quality.false_per_10k_rows:.1f} per 10k rows), median delay {delay}"
+    )
 
 
 def score_results(
