@@ -45,6 +45,7 @@ from tests.support.kafka_topics import BackgroundProducer, produce, read_topic
 from tests.support.outcomes import (
     alerts_of,
     applied_counts,
+    assert_same_as_uninterrupted,
     decode_sent,
     decode_states_equal,
     expected_outcome,
@@ -351,25 +352,15 @@ def test_kill_9_at_random_points_gives_the_state_and_alerts_of_an_uninterrupted_
     )
     assert uninterrupted_totals.applied == len(sent) and uninterrupted_totals.skipped == 0
 
-    # The same final state, byte for byte, as the uninterrupted run and as the oracle.
-    crashed_blobs = stored_blobs(redis_client, crashing["redis_key_prefix"])
-    reference_blobs = stored_blobs(redis_client, reference["redis_key_prefix"])
-    assert decode_states_equal(crashed_blobs, reference_blobs) == []
-    oracle = expected_outcome(sent, reference_settings, load_tiny_scorer(tiny_model))
-    assert decode_states_equal(reference_blobs, oracle.blobs) == []
-
-    # The same set of alert ids: duplicates allowed, nothing missing, nothing extra.
-    crashed_ids = [
-        a["alert_id"]
-        for a in alerts_of(read_topic(broker.bootstrap_servers, crashing["alerts_topic"]))
-    ]
-    reference_ids = [
-        a["alert_id"]
-        for a in alerts_of(read_topic(broker.bootstrap_servers, reference["alerts_topic"]))
-    ]
-    assert reference_ids, "no alert at all: the comparison below would prove nothing"
-    assert len(set(reference_ids)) == len(reference_ids)  # the uninterrupted run never repeats
-    assert set(crashed_ids) == set(reference_ids) == oracle.alert_ids
+    crashed_ids, reference_ids = assert_same_as_uninterrupted(
+        redis_client,
+        broker.bootstrap_servers,
+        crashing,
+        reference,
+        reference_settings,
+        sent,
+        tiny_model,
+    )
     print(
         f"[crash-replay] {KILLS} kills, {len(sent)} events, {len(set(reference_ids))} alert ids, "
         f"{len(crashed_ids) - len(set(crashed_ids))} repeated by the crashed run, "

@@ -30,21 +30,17 @@ import redis
 
 from stream_ae.core.synthetic import make_stream
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.support.kafka_topics import BackgroundProducer, read_topic
+from tests.support.kafka_topics import BackgroundProducer
 from tests.support.outcomes import (
-    alerts_of,
     applied_counts,
-    decode_states_equal,
-    expected_outcome,
+    assert_same_as_uninterrupted,
     good_counts,
-    stored_blobs,
 )
 from tests.support.port_gate import PortGate
 from tests.support.tiny_model import (
     HISTORY_STEPS,
     TinyModel,
     live_messages,
-    load_tiny_scorer,
     long_fleet,
 )
 from tests.support.waiting import wait_until
@@ -197,25 +193,15 @@ def test_kill_add_and_sigterm_in_a_group_of_three_keep_every_count_exact(
     assert set(expected_counts) == {s.name for s in streams}
     assert uninterrupted_totals.applied == len(sent) and uninterrupted_totals.skipped == 0
 
-    # The same final states, byte for byte, as the uninterrupted run and the oracle.
-    churned_blobs = stored_blobs(redis_client, group["redis_key_prefix"])
-    reference_blobs = stored_blobs(redis_client, reference["redis_key_prefix"])
-    assert decode_states_equal(churned_blobs, reference_blobs) == []
-    oracle = expected_outcome(sent, reference_settings, load_tiny_scorer(tiny_model))
-    assert decode_states_equal(reference_blobs, oracle.blobs) == []
-
-    # The same set of alert ids: repeats allowed, nothing missing, nothing extra.
-    churned_ids = [
-        a["alert_id"]
-        for a in alerts_of(read_topic(broker.bootstrap_servers, group["alerts_topic"]))
-    ]
-    reference_ids = [
-        a["alert_id"]
-        for a in alerts_of(read_topic(broker.bootstrap_servers, reference["alerts_topic"]))
-    ]
-    assert reference_ids, "no alert at all: the comparison below would prove nothing"
-    assert len(set(reference_ids)) == len(reference_ids)  # the uninterrupted run never repeats
-    assert set(churned_ids) == set(reference_ids) == oracle.alert_ids
+    churned_ids, reference_ids = assert_same_as_uninterrupted(
+        redis_client,
+        broker.bootstrap_servers,
+        group,
+        reference,
+        reference_settings,
+        sent,
+        tiny_model,
+    )
     print(
         f"\n[churn] {len(sent)} events of {len(streams)} streams on {PARTITIONS} partitions; "
         f"{'; '.join(churn)}; done at {time.monotonic() - started:.0f} s; "

@@ -22,8 +22,8 @@ from stream_ae.io.window_store import InMemoryWindowStore, WindowStore
 from stream_ae.model.inference import Scorer
 from stream_ae.settings import Settings
 from stream_ae.worker.processor import StreamProcessor
-from tests.support.kafka_topics import Sent
-from tests.support.tiny_model import TinyModel
+from tests.support.kafka_topics import Sent, read_topic
+from tests.support.tiny_model import TinyModel, load_tiny_scorer
 
 
 def stored_blobs(client: Any, prefix: str) -> dict[str, bytes]:
@@ -154,3 +154,31 @@ def decode_states_equal(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> list[
         ]
         differing.append(f"{stream}: {fields_differing or 'encoding'}")
     return differing
+
+
+def assert_same_as_uninterrupted(
+    redis_client: Any,
+    bootstrap_servers: str,
+    run: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    reference_settings: Settings,
+    sent: Iterable[Sent],
+    model: TinyModel,
+) -> tuple[list[str], list[str]]:
+    """A disturbed run (crashes, group churn) ends as an uninterrupted one and as the oracle:
+    the same stored states, byte for byte, and the same set of alert ids (repeats allowed,
+    nothing missing, nothing extra). ``run`` and ``reference`` are the two workers' configs.
+    Returns the alert ids of both runs, in topic order."""
+    run_blobs = stored_blobs(redis_client, run["redis_key_prefix"])
+    reference_blobs = stored_blobs(redis_client, reference["redis_key_prefix"])
+    assert decode_states_equal(run_blobs, reference_blobs) == []
+    oracle = expected_outcome(sent, reference_settings, load_tiny_scorer(model))
+    assert decode_states_equal(reference_blobs, oracle.blobs) == []
+    run_ids = [a["alert_id"] for a in alerts_of(read_topic(bootstrap_servers, run["alerts_topic"]))]
+    reference_ids = [
+        a["alert_id"] for a in alerts_of(read_topic(bootstrap_servers, reference["alerts_topic"]))
+    ]
+    assert reference_ids, "no alert at all: the comparison would prove nothing"
+    assert len(set(reference_ids)) == len(reference_ids)  # the uninterrupted run never repeats
+    assert set(run_ids) == set(reference_ids) == oracle.alert_ids
+    return run_ids, reference_ids
