@@ -11,14 +11,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stream_ae.errors import ArtifactError, ConfigError, StreamAEError
 from stream_ae.io.kafka import KafkaConnection, worker_consumer, worker_producer
-from stream_ae.io.redis import connect_redis
+from stream_ae.io.redis import connect_redis, redis_errors
 from stream_ae.io.state_guard import StateGuard, check_server
 from stream_ae.io.window_store import RedisWindowStore
-from stream_ae.logs import fields
+from stream_ae.logs import fields, mask_urls
 from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
 from stream_ae.model.registry import resolve_artifact_dir
@@ -88,7 +88,7 @@ def check_model_fits_states(settings: Settings, directory: Path) -> None:
     manifest = read_manifest(directory, verify=True)
     shape = StateShape.of_manifest(manifest)
     model = f"model {manifest.get('name')}/{manifest.get('version')}"
-    client = connect_redis(settings)
+    client = retry_until_up("Redis", lambda: _connected_redis(settings), settings)
     try:
         retry_until_up(
             "Redis",
@@ -97,6 +97,11 @@ def check_model_fits_states(settings: Settings, directory: Path) -> None:
         )
     finally:
         client.close()
+
+
+def _connected_redis(settings: Settings) -> Any:
+    with redis_errors(f"connect to {mask_urls(settings.redis_url)}"):
+        return connect_redis(settings)
 
 
 def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
