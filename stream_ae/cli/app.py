@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and args.command != "worker":  # the worker: from its settings
         level = args.log_level or os.environ.get("STREAM_AE_LOG_LEVEL", "").upper()
         setup_logging(level if level in LOG_LEVELS else "WARNING", "text")
-    return run_command(f"stream-ae {args.command}", args._run, args, debug=debug)
+    # A command with subcommands stores the chosen one as <command>_command ("model status").
+    subcommand = getattr(args, f"{args.command}_command", None)
+    prog = " ".join(filter(None, ("stream-ae", args.command, subcommand)))
+    return run_command(prog, args._run, args, debug=debug)
 
 
 if __name__ == "__main__":

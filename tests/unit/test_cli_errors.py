@@ -125,7 +125,7 @@ def rows(data: Path) -> list[Row]:
             "model status: a mistyped variable",
             (*STREAM_AE, "model", "status"),
             2,
-            r"^stream-ae model: error: .*did you mean STREAM_AE_BOOTSTRAP_SERVERS\?",
+            r"^stream-ae model status: error: .*did you mean STREAM_AE_BOOTSTRAP_SERVERS\?",
             typo,
         ),
         Row(
