@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,8 +98,42 @@ def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if root.level > logging.DEBUG:
+        handler.addFilter(ConnectionChatter())
     for noisy in ("kafka", "urllib3", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class ConnectionChatter(logging.Filter):
+    """Lets through at most one of the Kafka clients' own lines about a failed connection per
+    ``interval_s``, none in the first one.
+
+    While a broker is down, kafka-python logs four lines per connection attempt and librdkafka
+    one per attempt and broker; our callers already log one line per retry (the worker) or end
+    with one error line (the tools). A broker lost in the middle of a run still shows, rate
+    limited. Everything else the clients log passes, and all of it at DEBUG.
+    """
+
+    LOGGERS = ("kafka", "stream_ae.io.kafka")
+    PATTERN = re.compile(
+        r"ECONNREFUSED|Connection refused|Connection failed|Connection lost|Bootstrap"
+        r"|Unable to bootstrap|not ready; waiting|_TRANSPORT|_RESOLVE|_ALL_BROKERS_DOWN"
+        r"|Failed to resolve|Name or service not known|Connect to .* failed"
+    )
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last_s = time.monotonic()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.LOGGERS) or not self.PATTERN.search(record.getMessage()):
+            return True
+        now = time.monotonic()
+        if now - self._last_s < self.interval_s:
+            return False
+        self._last_s = now
+        return True
 
 
 def fields(**values: Any) -> dict[str, Any]:

@@ -11,7 +11,9 @@ string. Unknown keys are rejected, secrets are ``SecretStr`` and never appear in
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -37,6 +39,8 @@ from stream_ae.errors import ConfigError
 from stream_ae.logs import mask_urls
 
 ENV_PREFIX = "STREAM_AE_"
+# One broker address: a host name, an IPv4 address or a bracketed IPv6 one, then :port.
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 # Settings of the alert policy -> AlertPolicy's field names.
 _POLICY_FIELDS = {
     "threshold": "threshold",
@@ -238,6 +242,22 @@ class Settings(BaseSettings):
             return text.rstrip("/")
         return Path(text.removeprefix("file://"))
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        # kafka-python would take 'localhost9092' as a host and add :9092; librdkafka too. The
+        # typo then shows up as an unreachable broker 30 s later instead of here.
+        addresses = [part.strip() for part in value.split(",")]
+        for address in addresses:
+            match = _HOST_PORT.match(address)
+            if match is None or not 1 <= int(match.group(2)) <= 65535:
+                which = f" ({address!r} is not)" if len(addresses) > 1 else ""
+                raise ValueError(
+                    f"not a host:port list{which}; write e.g. localhost:9092 or "
+                    "kafka-1:9092,kafka-2:9092"
+                )
+        return ",".join(addresses)
+
     @field_validator("input_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: Any) -> Any:
@@ -333,7 +353,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings from the environment, ``.env`` and ``overrides``.
 
-    Raises :class:`ConfigError` with one message listing every invalid or unknown key.
+    Raises :class:`ConfigError` with one line listing every invalid or unknown key, each named
+    as its environment variable, with the closest known name for a typo.
     """
     env = os.environ if environ is None else environ
     known = field_names()
@@ -343,12 +364,46 @@ def load_settings(
         if key.upper().startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() not in known
     )
     if unknown:
-        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+        raise ConfigError(
+            "unknown setting(s) in the environment: "
+            + "; ".join(_unknown_with_suggestion(key) for key in unknown)
+        )
     try:
         return Settings(**dict(overrides or {}))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _unknown_with_suggestion(key: str) -> str:
+    """``key`` (an unknown ``STREAM_AE_*`` name) with the closest known setting, if any.
+
+    >>> _unknown_with_suggestion("STREAM_AE_BOOTSTRAP_SERVER")
+    'STREAM_AE_BOOTSTRAP_SERVER (did you mean STREAM_AE_BOOTSTRAP_SERVERS?)'
+    >>> _unknown_with_suggestion("STREAM_AE_COLOUR")
+    'STREAM_AE_COLOUR'
+    """
+    name = key.upper().removeprefix(ENV_PREFIX).lower()
+    close = difflib.get_close_matches(name, sorted(field_names()), n=1, cutoff=0.75)
+    return f"{key} (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else key
+
+
+def _problem(error: Any) -> str:
+    """One validation error as ``name: what is wrong (got 'value')``; secrets' values are
+    never shown, nor values of unknown keys (from ``.env``) that may be anyone's secret."""
+    location = ".".join(str(part) for part in error["loc"])
+    if not location:
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = location.split(".")[0].lower().removeprefix(ENV_PREFIX.lower())
+    if error["type"] == "extra_forbidden":
+        if not location.lower().startswith(ENV_PREFIX.lower()):  # an override, not a variable
+            return f"{location}: unknown setting"
+        return f"{_unknown_with_suggestion(ENV_PREFIX + name.upper())}: unknown setting"
+    field = Settings.model_fields.get(name)
+    shown = ""
+    if field is not None and "Secret" not in str(field.annotation) and "input" in error:
+        shown = f" (got {error['input']!r})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    # A list's item index helps (batch_buckets.1); a union's member name (window_size.int) not.
+    where = "".join(f".{part}" for part in error["loc"][1:] if isinstance(part, int))
+    return f"{name}{where}: {message}{shown}"

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from stream_ae.logs import quiet_native_stderr
+from stream_ae.cli.boundary import debugging, run_command
+from stream_ae.logs import quiet_native_stderr, setup_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 PLUGIN_GROUP = "stream_ae.commands"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 EXAMPLES = (
     "stream-ae dev-stack up --detach",
@@ -90,6 +92,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog=examples_epilog(EXAMPLES),
         formatter_class=HelpFormatter,
     )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="log level on stderr (default: STREAM_AE_LOG_LEVEL, else WARNING; the worker's "
+        "INFO); DEBUG also prints the traceback of an error",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in {**COMMANDS, **plugin_commands()}.items():
         command_parser = sub.add_parser(
@@ -111,19 +119,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     # debugging; a call from Python (tests, notebooks) leaves the caller's stderr alone.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if argv is None and not _debugging(args_list):
+    debug = debugging(args_list)
+    if argv is None and not debug:
         quiet_native_stderr()
     # Only the chosen command's module is imported (heavy ones pull in Keras).
     names = set(COMMANDS) | {ep.name for ep in entry_points(group=PLUGIN_GROUP)}
     chosen = next((a for a in args_list if a in names), None)
     parser = build_parser(only=chosen)
     args = parser.parse_args(args_list)
-    return int(args._run(args) or 0)
-
-
-def _debugging(args: Sequence[str]) -> bool:
-    level = os.environ.get("STREAM_AE_LOG_LEVEL", "")
-    return level.upper() == "DEBUG" or "DEBUG" in args
+    if args.log_level and argv is None:
+        # The worker reads its level from the settings: the option is the variable, for this
+        # process only (never set from a call in Python, whose environment is the caller's).
+        os.environ["STREAM_AE_LOG_LEVEL"] = args.log_level
+    if argv is None and args.command != "worker":  # the worker: from its settings
+        level = args.log_level or os.environ.get("STREAM_AE_LOG_LEVEL", "").upper()
+        setup_logging(level if level in LOG_LEVELS else "WARNING", "text")
+    # A command with subcommands stores the chosen one as <command>_command ("model status").
+    subcommand = getattr(args, f"{args.command}_command", None)
+    prog = " ".join(filter(None, ("stream-ae", args.command, subcommand)))
+    return run_command(prog, args._run, args, debug=debug)
 
 
 if __name__ == "__main__":

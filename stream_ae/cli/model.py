@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stream_ae.errors import ArtifactError, StreamAEError
+from stream_ae.cli.boundary import REDIS_FIX
+from stream_ae.errors import ArtifactError
 from stream_ae.logs import mask_urls
 from stream_ae.model.registry import (
     Heartbeat,
@@ -122,13 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.model_command == "status":
-            return _status(args)
-        return _show(args)
-    except StreamAEError as exc:
-        print(f"stream-ae model {args.model_command}: {exc}", file=sys.stderr)
-        return 2
+    # An error (a bad setting, an unreadable artifact) is the command line's one error line.
+    if args.model_command == "status":
+        return _status(args)
+    return _show(args)
 
 
 # --- status --------------------------------------------------------------------------------
@@ -177,8 +175,8 @@ def _status(args: argparse.Namespace) -> int:
         beats, unreadable = read_heartbeats(client, prefix, args.group)
     except Exception as exc:
         print(
-            f"stream-ae model status: cannot read {mask_urls(settings.redis_url)}: "
-            f"{mask_urls(str(exc))}",
+            f"stream-ae model status: error: cannot read {mask_urls(settings.redis_url)}: "
+            f"{mask_urls(str(exc)).rstrip('.')}; {REDIS_FIX}",
             file=sys.stderr,
         )
         return 1

@@ -56,11 +56,7 @@ def run(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
-    try:
-        settings = load_settings(overrides)
-    except StreamAEError as exc:
-        print(f"stream-ae worker: {exc}")
-        return 2
+    settings = load_settings(overrides)  # a ConfigError is the command line's one error line
     setup_logging(settings.log_level, settings.log_format)
     log.info("starting", extra=fields(settings=settings.describe()))
     metrics = WorkerMetrics(process=True)

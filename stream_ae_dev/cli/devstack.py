@@ -208,7 +208,8 @@ def _status(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     state = StackState.read(run_dir)
     if state is None:
-        print(f"no dev stack recorded in {run_dir}")
+        where = "" if run_dir == default_run_dir() else f" --run-dir {shlex.quote(str(run_dir))}"
+        _info(f"error: no dev stack in {run_dir}; start one: stream-ae dev-stack up{where}")
         return 1
     broker_up = state.broker_alive() and broker_is_ready(state.bootstrap_servers)
     redis_up = state.redis_alive() and redis_is_ready(state.redis_url)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 from training.cli import calibrate, inspection, refit, registry, shadow, train
@@ -78,22 +77,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``stream-ae-train``; returns the exit status."""
-    from stream_ae.errors import StreamAEError
+    """Entry point of ``stream-ae-train``; returns the exit status. An error is one line on
+    stderr (:mod:`stream_ae.cli.boundary`), with its traceback at ``--log-level DEBUG``."""
+    from stream_ae.cli.boundary import debugging, run_command
+    from stream_ae.logs import quiet_native_stderr, setup_logging
+    from stream_ae.settings import load_settings
 
     args = build_parser().parse_args(argv)
+    debug = args.log_level == "DEBUG" or debugging([])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if argv is None:
+        # A real process: TensorFlow's start-up chatter filtered as for stream-ae, the text
+        # format, and the Kafka clients' per-attempt connection chatter kept out (the command
+        # ends with its own line); a call from Python (tests, notebooks) keeps the caller's
+        # stderr and handlers.
+        if not debug:
+            quiet_native_stderr()
+        setup_logging(args.log_level, "text")
+    else:
+        logging.basicConfig(
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     if args.log_level != "DEBUG":
         # kafka-python narrates every connection at INFO; a failure's reason must not drown.
         logging.getLogger("kafka").setLevel(logging.WARNING)
-    try:
+
+    def checked_run(args: argparse.Namespace) -> int:
+        # The settings are checked first: a mistyped STREAM_AE_* variable fails in a second,
+        # not after a training run that reads them only to publish.
+        load_settings()
         return int(args._run(args) or 0)
-    except (StreamAEError, ValueError, OSError) as exc:
-        print(f"stream-ae-train {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+
+    return run_command(f"stream-ae-train {args.command}", checked_run, args, debug=debug)
 
 
 if __name__ == "__main__":

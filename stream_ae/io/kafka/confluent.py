@@ -114,6 +114,21 @@ def _wrapped(what: str, transient: frozenset[int] = frozenset()) -> Iterator[Non
         raise wrap_error(what, exc, transient) from exc
 
 
+def _reach(client: Any, connection: KafkaConnection) -> None:
+    """Fail within ``bootstrap_timeout_ms`` when no broker answers, as kafka-python does:
+    librdkafka itself would retry in the background for ever, and a producer's first flush
+    then waits minutes."""
+    timeout_s = connection.bootstrap_timeout_ms / 1000
+    try:
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"no broker at {connection.bootstrap_servers} answered within {timeout_s:g} s "
+            f"({wrap_error('metadata', exc)})",
+            retriable=True,
+        ) from exc
+
+
 def _log_client_error(error: KafkaError) -> None:
     """librdkafka's background errors (a broker down...): it retries by itself, we say so."""
     log.warning("kafka client: %s: %s", error.name(), error.str())
@@ -165,6 +180,7 @@ class ConfluentBatchConsumer:
         }
         with _wrapped(f"cannot create a consumer for {connection.bootstrap_servers}"):
             self._consumer = confluent_kafka.Consumer(config)
+        _reach(self._consumer, connection)
         self._relay = RebalanceRelay()
         # Manual assignment starts on the first poll, with the offsets of any seek before it:
         # librdkafka refuses to seek a partition that is not fetching yet.
@@ -340,6 +356,7 @@ class ConfluentProducer:
         }
         with _wrapped(f"cannot create a producer for {connection.bootstrap_servers}"):
             self._producer = confluent_kafka.Producer(config)
+        _reach(self._producer, connection)
         self._generation = 0
         self._sent = 0
         self._failures: list[KafkaError] = []

@@ -27,6 +27,11 @@ OffsetReset = Literal["earliest", "latest", "error"]
 # The producer's own limit on one request. Kafka's default broker limit (message.max.bytes) is
 # 1,048,588 B, so a request this size is one the default broker accepts.
 DEFAULT_MAX_REQUEST_BYTES = 1_048_576
+# How long a new client waits for its first broker before giving up. A reachable broker
+# answers in milliseconds; the clients' 30 s default made a mistyped address or a stopped
+# broker a half-minute hang for the tools. The worker retries a failed start anyway (with its
+# own backoff and one log line per attempt), so it loses nothing by failing fast either.
+BOOTSTRAP_TIMEOUT_MS = 5_000
 
 
 def security_config(settings: Settings) -> dict[str, Any]:
@@ -62,6 +67,7 @@ class KafkaConnection:
     client_id: str = "stream-ae"
     security: Mapping[str, Any] = field(default_factory=dict)
     client: KafkaClient = "kafka-python"
+    bootstrap_timeout_ms: int = BOOTSTRAP_TIMEOUT_MS
 
     @classmethod
     def from_settings(

@@ -34,6 +34,8 @@ _COMMIT_RETRIABLE = (
 def wrap_error(what: str, exc: BaseException) -> BrokerError:
     """``exc`` as the project's error: retriable as kafka-python says (a socket error is;
     anything else unknown is not)."""
+    if isinstance(exc, kafka.errors.KafkaTimeoutError) and "Unable to bootstrap" in str(exc):
+        return BrokerError(f"{what}: no broker answered", retriable=True)
     if isinstance(exc, kafka.errors.MessageSizeTooLargeError):
         return MessageTooLargeError(f"{what}: {exc}")
     if isinstance(exc, kafka.errors.KafkaError):
@@ -84,6 +86,7 @@ class KafkaPythonBatchConsumer:
             max_poll_interval_ms=max_poll_interval_ms,
             max_poll_records=max_poll_records,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            bootstrap_timeout_ms=connection.bootstrap_timeout_ms,
             **connection.security,
         )
         with _wrapped(f"cannot create a consumer for {connection.bootstrap_servers}"):
@@ -208,6 +211,7 @@ class KafkaPythonProducer:
             retries=5,
             linger_ms=linger_ms,
             max_request_size=max_request_bytes,
+            bootstrap_timeout_ms=connection.bootstrap_timeout_ms,
             **connection.security,
         )
         with _wrapped(f"cannot create a producer for {connection.bootstrap_servers}"):
