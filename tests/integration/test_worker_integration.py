@@ -15,6 +15,7 @@ thread; the worker as a subprocess is exercised by the crash-replay and SIGTERM 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -344,10 +345,23 @@ def test_a_zombie_write_is_refused_by_the_fence(
     assert zombie.save(stale.touched) == [stream.name]
     assert stream.name not in zombie.cache
     assert redis_client.get(key) == stored
-    # An equal offset is refused too (the same batch written twice changes nothing)...
+    # A replay of applied events is skipped, and a write at an equal offset is refused: a
+    # second owner that applied the same batch writes a state at the stored offset, 199.
     replay = processor().process(events[:100])
     assert replay.events_skipped == 100 and not replay.touched
-    # ...and the state the zombie would have written was genuinely older.
+    equal = StreamProcessor(
+        RedisWindowStore(redis_client, tiny_model.window, tiny_model.features, "fence-twin"),
+        lambda: scorer,
+        stride=1,
+        policy=AlertPolicy(),
+        clock_ms=lambda: 0,
+    ).process(events)  # the same 200 events elsewhere: a different state at offset 199
+    different = equal.touched[stream.name]
+    assert different.offset == 199
+    tampered = dataclasses.replace(different, count=different.count + 1)
+    assert owner.save({stream.name: tampered}) == [stream.name]  # equal offset: refused
+    assert redis_client.get(key) == stored
+    # The state the zombie would have written was genuinely older.
     assert isinstance(stored, bytes)
     assert decode_state(stored).offset == 199 and decode_state(stored).count == 200
 
