@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +49,7 @@ _STATUS_COLUMNS = (
 EXAMPLES = (
     "stream-ae model status",
     "stream-ae model show registry/default/20261123T162415937574Z",
-    "stream-ae model status --json",
+    "stream-ae model status --key-prefix blue --key-prefix green --json",
 )
 
 
@@ -74,10 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     status.add_argument(
         "--key-prefix",
-        help="key prefix the workers use (default: STREAM_AE_REDIS_KEY_PREFIX)",
+        action="append",
+        metavar="PREFIX",
+        help="key prefix the workers use; repeat it for several deployments at once, e.g. "
+        "blue and green (default: STREAM_AE_REDIS_KEY_PREFIX)",
     )
     status.add_argument(
-        "--group", help="only workers of this consumer group (default: every group)"
+        "--group",
+        action="append",
+        help="only workers of this consumer group; repeatable (default: every group)",
     )
     status.add_argument(
         "--registry",
@@ -133,11 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_heartbeats(
-    client: Any, prefix: str, group: str | None = None
+    client: Any, prefix: str | Sequence[str], group: str | Sequence[str] | None = None
 ) -> tuple[list[Heartbeat], list[str]]:
-    """Every live worker's heartbeat (sorted by group, then worker), optionally of one group,
-    and the keys whose value is not a heartbeat."""
-    keys = sorted(client.scan_iter(match=heartbeat_pattern(prefix), count=500))
+    """Every live worker's heartbeat under one or several key prefixes (sorted by group, then
+    worker), optionally of some groups only, and the keys whose value is not a heartbeat."""
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
+    groups = None if group is None else {group} if isinstance(group, str) else set(group)
+    keys = sorted(
+        {k for p in prefixes for k in client.scan_iter(match=heartbeat_pattern(p), count=500)}
+    )
     if not keys:
         return [], []
     beats: list[Heartbeat] = []
@@ -150,7 +160,7 @@ def read_heartbeats(
         except ValueError:
             unreadable.append(_text(key))
             continue
-        if group is None or beat.group == group:
+        if groups is None or beat.group in groups:
             beats.append(beat)
     return sorted(beats, key=lambda b: (b.group, b.worker_id)), unreadable
 
@@ -161,7 +171,7 @@ def _status(args: argparse.Namespace) -> int:
 
     overrides = {"redis_url": args.redis_url} if args.redis_url else {}
     settings = load_settings(overrides)
-    prefix = args.key_prefix or settings.redis_key_prefix
+    prefixes = args.key_prefix or [settings.redis_key_prefix]
     name = args.name or settings.model_name
     registry = args.registry or settings.model_path
     champion = (
@@ -172,7 +182,7 @@ def _status(args: argparse.Namespace) -> int:
     client = None
     try:
         client = connect_redis(settings)  # checks the connection and the login
-        beats, unreadable = read_heartbeats(client, prefix, args.group)
+        beats, unreadable = read_heartbeats(client, prefixes, args.group)
     except Exception as exc:
         print(
             f"stream-ae model status: error: cannot read {mask_urls(settings.redis_url)}: "
@@ -193,8 +203,9 @@ def _status(args: argparse.Namespace) -> int:
     for key in unreadable:
         print(f"{key}: unreadable heartbeat")
     if not beats:
-        scope = f" in group {args.group}" if args.group else ""
-        print(f"no live workers{scope} (no {heartbeat_pattern(prefix)} heartbeat keys)")
+        scope = f" in group(s) {', '.join(args.group)}" if args.group else ""
+        patterns = ", ".join(heartbeat_pattern(p) for p in prefixes)
+        print(f"no live workers{scope} (no {patterns} heartbeat keys)")
         return 0
     print("  ".join(title.ljust(width) for title, width in _STATUS_COLUMNS) + "  note")
     now = datetime.now(UTC)

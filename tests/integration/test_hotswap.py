@@ -646,6 +646,26 @@ def test_model_status_lists_every_live_worker(
     assert "3 worker(s), 2 version(s), 2 not on the champion" in out
 
 
+def test_model_status_covers_blue_and_green_in_one_call(
+    redis_server: Any,
+    manager_factory: Callable[..., ModelManager],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The documented blue/green set-up (two key prefixes, two groups) is one call."""
+    blue = manager_factory(redis_key_prefix="blue", group_id="stream-ae-blue")
+    green = manager_factory(redis_key_prefix="green", group_id="stream-ae-green")
+    other = manager_factory(redis_key_prefix="other")
+    for manager in (blue, green, other):
+        assert manager.write_heartbeat()
+    base = ["status", "--redis-url", redis_server.url, "--json"]
+    both = ["--key-prefix", "blue", "--key-prefix", "green"]
+    code, out, _ = _run_model_cmd([*base, *both], capsys)
+    assert code == 0
+    assert {b["worker_id"] for b in json.loads(out)} == {blue.worker_id, green.worker_id}
+    code, out, _ = _run_model_cmd([*base, *both, "--group", "stream-ae-green"], capsys)
+    assert {b["worker_id"] for b in json.loads(out)} == {green.worker_id}
+
+
 def test_model_status_without_workers(
     redis_server: Any, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
