@@ -300,3 +300,24 @@ def test_a_dotenv_with_unrelated_lines_is_read_and_they_are_ignored(tmp_path: Pa
     (tmp_path / ".env").write_text("UNRELATED=1\nSTREAM_AE_WINDOWSIZE=3\n")
     with pytest.raises(ConfigError, match=r"(?i)windowsize"):  # our prefix, unknown key: refused
         load_settings()
+
+
+def test_the_readme_lists_every_setting_with_its_default() -> None:
+    """The README's configuration table is the settings' own list: a new field, a changed
+    default or a removed one shows up here."""
+    import re
+    from pathlib import Path
+
+    from stream_ae.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(STREAM_AE_\w+)` \| `([^`]*)` \|", readme, re.M))
+    expected = {}
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if hasattr(default, "get_secret_value"):
+            default = None
+        expected[f"{ENV_PREFIX}{name.upper()}"] = (
+            repr(list(default)) if isinstance(default, list | tuple) else repr(default)
+        )
+    assert table == expected
