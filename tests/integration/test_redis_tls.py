@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from stream_ae.errors import ConfigError
+from stream_ae.errors import ConfigError, StoreError
 from stream_ae.io.state_guard import StateGuard, check_server
 from stream_ae.io.window_store import RedisWindowStore, connect_redis
 from stream_ae.settings import Settings
@@ -70,7 +70,7 @@ def test_a_plaintext_connection_or_no_client_certificate_is_refused(redis_tls: T
     with pytest.raises(redis.exceptions.ConnectionError):
         plain.ping()
     no_cert = {**tls_settings(redis_tls), "redis_ssl_cert_file": None, "redis_ssl_key_file": None}
-    with pytest.raises(redis.exceptions.ConnectionError):
+    with pytest.raises(StoreError, match="Redis unavailable"):
         connect_redis(Settings(**no_cert))
 
 
