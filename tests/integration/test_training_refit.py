@@ -159,7 +159,7 @@ def test_refit_once_from_the_command_line(
     out = capsys.readouterr().out
     assert "scaling global -> stream" in out and "warm start: False" in out
     # Nothing in range: one line with the replay's counts, no traceback.
-    assert main([*common, "--from", "2030-01-01T00:00:00Z"]) == 1
+    assert main([*common, "--from", "2030-01-01T00:00:00Z"]) == 2  # what was asked for is empty
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("stream-ae-train refit: error: no events to train on")
     assert "messages" in err[-1]
