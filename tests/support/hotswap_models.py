@@ -9,6 +9,7 @@ their scores spread over [0, 1], so a threshold of 0.8 opens and resolves alerts
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import threading
 import time
@@ -69,9 +70,13 @@ def write_artifact(directory: Path, version: str, spec: ModelSpec = SPEC, seed: 
     )
 
 
+_PUBLISHED = itertools.count()
+
+
 def new_version(tag: str = "") -> str:
-    # Sortable and unique: versions are immutable, and a test may publish many per second.
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}{tag}"
+    # Sortable in publishing order and unique: versions are immutable, a test may publish many
+    # per second, and "latest", list order and the like follow the name's order.
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{next(_PUBLISHED):06d}-{uuid.uuid4().hex[:6]}{tag}"
 
 
 def publish(

@@ -228,7 +228,7 @@ def test_report_on_your_own_csv_counts_alerts_against_your_labels(
     assert main([*base, *nab_labels, "--out", str(tmp_path / "x")]) == 1
     assert "--nab-labels applies to --nab data only" in capsys.readouterr().err
     labels.write_text(f"stream,start,end\ntwo,{start},{end}\n")
-    assert main([*base, "--labels", str(labels), "--out", str(tmp_path / "y")]) == 1
+    assert main([*base, "--labels", str(labels), "--out", str(tmp_path / "y")]) == 2
     assert "stream(s) not in the data: two (streams: one)" in capsys.readouterr().err
 
 
