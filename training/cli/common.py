@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +65,13 @@ def registry(args: argparse.Namespace) -> Any:
     """The registry the options name, notifying workers over Redis when a URL is known."""
     from training.registry import Registry, redis_notifier
 
-    url = getattr(args, "redis_url", None) or os.environ.get("STREAM_AE_REDIS_URL")
+    # The Redis of the settings only when it was configured (environment or .env): a trainer
+    # with no Redis around must not wait for the default address.
+    config = settings()  # the ACL credentials are secrets of the settings, as for the worker
+    configured = config.redis_url if "redis_url" in config.model_fields_set else None
+    url = getattr(args, "redis_url", None) or configured
     if not url:
         return Registry(registry_root(args), None)
-    config = settings()  # the ACL credentials are secrets of the settings, as for the worker
     password = config.redis_password.get_secret_value() if config.redis_password else None
     notifier = redis_notifier(url, username=config.redis_username, password=password)
     return Registry(registry_root(args), notifier)
