@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,6 +43,8 @@ from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
 from stream_ae.io.series_files import (
     ReadOptions,
     SeriesFileError,
+    TimeUnit,
+    detect_unit,
     parse_times,
     read_series_file,
 )
@@ -65,8 +67,10 @@ class Series:
     """One stream's events in time order.
 
     ``labels`` are labelled anomaly time ranges ``(start_ms, end_ms)``, both ends included (NAB's
-    windows); ``offsets`` the Kafka offsets of the events when the series came from a topic
-    (empty otherwise) and ``partition`` their partition.
+    windows); ``labelled`` says the series was labelled even where it has no range (a stream a
+    labels file names nowhere is normal throughout: its alerts are false ones); ``offsets`` the
+    Kafka offsets of the events when the series came from a topic (empty otherwise) and
+    ``partition`` their partition.
     """
 
     name: str
@@ -75,6 +79,7 @@ class Series:
     labels: tuple[tuple[int, int], ...] = ()
     offsets: np.ndarray = field(default_factory=lambda: NO_OFFSETS)
     partition: int = -1
+    labelled: bool = False
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=np.float32)
@@ -167,14 +172,25 @@ def split_at_gaps(series: Iterable[Series], max_gap_ms: int) -> list[Series]:
 
     An irregular series (a sensor that went silent for a day) otherwise yields windows that
     silently join two unrelated stretches. Segments are named ``<name>#<k>`` after the first.
+    A labelled range goes to the first segment it overlaps (the segment of its start, else the
+    next one), so it is scored once.
     """
     out: list[Series] = []
     for s in series:
+        if not len(s):
+            out.append(s)
+            continue
         cuts = np.flatnonzero(np.diff(s.ts_ms) > max_gap_ms) + 1
         bounds = [0, *cuts.tolist(), len(s)]
-        for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        segments = list(itertools.pairwise(bounds))
+        # The last time of each segment: a range belongs to the first segment ending at or
+        # after its start (the last one for a range after the data).
+        ends = [int(s.ts_ms[hi - 1]) for _, hi in segments]
+        owner = [min(int(np.searchsorted(ends, a)), len(segments) - 1) for a, _ in s.labels]
+        for k, (lo, hi) in enumerate(segments):
             part = s.rows(slice(lo, hi))
-            out.append(part if k == 0 else replace(part, name=f"{s.name}#{k}"))
+            labels = tuple(r for r, o in zip(s.labels, owner, strict=True) if o == k)
+            out.append(replace(part, labels=labels, name=f"{s.name}#{k}" if k else s.name))
     return out
 
 
@@ -232,45 +248,110 @@ def load_nab_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
     }
 
 
-def load_labels(path: Path | str) -> dict[str, list[tuple[int, int]]]:
-    """Labelled anomaly ranges of your own data: a CSV with the header ``stream,start,end``,
-    one range a row, both ends included, times in any form the data reader accepts (ISO 8601,
-    epoch s, ms, us or ns)."""
+LABEL_COLUMNS = ("stream", "start", "end")
+_EPOCH_UNITS = ("s", "ms", "us", "ns")
+
+
+def load_labels(path: Path | str, time_unit: TimeUnit = "auto") -> dict[str, list[tuple[int, int]]]:
+    """Labelled anomaly ranges of your own data: a CSV with the columns ``stream,start,end``
+    (any order, other columns ignored), one range a row, both ends included.
+
+    Times are read as the data reader reads them (:func:`stream_ae.io.series_files.parse_times`):
+    ISO 8601 (naive = UTC), or epoch numbers whose unit is detected by magnitude over the whole
+    file, or forced by ``time_unit`` (the data's ``--time-unit``; ISO labels are read as ISO
+    whatever it says). Every mistake is a one-line :class:`DataSourceError` naming the line:
+    a missing column, an empty stream, a time that is not one, a range that ends before it
+    starts or overlaps another of its stream (an alert inside both would count twice). A file
+    with a header and no rows is valid: no incidents, so every alert is a false one.
+    """
     path = Path(path)
     try:
-        with path.open(newline="") as handle:
+        # utf-8-sig: spreadsheets write a byte-order mark before the header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except OSError as exc:
         raise DataSourceError(f"cannot read labels {path}: {exc.strerror or exc}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    if header[:3] != ["stream", "start", "end"]:
+    except UnicodeDecodeError:
+        raise DataSourceError(f"labels {path} are not UTF-8 text (a CSV file)") from None
+    numbered = [(line, r) for line, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+    header = [cell.strip().lower() for cell in numbered[0][1]] if numbered else []
+    missing = [c for c in LABEL_COLUMNS if c not in header]
+    if missing:
         raise DataSourceError(
-            f"{path}: labels need the header stream,start,end (found {','.join(header) or 'none'})"
+            f"{path}: labels need the columns stream,start,end (missing "
+            f"{','.join(missing)}; found {','.join(header) or 'no header'})"
         )
-    body = rows[1:]
-    if any(len(r) < 3 for r in body):
-        line = 2 + next(i for i, r in enumerate(body) if len(r) < 3)
-        raise DataSourceError(f"{path}:{line}: a label row needs stream,start,end")
-    try:
-        # Both columns in one call: one time unit detected for the whole file.
-        times, _ = parse_times([r[1] for r in body] + [r[2] for r in body], "auto", path)
-    except SeriesFileError as exc:
-        raise DataSourceError(str(exc)) from None
-    out: dict[str, list[tuple[int, int]]] = {}
-    for i, row in enumerate(body):
-        start, end = int(times[i]), int(times[len(body) + i])
+    column = {name: header.index(name) for name in LABEL_COLUMNS}
+    body = numbered[1:]
+    for line, row in body:
+        if len(row) <= max(column.values()):
+            raise DataSourceError(
+                f"{path}:{line}: {len(row)} cell(s); a label row needs stream, start and end"
+            )
+        if not row[column["stream"]].strip():
+            raise DataSourceError(f"{path}:{line}: the stream is empty")
+    cells = {name: [row[column[name]].strip() for _, row in body] for name in ("start", "end")}
+    numbers = [n for c in (*cells["start"], *cells["end"]) if (n := _finite_number(c)) is not None]
+    # One epoch unit for the file, detected over every number as the data reader detects it
+    # over a column, unless the data's unit is forced.
+    epoch_unit = time_unit if time_unit in _EPOCH_UNITS else detect_unit(np.array(numbers))
+    starts, ends = (
+        [
+            _label_time(path, line, name, cell, epoch_unit)
+            for (line, _), cell in zip(body, cells[name], strict=True)
+        ]
+        for name in ("start", "end")
+    )
+    ranges: dict[str, list[tuple[int, int, int]]] = {}
+    for (line, row), start, end in zip(body, starts, ends, strict=True):
         if end < start:
-            raise DataSourceError(f"{path}:{i + 2}: the range ends before it starts")
-        out.setdefault(row[0].strip(), []).append((start, end))
-    return out
+            raise DataSourceError(
+                f"{path}:{line}: the range ends ({ms_to_iso(end)}) before it starts "
+                f"({ms_to_iso(start)})"
+            )
+        ranges.setdefault(row[column["stream"]].strip(), []).append((start, end, line))
+    for stream, spans in ranges.items():
+        spans.sort()
+        for (_, end, line), (start, _, later) in itertools.pairwise(spans):
+            if start <= end:
+                first, second = sorted((line, later))
+                raise DataSourceError(
+                    f"{path}:{second}: {stream}'s range overlaps the one of line {first}; "
+                    "merge them into one row"
+                )
+    return {stream: [(a, b) for a, b, _ in spans] for stream, spans in ranges.items()}
+
+
+def _finite_number(cell: str) -> float | None:
+    try:
+        number = float(cell)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _label_time(path: Path, line: int, name: str, cell: str, epoch_unit: str) -> int:
+    """One time of the labels in epoch ms: an epoch number in ``epoch_unit``, else ISO 8601."""
+    unit = cast(TimeUnit, epoch_unit if _finite_number(cell) is not None else "iso")
+    try:
+        times, _ = parse_times([cell], unit, path, line)
+    except SeriesFileError:
+        raise DataSourceError(
+            f"{path}:{line}: {name} {cell!r} is neither ISO 8601 nor an epoch number"
+        ) from None
+    return int(times[0])
 
 
 def attach_labels(
     series: Sequence[Series], labels: Mapping[str, Sequence[tuple[int, int]]], source: str
 ) -> list[Series]:
-    """``series`` with the ranges of ``labels`` added to theirs; a label naming no series is an
-    error (a typo would otherwise call every window normal)."""
+    """``series`` with the ranges of ``labels`` added to theirs, every one marked labelled (a
+    series with no range is normal throughout).
+
+    A label naming no series is an error (a typo would otherwise call every window normal), and
+    so are labels none of which overlaps its stream's data (times in the wrong unit or zone).
+    A range outside its stream's data cannot be hit: it is left out, with a warning.
+    """
     names = {s.name for s in series}
     unknown = sorted(set(labels) - names)
     if unknown:
@@ -278,7 +359,46 @@ def attach_labels(
             f"{source} labels stream(s) not in the data: {', '.join(unknown)} "
             f"(streams: {', '.join(sorted(names)) or 'none'})"
         )
-    return [replace(s, labels=(*s.labels, *labels.get(s.name, ()))) for s in series]
+    out, outside = [], []
+    for s in series:
+        first, last = (int(s.ts_ms.min()), int(s.ts_ms.max())) if len(s) else (0, -1)
+        ranges = labels.get(s.name, ())
+        kept = tuple((a, b) for a, b in ranges if a <= last and b >= first)
+        outside += [(s.name, a, b, first, last) for a, b in ranges if (a, b) not in kept]
+        out.append(replace(s, labels=(*s.labels, *kept), labelled=True))
+    given = sum(len(r) for r in labels.values())
+    if outside and len(outside) == given:
+        name, a, b, first, last = outside[0]
+        raise DataSourceError(
+            f"{source}: none of the {given} labelled range(s) overlaps its stream's data (e.g. "
+            f"{name} {ms_to_iso(a)}..{ms_to_iso(b)}, data {ms_to_iso(first)}..{ms_to_iso(last)})"
+            "; check the labels' time unit (--time-unit) and time zone"
+        )
+    for name, a, b, first, last in outside:
+        log.warning(
+            "%s: %s %s..%s lies outside the stream's data (%s..%s): not scored",
+            source,
+            name,
+            ms_to_iso(a),
+            ms_to_iso(b),
+            ms_to_iso(first),
+            ms_to_iso(last),
+        )
+    return out
+
+
+def labelled_windows(series: Iterable[Series]) -> dict[str, list[tuple[int, int]]]:
+    """``{stream: its labelled ranges}`` of the labelled series (a labelled stream with no
+    range is normal throughout: its alerts are false ones); what alert quality scores."""
+    return {s.name: list(s.labels) for s in series if s.labels or s.labelled}
+
+
+def read_labels_file(
+    series: Sequence[Series], path: Path | str, time_unit: TimeUnit = "auto"
+) -> list[Series]:
+    """``series`` with the labels file ``path`` attached (:func:`load_labels`, then
+    :func:`attach_labels`): what ``--labels FILE`` does in every command."""
+    return attach_labels(series, load_labels(path, time_unit), str(path))
 
 
 def read_nab(
@@ -303,7 +423,13 @@ def read_nab(
         for path in sorted(folder.glob("*.csv")):
             key = f"{category}/{path.name}"
             (series,) = read_csv(path, NAB_READ, name=key)
-            out.append(replace(series, labels=tuple((labels or {}).get(key, ()))))
+            out.append(
+                replace(
+                    series,
+                    labels=tuple((labels or {}).get(key, ())),
+                    labelled=labels is not None and key in labels,
+                )
+            )
     if not out:
         raise DataSourceError(f"no CSV files under {root} (categories: {chosen})")
     return out

@@ -28,7 +28,7 @@ from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.inference import Scorer
 from stream_ae.worker.processor import StreamProcessor
-from training.data import Series
+from training.data import Series, labelled_windows
 from training.evaluation.alert_quality import AlertQuality, alert_quality, opened_times
 
 DAY_MS = 86_400_000
@@ -116,7 +116,8 @@ def shadow_run(
     if span:
         low, high = int(span[0]), int(span[1])
         in_training = sum(low <= t <= high for times in opened.values() for t in times)
-    labelled = {s.name: list(s.labels) for s in series if s.labels}
+    labelled = labelled_windows(series)
+    labelled_rows = {name: rows.get(name, 0) for name in labelled}
     return ShadowResult(
         version=artifact.version,
         alerts=alerts,
@@ -125,7 +126,11 @@ def shadow_run(
             max(int(s.ts_ms[-1]) - int(s.ts_ms[0]), 0) / DAY_MS for s in series if len(s)
         ),
         opened_in_training=in_training,
-        quality=alert_quality(opened, labelled, rows=rows) if labelled else None,
+        quality=alert_quality(
+            {name: opened.get(name, []) for name in labelled}, labelled, rows=labelled_rows
+        )
+        if labelled
+        else None,
     )
 
 

@@ -60,9 +60,10 @@ def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) 
         "--labels",
         type=Path,
         metavar="FILE",
-        help="labelled anomaly ranges of the data: a CSV stream,start,end (times as the data "
-        "reader accepts them: ISO 8601, epoch s/ms/us/ns); gives alert-level hits, misses, "
-        "false alerts and delays",
+        help="labelled anomaly ranges of the data: a CSV stream,start,end, both ends included "
+        "(times as the data reader accepts them: ISO 8601, epoch s/ms/us/ns); a stream named "
+        "in no row is normal throughout. Gives alert-level hits, misses, false alerts and "
+        "delays",
     )
     group.add_argument(
         "--bootstrap-servers",
@@ -166,7 +167,7 @@ def load_data(args: argparse.Namespace, feature_names: Sequence[str] | None = No
     else:
         return []
     if args.labels:
-        series = data.attach_labels(series, data.load_labels(args.labels), str(args.labels))
+        series = data.read_labels_file(series, args.labels, args.time_unit)
     if args.max_gap:
         series = data.split_at_gaps(series, int(data.parse_duration_s(args.max_gap) * 1000))
     if args.train_fraction:

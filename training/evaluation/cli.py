@@ -11,6 +11,9 @@ Subcommands:
   ``training.evaluation.nab_run``, imported only when this subcommand runs.
 * ``skab`` -- run a detector over SKAB files and score it with SKAB's protocol; implemented in
   ``training.evaluation.skab_run``.
+* ``csv`` -- the alerts a model opens on your own CSV files and, with ``--labels``, the
+  labelled windows hit and missed, the false alerts and the delays; implemented in
+  ``training.evaluation.csv_run``.
 * ``cv`` -- cross-validated choice of post-processing and alert parameters for NAB and SKAB;
   implemented in ``training.evaluation.cv``.
 """
@@ -42,13 +45,13 @@ from training.evaluation.nab_score import (
     score_corpus,
 )
 
-HELP = "NAB evaluation and scoring"
+HELP = "alert quality on your own CSVs, NAB and SKAB evaluation and scoring"
 
 EXAMPLES = (
     "stream-ae evaluate nab NAB/ --out results",
     "stream-ae evaluate score results --windows NAB/labels/combined_windows.json "
     "--profiles NAB/config/profiles.json",
-    "stream-ae evaluate nab NAB/ --only realKnownCause --out results-rkc",
+    "stream-ae evaluate csv cpu.csv --artifact artifacts/cpu --labels incidents.csv",
 )
 
 SCORES_FILE = "scores.json"
@@ -131,6 +134,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     skab_run.add_arguments(skab)
     skab.set_defaults(evaluate_handler=_run_skab)
 
+    from training.evaluation import csv_run
+
+    own = sub.add_parser(
+        "csv",
+        help="alerts of a model on your own CSV files; hits, misses, false alerts with --labels",
+        description="Stream your own CSV files (read as every command reads them) through the "
+        "worker's processor with a model and the alert policy of the STREAM_AE_* settings; "
+        "print the alerts opened per stream and, with --labels FILE (a CSV stream,start,end), "
+        "the labelled windows hit and missed, the false alerts and the median delay from a "
+        "window's start to its first alert (training.evaluation.csv_run, scored by the code "
+        "evaluate nab uses).",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in csv_run.EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    csv_run.add_arguments(own)
+    own.set_defaults(evaluate_handler=_run_csv)
+
     cv = sub.add_parser(
         "cv",
         help="cross-validate post-processing and alert parameters (NAB or SKAB)",
@@ -174,6 +194,13 @@ def _run_skab(args: argparse.Namespace) -> int:
     from training.evaluation import skab_run
 
     return int(skab_run.run(args))
+
+
+def _run_csv(args: argparse.Namespace) -> int:
+    """``evaluate csv``: delegate to ``training.evaluation.csv_run``."""
+    from training.evaluation import csv_run
+
+    return int(csv_run.run(args))
 
 
 def _run_cv(args: argparse.Namespace) -> int:
