@@ -133,13 +133,13 @@ def test_labels_of_your_own_data_read_any_time_format_and_refuse_typos(tmp_path:
     iso = load_labels(path)
     path.write_text("stream,start,end\ncpu,1704067800,1704068400\n\n")  # epoch seconds
     assert load_labels(path) == iso == {"cpu": [(1_704_067_800_000, 1_704_068_400_000)]}
-    series = [Series("cpu", np.zeros(3), np.arange(3, dtype=np.int64))]
+    series = [Series("cpu", np.zeros(3), 1_704_067_800_000 + 60_000 * np.arange(3))]
     assert attach_labels(series, iso, "x")[0].labels == ((1_704_067_800_000, 1_704_068_400_000),)
     with pytest.raises(DataSourceError, match="not in the data: mem"):
         attach_labels(series, {"mem": [(0, 1)]}, "x")
     path.write_text("name,from,to\ncpu,1,2\n")
-    with pytest.raises(DataSourceError, match="header stream,start,end"):
+    with pytest.raises(DataSourceError, match="need the columns stream,start,end"):
         load_labels(path)
     path.write_text("stream,start,end\ncpu,1704069000,1704068400\n")
-    with pytest.raises(DataSourceError, match=":2: the range ends before it starts"):
+    with pytest.raises(DataSourceError, match=":2: the range ends .* before it starts"):
         load_labels(path)
