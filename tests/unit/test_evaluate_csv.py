@@ -11,6 +11,7 @@ minute; it resolves long before the next spike.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,20 @@ def test_a_bad_labels_file_stops_evaluate_csv_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("stream-ae evaluate csv: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+def test_evaluate_csv_help_ends_with_examples_that_parse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from training.evaluation.csv_run import EXAMPLES
+
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["evaluate", "csv", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--labels FILE" in text and "stream,start,end" in text
+    assert [line.strip() for line in text.rstrip().splitlines()[-len(EXAMPLES) :]] == list(EXAMPLES)
+    for example in EXAMPLES:
+        argv = shlex.split(example.removeprefix("stream-ae "))
+        args = app.build_parser(only="evaluate").parse_args(argv)
+        assert args.evaluate_command == "csv" and args.files

@@ -87,7 +87,7 @@ def test_a_bad_labels_file_is_one_line_naming_where(
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
-    with pytest.raises(DataSourceError, match="cannot read labels .*nope.csv: No such file"):
+    with pytest.raises(DataSourceError, match=r"cannot read labels .*nope\.csv: No such file"):
         load_labels(tmp_path / "nope.csv")
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"stream,start,end\n\xe9t\xe9,1,2\n")
@@ -188,7 +188,7 @@ def test_attach_refuses_unknown_streams_and_labels_that_miss_all_the_data(
     with pytest.raises(DataSourceError, match=r"not in the data: dsk \(streams: cpu, mem\)"):
         attach_labels(series, {"dsk": [(T0, T0 + MINUTE)]}, "labels.csv")
     # Seconds read as milliseconds would land in 1970: nothing overlaps, which is an error.
-    with pytest.raises(DataSourceError, match="none of the 1 labelled range.*--time-unit"):
+    with pytest.raises(DataSourceError, match=r"none of the 1 labelled range.*--time-unit"):
         attach_labels(series, {"cpu": [(T0 // 1000, T0 // 1000 + 60)]}, "labels.csv")
     # One range outside the data among others: left out with a warning, the rest kept.
     inside, outside = (T0 + 5 * MINUTE, T0 + 9 * MINUTE), (T0 - 9 * MINUTE, T0 - MINUTE)

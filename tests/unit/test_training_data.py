@@ -141,5 +141,5 @@ def test_labels_of_your_own_data_read_any_time_format_and_refuse_typos(tmp_path:
     with pytest.raises(DataSourceError, match="need the columns stream,start,end"):
         load_labels(path)
     path.write_text("stream,start,end\ncpu,1704069000,1704068400\n")
-    with pytest.raises(DataSourceError, match=":2: the range ends .* before it starts"):
+    with pytest.raises(DataSourceError, match=r":2: the range ends .* before it starts"):
         load_labels(path)
