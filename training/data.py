@@ -14,8 +14,10 @@ never here.
   :func:`stream_ae.core.records.decode_event` (invalid messages are counted by reason, not
   used), and
   bounded per stream to the newest ``max_events_per_stream`` events.
-- Labels of your own data: a CSV ``stream,start,end`` (:func:`load_labels`), attached to the
-  series of any source by stream name (:func:`attach_labels`).
+- Labels of your own data: a CSV ``stream,start,end`` (:func:`load_labels`, times read as the
+  CSV reader reads them), attached to the series of any source by stream name
+  (:func:`attach_labels`; both: :func:`read_labels_file`, what every ``--labels FILE`` does).
+  :func:`labelled_windows` gives the ranges alert quality is scored against.
 
 Parsing errors raise :class:`DataSourceError` naming the file and line.
 """

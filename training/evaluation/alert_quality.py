@@ -7,6 +7,10 @@ outside every window is *false*. The *delay* of a hit window is the time from it
 first alert opened inside it (NAB rewards that first detection only; later alerts in the same
 window are neither hits nor false).
 
+:func:`match_alerts` gives the outcome of each labelled window and the false alerts (the data a
+timeline draws); :func:`alert_quality` its figures, pooled; :func:`quality_per_stream` per
+stream. ``evaluate nab``, ``evaluate csv``, ``report`` and the shadow gate all count with these.
+
 >>> windows = {"cpu": [(1_000, 2_000)], "mem": [(5_000, 6_000)]}
 >>> opened = {"cpu": [1_500, 1_700, 9_000], "mem": []}
 >>> q = alert_quality(opened, windows, rows={"cpu": 100, "mem": 100})
