@@ -50,7 +50,8 @@ def fit_detector(
         DEFAULT_DETECTOR.model, {k: v for k, v in options.items() if k in spec_fields}, names
     )
     config = dataclasses.replace(
-        DEFAULT_DETECTOR.fit, **{"verbose": 0, **{k: v for k, v in options.items() if k in fit_fields}}
+        DEFAULT_DETECTOR.fit,
+        **{"verbose": 0, **{k: v for k, v in options.items() if k in fit_fields}},
     )
     post = DEFAULT_DETECTOR.post if options.get(POST_OPTION, True) else None
     result = fitting.fit_series(

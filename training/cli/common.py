@@ -7,7 +7,6 @@ Nothing here imports TensorFlow at import time: ``--help`` must stay fast and wo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
