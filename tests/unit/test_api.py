@@ -104,5 +104,7 @@ def test_fit_and_train_make_the_same_detector_by_default(
         (detector.scorer.artifact.path / DETECTOR_FILE).read_text()
     )
     # Options still change it, the horizon following the kind as on the command line.
-    bare = Detector.fit({"cpu": values}, tmp_path / "bare", kind="reconstruct", post_processing=False)
+    bare = Detector.fit(
+        {"cpu": values}, tmp_path / "bare", kind="reconstruct", post_processing=False
+    )
     assert bare.scorer.artifact.spec.horizon == 0 and bare.scorer.artifact.post is None

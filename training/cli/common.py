@@ -164,6 +164,8 @@ MODEL_HELP = {
 }
 # The features come from the data, not from options.
 _SPEC_FROM_DATA = ("features", "feature_names")
+
+
 # A predict/composite model given no --horizon forecasts this many steps (a reconstruct model
 # has none: ModelSpec's own default of 0).
 def add_model_options(

@@ -135,8 +135,18 @@ class NabCandidate:
     post: PostParams
     range_margin: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.post.likelihood is None:
+            raise CrossValidationError("a NAB candidate scores by the anomaly likelihood")
+
+    @property
+    def likelihood(self) -> LikelihoodParams:
+        """The post-processing's likelihood (always there: checked above)."""
+        assert self.post.likelihood is not None
+        return self.post.likelihood
+
     def label(self) -> str:
-        like = self.post.likelihood
+        like = self.likelihood
         seasonal = "off" if self.post.seasonal is None else f"{self.post.seasonal.slots}"
         margin = "off" if self.range_margin is None else f"{self.range_margin:g}"
         return (
@@ -192,12 +202,11 @@ class NabScoreCache:
     def scores(self, candidate: NabCandidate, key: str) -> np.ndarray:
         data = self.inputs[key]
         post = candidate.post
-        like_key = (key, post.likelihood)
+        likelihood = candidate.likelihood
+        like_key = (key, likelihood)
         if like_key not in self._likelihood:
-            state = new_state(post.likelihood)
-            self._likelihood[like_key] = likelihood_scores(post.likelihood, state, data.distances)[
-                0
-            ]
+            state = new_state(likelihood)
+            self._likelihood[like_key] = likelihood_scores(likelihood, state, data.distances)[0]
         scores = self._likelihood[like_key]
         if post.seasonal is not None:
             season_key = (key, post.seasonal)

@@ -318,13 +318,14 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     n, features = data.values.shape
+    final = np.full(n, np.nan)
     trace = SkabTrace(
         distances=np.full(n, np.nan),
         calibrated=np.full(n, np.nan),
         contributions=np.full((n, features), np.nan),
         threshold=float(artifact.calibration.default.threshold),
         alerts=[],
-        final=np.full(n, np.nan),
+        final=final,
         window=params.window,
         fit_s=fit_s,
     )
@@ -346,7 +347,7 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
         rows = outcome.windows.end_offsets
         trace.distances[rows] = outcome.windows.distances
         trace.calibrated[rows] = outcome.windows.scores
-        trace.final[rows] = outcome.windows.final_scores
+        final[rows] = outcome.windows.final_scores
         if len(rows):
             trace.contributions[rows] = np.concatenate(scorer.contributions)
         trace.alerts.extend(outcome.alerts)
