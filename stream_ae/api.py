@@ -104,8 +104,11 @@ class Detector:
         **options: Any,
     ) -> Detector:
         """Train on ``{stream: values}`` (arrays of shape (T,) or (T, F)), write the artifact to
-        ``out_dir`` and load it. ``options`` are the trainer's (``window``, ``hidden``,
-        ``epochs``, ``kind``, ...: see ``stream-ae-train train --help``).
+        ``out_dir`` and load it. The detector is the shipped default, the one ``stream-ae-train
+        train`` fits (model, fit and post-processing); ``options`` change it by name
+        (``window``, ``hidden``, ``epochs``, ``kind``, ...: see ``stream-ae-train train
+        --help``), and ``post_processing=False`` leaves the post-processing out (the alert
+        policy then acts on the calibrated window score).
 
         The trainer is the ``training`` package, found through the ``stream_ae.trainer``
         entry point: the worker's package never imports it.

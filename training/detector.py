@@ -9,11 +9,17 @@ measures it, so what is measured is what ships. Only what differs from :class:`M
 
 >>> DEFAULT_DETECTOR.model.kind, DEFAULT_DETECTOR.model.window, DEFAULT_DETECTOR.model.horizon
 ('predict', 32, 4)
+
+:meth:`stream_ae.Detector.fit` (through :func:`training.api.fit_detector`) starts from the same
+definition, so a detector fitted in a notebook is the one ``train`` writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream_ae.core.postprocess import PostParams
 from stream_ae.model.network import ModelSpec
@@ -37,3 +43,26 @@ DEFAULT_DETECTOR = DetectorDefinition(
     fit=FitConfig(epochs=15, learning_rate=2e-3, patience=3),
     post=PostParams(),
 )
+
+
+# The horizon of a forecasting model when the kind is changed to one from reconstruct.
+DEFAULT_HORIZON = 8
+
+
+def model_spec(base: ModelSpec, changes: dict[str, Any], names: Sequence[str]) -> ModelSpec:
+    """``base`` with the fields in ``changes`` and features ``names``. A horizon not given
+    follows the kind: 0 for ``reconstruct``, :data:`DEFAULT_HORIZON` for a forecasting kind
+    when ``base`` had none.
+
+    >>> spec = model_spec(DEFAULT_DETECTOR.model, {"kind": "reconstruct"}, ["value"])
+    >>> spec.kind, spec.horizon, spec.window
+    ('reconstruct', 0, 32)
+    """
+    changes = dict(changes)
+    kind = changes.get("kind", base.kind)
+    if "horizon" not in changes:
+        if kind == "reconstruct":
+            changes["horizon"] = 0
+        elif not base.horizon or base.kind == "reconstruct":
+            changes["horizon"] = DEFAULT_HORIZON
+    return dataclasses.replace(base, **changes, features=len(names), feature_names=tuple(names))

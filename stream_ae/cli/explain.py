@@ -249,10 +249,11 @@ def explain(alert: Alert, events: StreamEvents, artifact: Artifact) -> Explanati
     if artifact.post is not None:
         post = post_batch(
             artifact.post,
-            new_post_state(artifact.post)[None, :],
+            new_post_state(artifact.post, spec.features)[None, :],
             batch.scores.distances,
             result.end_ts_ms,
             np.array([n]),
+            result.windows if artifact.post.range is not None else None,
         )
         final, stages = post.scores, post.stages
     else:

@@ -21,12 +21,25 @@ stream's windows in time order with a small fixed-size state:
    For any alert threshold this turns a run of high scores into its first crossing: one alert
    per incident, as an alert policy with a cool-down would give.
 
-:func:`post_scores` chains them: the larger of the two tail scores, then the peak hold. Its
-state is one float64 array (:func:`new_post_state`, ``PostParams.state_size`` numbers: 53 with
-the defaults), the concatenation of the three stages' states, kept in each stream's state
-(``StreamState.post``). :func:`post_batch` runs the chain over the windows of many streams at
-once (the worker's poll batch: one vectorised step per window index, not per window), and gives
-each stream bit for bit what :func:`post_scores` gives it alone. Every stage gives the same
+Two more stages serve detectors whose anomalies last long (SKAB's, ``docs/skab.md``), where a
+likelihood's adapting baseline absorbs the anomaly:
+
+* **Smoothed distance** (:class:`DistanceParams`, instead of the likelihood and the profile):
+  the mean of the last ``smoothing`` distances, scaled so that the distance ``level`` scores
+  0.5 (``min(mean / (2 level), 1)``): with the detector's threshold at 0.5 an alert opens at a
+  smoothed distance of ``level``.
+* **Running-range check** (:class:`RangeParams`, before the peak hold): a window whose last row
+  has some feature outside the range of every earlier row of the stream, by more than
+  ``margin`` times that range, scores 1. The range is the running one, from the stream's first
+  row (its first window's rows) to the row before: no look-ahead.
+
+:func:`post_scores` chains them: the score (the larger of the two tail scores, or the smoothed
+distance), the range check, then the peak hold. Its state is one float64 array
+(:func:`new_post_state`, ``PostParams.state_size_of(features)`` numbers: 53 with the defaults),
+the concatenation of the stages' states, kept in each stream's state (``StreamState.post``).
+:func:`post_batch` runs the chain over the windows of many streams at once (the worker's poll
+batch: one vectorised step per window index, not per window), and gives each stream bit for bit
+what :func:`post_scores` gives it alone. Every stage gives the same
 outputs and final state whether the windows come one at a time or in any split into batches,
 so a replayed poll batch is exact.
 
@@ -421,68 +434,226 @@ def _hold_peaks_one(hold: int, state: np.ndarray, scores: np.ndarray) -> np.ndar
     return out
 
 
+# --- smoothed distance --------------------------------------------------------------------------
+
+_D_COUNT, _D_RING = 0, 1
+
+
+@dataclass(frozen=True)
+class DistanceParams:
+    """The window distance itself as the score: the mean of the last ``smoothing`` distances
+    (fewer at a stream's start), scaled so that ``level`` scores 0.5, capped at 1."""
+
+    smoothing: int = 5
+    level: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.smoothing < 1:
+            raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
+        if not self.level > 0:
+            raise ValueError(f"level must be > 0, got {self.level}")
+
+    @property
+    def state_size(self) -> int:
+        """The count of distances seen and the last ``smoothing`` of them, oldest first."""
+        return _D_RING + self.smoothing
+
+
+def _distance_scores(params: DistanceParams, states: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Smoothed, scaled distances of ``d`` (S streams x J windows, NaN: no window), advancing
+    ``states`` (S, size) in place. Each mean is summed afresh, oldest distance first, so a
+    window's score does not depend on how its stream's windows were cut into batches."""
+    k = params.smoothing
+    s, j = d.shape
+    valid = ~np.isnan(d)
+    counts = valid.sum(axis=1)
+    # Each stream's distances, valid ones first in time order, after its last k held ones.
+    order = np.argsort(~valid, axis=1, kind="stable")
+    compact = np.take_along_axis(np.where(valid, d, 0.0), order, axis=1)
+    history = np.concatenate([states[:, _D_RING:], compact], axis=1)  # (S, k + J)
+    total = history[:, 1 : j + 1].copy()
+    for lag in range(2, k + 1):
+        total += history[:, lag : j + lag]
+    seen = states[:, _D_COUNT][:, None] + np.arange(1, j + 1)
+    means = total / np.minimum(seen, k)
+    scores_compact = np.minimum(means / (2.0 * params.level), 1.0)
+    scores = np.full((s, j), np.nan)
+    rows, cols = np.nonzero(np.arange(j) < counts[:, None])
+    scores[rows, order[rows, cols]] = scores_compact[rows, cols]
+    # The new ring: the last k of history and the valid distances.
+    ends = k + counts
+    take = ends[:, None] - k + np.arange(k)
+    states[:, _D_RING:] = np.take_along_axis(history, take, axis=1)
+    states[:, _D_COUNT] += counts
+    return scores
+
+
+# --- running-range check --------------------------------------------------------------------------
+
+_R_COUNT = 0
+
+
+@dataclass(frozen=True)
+class RangeParams:
+    """The running-range check (see the module docstring): ``margin`` times the range the
+    stream has shown is the tolerance beyond it; the check starts once the stream has had
+    ``learning_windows`` windows (its range needs some history to mean anything)."""
+
+    margin: float = 0.2
+    learning_windows: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.learning_windows < 0:
+            raise ValueError(f"learning_windows must be >= 0, got {self.learning_windows}")
+
+    def state_size(self, features: int) -> int:
+        """The windows seen, then each feature's running minimum and maximum."""
+        return 1 + 2 * features
+
+
+def new_range_state(features: int) -> np.ndarray:
+    """The range state of a stream that has seen no window: an empty range."""
+    return np.r_[0.0, np.full(features, np.inf), np.full(features, -np.inf)]
+
+
+def _range_flags(
+    params: RangeParams, states: np.ndarray, windows: np.ndarray, present: np.ndarray
+) -> np.ndarray:
+    """True where a window's last row leaves the running range (S x J, like ``present``),
+    advancing ``states`` (S, 1 + 2F) in place. ``windows`` (N, W, F) are the present windows in
+    row-major order of ``present``. The rows before a window's last are its other rows and
+    those of the stream's earlier windows (with stride 1 and from the first window on, every
+    row), so the range is the running minimum and maximum of those; min and max are exact, so
+    batch splits change nothing."""
+    s, j = present.shape
+    features = windows.shape[2]
+    x = np.asarray(windows, dtype=np.float64)
+    low = np.full((s, j, features), np.inf)
+    high = np.full((s, j, features), -np.inf)
+    low[present] = x[:, :-1].min(axis=1)
+    high[present] = x[:, :-1].max(axis=1)
+    low = np.minimum.accumulate(np.minimum(low, states[:, None, 1 : 1 + features]), axis=1)
+    high = np.maximum.accumulate(np.maximum(high, states[:, None, 1 + features :]), axis=1)
+    last = np.zeros((s, j, features))
+    last[present] = x[:, -1]
+    span = high - low
+    with np.errstate(invalid="ignore"):
+        outside = (last > high + params.margin * span) | (last < low - params.margin * span)
+    # Windows before this one (absent ones, a NaN distance, are not windows).
+    seen = states[:, _R_COUNT][:, None] + np.cumsum(present, axis=1) - present
+    flags = present & outside.any(axis=2) & (seen >= params.learning_windows)
+    states[:, _R_COUNT] += present.sum(axis=1)
+    if j:
+        states[:, 1 : 1 + features] = low[:, -1]
+        states[:, 1 + features :] = high[:, -1]
+    return flags
+
+
 # --- the chain ---------------------------------------------------------------------------------
 
 # Which stage gave a window its final score (the "stage" of an alert). Calibration: the detector
 # has no post-processing and the calibrated score is final.
-STAGES = ("calibration", "likelihood", "seasonal")
-CALIBRATION, LIKELIHOOD, SEASONAL = range(len(STAGES))
+STAGES = ("calibration", "likelihood", "seasonal", "distance", "range")
+CALIBRATION, LIKELIHOOD, SEASONAL, DISTANCE, RANGE = range(len(STAGES))
 
 
 @dataclass(frozen=True)
 class PostParams:
-    """The whole post-processing: likelihood, time-of-day profile (None: off), peak hold, and
-    ``threshold``, the final score at which the alert policy opens an alert unless the settings
-    give one (0.5715: the threshold NAB's sweep picked for the standard profile, docs/nab.md)."""
+    """The whole post-processing: the score (the anomaly ``likelihood`` with the time-of-day
+    profile ``seasonal`` (None: off), or the smoothed ``distance``: exactly one of
+    ``likelihood`` and ``distance``), the running-range check ``range`` (None: off), the peak
+    hold, and ``threshold``, the final score at which the alert policy opens an alert unless
+    the settings give one (0.5715: the threshold NAB's sweep picked for the standard profile,
+    docs/nab.md)."""
 
-    likelihood: LikelihoodParams = field(default_factory=LikelihoodParams)
+    likelihood: LikelihoodParams | None = field(default_factory=LikelihoodParams)
     seasonal: SeasonalParams | None = field(default_factory=SeasonalParams)
     hold: int = 250
     threshold: float = 0.5715
+    distance: DistanceParams | None = None
+    range: RangeParams | None = None
 
     def __post_init__(self) -> None:
         if self.hold < 0:
             raise ValueError(f"hold must be >= 0, got {self.hold}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if (self.likelihood is None) == (self.distance is None):
+            raise ValueError("the post-processing scores by exactly one of likelihood, distance")
+        if self.seasonal is not None and self.likelihood is None:
+            raise ValueError("the time-of-day profile goes with the likelihood score")
 
     @property
     def state_size(self) -> int:
+        """Length of the state array of a one-feature stream (see :meth:`state_size_of`)."""
+        return self.state_size_of(1)
+
+    def state_size_of(self, features: int) -> int:
+        """Length of the state array of a stream of ``features`` features (only the range
+        check's state depends on them)."""
+        return sum(self._sizes(features))
+
+    def _sizes(self, features: int) -> tuple[int, int, int, int]:
+        """The state sizes of the score, the profile, the range check and the peak hold."""
+        score = (
+            self.likelihood.state_size if self.likelihood is not None else self.distance.state_size  # type: ignore[union-attr]  # checked above
+        )
         seasonal = self.seasonal.state_size if self.seasonal is not None else 0
-        return self.likelihood.state_size + seasonal + HOLD_STATE_SIZE
+        range_size = self.range.state_size(features) if self.range is not None else 0
+        return score, seasonal, range_size, HOLD_STATE_SIZE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PostParams:
+        """From :meth:`to_dict`'s output; a missing ``likelihood`` is the default one (a
+        ``detector.json`` written before the distance score), a null one none."""
+        likelihood = data.get("likelihood", {})
         seasonal = data.get("seasonal", {})
+        distance = data.get("distance")
+        range_check = data.get("range")
         return cls(
-            likelihood=LikelihoodParams(**data.get("likelihood", {})),
+            likelihood=None if likelihood is None else LikelihoodParams(**likelihood),
             seasonal=None if seasonal is None else SeasonalParams(**seasonal),
             hold=int(data.get("hold", PostParams.hold)),
             threshold=float(data.get("threshold", PostParams.threshold)),
+            distance=None if distance is None else DistanceParams(**distance),
+            range=None if range_check is None else RangeParams(**range_check),
         )
 
 
-def new_post_state(params: PostParams) -> np.ndarray:
-    """The post-processing state of a stream that has seen no window yet."""
-    seasonal_size = params.seasonal.state_size if params.seasonal is not None else 0
-    return np.concatenate([new_state(params.likelihood), np.zeros(seasonal_size), new_hold_state()])
+def new_post_state(params: PostParams, features: int = 1) -> np.ndarray:
+    """The post-processing state of a stream of ``features`` features that has seen no window
+    yet."""
+    score, seasonal, range_size, _ = params._sizes(features)
+    return np.concatenate(
+        [
+            np.zeros(score),
+            np.zeros(seasonal),
+            new_range_state(features) if range_size else np.zeros(0),
+            new_hold_state(),
+        ]
+    )
 
 
 def post_scores(
-    params: PostParams, state: np.ndarray, distances: np.ndarray, end_ts_ms: np.ndarray
+    params: PostParams,
+    state: np.ndarray,
+    distances: np.ndarray,
+    end_ts_ms: np.ndarray,
+    windows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly scores in [0, 1] of one stream's next windows (in time order) from their
-    distances and end times; returns ``(scores, state)``. NaN distances score NaN."""
+    distances and end times (and their values ``windows`` (J, W, F), which the range check
+    needs); returns ``(scores, state)``. NaN distances score NaN."""
     state = np.asarray(state, dtype=np.float64)
-    if state.shape != (params.state_size,):
-        raise ValueError(
-            f"post-processing state has shape {state.shape}, expected ({params.state_size},)"
-        )
     distances = np.asarray(distances, dtype=np.float64).reshape(-1)
-    result = post_batch(params, state[None], distances, end_ts_ms, np.array([len(distances)]))
+    result = post_batch(
+        params, state[None], distances, end_ts_ms, np.array([len(distances)]), windows
+    )
     return result.scores, result.states[0]
 
 
@@ -502,12 +673,21 @@ def post_batch(
     distances: np.ndarray,
     end_ts_ms: np.ndarray,
     lengths: np.ndarray,
+    windows: np.ndarray | None = None,
 ) -> PostBatch:
     """The chain over the windows of many streams at once: the windows of stream ``s`` are the
     ``lengths[s]`` rows after those of the streams before it, in time order; ``states`` (S,
-    state_size) their states, not modified. Gives for every window exactly what
-    :func:`post_scores` gives for its stream alone."""
-    states = np.array(states, dtype=np.float64).reshape(len(lengths), params.state_size)
+    state_size) their states, not modified; ``windows`` (N, W, F) the windows' values (needed
+    by the range check only). Gives for every window exactly what :func:`post_scores` gives
+    for its stream alone."""
+    features = 1 if windows is None else int(np.shape(windows)[2])
+    size = params.state_size_of(features)
+    states = np.asarray(states, dtype=np.float64)
+    if states.shape != (len(lengths), size):
+        raise ValueError(
+            f"post-processing states have shape {states.shape}, expected ({len(lengths)}, {size})"
+        )
+    states = states.copy()
     lengths = np.asarray(lengths, dtype=np.int64)
     d = np.asarray(distances, dtype=np.float64).reshape(-1)
     ts = np.asarray(end_ts_ms, dtype=np.int64).reshape(-1)
@@ -515,6 +695,10 @@ def post_batch(
         raise ValueError(
             f"{len(ts)} timestamps and {len(d)} distances for {int(lengths.sum())} windows"
         )
+    if params.range is not None and (
+        windows is None or len(windows) != len(d) or np.shape(windows)[1] < 2
+    ):
+        raise ValueError("the range check needs every window's values, windows of 2 rows or more")
     # Streams x steps, NaN-padded: a NaN distance changes no state, exactly like no window.
     steps = int(lengths.max()) if len(lengths) else 0
     present = np.arange(steps) < lengths[:, None]
@@ -522,15 +706,28 @@ def post_batch(
     matrix[present] = d  # row-major order of `present` is the order of the rows of `d`
     ts_matrix = np.zeros(present.shape, dtype=np.int64)
     ts_matrix[present] = ts
-    a = params.likelihood.state_size
-    b = a + (params.seasonal.state_size if params.seasonal is not None else 0)
-    z = _likelihood_z(params.likelihood, states[:, :a], matrix)
-    scores = _tail_scores(z, matrix, params.likelihood.decades)
-    stages = np.full(present.shape, LIKELIHOOD, dtype=np.int8)
+    score_size, seasonal_size, range_size, _ = params._sizes(features)
+    a, b = score_size, score_size + seasonal_size
+    c = b + range_size
+    if params.likelihood is not None:
+        z = _likelihood_z(params.likelihood, states[:, :a], matrix)
+        scores = _tail_scores(z, matrix, params.likelihood.decades)
+        stages = np.full(present.shape, LIKELIHOOD, dtype=np.int8)
+    else:
+        assert params.distance is not None  # checked by PostParams
+        scores = _distance_scores(params.distance, states[:, :a], matrix)
+        stages = np.full(present.shape, DISTANCE, dtype=np.int8)
     if params.seasonal is not None:
         seasonal_z = _seasonal_z(params.seasonal, states[:, a:b], matrix, ts_matrix)
         seasonal = _tail_scores(seasonal_z, matrix, params.seasonal.decades)
         stages[seasonal > scores] = SEASONAL
         scores = np.fmax(scores, seasonal)  # NaN only where both are (a NaN distance)
-    held = _hold_peaks(params.hold, states[:, b:], scores)
+    if params.range is not None:
+        assert windows is not None  # checked above
+        # A NaN distance is no window: it neither scores nor moves the range.
+        scored = present & ~np.isnan(matrix)
+        flags = _range_flags(params.range, states[:, b:c], windows[~np.isnan(d)], scored)
+        stages[flags & (scores < 1.0)] = RANGE
+        scores = np.where(flags, 1.0, scores)
+    held = _hold_peaks(params.hold, states[:, c:], scores)
     return PostBatch(held[present], stages[present], states)

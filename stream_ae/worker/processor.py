@@ -152,7 +152,7 @@ class StreamProcessor:
             # streams at once, each from its own post-processing state.
             post = scorer.artifact.post
             final, stages = _final_scores(
-                post, scored_states, lengths, batch.scores, found.end_ts_ms
+                post, scored_states, lengths, batch.scores, found.end_ts_ms, found.windows
             )
             records = WindowRecords(
                 streams=row_streams,
@@ -387,19 +387,21 @@ def _final_scores(
     lengths: np.ndarray,
     scores: WindowScores,
     end_ts_ms: np.ndarray,
+    windows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The final score and stage of every window (grouped by stream: ``lengths[i]`` windows of
     ``states[i]``, in order); the post-processing states of ``states`` are advanced in place.
 
     A state without a post-processing state of this detector's size (a new stream, a state
     written by format version 1, or one kept across a swap from another post-processing) starts
-    from a fresh one.
+    from a fresh one. ``windows`` are the windows' values (the range check reads them).
     """
     if post is None:
         return scores.scores, np.full(len(scores.scores), CALIBRATION, dtype=np.int8)
-    fresh = new_post_state(post)
+    fresh = new_post_state(post, windows.shape[2])
     stacked = np.stack([s.post if s.post.shape == fresh.shape else fresh for s in states])
-    result = post_batch(post, stacked, scores.distances, end_ts_ms, lengths)
+    values = windows if post.range is not None else None
+    result = post_batch(post, stacked, scores.distances, end_ts_ms, lengths, values)
     for state, post_state in zip(states, result.states, strict=True):
         state.post = post_state  # in place, as the alert state (see process)
     return result.scores, result.stages

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 import stream_ae
+from stream_ae.core.postprocess import STAGES
 from stream_ae.core.records import ALERT_SCHEMA_ID, alert_id, alert_schema, build_alert, ms_to_iso
 
 SCHEMAS = Path(stream_ae.__file__).parent / "schemas"
@@ -255,8 +256,12 @@ def test_version_3_is_version_2_plus_the_observed_and_expected_values() -> None:
     v3 = json.loads(SCHEMA_FILE.read_text())
     assert v3["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v3"
     assert set(v3["properties"]) == set(v2["properties"])
-    for name in set(v2["properties"]) - {"schema", "features"}:
+    for name in set(v2["properties"]) - {"schema", "features", "stage"}:
         assert v3["properties"][name] == v2["properties"][name], name
+    # v3 also names the stages added since (the smoothed distance, the running-range check):
+    # only detectors that use them emit them.
+    stages2, stages3 = v2["properties"]["stage"]["enum"], v3["properties"]["stage"]["enum"]
+    assert stages3[: len(stages2)] == stages2 and tuple(stages3) == STAGES
     item2, item3 = v2["properties"]["features"]["items"], v3["properties"]["features"]["items"]
     assert set(item3["properties"]) - set(item2["properties"]) == {"step", "observed", "expected"}
     assert set(item3["required"]) - set(item2["required"]) == {"step", "observed", "expected"}

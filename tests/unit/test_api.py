@@ -58,3 +58,53 @@ def test_a_wrong_feature_count_is_one_clear_error(artifact: Path) -> None:
 def test_unknown_training_options_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown training option"):
         Detector.fit({"a": np.zeros(100)}, tmp_path, windw=8)
+
+
+def test_fit_and_train_make_the_same_detector_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detector.fit (through the stream_ae.trainer entry point) and `stream-ae-train train`
+    start from one definition: training.detector.DEFAULT_DETECTOR (model, fit, post)."""
+    import dataclasses
+    import json
+
+    from stream_ae.model.artifacts import DETECTOR_FILE, load_artifact
+    from training import fit as fitting
+    from training.cli import main as train_main
+    from training.detector import DEFAULT_DETECTOR
+
+    seen: list[tuple[object, object]] = []
+    real_fit = fitting.fit_series
+
+    def recording_fit(series: object, spec: object, config: object) -> object:
+        seen.append((spec, dataclasses.replace(config, verbose=0)))  # type: ignore[type-var]
+        # The definition is what is compared; one short epoch keeps the test quick.
+        quick = dataclasses.replace(config, epochs=1, verbose=0)  # type: ignore[type-var]
+        return real_fit(series, spec, quick)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fitting, "fit_series", recording_fit)
+    values = np.sin(np.arange(600) / 7.0)
+    csv = tmp_path / "cpu.csv"
+    csv.write_text(
+        "timestamp,value\n" + "".join(f"{60 * i},{v}\n" for i, v in enumerate(values.tolist()))
+    )
+    assert train_main(["train", "--csv", str(csv), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    detector = Detector.fit({"cpu": values}, tmp_path / "api")
+    (cli_spec, cli_fit), (api_spec, api_fit) = seen
+    assert api_spec == cli_spec and api_fit == cli_fit
+    assert (api_spec.kind, api_spec.window, api_spec.horizon) == (
+        DEFAULT_DETECTOR.model.kind,
+        DEFAULT_DETECTOR.model.window,
+        DEFAULT_DETECTOR.model.horizon,
+    )
+    assert api_fit == dataclasses.replace(DEFAULT_DETECTOR.fit, verbose=0)
+    cli = load_artifact(tmp_path / "cli")
+    assert detector.scorer.artifact.post == cli.post == DEFAULT_DETECTOR.post
+    assert json.loads((tmp_path / "cli" / DETECTOR_FILE).read_text()) == json.loads(
+        (detector.scorer.artifact.path / DETECTOR_FILE).read_text()
+    )
+    # Options still change it, the horizon following the kind as on the command line.
+    bare = Detector.fit(
+        {"cpu": values}, tmp_path / "bare", kind="reconstruct", post_processing=False
+    )
+    assert bare.scorer.artifact.spec.horizon == 0 and bare.scorer.artifact.post is None

@@ -14,8 +14,10 @@ from stream_ae.core.postprocess import (
     DAY_MS,
     LIKELIHOOD,
     SEASONAL,
+    DistanceParams,
     LikelihoodParams,
     PostParams,
+    RangeParams,
     SeasonalParams,
     hold_peaks,
     likelihood_scores,
@@ -349,3 +351,123 @@ def test_the_periodic_resum_is_the_same_in_a_batch_and_alone() -> None:
         alone, state = post_scores(params, starts[i], rest[i], rest_ts[i])
         np.testing.assert_array_equal(batch.scores[bounds[i] : bounds[i + 1]], alone)
         np.testing.assert_array_equal(batch.states[i], state)
+
+
+# --- the smoothed distance and the running-range check (SKAB's detector) --------------------
+
+RANGED = PostParams(
+    likelihood=None,
+    seasonal=None,
+    hold=0,
+    threshold=0.5,
+    distance=DistanceParams(smoothing=3, level=4.0),
+    range=RangeParams(margin=0.2, learning_windows=5),
+)
+
+
+def stride_one_windows(values: np.ndarray, window: int) -> np.ndarray:
+    """Every window of ``values`` (T, F) with stride 1, as the processor builds them."""
+    return np.lib.stride_tricks.sliding_window_view(values, window, axis=0).transpose(0, 2, 1)
+
+
+def test_the_distance_score_is_the_trailing_mean_scaled_at_its_level() -> None:
+    d = np.array([1.0, 2.0, 9.0, 3.0, 40.0, 0.0])
+    params = PostParams(
+        likelihood=None, seasonal=None, hold=0, distance=DistanceParams(smoothing=3, level=4.0)
+    )
+    scores, state = post_scores(params, new_post_state(params), d, np.zeros(6, dtype=np.int64))
+    means = np.array([1.0, 1.5, 4.0, 14 / 3, 52 / 3, 43 / 3])
+    np.testing.assert_allclose(scores, np.minimum(means / 8.0, 1.0))
+    assert scores[2] == 0.5  # the mean at the level scores the detector's threshold 0.5
+    assert state.tolist() == [6.0, 3.0, 40.0, 0.0, -math.inf, 0.0]  # count, ring, hold
+
+
+def test_the_range_check_flags_rows_outside_the_running_range_after_learning() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(80, 2))
+    values[40, 1] = 50.0  # far outside
+    values[60, 0] = -50.0
+    windows = stride_one_windows(values, 4)
+    d = np.zeros(len(windows))  # distances score 0: only the range check fires
+    scores, _ = post_scores(RANGED, new_post_state(RANGED, 2), d, np.zeros(len(d), int), windows)
+    # The reference: row i against the range of rows < i (all of them, from row 0), by margin.
+    rows = np.arange(3, 80)
+    expected = np.zeros(len(rows), dtype=bool)
+    for j, i in enumerate(rows):
+        low, high = values[:i].min(axis=0), values[:i].max(axis=0)
+        span = high - low
+        outside = (values[i] > high + 0.2 * span) | (values[i] < low - 0.2 * span)
+        expected[j] = outside.any() and j >= RANGED.range.learning_windows  # type: ignore[union-attr]
+    assert expected[[40 - 3, 60 - 3]].all()
+    np.testing.assert_array_equal(scores == 1.0, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    cuts=st.lists(st.integers(0, 60), max_size=5),
+    nan_at=st.lists(st.integers(0, 59), max_size=3),
+)
+def test_distance_and_range_are_the_same_for_any_split_into_batches(
+    seed: int, cuts: list[int], nan_at: list[int]
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(64, 3)) * rng.uniform(0.5, 3.0, size=(64, 1))
+    windows = stride_one_windows(values, 5)
+    d = np.abs(rng.normal(size=len(windows))) * 6
+    d[nan_at] = np.nan  # a window the model could not score: no score, no state change
+    ts = np.zeros(len(d), dtype=np.int64)
+    whole, whole_state = post_scores(RANGED, new_post_state(RANGED, 3), d, ts, windows)
+    state, parts = new_post_state(RANGED, 3), []
+    for lo, hi in itertools.pairwise(sorted({0, len(d), *(c for c in cuts if c < len(d))})):
+        scores, state = post_scores(RANGED, state, d[lo:hi], ts[lo:hi], windows[lo:hi])
+        parts.append(scores)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(state, whole_state)
+    assert np.array_equal(np.isnan(whole), np.isnan(d))
+    # Many streams at once: each gets what it gets alone.
+    lengths = np.array([len(d), 7, len(d)])
+    batch = post_batch(
+        RANGED,
+        np.stack([new_post_state(RANGED, 3)] * 3),
+        np.r_[d, d[:7], d[::-1]],
+        np.zeros(int(lengths.sum()), dtype=np.int64),
+        lengths,
+        np.concatenate([windows, windows[:7], windows[::-1]]),
+    )
+    np.testing.assert_array_equal(batch.scores[: len(d)], whole)
+    np.testing.assert_array_equal(batch.states[0], whole_state)
+    alone, _ = post_scores(RANGED, new_post_state(RANGED, 3), d[::-1], ts, windows[::-1])
+    np.testing.assert_array_equal(batch.scores[len(d) + 7 :], alone)
+
+
+def test_no_window_looks_ahead() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(100, 2))
+    d = np.abs(rng.normal(size=96)) * 5
+    changed = values.copy()
+    changed[70:] *= 40.0
+    d2 = np.r_[d[:66], d[66:] * 40.0]  # the window ending at row 70 is index 66
+    ts = np.zeros(96, dtype=np.int64)
+    first, _ = post_scores(RANGED, new_post_state(RANGED, 2), d, ts, stride_one_windows(values, 5))
+    second, _ = post_scores(
+        RANGED, new_post_state(RANGED, 2), d2, ts, stride_one_windows(changed, 5)
+    )
+    np.testing.assert_array_equal(first[:66], second[:66])
+    assert second[66] == 1.0 and not np.array_equal(first[66:], second[66:])
+
+
+def test_post_params_take_one_score_and_load_old_definitions() -> None:
+    assert PostParams.from_dict(RANGED.to_dict()) == RANGED
+    assert RANGED.state_size_of(3) == (1 + 3) + (1 + 2 * 3) + 2
+    # A detector.json written before the distance score: the likelihood chain, as it was.
+    old = {k: v for k, v in PostParams().to_dict().items() if k not in ("distance", "range")}
+    assert PostParams.from_dict(old) == PostParams()
+    with pytest.raises(ValueError, match="exactly one of likelihood, distance"):
+        PostParams(distance=DistanceParams())
+    with pytest.raises(ValueError, match="exactly one of likelihood, distance"):
+        PostParams(likelihood=None, seasonal=None)
+    with pytest.raises(ValueError, match="time-of-day profile goes with the likelihood"):
+        PostParams(likelihood=None, distance=DistanceParams())
+    with pytest.raises(ValueError, match="needs every window's values"):
+        post_scores(RANGED, new_post_state(RANGED), np.ones(3), np.zeros(3, dtype=np.int64))

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.postprocess import (
     STAGES,
+    DistanceParams,
     LikelihoodParams,
     PostParams,
+    RangeParams,
     SeasonalParams,
     new_post_state,
     post_scores,
@@ -667,3 +669,66 @@ def test_the_worker_stops_on_a_non_retriable_store_error_instead_of_retrying_for
     assert worker.run(max_batches=3) == 1  # stopped after the first batch
     assert consumer.commits == [] and consumer.seeks == []
     assert worker._fatal is not None and "StateShapeError" in worker._fatal
+
+
+# SKAB's kind of detector: the smoothed distance and the running-range check, which reads the
+# windows' values (docs/skab.md).
+RANGED = PostParams(
+    likelihood=None,
+    seasonal=None,
+    hold=0,
+    threshold=0.5,
+    distance=DistanceParams(smoothing=3, level=2.0),
+    range=RangeParams(margin=0.05, learning_windows=5),
+)
+
+
+def test_the_distance_and_range_detector_runs_in_the_processor_for_any_split(
+    tiny: Tiny,
+) -> None:
+    scorer = Scorer(replace(tiny.artifact, post=RANGED), buckets=(16, 128, 1024))
+
+    def run(batches: Sequence[Sequence[Event]], restart: bool = False) -> tuple[Any, ...]:
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        outcomes = []
+        proc = None
+        for batch in batches:
+            if proc is None or restart:  # a restart: the post states come back from the store
+                proc = StreamProcessor(
+                    store, lambda: scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
+                )
+            outcome = proc.process(batch)
+            assert proc.save(outcome.touched) == []
+            outcomes.append(outcome)
+        return store, outcomes
+
+    store, (outcome,) = run([EVENTS])
+    windows = outcome.windows
+    streams = np.asarray(windows.streams)
+    for stream in ("s0", "s1", "s2", "s3"):
+        rows = np.flatnonzero(streams == stream)
+        values = np.array([e.values for e in EVENTS if e.stream == stream], dtype=np.float32)
+        # Windows end at rows 7, 9, ..., 59 (stride 2): the processor's own windows.
+        own = np.lib.stride_tricks.sliding_window_view(values, WINDOW, axis=0)[::STRIDE]
+        expected, state = post_scores(
+            RANGED,
+            new_post_state(RANGED, FEATURES),
+            windows.distances[rows],
+            windows.end_ts_ms[rows],
+            own.transpose(0, 2, 1),
+        )
+        np.testing.assert_array_equal(windows.final_scores[rows], expected)
+        stored = decode_state(store.raw(stream) or b"", WINDOW, FEATURES)
+        np.testing.assert_array_equal(stored.post, state)
+    stages = {STAGES[i] for i in windows.stages.tolist()}
+    assert stages == {"distance", "range"}, "both stages give final scores on these streams"
+    assert {a["stage"] for a in outcome.alerts} <= {"distance", "range"} and outcome.alerts
+    import jsonschema
+
+    for alert in outcome.alerts:
+        jsonschema.validate(alert, alert_schema())  # the schema names the new stages
+    for cuts, restart in (([50, 111, 190], False), ([3, 97], True)):
+        other_store, outcomes = run(split(EVENTS, cuts), restart)
+        assert alert_ids(outcomes) == alert_ids([outcome])
+        assert final_by_offset(outcomes) == final_by_offset([outcome])
+        assert stored_bytes(other_store, EVENTS) == stored_bytes(store, EVENTS)

@@ -1,4 +1,5 @@
-"""``evaluate skab``: the detection chain (pure) and one SKAB file through the processor."""
+"""``evaluate skab``: one SKAB file through the processor, whose alerts are the predictions, and
+the cross-validation's replay of the same detector from a trace."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import numpy as np
 import pytest
 
 from stream_ae.core.alerting import AlertPolicy
+from stream_ae.model.artifacts import load_artifact
 from tests.unit.test_skab_score import SKAB_DIR, requires_skab
 from training.evaluation.skab_run import (
     Detection,
     SkabParams,
     SkabTrace,
     alert_predictions,
+    detection_scores,
     policy_predictions,
     predict_rows,
-    running_range_flags,
     stream_file,
-    trailing_mean,
 )
 from training.evaluation.skab_score import (
     TRAIN_ROWS,
@@ -29,29 +30,15 @@ from training.evaluation.skab_score import (
     read_skab_file,
 )
 
-# Small and quick: the suite runs on a shared 2-core machine.
-TINY = SkabParams(epochs=2, hidden=8, window=16, batch_events=128, detection=Detection())
-
-
-def test_running_range_never_looks_ahead() -> None:
-    rng = np.random.default_rng(0)
-    values = rng.normal(size=(300, 3))
-    flags = running_range_flags(values, 0.1, start=50)
-    changed = values.copy()
-    changed[200:] += 100.0  # far outside: flagged from row 200 on, nothing before changes
-    changed_flags = running_range_flags(changed, 0.1, start=50)
-    assert np.array_equal(flags[:200], changed_flags[:200])
-    assert changed_flags[200] and not flags[:50].any()
-
-
-def test_trailing_mean_is_causal() -> None:
-    scores = np.r_[np.nan, np.arange(10.0)]
-    smoothed = trailing_mean(scores, 3)
-    assert np.isnan(smoothed[0])
-    assert smoothed[-1] == pytest.approx(8.0)
-    assert np.array_equal(
-        trailing_mean(np.r_[scores[:5], 99.0], 3)[:5], smoothed[:5], equal_nan=True
-    )
+# Small and quick: the suite runs on a shared 2-core machine. The detection is the shipped
+# kind (smoothed distance, running-range check) at the shipped level.
+TINY = SkabParams(
+    epochs=2,
+    hidden=8,
+    window=16,
+    batch_events=128,
+    detection=Detection("distance", threshold=15.0, smoothing=5, range_margin=0.05),
+)
 
 
 def test_policy_predictions_cover_open_to_resolve() -> None:
@@ -68,22 +55,40 @@ def test_one_file_through_the_processor(tmp_path: Path) -> None:
     data = read_skab_file(key, path)
     trace = stream_file(data, TINY, tmp_path / "artifact")
     n = len(data.timestamps)
+    # The artifact carries the detector: the worker loading it runs the same post-processing.
+    assert load_artifact(tmp_path / "artifact").post == TINY.post()
+    assert TINY.post() is not None and TINY.post().range is not None  # type: ignore[union-attr]
     # Every row from the first full window on has a window, scored once.
     assert np.isnan(trace.distances[: TINY.window - 1]).all()
     assert not np.isnan(trace.distances[TINY.window - 1 :]).any()
     assert not np.isnan(trace.contributions[TINY.window - 1 :]).any()
-    # With the default detection the predictions are the processor's own alerts.
-    predictions, opened = predict_rows(trace, data.values, TINY.detection)
-    assert np.array_equal(predictions, alert_predictions(trace.alerts, n))
-    assert len(opened) == sum(a["status"] == "open" for a in trace.alerts)
+    # The predictions are the processor's alerts; the cross-validation's replay from the
+    # trace gives exactly them, and exactly the processor's final scores.
+    predictions, opened = alert_predictions(trace.alerts, n)
+    assert opened and predictions[TRAIN_ROWS:].any() and not predictions[TRAIN_ROWS:].all()
+    assert trace.final is not None
+    np.testing.assert_array_equal(detection_scores(trace, data.values, TINY.detection), trace.final)
+    replayed, replay_opened = predict_rows(trace, data.values, TINY.detection)
+    assert np.array_equal(replayed, predictions) and replay_opened == opened
     # No look-ahead: rows changed from row r on leave every earlier output as it was.
     r = TRAIN_ROWS + 100
     changed = dataclasses.replace(data, values=np.r_[data.values[:r], data.values[r:] * 3.0])
     trace2 = stream_file(changed, TINY, tmp_path / "artifact2")
     assert np.array_equal(trace.distances[:r], trace2.distances[:r], equal_nan=True)
-    predictions2, _ = predict_rows(trace2, changed.values, Detection(range_margin=0.1))
-    predictions1, _ = predict_rows(trace, data.values, Detection(range_margin=0.1))
-    assert np.array_equal(predictions1[:r], predictions2[:r])
+    assert np.array_equal(trace.final[:r], trace2.final[:r], equal_nan=True)  # type: ignore[index]
+    predictions2, _ = alert_predictions(trace2.alerts, n)
+    assert np.array_equal(predictions[:r], predictions2[:r])
+
+
+def test_the_calibrated_detection_is_the_worker_without_post_processing() -> None:
+    assert Detection().post(100) is None
+    with pytest.raises(ValueError, match="calibrated score has no post-processing"):
+        Detection(smoothing=5)
+    with pytest.raises(ValueError, match="needs a threshold"):
+        Detection("distance")
+    post = Detection("distance", threshold=15.0, smoothing=5, range_margin=0.2).post(369)
+    assert post is not None and post.distance is not None and post.range is not None
+    assert (post.distance.level, post.threshold, post.range.learning_windows) == (15.0, 0.5, 369)
 
 
 @requires_skab
@@ -118,9 +123,10 @@ def test_command_writes_skab_layout(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "SKAB pooled: F1" in capsys.readouterr().out
 
 
-def test_min_open_keeps_a_detection_open() -> None:
+def test_a_burst_opens_a_detection_under_either_score() -> None:
     n = 600
     distances = np.ones(n)
+    distances[:15] = np.nan
     distances[450:455] = 50.0  # a short burst of high distances
     trace = SkabTrace(
         distances=distances,
@@ -131,10 +137,11 @@ def test_min_open_keeps_a_detection_open() -> None:
     )
     values = np.zeros((n, 1))
     short, opened = predict_rows(trace, values, Detection("distance", threshold=10.0))
-    held, _ = predict_rows(trace, values, Detection("distance", threshold=10.0, min_open=100))
     assert opened == [450]
     assert short.sum() == 7  # 5 rows above, 2 below, resolved at the 3rd below
-    assert held[450:550].all() and held.sum() == 100
+    # Smoothed over 5 windows the mean stays above 10 two windows longer.
+    smoothed, _ = predict_rows(trace, values, Detection("distance", threshold=10.0, smoothing=5))
+    assert smoothed.sum() > short.sum()
     # The likelihood of the same distances fires at the burst too.
     _, like_opened = predict_rows(trace, values, Detection("likelihood", threshold=0.3))
     assert like_opened and like_opened[0] == 450

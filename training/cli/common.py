@@ -7,7 +7,6 @@ Nothing here imports TensorFlow at import time: ``--help`` must stay fast and wo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 from stream_ae.model.network import ModelSpec
 from training.cli import options
-from training.detector import DEFAULT_DETECTOR
+from training.detector import DEFAULT_DETECTOR, DEFAULT_HORIZON, model_spec
 from training.fit import FitConfig
 from training.gate import GateConfig
 from training.refit import RefitPlan
@@ -165,11 +164,10 @@ MODEL_HELP = {
 }
 # The features come from the data, not from options.
 _SPEC_FROM_DATA = ("features", "feature_names")
+
+
 # A predict/composite model given no --horizon forecasts this many steps (a reconstruct model
 # has none: ModelSpec's own default of 0).
-DEFAULT_HORIZON = 8
-
-
 def add_model_options(
     parser: argparse.ArgumentParser, *, inherit: bool = False, base: ModelSpec | None = None
 ) -> None:
@@ -203,15 +201,7 @@ def build_spec(
 ) -> ModelSpec:
     """The spec the options describe for features ``names``, on ``base`` (default: the
     ModelSpec defaults)."""
-    changes = spec_given(args)
-    start = base or ModelSpec()
-    kind = changes.get("kind", start.kind)
-    if "horizon" not in changes:
-        if kind == "reconstruct":
-            changes["horizon"] = 0
-        elif not start.horizon or start.kind == "reconstruct":
-            changes["horizon"] = DEFAULT_HORIZON
-    return dataclasses.replace(start, **changes, features=len(names), feature_names=tuple(names))
+    return model_spec(base or ModelSpec(), spec_given(args), names)
 
 
 # --- fitting and the gate ----------------------------------------------------------------------

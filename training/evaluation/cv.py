@@ -19,7 +19,9 @@ cached; a fold only re-sweeps thresholds or re-counts.
   by NAB's sweep; both are applied to the held-out category.
 * **SKAB** (:class:`SkabCandidate`): a trace set (a model) and a
   :class:`~training.evaluation.skab_run.Detection` (score, smoothing, running-range check,
-  threshold, alert-policy runs); chosen by pooled F1 on the training group.
+  threshold, alert-policy runs): a post-processing the artifact carries (``detector.json``)
+  and the worker's alert policy, replayed by the same pure functions the processor runs;
+  chosen by pooled F1 on the training group.
 """
 
 from __future__ import annotations
@@ -68,7 +70,6 @@ from training.evaluation.skab_run import (
     load_trace,
     predict_rows,
 )
-from training.evaluation.skab_run import running_range_flags as _range_flags
 from training.evaluation.skab_score import (
     PooledScore,
     SkabFile,
@@ -102,6 +103,28 @@ def leave_one_out_folds(keys: Iterable[str], by: str = "group") -> dict[str, lis
     return folds
 
 
+def running_range_flags(values: np.ndarray, margin: float, start: int) -> np.ndarray:
+    """True on rows from ``start`` on where some feature lies outside the range of the rows
+    before it (all of them, from row 0) by more than ``margin`` times that range (the NAB
+    candidates' range check). No look-ahead: row ``i`` is compared with rows ``< i`` only.
+
+    >>> running_range_flags(np.array([[0.0], [1.0], [0.5], [1.05], [1.2], [-0.5]]), 0.1, 2)
+    array([False, False, False, False,  True,  True])
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    low = np.minimum.accumulate(x, axis=0)
+    high = np.maximum.accumulate(x, axis=0)
+    # The range of the rows before row i: shift by one.
+    low_before, high_before = low[:-1], high[:-1]
+    span = high_before - low_before
+    outside = (x[1:] > high_before + margin * span) | (x[1:] < low_before - margin * span)
+    flags = np.r_[False, outside.any(axis=1)]
+    flags[:start] = False
+    return flags
+
+
 # --- NAB ---------------------------------------------------------------------------------------
 
 
@@ -112,8 +135,18 @@ class NabCandidate:
     post: PostParams
     range_margin: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.post.likelihood is None:
+            raise CrossValidationError("a NAB candidate scores by the anomaly likelihood")
+
+    @property
+    def likelihood(self) -> LikelihoodParams:
+        """The post-processing's likelihood (always there: checked above)."""
+        assert self.post.likelihood is not None
+        return self.post.likelihood
+
     def label(self) -> str:
-        like = self.post.likelihood
+        like = self.likelihood
         seasonal = "off" if self.post.seasonal is None else f"{self.post.seasonal.slots}"
         margin = "off" if self.range_margin is None else f"{self.range_margin:g}"
         return (
@@ -169,12 +202,11 @@ class NabScoreCache:
     def scores(self, candidate: NabCandidate, key: str) -> np.ndarray:
         data = self.inputs[key]
         post = candidate.post
-        like_key = (key, post.likelihood)
+        likelihood = candidate.likelihood
+        like_key = (key, likelihood)
         if like_key not in self._likelihood:
-            state = new_state(post.likelihood)
-            self._likelihood[like_key] = likelihood_scores(post.likelihood, state, data.distances)[
-                0
-            ]
+            state = new_state(likelihood)
+            self._likelihood[like_key] = likelihood_scores(likelihood, state, data.distances)[0]
         scores = self._likelihood[like_key]
         if post.seasonal is not None:
             season_key = (key, post.seasonal)
@@ -187,7 +219,7 @@ class NabScoreCache:
         if candidate.range_margin is not None:
             range_key = (key, candidate.range_margin)
             if range_key not in self._range:
-                self._range[range_key] = _range_flags(
+                self._range[range_key] = running_range_flags(
                     data.values, candidate.range_margin, probation_length(len(data.values))
                 )
             scores = np.where(self._range[range_key] & ~np.isnan(scores), 1.0, scores)
@@ -409,7 +441,7 @@ class SkabCandidate:
         return (
             f"model={self.model} score={d.score}{memory} threshold={threshold} "
             f"smooth={d.smoothing} range={margin} open_after={d.open_after} "
-            f"resolve_after={d.resolve_after} min_open={d.min_open}"
+            f"resolve_after={d.resolve_after}"
         )
 
 
@@ -422,28 +454,24 @@ def skab_grid(
     range_margins: Sequence[float | None] = (None, 0.05, 0.2),
     open_afters: Sequence[int] = (1, 3),
     resolve_afters: Sequence[int] = (3, 10, 30),
-    min_opens: Sequence[int] = (0, 100),
 ) -> list[SkabCandidate]:
-    """For every model and combination of the common values: the calibrated score at the
-    model's own threshold, the distance at each of ``thresholds``, and the likelihood at each
-    of ``likelihood_thresholds`` and ``memories``."""
+    """For every model and alert policy (``open_afters`` x ``resolve_afters``): the calibrated
+    score at the model's own threshold (no post-processing), and for every smoothing and range
+    margin the distance at each of ``thresholds`` and the likelihood at each of
+    ``likelihood_thresholds`` and ``memories``. Every candidate is a detector the worker runs
+    (a ``detector.json`` and alert settings)."""
     out = []
-    for model, smoothing, margin, open_after, resolve_after, min_open in itertools.product(
-        models, smoothings, range_margins, open_afters, resolve_afters, min_opens
-    ):
-        common: dict[str, Any] = {
-            "smoothing": smoothing,
-            "range_margin": margin,
-            "open_after": open_after,
-            "resolve_after": resolve_after,
-            "min_open": min_open,
-        }
-        out.append(SkabCandidate(model, Detection(**common)))
-        for threshold in thresholds:
-            out.append(SkabCandidate(model, Detection("distance", threshold=threshold, **common)))
-        for threshold, memory in itertools.product(likelihood_thresholds, memories):
-            detection = Detection("likelihood", threshold=threshold, memory=memory, **common)
-            out.append(SkabCandidate(model, detection))
+    for model, open_after, resolve_after in itertools.product(models, open_afters, resolve_afters):
+        policy: dict[str, Any] = {"open_after": open_after, "resolve_after": resolve_after}
+        out.append(SkabCandidate(model, Detection(**policy)))
+        for smoothing, margin in itertools.product(smoothings, range_margins):
+            common = {"smoothing": smoothing, "range_margin": margin, **policy}
+            for threshold in thresholds:
+                detection = Detection("distance", threshold=threshold, **common)
+                out.append(SkabCandidate(model, detection))
+            for threshold, memory in itertools.product(likelihood_thresholds, memories):
+                detection = Detection("likelihood", threshold=threshold, memory=memory, **common)
+                out.append(SkabCandidate(model, detection))
     return out
 
 

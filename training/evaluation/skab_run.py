@@ -8,12 +8,15 @@ with the worker's own :func:`~stream_ae.core.records.decode_event`) through
 :class:`~stream_ae.worker.processor.StreamProcessor` over an :class:`InMemoryWindowStore`. The
 training rows only fill the window state; the rows after them are scored.
 
-The 0/1 prediction of a row comes from the alert policy (:mod:`stream_ae.core.alerting`): 1
-while an alert is open. With the default :class:`Detection` the policy acts on the processor's
-own calibrated window scores and the predictions are exactly the processor's alerts (opened at
-the window that opened them, resolved at the window that resolved them); other detections
-re-run the same pure policy over a score computed from the processor's per-window outputs
-(:func:`detection_scores`), so a grid of them costs no model call (:mod:`training.evaluation.cv`).
+The 0/1 prediction of a row is the processor's own alert state: 1 from the window that opened
+an alert to the window that resolved it (:func:`alert_predictions`). The detector is the one a
+worker runs: the model, the post-processing written into the artifact's ``detector.json``
+(:class:`Detection` names it SKAB's way: the smoothed distance or the anomaly likelihood, the
+running-range check; :mod:`stream_ae.core.postprocess`) and the alert policy
+(:mod:`stream_ae.core.alerting`). There is no scoring path of the evaluator's own. The
+cross-validation (:mod:`training.evaluation.cv`) varies only what comes after the model, so it
+replays the same pure post-processing and policy over the processor's recorded distances
+(:func:`predict_rows`), which gives exactly the processor's predictions (tested).
 
 Attribution: the alert that opens a detection carries the per-feature contributions of its
 window (the share of the window's error each sensor makes); the report counts, per group of
@@ -37,8 +40,14 @@ from typing import Any, Literal
 import numpy as np
 
 from stream_ae.core.alerting import OPEN, AlertPolicy, AlertState
-from stream_ae.core.postprocess import LikelihoodParams, likelihood_scores
-from stream_ae.core.postprocess import new_state as new_likelihood_state
+from stream_ae.core.postprocess import (
+    DistanceParams,
+    LikelihoodParams,
+    PostParams,
+    RangeParams,
+    new_post_state,
+    post_batch,
+)
 from stream_ae.core.records import Event, decode_event, encode_event
 from stream_ae.errors import StreamAEError
 from stream_ae.io.window_store import InMemoryWindowStore
@@ -64,30 +73,29 @@ REPLAY_TOPIC = "skab"
 RUN_FILE = "run.json"
 # A JSON event of 8 named floats is about 250 bytes; the worker's default limit is far above.
 MAX_EVENT_BYTES = 65_536
-# Where a distance threshold lands on the alert policy's [0, 1] score scale.
+# Where a distance threshold lands on the alert policy's [0, 1] score scale (DistanceParams).
 DISTANCE_POLICY_LEVEL = 0.5
 SCORES = ("calibrated", "distance", "likelihood")
 
 
 @dataclass(frozen=True)
 class Detection:
-    """How a row's 0/1 prediction is made from the processor's per-window outputs.
+    """What comes after the model: a post-processing (:class:`PostParams`, the artifact's
+    ``detector.json``) and the worker's alert policy, in SKAB's terms.
 
-    ``score``: ``calibrated`` (the processor's calibrated window score, in [0, 1]) or
-    ``distance`` (the window's distance ``d`` from the model's validation errors, handed to
-    the alert policy as ``min(d / (2 * threshold), 1)`` with the policy's threshold at 0.5, so
-    that ``threshold`` and the resolve level ``resolve_ratio * threshold`` are in distance
-    units), or ``likelihood`` (the anomaly likelihood of :mod:`stream_ae.core.postprocess`
-    over the distances: the mean of the last ``smoothing`` distances against their
-    exponentially weighted history of ``memory`` windows, the training rows' windows included,
-    as a log-scaled Gaussian tail score in [0, 1]; ``threshold`` in those units).
-    ``smoothing``: windows averaged (a trailing mean; 1 = none).
-    ``range_margin``: if set, a row where some feature lies outside the range the stream has
-    shown so far by more than ``range_margin`` times that range scores 1 (the running range,
-    never the file's). The alert policy then opens at ``threshold`` (None: the model's
-    calibrated threshold, as the worker does) after ``open_after`` windows and resolves after
-    ``resolve_after`` windows below ``threshold * resolve_ratio``; an alert stays open for at
-    least ``min_open`` rows.
+    ``score``: ``calibrated`` (no post-processing: the processor's calibrated window score at
+    the model's calibrated threshold, as a worker without ``detector.json``), ``distance`` (the
+    mean of the last ``smoothing`` window distances, scaled so that ``threshold``, in distance
+    units, lands at the detector's threshold 0.5; :class:`DistanceParams`) or ``likelihood``
+    (the anomaly likelihood over the distances: their mean over ``smoothing`` windows against
+    an exponentially weighted history of ``memory`` windows, the training rows' included, as a
+    log-scaled tail score in [0, 1]; ``threshold`` in those units).
+    ``range_margin``: if set, the running-range check (:class:`RangeParams`): a window whose
+    last row has some feature outside the range of the stream's rows before it by more than
+    ``range_margin`` times that range scores 1; it starts after the training rows' windows.
+    The alert policy (the worker's ``STREAM_AE_*`` alert settings) opens after ``open_after``
+    windows at or above the threshold and resolves after ``resolve_after`` windows below
+    ``threshold * resolve_ratio``.
     """
 
     score: str = "calibrated"
@@ -98,22 +106,57 @@ class Detection:
     resolve_after: int = 3
     resolve_ratio: float = 0.9
     memory: int = 200
-    min_open: int = 0
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.smoothing < 1:
             raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
+        if self.score == "calibrated" and (
+            self.smoothing != 1 or self.range_margin is not None or self.threshold is not None
+        ):
+            raise ValueError(
+                "a calibrated score has no post-processing: no smoothing, range_margin or "
+                "threshold (the model's calibrated threshold applies)"
+            )
         if self.score != "calibrated" and self.threshold is None:
             raise ValueError(f"a {self.score} score needs a threshold")
+        self.post(1)  # the post-processing's own checks
+        self.policy()
 
-    def policy_params(self) -> AlertPolicy:
-        """The alert policy's parameters, the threshold in score units."""
-        # A distance score is scaled so that its threshold lands at 0.5 (see the class).
-        threshold = DISTANCE_POLICY_LEVEL if self.score == "distance" else self.threshold
+    def post(self, learning_windows: int) -> PostParams | None:
+        """The post-processing this detection describes (None: the calibrated score), with a
+        range check that starts after ``learning_windows`` windows."""
+        if self.score == "calibrated":
+            return None
+        assert self.threshold is not None  # checked above
+        range_check = (
+            None
+            if self.range_margin is None
+            else RangeParams(margin=self.range_margin, learning_windows=learning_windows)
+        )
+        if self.score == "distance":
+            return PostParams(
+                likelihood=None,
+                seasonal=None,
+                hold=0,
+                threshold=DISTANCE_POLICY_LEVEL,
+                distance=DistanceParams(smoothing=self.smoothing, level=self.threshold),
+                range=range_check,
+            )
+        likelihood = LikelihoodParams(short_window=self.smoothing, long_window=self.memory)
+        return PostParams(
+            likelihood=likelihood,
+            seasonal=None,
+            hold=0,
+            threshold=self.threshold,
+            range=range_check,
+        )
+
+    def policy(self) -> AlertPolicy:
+        """The alert policy; its threshold is the detector's (the post-processing's, or the
+        model's calibrated one), as a worker with no threshold setting uses."""
         return AlertPolicy(
-            threshold=threshold,
             resolve_ratio=self.resolve_ratio,
             open_after=self.open_after,
             resolve_after=self.resolve_after,
@@ -138,7 +181,7 @@ class SkabParams:
     calibration_level: float = 0.99
     seed: int = 0
     batch_events: int = 256
-    # Chosen by `evaluate cv skab` over 12,672 candidates (docs/skab.md).
+    # Chosen by `evaluate cv skab` (docs/skab.md).
     detection: Detection = field(
         default_factory=lambda: Detection(
             "distance", threshold=15.0, smoothing=5, range_margin=0.2, resolve_after=3
@@ -154,6 +197,11 @@ class SkabParams:
             hidden=self.hidden,
             horizon=self.horizon,
         )
+
+    def post(self) -> PostParams | None:
+        """The detector's post-processing (``detector.json``): the range check, if any, starts
+        after the windows of the training rows."""
+        return self.detection.post(range_learning_windows(self.window))
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -182,18 +230,34 @@ class SkabParams:
 DEFAULT_SKAB_PARAMS = SkabParams()
 
 
+def range_learning_windows(window: int) -> int:
+    """The windows that end in a file's training rows: the range check starts after them."""
+    return TRAIN_ROWS - window + 1
+
+
 @dataclass
 class SkabTrace:
-    """What the processor said about every row of one file (NaN where no window ended), the
-    model's calibrated threshold, its alerts and where the time went."""
+    """What the processor said about every row of one file (NaN where no window ended): the
+    model's distances and calibrated scores, the final scores the alert policy acted on, the
+    per-feature contributions; the model's window and calibrated threshold, the alerts and
+    where the time went."""
 
     distances: np.ndarray  # (n,)
     calibrated: np.ndarray  # (n,)
     contributions: np.ndarray  # (n, F)
     threshold: float
     alerts: list[dict[str, Any]]
+    final: np.ndarray | None = None  # (n,)
+    window: int | None = None
     fit_s: float = 0.0
     stream_s: float = 0.0
+
+    @property
+    def window_size(self) -> int:
+        """The model's window: given, else one more than the rows without a window."""
+        if self.window is not None:
+            return self.window
+        return int(np.argmax(~np.isnan(self.distances))) + 1
 
 
 class _RecordingScorer(Scorer):
@@ -241,24 +305,28 @@ def fit_file(data: SkabFile, params: SkabParams, directory: Path) -> Artifact:
         result = fit_series([(data.key, data.values[:TRAIN_ROWS])], spec, params.fit_config())
     except ValueError as exc:
         raise SkabError(f"{data.key}: cannot fit on its {TRAIN_ROWS} training rows: {exc}") from exc
-    save_fit(result, directory, name=data.key, version="skab")
+    save_fit(result, directory, name=data.key, version="skab", post=params.post())
     return load_artifact(directory, expect=spec)
 
 
 def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabTrace:
-    """Fit on the training rows, then replay every row through the processor."""
+    """Fit on the training rows, then replay every row through the processor, which runs the
+    whole detector (post-processing from the artifact, the detection's alert policy)."""
     started = time.perf_counter()
     artifact = fit_file(data, params, artifact_dir)
     scorer = _RecordingScorer(artifact, buckets=(params.batch_events,))
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     n, features = data.values.shape
+    final = np.full(n, np.nan)
     trace = SkabTrace(
         distances=np.full(n, np.nan),
         calibrated=np.full(n, np.nan),
         contributions=np.full((n, features), np.nan),
         threshold=float(artifact.calibration.default.threshold),
         alerts=[],
+        final=final,
+        window=params.window,
         fit_s=fit_s,
     )
     batch_time_ms = [0]  # alerts carry the batch's event time: replays are reproducible
@@ -266,11 +334,7 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
         InMemoryWindowStore(params.window, features),
         lambda: scorer,
         stride=1,
-        # The processor's own policy acts on its calibrated score; another detection re-runs
-        # the policy over its own score afterwards (predict_rows).
-        policy=params.detection.policy_params()
-        if params.detection.score == "calibrated"
-        else AlertPolicy(),
+        policy=params.detection.policy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     events = replay_events(data)
@@ -283,6 +347,7 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
         rows = outcome.windows.end_offsets
         trace.distances[rows] = outcome.windows.distances
         trace.calibrated[rows] = outcome.windows.scores
+        final[rows] = outcome.windows.final_scores
         if len(rows):
             trace.contributions[rows] = np.concatenate(scorer.contributions)
         trace.alerts.extend(outcome.alerts)
@@ -293,62 +358,36 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
 # --- from window outputs to row predictions (pure) -------------------------------------------
 
 
-def running_range_flags(values: np.ndarray, margin: float, start: int = TRAIN_ROWS) -> np.ndarray:
-    """True on rows from ``start`` on where some feature lies outside the range of the rows
-    before it (all of them, from row 0) by more than ``margin`` times that range. No look-ahead:
-    row ``i`` is compared with rows ``< i`` only.
-
-    >>> running_range_flags(np.array([[0.0], [1.0], [0.5], [1.05], [1.2], [-0.5]]), 0.1, 2)
-    array([False, False, False, False,  True,  True])
-    """
-    x = np.asarray(values, dtype=np.float64)
+def file_windows(values: np.ndarray, window: int) -> np.ndarray:
+    """Every window of a file's rows, as the processor holds them (float32), one per row from
+    row ``window - 1`` on: (n - window + 1, window, F)."""
+    x = np.asarray(values, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]
-    low = np.minimum.accumulate(x, axis=0)
-    high = np.maximum.accumulate(x, axis=0)
-    # The range of the rows before row i: shift by one.
-    low_before, high_before = low[:-1], high[:-1]
-    span = high_before - low_before
-    outside = (x[1:] > high_before + margin * span) | (x[1:] < low_before - margin * span)
-    flags = np.r_[False, outside.any(axis=1)]
-    flags[:start] = False
-    return flags
-
-
-def trailing_mean(scores: np.ndarray, k: int) -> np.ndarray:
-    """The mean of each score and the ``k - 1`` before it (fewer at the start); NaN stays NaN
-    and is not counted.
-
-    >>> trailing_mean(np.array([np.nan, 1.0, 3.0, 5.0]), 2).tolist()
-    [nan, 1.0, 2.0, 4.0]
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if k <= 1:
-        return s.copy()
-    valid = ~np.isnan(s)
-    sums = np.cumsum(np.where(valid, s, 0.0))
-    counts = np.cumsum(valid)
-    sums = sums - np.r_[np.zeros(k), sums[:-k]]
-    counts = counts - np.r_[np.zeros(k, dtype=np.int64), counts[:-k]]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts
-    return np.where(valid, out, np.nan)
+    return np.lib.stride_tricks.sliding_window_view(x, window, axis=0).transpose(0, 2, 1)
 
 
 def detection_scores(trace: SkabTrace, values: np.ndarray, detection: Detection) -> np.ndarray:
-    """The per-row score the alert policy acts on (NaN where no window ended)."""
-    if detection.score == "distance":
-        assert detection.threshold is not None  # checked by Detection
-        scores = trailing_mean(trace.distances, detection.smoothing)
-        scores = np.minimum(scores * (DISTANCE_POLICY_LEVEL / detection.threshold), 1.0)
-    elif detection.score == "likelihood":
-        params = LikelihoodParams(short_window=detection.smoothing, long_window=detection.memory)
-        scores, _ = likelihood_scores(params, new_likelihood_state(params), trace.distances)
-    else:
-        scores = trailing_mean(trace.calibrated, detection.smoothing)
-    if detection.range_margin is not None:
-        flags = running_range_flags(values, detection.range_margin)
-        scores = np.where(flags & ~np.isnan(scores), 1.0, scores)
+    """The final score of every row (NaN where no window ended) under ``detection``: the
+    post-processing :func:`~stream_ae.core.postprocess.post_batch` over the processor's
+    recorded distances, from a fresh state, as the processor runs it in a worker."""
+    window = trace.window_size
+    post = detection.post(range_learning_windows(window))
+    if post is None:
+        return np.asarray(trace.calibrated, dtype=np.float64).copy()
+    rows = np.flatnonzero(~np.isnan(trace.distances))
+    windows = file_windows(values, window)[rows - (window - 1)]
+    features = windows.shape[2]
+    result = post_batch(
+        post,
+        new_post_state(post, features)[None],
+        trace.distances[rows],
+        np.zeros(len(rows), dtype=np.int64),  # end times: only a time-of-day profile reads them
+        np.array([len(rows)]),
+        windows if post.range is not None else None,
+    )
+    scores = np.full(len(trace.distances), np.nan)
+    scores[rows] = result.scores
     return scores
 
 
@@ -377,32 +416,38 @@ def policy_predictions(scores: np.ndarray, policy: AlertPolicy) -> tuple[np.ndar
 def predict_rows(
     trace: SkabTrace, values: np.ndarray, detection: Detection, scores: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[int]]:
-    """0/1 per row of the whole file (training rows included) and the rows alerts opened at.
+    """What the processor predicts under ``detection``, replayed from a trace: 0/1 per row of
+    the whole file (training rows included) and the rows alerts opened at. For the detection
+    the trace was streamed with, this is exactly :func:`alert_predictions` of its alerts.
 
     ``scores``: the detection's scores if already computed (:func:`detection_scores`)."""
-    policy = detection.policy_params().with_default_threshold(trace.threshold)
+    post = detection.post(range_learning_windows(trace.window_size))
+    default = post.threshold if post is not None else trace.threshold
+    policy = detection.policy().with_default_threshold(default)
     if scores is None:
         scores = detection_scores(trace, values, detection)
-    predictions, opened = policy_predictions(scores, policy)
-    for row in opened:
-        predictions[row : row + detection.min_open] = 1
-    return predictions, opened
+    return policy_predictions(scores, policy)
 
 
-def alert_predictions(alerts: Sequence[dict[str, Any]], n_rows: int) -> np.ndarray:
-    """The processor's own alerts as 0/1 per row (1 from an open to its resolve)."""
+def alert_predictions(
+    alerts: Sequence[dict[str, Any]], n_rows: int
+) -> tuple[np.ndarray, list[int]]:
+    """The processor's own alerts as 0/1 per row (1 from an open to its resolve), and the rows
+    alerts opened at."""
     predictions = np.zeros(n_rows, dtype=np.int64)
+    opened: list[int] = []
     open_row: int | None = None
     for alert in alerts:
         row = int(alert["source"]["offset"])
         if alert["status"] == OPEN:
             open_row = row
+            opened.append(row)
         elif open_row is not None:
             predictions[open_row:row] = 1
             open_row = None
     if open_row is not None:
         predictions[open_row:] = 1
-    return predictions
+    return predictions, opened
 
 
 def detected_attributions(
@@ -459,7 +504,8 @@ def run_skab(
         for key, path in files.items():
             data = read_skab_file(key, path)
             trace = stream_file(data, params, artifacts_root / key.replace("/", "__"))
-            predictions, opened = predict_rows(trace, data.values, params.detection)
+            # The processor's own alerts: no scoring path of the evaluator's.
+            predictions, opened = alert_predictions(trace.alerts, len(data.timestamps))
             test = data.test_rows
             write_predictions(
                 predictions_path(out_dir, key), data.timestamps[test], predictions[test]
@@ -496,12 +542,13 @@ def save_trace(trace_dir: Path, key: str, trace: SkabTrace) -> Path:
         calibrated=trace.calibrated,
         contributions=trace.contributions,
         threshold=np.array(trace.threshold),
+        window=np.array(trace.window_size),
     )
     return path
 
 
 def load_trace(trace_dir: Path, key: str) -> SkabTrace:
-    """A trace written by :func:`save_trace` (without its alerts)."""
+    """A trace written by :func:`save_trace` (without its alerts and final scores)."""
     with np.load(trace_dir / f"{key.replace('/', '__')}.npz") as saved:
         return SkabTrace(
             distances=saved["distances"],
@@ -509,6 +556,7 @@ def load_trace(trace_dir: Path, key: str) -> SkabTrace:
             contributions=saved["contributions"],
             threshold=float(saved["threshold"]),
             alerts=[],
+            window=int(saved["window"]) if "window" in saved.files else None,
         )
 
 
