@@ -194,6 +194,20 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = Field(
         30.0, gt=0, description="How often the registry pointer is re-read (fallback to pub/sub)."
     )
+    # How long a worker waits at start-up for a usable model (a registry with no champion
+    # yet, an unreadable or unfitting champion) before it exits 1. 15 minutes covers a first
+    # model trained and published by hand or by the trainer's first run (minutes on this
+    # project's data), yet turns a worker pointed at the wrong registry or model name into a
+    # visible exit (a restart count, CrashLoopBackOff) within the quarter hour instead of a
+    # pod that idles forever looking alive. A registry folder that does not exist at all is
+    # refused at once (no wait).
+    model_wait_s: float = Field(
+        900.0,
+        ge=0,
+        description="Longest wait at start-up for a first usable model (a registry with no "
+        "champion yet) before the worker exits 1; 0 waits forever. A registry folder that does "
+        "not exist stops the worker at once (exit 2).",
+    )
     # The alert policy: bounds live in AlertPolicy only (checked by _alert_policy_field below).
     threshold: float | None = Field(
         None, description="Alert threshold on the final anomaly score; defaults to the detector's."
