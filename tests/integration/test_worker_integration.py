@@ -209,8 +209,8 @@ def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pau
     validator = Draft202012Validator(alert_schema())
     for alert in parsed:
         validator.validate(alert)
-        spans = parse_ts(alert["window"]["start_ts"]) < ts[first] <= parse_ts(
-            alert["window"]["end_ts"]
+        spans = (
+            parse_ts(alert["window"]["start_ts"]) < ts[first] <= parse_ts(alert["window"]["end_ts"])
         )
         assert alert["window"]["gap"] == (alert["stream"] == "host-0" and spans), alert
     blobs = stored_blobs(redis_client, settings.redis_key_prefix)
