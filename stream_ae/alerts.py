@@ -7,7 +7,7 @@
   repeats, remembering the last ``remember`` ids (bounded memory; a replay reaches back a batch
   or two, never a hundred thousand alerts).
 - **Validated.** Each message is parsed against its schema version (``stream-ae.alert/v1`` to
-  ``/v3``; the fields a version lacks are None). A message that is not an alert of a known
+  ``/v4``; the fields a version lacks are None). A message that is not an alert of a known
   version is skipped with one WARNING per reason, or raises :class:`~stream_ae.errors.SchemaError`
   with ``on_invalid="raise"``: a consumer built for today's alerts keeps running when a newer
   worker emits a version it does not know, and says so.
@@ -49,7 +49,12 @@ from stream_ae.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSIONS = ("stream-ae.alert/v1", "stream-ae.alert/v2", "stream-ae.alert/v3")
+SCHEMA_VERSIONS = (
+    "stream-ae.alert/v1",
+    "stream-ae.alert/v2",
+    "stream-ae.alert/v3",
+    "stream-ae.alert/v4",
+)
 # Ids remembered for de-duplication: a replay re-sends at most a batch or two of alerts.
 DEFAULT_REMEMBER = 100_000
 OnInvalid = Literal["skip", "raise"]
@@ -80,9 +85,11 @@ class SourcePosition:
 
 @dataclass(frozen=True)
 class Alert:
-    """An alert as the workers emit it (see ``stream_ae/schemas/alert.v3.json``).
+    """An alert as the workers emit it (see ``stream_ae/schemas/alert.v4.json``).
 
-    ``raw_score`` and ``stage`` are None for schema v1 alerts. ``opened_by`` is, for a
+    ``raw_score`` and ``stage`` are None for schema v1 alerts. ``window_gap`` (v4) is whether
+    the window spans a gap in its stream's events, None when the worker did not check
+    (``STREAM_AE_GAP_POLICY=score``) or the alert predates v4. ``opened_by`` is, for a
     ``resolved`` alert, the ``open`` alert of the same stream it closes (None when the follower
     did not see it, e.g. it started after it). ``payload`` is the alert's JSON as received.
     """
@@ -104,6 +111,7 @@ class Alert:
     model_version: str
     features: tuple[FeatureExplanation, ...]
     emitted_at: datetime
+    window_gap: bool | None = None
     opened_by: Alert | None = None
     payload: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -163,6 +171,7 @@ def parse_alert(payload: bytes | str | Mapping[str, Any]) -> Alert:
         model_version=_text(model, "version", empty=True),
         features=tuple(_feature(item, version) for item in features),
         emitted_at=_time(body, "emitted_at"),
+        window_gap=_gap(window) if version >= 4 else None,
         payload=body,
     )
 
@@ -326,6 +335,13 @@ def _time(body: Mapping[str, Any], name: str) -> datetime:
     if parsed.tzinfo is None:
         raise SchemaError("bad_alert", f"{name!r} has no time zone: {text[:40]!r}")
     return parsed
+
+
+def _gap(window: Mapping[str, Any]) -> bool | None:
+    gap = window.get("gap")
+    if gap is not None and not isinstance(gap, bool):
+        raise SchemaError("bad_alert", f"'gap' must be true or false, got {str(gap)[:40]!r}")
+    return gap
 
 
 def _stage(body: Mapping[str, Any]) -> str:

@@ -23,7 +23,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import Event
+from stream_ae.core.windowing import NO_GAP_CHECK, GapRule
 from stream_ae.errors import ConfigError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import load_artifact
@@ -54,6 +55,8 @@ class Scores:
     and post-processing), ``model_scores`` the calibrated score of the model's error alone,
     ``distances`` the distance of the window's error, and ``alert_rows`` the indices (into
     these arrays) of the windows that opened or resolved an alert, in the order of ``alerts``.
+    ``gaps``: whether each window spans a gap in its stream (only ever true with a
+    :class:`~stream_ae.core.windowing.GapRule` ``mark``).
     """
 
     streams: list[str]
@@ -64,16 +67,25 @@ class Scores:
     distances: np.ndarray
     alerts: list[dict[str, Any]]
     alert_rows: np.ndarray
+    gaps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 class Detector:
     """One model and the worker's whole scoring chain, over an in-memory store.
 
     ``policy`` overrides the alert policy (threshold, hysteresis); by default the artifact's
-    calibrated threshold and the worker's default policy apply.
+    calibrated threshold and the worker's default policy apply. ``gap_rule`` is the worker's
+    rule for windows across a gap in a stream (``STREAM_AE_GAP_POLICY``; by default they are
+    scored as any other).
     """
 
-    def __init__(self, scorer: Scorer, *, policy: AlertPolicy | None = None) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        policy: AlertPolicy | None = None,
+        gap_rule: GapRule = NO_GAP_CHECK,
+    ) -> None:
         self.scorer = scorer
         spec = scorer.artifact.spec
         self._next_row: dict[str, int] = {}
@@ -83,16 +95,22 @@ class Detector:
             stride=1,
             policy=policy or AlertPolicy(),
             clock_ms=lambda: 0,
+            gap_rule=gap_rule,
         )
 
     @classmethod
     def load(
-        cls, path: str | Path, *, name: str = "default", policy: AlertPolicy | None = None
+        cls,
+        path: str | Path,
+        *,
+        name: str = "default",
+        policy: AlertPolicy | None = None,
+        gap_rule: GapRule = NO_GAP_CHECK,
     ) -> Detector:
         """A detector from an artifact directory, or from a registry root's champion ``name``
         (a folder, or a URL of object storage such as ``s3://bucket/prefix``)."""
         directory = resolve_artifact_dir(path, name)
-        return cls(Scorer(load_artifact(directory)), policy=policy)
+        return cls(Scorer(load_artifact(directory)), policy=policy, gap_rule=gap_rule)
 
     @classmethod
     def fit(
@@ -174,4 +192,5 @@ class Detector:
             distances=np.asarray(windows.distances),
             alerts=outcome.alerts,
             alert_rows=alert_rows,
+            gaps=np.asarray(windows.gaps, dtype=bool),
         )

@@ -14,7 +14,15 @@ class StreamAEError(Exception):
 
 
 class ConfigError(StreamAEError):
-    """The settings are invalid; raised once, at start-up."""
+    """The settings are invalid; raised once, at start-up.
+
+    ``fix``, when given, is how to put it right; it ends the message (``problem; fix``), and
+    the command line's error boundary then adds no generic advice of its own.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(f"{message}; {fix}" if fix else message)
+        self.fix = fix
 
 
 class SchemaError(StreamAEError):

@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.windowing import GapRule
 from stream_ae.errors import ConfigError
 from stream_ae.logs import mask_urls
 
@@ -173,6 +174,24 @@ class Settings(BaseSettings):
         description="Budget for processing one batch; a batch that would exceed it is cut "
         "(its tail is re-polled) so processing stays far below max_poll_interval_ms.",
     )
+    # A live stream that pauses: see stream_ae.core.windowing.GapRule and docs/operations.md.
+    # 'score' by default: exactly what the worker did before the rule existed (same windows,
+    # scores and alert ids), and a model trained on gapless data is the only judge of what
+    # a gap does to it.
+    gap_policy: Literal["score", "mark", "restart"] = Field(
+        "score",
+        description="A window whose events span a gap (more than gap_periods of the stream's "
+        "periods between two events; the period: the median spacing of the window's events): "
+        "'score' scores it like any other (nothing is checked), 'mark' scores it and flags it "
+        "(window.gap in its alerts), 'restart' does not score it (the stream's windows start "
+        "again after the gap).",
+    )
+    gap_periods: float = Field(
+        10.0,
+        gt=1,
+        allow_inf_nan=False,
+        description="How many of a stream's periods without events make a gap (gap_policy).",
+    )
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
     )
@@ -193,6 +212,20 @@ class Settings(BaseSettings):
     model_name: str = Field("default", description="Model name in the registry.")
     model_poll_interval_s: float = Field(
         30.0, gt=0, description="How often the registry pointer is re-read (fallback to pub/sub)."
+    )
+    # How long a worker waits at start-up for a usable model (a registry with no champion
+    # yet, an unreadable or unfitting champion) before it exits 1. 15 minutes covers a first
+    # model trained and published by hand or by the trainer's first run (minutes on this
+    # project's data), yet turns a worker pointed at the wrong registry or model name into a
+    # visible exit (a restart count, CrashLoopBackOff) within the quarter hour instead of a
+    # pod that idles forever looking alive. A registry folder that does not exist at all is
+    # refused at once (no wait).
+    model_wait_s: float = Field(
+        900.0,
+        ge=0,
+        description="Longest wait at start-up for a first usable model (a registry with no "
+        "champion yet) before the worker exits 1; 0 waits forever. A registry folder that does "
+        "not exist stops the worker at once (exit 2).",
     )
     # The alert policy: bounds live in AlertPolicy only (checked by _alert_policy_field below).
     threshold: float | None = Field(
@@ -305,6 +338,10 @@ class Settings(BaseSettings):
         if self.alerts_topic in self.input_topics or self.dlq_topic in self.input_topics:
             raise ValueError("alerts_topic and dlq_topic must differ from the input topics")
         return self
+
+    def gap_rule(self) -> GapRule:
+        """The rule for windows across a gap that these settings describe."""
+        return GapRule(self.gap_policy, self.gap_periods)
 
     def alert_policy(self) -> AlertPolicy:
         """The alert policy these settings describe."""

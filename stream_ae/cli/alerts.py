@@ -25,16 +25,32 @@ EXAMPLES = (
 
 def format_alert(alert: Alert) -> str:
     """One table row: the top feature with its observed and expected value when the alert
-    carries them (schema v3)."""
+    carries them (schema v3), and ``across a gap`` after the model when its window spans a gap
+    in the stream (schema v4, ``STREAM_AE_GAP_POLICY=mark``).
+
+    >>> from stream_ae.alerts import parse_alert
+    >>> from stream_ae.core.records import build_alert
+    >>> import numpy as np
+    >>> one = np.ones(1)
+    >>> alert = parse_alert(build_alert(
+    ...     stream="cpu", status="open", score=0.99, raw_score=0.99, stage="calibration",
+    ...     threshold=0.9, distance=3.0, start_ts_ms=0, end_ts_ms=60_000, window_size=2,
+    ...     topic="t", partition=0, offset=5, model_name="m", model_version="v1",
+    ...     feature_names=["value"], contributions=one, directions=one, steps=one,
+    ...     observed=one, expected=one, emitted_at_ms=0, gap=True))
+    >>> format_alert(alert).split()[-3:]
+    ['across', 'a', 'gap']
+    """
     top = alert.top_feature
     feature = f"{top.name} {top.direction} {top.contribution:.0%}"
     if top.observed is not None and top.expected is not None:
         feature += f" ({top.observed:.4g} vs {top.expected:.4g})"
     end = alert.window_end.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return (
+    row = (
         f"{alert.status:<9}{alert.stream[:19]:<20}{end:<26}"
         f"{alert.score:>9.5f}  {feature[:33]:<34}{alert.model_version[:23]:<24}"
     )
+    return f"{row}across a gap" if alert.window_gap else row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

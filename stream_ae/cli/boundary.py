@@ -56,7 +56,7 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     # One line, whatever the library put in it, ready for "; the fix".
     message = " ".join(str(exc).split()).rstrip(".")
     if isinstance(exc, ConfigError):
-        fixed = "did you mean" in message or "write e.g." in message
+        fixed = bool(exc.fix) or "did you mean" in message or "write e.g." in message
         return (message if fixed else f"{message}; {CONFIG_FIX}"), BAD_INPUT
     if isinstance(exc, BrokerError):
         return f"{message}; {BROKER_FIX}", BAD_INPUT if not exc.retriable else UNAVAILABLE

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     settings = load_settings(overrides)  # a ConfigError is the command line's one error line
+    from stream_ae.worker.bootstrap import check_model_location
+
+    check_model_location(settings)  # a registry folder that does not exist: the same
     setup_logging(settings.log_level, settings.log_format)
     log.info("starting", extra=fields(settings=settings.describe()))
     metrics = WorkerMetrics(process=True)

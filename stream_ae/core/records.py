@@ -5,9 +5,10 @@ Input (key = stream id): ``{"stream": str, "ts": ISO-8601 | epoch ms, "value": n
 Decoding never raises anything but :class:`SchemaError`, whose ``reason`` is the dead-letter
 reason code.
 
-Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v3.json`` (v2 added the window's
+Alerts follow the JSON Schema in ``stream_ae/schemas/alert.v4.json`` (v2 added the window's
 raw score and the stage that fired, ``score`` being the final score the threshold applies to;
-v3 adds, per feature, the observed and the expected value at the step of largest deviation);
+v3 adds, per feature, the observed and the expected value at the step of largest deviation;
+v4 adds ``window.gap``, whether the window spans a gap in its stream, where the worker checks);
 ``alert_id`` is a hash of what determines the alert (stream, source position, status, model
 version), so a replay yields the same ids and consumers can de-duplicate.
 """
@@ -28,8 +29,8 @@ import orjson
 
 from stream_ae.errors import SchemaError
 
-ALERT_SCHEMA_ID = "stream-ae.alert/v3"
-ALERT_SCHEMA_FILE = "schemas/alert.v3.json"
+ALERT_SCHEMA_ID = "stream-ae.alert/v4"
+ALERT_SCHEMA_FILE = "schemas/alert.v4.json"
 MAX_STREAM_ID_CHARS = 256
 # Epoch-ms timestamps outside [1970, 2255-03-14) are rejected: they are almost always seconds or
 # microseconds sent by mistake. The bound, 9e12 ms, is a round number safely below April 2262,
@@ -460,14 +461,24 @@ def build_alert(
     observed: np.ndarray,
     expected: np.ndarray,
     emitted_at_ms: int,
+    gap: bool | None = None,
 ) -> dict[str, Any]:
-    """An alert as the dict that is serialised to the alerts topic (schema v3).
+    """An alert as the dict that is serialised to the alerts topic (schema v4).
 
     ``score`` is the window's final anomaly score (what ``threshold`` applies to), ``raw_score``
     its calibrated model score, ``stage`` the scoring stage that gave the final score.
     ``steps``, ``observed`` and ``expected`` (F,) are, per feature, the step of the window
     (0 = oldest) where the observed value lies farthest from the model's expected value (its
-    reconstruction or prediction, in original units), and both values there."""
+    reconstruction or prediction, in original units), and both values there. ``gap``: whether
+    the window spans a gap in its stream's events (:class:`~stream_ae.core.windowing.GapRule`);
+    None (left out of the alert) when the worker does not check."""
+    window: dict[str, Any] = {
+        "start_ts": ms_to_iso(start_ts_ms),
+        "end_ts": ms_to_iso(end_ts_ms),
+        "size": window_size,
+    }
+    if gap is not None:
+        window["gap"] = bool(gap)
     return {
         "schema": ALERT_SCHEMA_ID,
         "alert_id": alert_id(stream, topic, partition, offset, status, model_version),
@@ -478,11 +489,7 @@ def build_alert(
         "stage": stage,
         "threshold": float(threshold),
         "distance": float(distance),
-        "window": {
-            "start_ts": ms_to_iso(start_ts_ms),
-            "end_ts": ms_to_iso(end_ts_ms),
-            "size": window_size,
-        },
+        "window": window,
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "model": {"name": model_name, "version": model_version},
         "features": [

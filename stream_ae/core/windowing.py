@@ -8,6 +8,15 @@ Window ``k`` of a stream completes at the event that makes ``count - W`` a multi
 ``stride`` (``count`` = events applied so far). That depends only on the event sequence, never
 on how it was split into poll batches, so any split yields the same windows.
 
+**Gaps.** A window *spans a gap* when two of its consecutive events are more than
+``GapRule.periods`` periods apart, the period being the (lower) median spacing of the window's
+own timestamps (:func:`window_gaps`): known once the window is complete, without looking
+ahead and without any state, so again the same under any split. :class:`GapRule` says what
+becomes of such a window: ``score`` (scored like any other, unflagged: nothing is checked),
+``mark`` (scored and flagged in :attr:`RunsResult.gaps`), ``restart`` (not produced: the
+stream's windows start again after the gap, the next one being the first that lies wholly
+after it).
+
 >>> import numpy as np
 >>> state = new_state(window=3, features=1)
 >>> result = append(state, np.arange(5, dtype=np.float32)[:, None], np.arange(5) * 1000,
@@ -21,11 +30,78 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from stream_ae.core.alerting import NO_OFFSET
 from stream_ae.core.state import StreamState, new_state
+
+GapPolicy = Literal["score", "mark", "restart"]
+GAP_POLICIES: tuple[str, ...] = get_args(GapPolicy)
+
+
+@dataclass(frozen=True)
+class GapRule:
+    """What becomes of a window whose events span a gap: more than ``periods`` of its stream's
+    periods between two consecutive events (:func:`window_gaps`).
+
+    - ``score``: nothing is checked; every window is scored as it comes (the default, and
+      exactly what stream-ae did before the rule existed);
+    - ``mark``: windows that span a gap are scored, and flagged (``RunsResult.gaps``, and
+      ``window.gap`` in their alerts);
+    - ``restart``: the window starts again after the gap: windows that would span it are not
+      produced, so the next window of the stream is the first that lies wholly after the gap
+      (``W`` events after it, on the ``stride`` grid).
+
+    >>> GapRule("mark", 10.0).checks, GapRule().checks
+    (True, False)
+    >>> GapRule("skip")
+    Traceback (most recent call last):
+    ...
+    ValueError: gap policy 'skip' is not one of score, mark, restart
+    """
+
+    policy: GapPolicy = "score"
+    periods: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in GAP_POLICIES:
+            raise ValueError(f"gap policy {self.policy!r} is not one of {', '.join(GAP_POLICIES)}")
+        if not (np.isfinite(self.periods) and self.periods > 1):
+            raise ValueError(f"gap periods must be a finite number above 1, not {self.periods}")
+
+    @property
+    def checks(self) -> bool:
+        """Whether windows are checked for gaps at all (any policy but ``score``)."""
+        return self.policy != "score"
+
+
+def window_gaps(ts_ms: np.ndarray, periods: float) -> np.ndarray:
+    """Whether each window (a row of ``ts_ms``, (k, W) int64, oldest first) spans a gap: a
+    spacing between consecutive events above ``periods`` times the window's period.
+
+    The period is the lower median of the window's ``W - 1`` spacings: robust to the gap
+    itself (one large spacing moves it by at most one rank), an exact integer (no rounding
+    that could differ between runs), and known from the window alone. A window whose period
+    is not positive (repeated or backward timestamps) never spans a gap, nor does a window
+    of fewer than 3 events (its period is its only spacing).
+
+    >>> ts = np.array([[0, 60, 120, 180, 240], [0, 60, 120, 1320, 1380], [0, 60, 120, 660, 720]])
+    >>> window_gaps(ts, periods=10.0).tolist()  # 1200 > 10 x 60; 540 is not
+    [False, True, False]
+    """
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    k, window = ts_ms.shape
+    if window < 3:
+        return np.zeros(k, dtype=bool)
+    ordered = np.sort(ts_ms[:, 1:] - ts_ms[:, :-1], axis=1)
+    period = ordered[:, (window - 2) // 2]
+    result: np.ndarray = (period > 0) & (ordered[:, -1] > periods * period.astype(np.float64))
+    return result
+
+
+NO_GAP_CHECK = GapRule()
 
 
 @dataclass(frozen=True)
@@ -35,7 +111,8 @@ class AppendResult:
     Per completed window ``k``: ``windows[k]`` (W, F) raw values, ``start_ts_ms[k]`` and
     ``end_ts_ms[k]``, ``end_offsets[k]`` (offset of its last event), ``counts[k]`` (events
     applied up to and including it), and the running statistics at that event
-    (``stat_mean[k]``, ``stat_std[k]``), which per-stream scaling uses.
+    (``stat_mean[k]``, ``stat_std[k]``), which per-stream scaling uses; ``gaps[k]``: whether
+    it spans a gap (only ever true under :class:`GapRule` ``mark``).
     """
 
     state: StreamState
@@ -48,6 +125,7 @@ class AppendResult:
     stat_std: np.ndarray
     applied: int
     skipped: int
+    gaps: np.ndarray
 
 
 def append(
@@ -60,6 +138,7 @@ def append(
     partition: int,
     stride: int,
     std_floor: float = 1e-6,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> AppendResult:
     """Apply new events (in offset order) to ``state`` and collect the completed windows.
 
@@ -84,6 +163,7 @@ def append(
         partitions=[partition],
         stride=stride,
         std_floor=std_floor,
+        gap_rule=gap_rule,
     )
     applied = int(runs.applied[0])
     if applied == 0:
@@ -99,6 +179,7 @@ def append(
         stat_std=runs.stat_std,
         applied=applied,
         skipped=len(values) - applied,
+        gaps=runs.gaps,
     )
 
 
@@ -127,6 +208,7 @@ class RunsResult:
     counts: np.ndarray
     stat_mean: np.ndarray
     stat_std: np.ndarray
+    gaps: np.ndarray
 
 
 def append_runs(
@@ -140,6 +222,7 @@ def append_runs(
     partitions: Sequence[int],
     stride: int,
     std_floor: float = 1e-6,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> RunsResult:
     """Apply ``m`` runs of events, each to its own state, with array operations across runs.
 
@@ -190,6 +273,13 @@ def append_runs(
     concat[rows] = values
     concat_ts[rows] = ts_ms
     ends = np.flatnonzero((counts >= window) & ((counts - window) % stride == 0))
+    gaps = np.zeros(len(ends), dtype=bool)
+    if gap_rule.checks and len(ends):
+        # Each completed window's own timestamps decide (window_gaps): no state, no look-ahead.
+        first_row = rows[ends] - (window - 1)
+        gaps = window_gaps(concat_ts[first_row[:, None] + np.arange(window)], gap_rule.periods)
+        if gap_rule.policy == "restart":
+            ends, gaps = ends[~gaps], gaps[~gaps]
 
     run_mean, run_m2 = _welford_runs(states, values, starts, lengths)
 
@@ -238,6 +328,7 @@ def append_runs(
         counts=counts[ends],
         stat_mean=run_mean[ends],
         stat_std=stds,
+        gaps=gaps,
     )
 
 
@@ -328,6 +419,7 @@ def _empty_result(state: StreamState, skipped: int) -> AppendResult:
         stat_std=np.zeros((0, f)),
         applied=0,
         skipped=skipped,
+        gaps=np.zeros(0, dtype=bool),
     )
 
 
@@ -336,6 +428,7 @@ def series_windows(
     window: int,
     stride: int = 1,
     ts_ms: np.ndarray | None = None,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> AppendResult:
     """All windows of one whole series, through the same :func:`append` the worker uses.
 
@@ -348,5 +441,12 @@ def series_windows(
     ts = np.arange(n, dtype=np.int64) if ts_ms is None else np.asarray(ts_ms, dtype=np.int64)
     state = new_state(window, values.shape[1])
     return append(
-        state, values, ts, np.arange(n, dtype=np.int64), topic="", partition=-1, stride=stride
+        state,
+        values,
+        ts,
+        np.arange(n, dtype=np.int64),
+        topic="",
+        partition=-1,
+        stride=stride,
+        gap_rule=gap_rule,
     )

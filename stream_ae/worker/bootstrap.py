@@ -22,6 +22,7 @@ from stream_ae.logs import fields
 from stream_ae.model.artifacts import StateShape, load_artifact, read_manifest
 from stream_ae.model.inference import Scorer
 from stream_ae.model.registry import resolve_artifact_dir
+from stream_ae.model.registry_store import is_url
 from stream_ae.settings import Settings
 from stream_ae.worker.loop import ModelSource, Worker
 from stream_ae.worker.metrics import WorkerMetrics
@@ -97,10 +98,33 @@ def check_model_fits_states(settings: Settings, directory: Path) -> None:
         client.close()
 
 
+def check_model_location(settings: Settings) -> None:
+    """Refuse, with :class:`ConfigError`, a ``model_path`` that is a local path with nothing
+    there: no retry can make it appear, and waiting on it would look like a registry with no
+    champion yet. (Object storage is not checked here: a bucket that cannot be reached now may
+    be later, so it is waited for, with the reason in ``/readyz``.)"""
+    if is_url(settings.model_path):
+        return
+    path = Path(settings.model_path)
+    if path.is_dir():
+        return
+    what = "is not a folder" if path.exists() else "does not exist"
+    raise ConfigError(
+        f"STREAM_AE_MODEL_PATH {str(path)!r} {what} (no model registry or artifact there)",
+        fix=f"create the registry with a first model: stream-ae-train train --csv FILE "
+        f"--registry {path} (or stream-ae-train publish ARTIFACT_DIR --registry {path}); or "
+        "point STREAM_AE_MODEL_PATH (--model-path) at an existing registry or artifact",
+    )
+
+
 def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
     """Load the model, waiting (alive, not ready) while the registry has none yet or the
     artifact is unreadable: a worker deployed before the first training run comes up when it
-    is published instead of crash-looping."""
+    is published instead of crash-looping. After ``model_wait_s`` (0: never) the last reason
+    is raised as an :class:`ArtifactError`; a local registry folder that does not exist is a
+    :class:`ConfigError` at once (:func:`check_model_location`)."""
+    check_model_location(settings)
+    started = time.monotonic()
     backoff = 1.0
     while True:
         metrics.heartbeat()
@@ -109,12 +133,22 @@ def wait_for_model(settings: Settings, metrics: WorkerMetrics) -> Scorer:
             check_model_fits_states(settings, directory)  # before paying for the Keras load
             scorer = load_scorer(settings, directory)
         except ArtifactError as exc:  # IncompatibleModelError included: /readyz says why
-            metrics.not_ready_reason = str(exc)
-            log.error("no usable model yet, waiting", extra=fields(error=str(exc), retry_s=backoff))
+            reason = str(exc)
         else:
             metrics.not_ready_reason = ""
             return scorer
-        time.sleep(backoff)
+        waited_s = time.monotonic() - started
+        if settings.model_wait_s and waited_s >= settings.model_wait_s:
+            raise ArtifactError(
+                f"no usable model after {settings.model_wait_s:g} s (STREAM_AE_MODEL_WAIT_S; "
+                f"0 waits forever): {reason}"
+            )
+        metrics.not_ready_reason = f"waiting for a usable model ({waited_s:.0f} s): {reason}"
+        log.error("no usable model yet, waiting", extra=fields(error=reason, retry_s=backoff))
+        pause = backoff
+        if settings.model_wait_s:
+            pause = max(0.0, min(pause, settings.model_wait_s - waited_s))
+        time.sleep(pause)
         backoff = min(backoff * 2, settings.model_poll_interval_s)
 
 

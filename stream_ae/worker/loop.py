@@ -140,6 +140,7 @@ class Worker:
             stride=settings.stride,
             policy=settings.alert_policy(),
             clock_ms=clock_ms or (lambda: int(time.time() * 1000)),
+            gap_rule=settings.gap_rule(),
         )
         self.max_records = settings.max_poll_records
         self.totals = BatchStats()

@@ -31,7 +31,7 @@ from stream_ae.core.postprocess import (
 from stream_ae.core.records import Event, EventBatch, build_alert
 from stream_ae.core.scoring import WindowScores
 from stream_ae.core.state import StreamState, new_state
-from stream_ae.core.windowing import RunsResult, append_runs
+from stream_ae.core.windowing import NO_GAP_CHECK, GapRule, RunsResult, append_runs
 from stream_ae.io.window_store import Undecodable, WindowStore
 from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
@@ -46,7 +46,8 @@ class WindowRecords:
     ``distances`` and ``scores`` are the model's: the window's distance and calibrated score;
     ``final_scores`` what the alert policy acted on (the post-processed score, or the calibrated
     one for a detector without post-processing) and ``stages`` the index in
-    :data:`~stream_ae.core.postprocess.STAGES` of the stage that gave it.
+    :data:`~stream_ae.core.postprocess.STAGES` of the stage that gave it. ``gaps``: whether the
+    window spans a gap in its stream (only ever true under :class:`GapRule` ``mark``).
     """
 
     streams: list[str] = field(default_factory=list)
@@ -56,6 +57,7 @@ class WindowRecords:
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0))
     final_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stages: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    gaps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 @dataclass
@@ -75,7 +77,9 @@ class StreamProcessor:
     """Applies poll batches of events to window states and scores completed windows.
 
     ``scorer`` is a callable returning the current :class:`Scorer`, read once per batch, so a
-    hot-swapped model takes effect between batches, never inside one.
+    hot-swapped model takes effect between batches, never inside one. ``gap_rule``: what
+    becomes of windows that span a gap in their stream's events (scored as any other by
+    default; see :class:`~stream_ae.core.windowing.GapRule`).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class StreamProcessor:
         policy: AlertPolicy,
         clock_ms: Callable[[], int],
         max_cached_streams: int = 1_000_000,
+        gap_rule: GapRule = NO_GAP_CHECK,
     ) -> None:
         self.store = store
         self.scorer = scorer
@@ -94,6 +99,7 @@ class StreamProcessor:
         self.policy = policy
         self.clock_ms = clock_ms
         self.max_cached_streams = max_cached_streams
+        self.gap_rule = gap_rule
         self.cache: dict[str, StreamState] = {}
         self.quarantined_total = 0  # undecodable states moved aside since start
 
@@ -132,7 +138,7 @@ class StreamProcessor:
         # 4. Append each stream's events in offset order, all streams at once; replayed offsets
         # are skipped.
         states, applied_per_stream, found = _apply_runs(
-            list(map(self.cache.__getitem__, streams)), events, runs, self.stride
+            list(map(self.cache.__getitem__, streams)), events, runs, self.stride, self.gap_rule
         )
         applied = int(applied_per_stream.sum())
         skipped = len(events) - applied
@@ -162,6 +168,7 @@ class StreamProcessor:
                 distances=batch.scores.distances,
                 final_scores=final,
                 stages=stages,
+                gaps=found.gaps,
             )
             # 6. The alert policy, per stream over its final scores in order.
             now_ms = self.clock_ms()
@@ -209,6 +216,7 @@ class StreamProcessor:
                             observed=explained.observed[0],
                             expected=explained.expected[0],
                             emitted_at_ms=now_ms,
+                            gap=bool(found.gaps[i]) if self.gap_rule.checks else None,
                         )
                     )
         touched = {streams[i]: states[i] for i in np.flatnonzero(applied_per_stream).tolist()}
@@ -311,7 +319,11 @@ class _Runs:
 
 
 def _apply_runs(
-    states: list[StreamState], events: EventBatch, runs: _Runs, stride: int
+    states: list[StreamState],
+    events: EventBatch,
+    runs: _Runs,
+    stride: int,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> tuple[list[StreamState], np.ndarray, RunsResult]:
     """Apply a batch grouped by :class:`_Runs` to the states of ``runs.streams``.
 
@@ -346,6 +358,7 @@ def _apply_runs(
             topics=[events.topics[order[start]] for start in starts],
             partitions=[int(partitions[start]) for start in starts],
             stride=stride,
+            gap_rule=gap_rule,
         )
         for i, state in zip(owners.tolist(), result.states, strict=True):
             states[i] = state
@@ -378,6 +391,7 @@ def _merge_rounds(found: list[tuple[np.ndarray, RunsResult]]) -> RunsResult:
         counts=joined("counts"),
         stat_mean=joined("stat_mean"),
         stat_std=joined("stat_std"),
+        gaps=joined("gaps"),
     )
 
 

@@ -7,7 +7,9 @@
 - Redis going away mid-run (its server stopped and restarted on the same port): nothing is
   committed past unprocessed data, and the run ends with nothing lost or applied twice;
 - two workers of one group split two partitions and their totals add up;
-- fencing: a zombie's stale write is refused.
+- fencing: a zombie's stale write is refused;
+- a stream that pauses, under ``STREAM_AE_GAP_POLICY=mark``: the alerts of windows across the
+  pause carry ``window.gap`` true, exactly as the oracle says.
 
 The workers run in-process here (``build_worker``, as ``stream-ae worker`` builds them), on a
 thread; the worker as a subprocess is exercised by the crash-replay and SIGTERM tests.
@@ -168,6 +170,51 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
             )
     opened = {a["stream"] for a in parsed if a["status"] == "open"}
     assert opened == set(anomalous), f"streams with an alert: {sorted(opened)}"
+
+
+def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pause(
+    broker: BrokerProcess,
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tiny_model: TinyModel,
+) -> None:
+    streams = fleet()
+    # host-0 pauses for an hour just before its first anomaly: the windows that see the
+    # anomaly first also span the pause.
+    first = min(start for start, _, _ in streams[0].anomalies)
+    ts = streams[0].ts_ms.copy()
+    ts[first:] += 3_600_000
+    streams[0] = dataclasses.replace(streams[0], ts_ms=ts)
+    topics = _topics(topic_factory)
+    config = worker_config(
+        bootstrap_servers=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        model=tiny_model,
+        gap_policy="mark",
+        **topics,
+    )
+    settings = settings_of(config)
+    sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(streams))
+    expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+    assert True in expected.alert_gaps.values(), "no alert across the pause: test data changed"
+    with running_worker(settings) as worker:
+        wait_until(
+            lambda: worker.totals.applied >= len(sent),
+            PROCESS_TIMEOUT_S,
+            f"{len(sent)} events applied",
+        )
+    parsed = alerts_of(read_records(broker.bootstrap_servers, topics["alerts_topic"]))
+    assert {a["alert_id"]: a["window"]["gap"] for a in parsed} == expected.alert_gaps
+    validator = Draft202012Validator(alert_schema())
+    for alert in parsed:
+        validator.validate(alert)
+        spans = (
+            parse_ts(alert["window"]["start_ts"]) < ts[first] <= parse_ts(alert["window"]["end_ts"])
+        )
+        assert alert["window"]["gap"] == (alert["stream"] == "host-0" and spans), alert
+    blobs = stored_blobs(redis_client, settings.redis_key_prefix)
+    assert decode_states_equal(blobs, expected.blobs) == []
 
 
 def test_redis_restart_mid_run_loses_and_doubles_nothing(

@@ -9,7 +9,7 @@ states and alert ids any correct worker run must end with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,8 @@ class Outcome:
     alert_ids: set[str]
     applied: int
     dead_lettered: int
+    # alert id -> its window.gap (None when the worker does not check for gaps)
+    alert_gaps: dict[str, bool | None] = field(default_factory=dict)
 
 
 def decode_sent(
@@ -95,13 +97,15 @@ def decode_sent(
 
 
 def processor_of(store: WindowStore, settings: Settings, scorer: Scorer) -> StreamProcessor:
-    """A :class:`StreamProcessor` with the worker's stride and alert policy, on ``store``."""
+    """A :class:`StreamProcessor` with the worker's stride, alert policy and gap rule, on
+    ``store``."""
     return StreamProcessor(
         store,
         lambda: scorer,
         stride=settings.stride,
         policy=settings.alert_policy(),
         clock_ms=lambda: 0,
+        gap_rule=settings.gap_rule(),
     )
 
 
@@ -121,6 +125,7 @@ def expected_outcome(sent: Iterable[Sent], settings: Settings, scorer: Scorer) -
         alert_ids={a["alert_id"] for a in outcome.alerts},
         applied=outcome.events_applied,
         dead_lettered=dead,
+        alert_gaps={a["alert_id"]: a["window"].get("gap") for a in outcome.alerts},
     )
 
 

@@ -1,4 +1,4 @@
-"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v3.json), and alert ids are
+"""Alerts match the shipped JSON Schema (stream_ae/schemas/alert.v4.json), and alert ids are
 deterministic: the same input and model version always give the same id."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from stream_ae.core.postprocess import STAGES
 from stream_ae.core.records import ALERT_SCHEMA_ID, alert_id, alert_schema, build_alert, ms_to_iso
 
 SCHEMAS = Path(stream_ae.__file__).parent / "schemas"
-SCHEMA_FILE = SCHEMAS / "alert.v3.json"
+SCHEMA_FILE = SCHEMAS / "alert.v4.json"
 # RFC 3339 date-time, as JSON Schema's "date-time" format means it. jsonschema only checks this
 # format when the optional rfc3339-validator is installed, so the check is spelled out here.
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -248,13 +248,38 @@ def test_ms_to_iso_is_utc_with_milliseconds() -> None:
     assert ms_to_iso(1_704_067_200_001) == "2024-01-01T00:00:00.001Z"
 
 
+def test_version_4_is_version_3_plus_the_optional_window_gap_flag() -> None:
+    """The v3 file stays for consumers that still validate against it; v4 differs only by the
+    optional ``window.gap`` (a v3 validator refuses an alert that carries it: its window allows
+    no other properties, hence the new version)."""
+    v3 = json.loads((SCHEMAS / "alert.v3.json").read_text())
+    v4 = json.loads(SCHEMA_FILE.read_text())
+    assert v4["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v4"
+    assert set(v4["properties"]) == set(v3["properties"])
+    for name in set(v3["properties"]) - {"schema", "window"}:
+        assert v4["properties"][name] == v3["properties"][name], name
+    window3, window4 = v3["properties"]["window"], v4["properties"]["window"]
+    assert set(window4["properties"]) - set(window3["properties"]) == {"gap"}
+    assert window4["required"] == window3["required"]  # optional: absent under policy score
+    flagged = make_alert(gap=True)
+    VALIDATOR.validate(flagged)
+    assert flagged["window"]["gap"] is True and "gap" not in make_alert()["window"]
+    assert make_alert(gap=False)["window"]["gap"] is False
+    v3_alert = {**make_alert(), "schema": "stream-ae.alert/v3"}
+    Draft202012Validator(v3).validate(v3_alert)  # unflagged, it is a v3 alert but for its id
+    with pytest.raises(jsonschema.ValidationError):
+        Draft202012Validator(v3).validate({**flagged, "schema": "stream-ae.alert/v3"})
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate({**flagged, "window": {**flagged["window"], "gap": "yes"}})
+
+
 def test_version_3_is_version_2_plus_the_observed_and_expected_values() -> None:
     """The v2 file stays for consumers that still validate against it; v3 differs only by the
     per-feature step, observed and expected values (a v2 validator refuses them: its feature
     items allow no other properties, hence the new version)."""
     v2 = json.loads((SCHEMAS / "alert.v2.json").read_text())
-    v3 = json.loads(SCHEMA_FILE.read_text())
-    assert v3["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v3"
+    v3 = json.loads((SCHEMAS / "alert.v3.json").read_text())
+    assert v3["properties"]["schema"]["const"] == "stream-ae.alert/v3"
     assert set(v3["properties"]) == set(v2["properties"])
     for name in set(v2["properties"]) - {"schema", "features", "stage"}:
         assert v3["properties"][name] == v2["properties"][name], name
@@ -266,7 +291,7 @@ def test_version_3_is_version_2_plus_the_observed_and_expected_values() -> None:
     assert set(item3["properties"]) - set(item2["properties"]) == {"step", "observed", "expected"}
     assert set(item3["required"]) - set(item2["required"]) == {"step", "observed", "expected"}
     with pytest.raises(jsonschema.ValidationError):
-        Draft202012Validator(v2).validate(make_alert())
+        Draft202012Validator(v2).validate({**make_alert(), "schema": "stream-ae.alert/v2"})
 
 
 def test_version_2_is_version_1_plus_raw_score_and_stage() -> None:

@@ -16,7 +16,9 @@ from stream_ae.errors import SchemaError
 from tests.unit.test_alert_schema import VALIDATOR  # the shipped schema, formats checked
 
 
-def alert(stream: str = "host-1", status: str = "open", offset: int = 100) -> dict[str, Any]:
+def alert(
+    stream: str = "host-1", status: str = "open", offset: int = 100, gap: bool | None = None
+) -> dict[str, Any]:
     return build_alert(
         stream=stream,
         status=status,
@@ -40,6 +42,7 @@ def alert(stream: str = "host-1", status: str = "open", offset: int = 100) -> di
         observed=np.array([9.5, 1.0]),
         expected=np.array([2.0, 1.25]),
         emitted_at_ms=1_780_000_016_000,
+        gap=gap,
     )
 
 
@@ -58,7 +61,7 @@ def as_version(body: dict[str, Any], version: int) -> dict[str, Any]:
 def test_a_current_alert_parses_into_its_typed_fields() -> None:
     body = alert()
     parsed = parse_alert(orjson.dumps(body))
-    assert parsed.alert_id == body["alert_id"] and parsed.schema == "stream-ae.alert/v3"
+    assert parsed.alert_id == body["alert_id"] and parsed.schema == "stream-ae.alert/v4"
     assert (parsed.stream, parsed.status, parsed.stage) == ("host-1", "open", "likelihood")
     assert (parsed.score, parsed.raw_score, parsed.threshold) == (0.97, 0.999, 0.9)
     assert parsed.source.topic == "metrics" and parsed.source.offset == 100
@@ -69,6 +72,14 @@ def test_a_current_alert_parses_into_its_typed_fields() -> None:
     assert (cpu.step, cpu.observed, cpu.expected, cpu.direction) == (15, 9.5, 2.0, "above")
     assert (mem.step, mem.observed, mem.expected, mem.direction) == (3, 1.0, 1.25, "below")
     assert parsed.payload == body and parsed.opened_by is None
+    assert parsed.window_gap is None  # not checked (gap policy score)
+
+
+@pytest.mark.parametrize("gap", [True, False])
+def test_the_window_gap_flag_of_a_v4_alert_is_read(gap: bool) -> None:
+    assert parse_alert(orjson.dumps(alert(gap=gap))).window_gap is gap
+    older = {**alert(), "schema": "stream-ae.alert/v3"}
+    assert parse_alert(older).window_gap is None
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -98,6 +109,7 @@ def test_older_versions_parse_with_the_fields_they_lack_as_none(version: int) ->
         (("features", 0, "step"), -1),
         (("features", 0, "observed"), None),
         (("features", 0, "contribution"), 2.0),
+        (("window", "gap"), "yes"),
     ],
 )
 def test_it_refuses_what_the_shipped_schema_refuses(path: tuple[Any, ...], value: Any) -> None:

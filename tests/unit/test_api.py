@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stream_ae import Detector
+from stream_ae.core.windowing import GapRule
 from stream_ae.errors import ConfigError
 
 
@@ -48,6 +49,21 @@ def test_one_score_per_completed_window_and_alerts_point_at_their_rows(artifact:
     for alert, row in zip(result.alerts, result.alert_rows, strict=True):
         assert result.streams[row] == alert["stream"]
         assert int(result.rows[row]) == alert["source"]["offset"]
+
+
+def test_the_gap_rule_marks_or_drops_the_windows_across_a_pause(artifact: Path) -> None:
+    """Stream a pauses for an hour (60 periods) after its row 100: under mark the 11 windows
+    whose 12 rows straddle the pause are flagged, under restart they are not scored."""
+    ts = np.arange(300, dtype=np.int64) * 60_000
+    ts[101:] += 3_600_000
+    series, stamps = {"a": live()["a"]}, {"a": ts}
+    plain = Detector.load(artifact).score(series, stamps)
+    mark = Detector.load(artifact, gap_rule=GapRule("mark", 10.0)).score(series, stamps)
+    restart = Detector.load(artifact, gap_rule=GapRule("restart", 10.0)).score(series, stamps)
+    assert not plain.gaps.any() and len(plain.gaps) == len(plain.scores) == 300 - 12 + 1
+    np.testing.assert_array_equal(mark.scores, plain.scores)
+    assert mark.rows[mark.gaps].tolist() == list(range(101, 112))
+    assert restart.rows.tolist() == [r for r in plain.rows.tolist() if not 101 <= r < 112]
 
 
 def test_a_wrong_feature_count_is_one_clear_error(artifact: Path) -> None:

@@ -34,7 +34,7 @@ from stream_ae.core.records import Event, EventBatch, alert_schema
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.core.state_codec import decode_state, encode_state
 from stream_ae.core.synthetic import make_stream
-from stream_ae.core.windowing import series_windows
+from stream_ae.core.windowing import GAP_POLICIES, NO_GAP_CHECK, GapRule, series_windows
 from stream_ae.errors import ArtifactError
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import (
@@ -147,10 +147,17 @@ def make_events(streams: int = 4, steps: int = 60, seed: int = 0) -> list[Event]
     return events
 
 
-def processor(tiny: Tiny, store: InMemoryWindowStore, post: bool = False) -> StreamProcessor:
+def processor(
+    tiny: Tiny, store: InMemoryWindowStore, post: bool = False, gap_rule: GapRule = NO_GAP_CHECK
+) -> StreamProcessor:
     scorer = tiny.post_scorer if post else tiny.scorer
     return StreamProcessor(
-        store, lambda: scorer, stride=STRIDE, policy=POLICY, clock_ms=lambda: NOW_MS
+        store,
+        lambda: scorer,
+        stride=STRIDE,
+        policy=POLICY,
+        clock_ms=lambda: NOW_MS,
+        gap_rule=gap_rule,
     )
 
 
@@ -159,10 +166,11 @@ def run_batches(
     batches: Sequence[Sequence[Event] | EventBatch],
     store: InMemoryWindowStore | None = None,
     post: bool = False,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
     """Process and save each batch in turn, as the worker does (steps 3-7)."""
     store = store or InMemoryWindowStore(WINDOW, FEATURES)
-    proc = processor(tiny, store, post)
+    proc = processor(tiny, store, post, gap_rule)
     outcomes = []
     for batch in batches:
         outcome = proc.process(batch)
@@ -264,6 +272,137 @@ def test_a_batch_of_many_streams_as_arrays_or_events_splits_alike(
     assert stored_bytes(store, MANY) == stored_bytes(reference_store, MANY)
     windows = sum(len(o.windows.scores) for o in outcomes)
     assert windows == len(reference[0].windows.scores) == 40 * ((24 - WINDOW) // STRIDE + 1)
+
+
+# --- live streams with gaps -------------------------------------------------------------------
+
+
+def with_pauses(events: list[Event]) -> list[Event]:
+    """``events`` (every stream ticking each minute) where each stream pauses for 30 minutes
+    once, at a step of its own, and s0 a second time: the windows across each pause span a gap
+    under a rule of 10 periods."""
+    pauses = {"s0": (14, 40), "s1": (20,), "s2": (27,), "s3": (33,)}
+    seen: dict[str, int] = {}
+    out = []
+    for event in events:
+        step = seen[event.stream] = seen.get(event.stream, -1) + 1
+        shift = sum(step > at for at in pauses[event.stream]) * 30 * 60_000
+        out.append(replace(event, ts_ms=event.ts_ms + shift))
+    return out
+
+
+GAPPED = with_pauses(EVENTS)
+_GAPPED_REFERENCE: dict[str, tuple[InMemoryWindowStore, list[BatchOutcome]]] = {}
+
+
+def gapped_reference(tiny: Tiny, policy: str) -> tuple[InMemoryWindowStore, list[BatchOutcome]]:
+    """The one-batch run of GAPPED under ``policy``, computed once per policy."""
+    if policy not in _GAPPED_REFERENCE:
+        _GAPPED_REFERENCE[policy] = run_batches(
+            tiny,
+            [GAPPED],
+            gap_rule=GapRule(policy, 10.0),  # type: ignore[arg-type]
+        )
+    return _GAPPED_REFERENCE[policy]
+
+
+def gap_flags(outcomes: Sequence[BatchOutcome]) -> dict[tuple[str, int], bool]:
+    """(stream, end offset) -> the gap flag of every window scored."""
+    return {
+        (stream, offset): bool(gap)
+        for o in outcomes
+        for stream, offset, gap in zip(
+            o.windows.streams, o.windows.end_offsets.tolist(), o.windows.gaps, strict=True
+        )
+    }
+
+
+def alert_gaps(outcomes: Sequence[BatchOutcome]) -> dict[str, Any]:
+    """alert id -> its window.gap (None when the alert has none)."""
+    return {a["alert_id"]: a["window"].get("gap") for o in outcomes for a in o.alerts}
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,  # as the post-processing property below: the same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    cuts=st.lists(st.integers(1, len(GAPPED) - 1), max_size=6),
+    restart=st.booleans(),
+    policy=st.sampled_from(GAP_POLICIES),
+)
+def test_any_split_and_restart_give_the_same_result_for_streams_with_gaps_under_each_policy(
+    tiny: Tiny, cuts: list[int], restart: bool, policy: str
+) -> None:
+    reference_store, reference = gapped_reference(tiny, policy)
+    rule = GapRule(policy, 10.0)  # type: ignore[arg-type]
+    batches = split(GAPPED, cuts)
+    if restart:  # a new processor per batch: states come back from the store
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        outcomes = []
+        for batch in batches:
+            outcomes += run_batches(tiny, [batch], store, gap_rule=rule)[1]
+    else:
+        store, outcomes = run_batches(tiny, batches, gap_rule=rule)
+    assert alert_ids(outcomes) == alert_ids(reference)
+    assert alert_gaps(outcomes) == alert_gaps(reference)
+    assert gap_flags(outcomes) == gap_flags(reference)
+    assert stored_bytes(store, GAPPED) == stored_bytes(reference_store, GAPPED)
+
+
+def test_a_crash_replay_across_a_gap_gives_the_same_result_under_each_policy(tiny: Tiny) -> None:
+    for policy in GAP_POLICIES:
+        rule = GapRule(policy, 10.0)  # type: ignore[arg-type]
+        reference_store, reference = gapped_reference(tiny, policy)
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        _, before = run_batches(tiny, [GAPPED[:70]], store, gap_rule=rule)
+        # Crashed before its state write, the batch is polled again from an earlier offset.
+        processor(tiny, store, gap_rule=rule).process(GAPPED[70:130])
+        _, after = run_batches(tiny, [GAPPED[50:130], GAPPED[130:]], store, gap_rule=rule)
+        assert alert_ids([*before, *after]) == alert_ids(reference), policy
+        assert gap_flags([*before, *after]) == gap_flags(reference), policy
+        assert stored_bytes(store, GAPPED) == stored_bytes(reference_store, GAPPED), policy
+
+
+def test_score_is_the_old_behaviour_mark_flags_the_windows_across_a_gap_restart_drops_them(
+    tiny: Tiny,
+) -> None:
+    _, (plain,) = run_batches(tiny, [GAPPED])  # no rule: what the worker always did
+    (_, (score,)), (_, (mark,)), (_, (restart,)) = (
+        gapped_reference(tiny, policy) for policy in ("score", "mark", "restart")
+    )
+    # score: the same windows, scores and alerts as without the rule, and no gap field.
+    assert score.alerts == plain.alerts
+    assert np.array_equal(score.windows.scores, plain.windows.scores)
+    assert all("gap" not in a["window"] for a in score.alerts) and not score.windows.gaps.any()
+    # mark: the same windows and alert ids, the windows across each pause flagged.
+    assert np.array_equal(mark.windows.scores, plain.windows.scores)
+    assert alert_ids([mark]) == alert_ids([plain])
+    flagged = {k for k, gap in gap_flags([mark]).items() if gap}
+    # The windows whose 8 events straddle a pause after step `at` end at steps at+1 .. at+7
+    # (those where a window completes: stride 2).
+    steps: dict[str, list[int]] = {}
+    for event in GAPPED:
+        steps.setdefault(event.stream, []).append(event.offset)
+    expected = set()
+    for stream, pauses in {"s0": (14, 40), "s1": (20,), "s2": (27,), "s3": (33,)}.items():
+        for at in pauses:
+            for end in range(at + 1, at + WINDOW):  # the pause lies inside the window
+                if (end + 1 - WINDOW) % STRIDE == 0:  # a window completes there
+                    expected.add((stream, steps[stream][end]))
+    assert flagged == expected
+    by_end = {(a["stream"], a["source"]["offset"]): a["window"]["gap"] for a in mark.alerts}
+    assert by_end == {k: k in flagged for k in by_end}  # each alert carries its window's flag
+    # restart: exactly the unflagged windows, none across a pause.
+    assert set(gap_flags([restart])) == set(gap_flags([mark])) - flagged
+    assert not restart.windows.gaps.any()
+    assert all(a["window"]["gap"] is False for a in restart.alerts)
+    import jsonschema
+
+    for alert in [*mark.alerts, *restart.alerts]:
+        jsonschema.validate(alert, alert_schema())
 
 
 def test_one_model_call_per_batch(tiny: Tiny) -> None:

@@ -8,6 +8,7 @@ already applied, must give bit-identical windows, statistics and stored bytes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -25,7 +26,16 @@ from stream_ae.core.state_codec import (
     encode_state,
     encode_states,
 )
-from stream_ae.core.windowing import AppendResult, append, append_runs, series_windows
+from stream_ae.core.windowing import (
+    GAP_POLICIES,
+    NO_GAP_CHECK,
+    AppendResult,
+    GapRule,
+    append,
+    append_runs,
+    series_windows,
+    window_gaps,
+)
 from stream_ae.errors import StateFormatError
 
 TOPIC, PARTITION = "metrics", 3
@@ -80,7 +90,9 @@ def cut_points(n: int) -> st.SearchStrategy[list[int]]:
     return st.lists(st.integers(1, n - 1), unique=True, max_size=n).map(sorted)
 
 
-def apply(state: StreamState, events: Events, stride: int) -> AppendResult:
+def apply(
+    state: StreamState, events: Events, stride: int, gap_rule: GapRule = NO_GAP_CHECK
+) -> AppendResult:
     return append(
         state,
         events.values,
@@ -89,15 +101,20 @@ def apply(state: StreamState, events: Events, stride: int) -> AppendResult:
         topic=TOPIC,
         partition=PARTITION,
         stride=stride,
+        gap_rule=gap_rule,
     )
 
 
 def apply_in_batches(
-    state: StreamState, events: Events, cuts: list[int], stride: int
+    state: StreamState,
+    events: Events,
+    cuts: list[int],
+    stride: int,
+    gap_rule: GapRule = NO_GAP_CHECK,
 ) -> tuple[StreamState, list[AppendResult]]:
     results = []
     for start, stop in zip([0, *cuts], [*cuts, len(events)], strict=True):
-        result = apply(state, events.part(start, stop), stride)
+        result = apply(state, events.part(start, stop), stride, gap_rule)
         results.append(result)
         state = result.state
     return state, results
@@ -108,6 +125,7 @@ def concat(results: list[AppendResult], name: str) -> np.ndarray:
 
 
 WINDOW_FIELDS = ("windows", "start_ts_ms", "end_ts_ms", "end_offsets", "counts", "stat_mean")
+GAP_RULES = [GapRule(policy, periods) for policy in GAP_POLICIES for periods in (3.0, 10.0)]
 
 
 # --- split invariance ----------------------------------------------------------------------
@@ -373,6 +391,177 @@ def test_series_windows_accepts_a_1d_series_with_default_timestamps() -> None:
     result = series_windows(np.array([1.0, 2.0, 3.0]), window=2)
     assert result.windows.shape == (2, 2, 1)
     assert result.start_ts_ms.tolist() == [0, 1] and result.end_offsets.tolist() == [1, 2]
+
+
+# --- gaps in a live stream --------------------------------------------------------------------
+
+
+@st.composite
+def gapped_runs(draw: st.DrawFn, max_events: int = 50) -> tuple[int, int, Events]:
+    """(window, stride, events) of a stream that mostly ticks at a steady period with jitter,
+    and pauses now and then (a few to a thousand periods), sometimes with a repeated or a
+    backward timestamp: the cases where a gap rule has something to decide."""
+    window = draw(st.integers(2, 8), label="window")
+    stride = draw(st.integers(1, 3), label="stride")
+    n = draw(st.integers(0, max_events), label="n")
+    period = draw(st.integers(1, 60_000), label="period")
+    steps = draw(
+        st.lists(
+            st.one_of(
+                st.integers(period - period // 10, period + period // 10),  # jitter
+                st.integers(2 * period, 1000 * period),  # a pause
+                st.sampled_from([0, -period]),  # a repeated, a backward timestamp
+            ),
+            min_size=n,
+            max_size=n,
+        ),
+        label="steps",
+    )
+    ts = 1_700_000_000_000 + np.cumsum(np.array(steps, dtype=np.int64))
+    values = np.arange(n, dtype=np.float32)[:, None] * 0.5
+    offsets = 10 + np.arange(n, dtype=np.int64) * 2
+    return window, stride, Events(values, ts.astype(np.int64), offsets)
+
+
+def reference_gaps(ts_ms: np.ndarray, periods: float) -> list[bool]:
+    """window_gaps spelt out one window at a time, for comparison."""
+    out = []
+    for row in ts_ms.tolist():
+        spacings = sorted(b - a for a, b in itertools.pairwise(row))
+        if len(spacings) < 2:
+            out.append(False)
+            continue
+        period = spacings[(len(spacings) - 1) // 2]  # the lower median
+        out.append(period > 0 and max(spacings) > periods * period)
+    return out
+
+
+@FAST
+@given(data=st.data(), run=gapped_runs(), rule=st.sampled_from(GAP_RULES))
+def test_any_split_and_any_replay_give_the_same_windows_and_gap_flags_under_each_gap_policy(
+    data: st.DataObject, run: tuple[int, int, Events], rule: GapRule
+) -> None:
+    window, stride, events = run
+    cuts = data.draw(cut_points(len(events)), label="cuts")
+    whole = apply(new_state(window, 1), events, stride, rule)
+    final, parts = apply_in_batches(new_state(window, 1), events, cuts, stride, rule)
+    for name in (*WINDOW_FIELDS, "stat_std", "gaps"):
+        assert np.array_equal(concat(parts, name), getattr(whole, name)), name
+    assert encode_state(final) == encode_state(whole.state)
+    # A crash after some batch: the next owner re-polls from an earlier offset; the events
+    # already applied are skipped and the rest gives the same windows and flags.
+    crash = data.draw(st.integers(0, len(events)), label="crash")
+    resume = data.draw(st.integers(0, crash), label="resume")
+    before = apply(new_state(window, 1), events.part(0, crash), stride, rule)
+    after = apply(before.state, events.part(resume, len(events)), stride, rule)
+    for name in (*WINDOW_FIELDS, "gaps"):
+        assert np.array_equal(
+            np.concatenate([getattr(before, name), getattr(after, name)]), getattr(whole, name)
+        ), name
+    assert encode_state(after.state) == encode_state(whole.state)
+
+
+@FAST
+@given(run=gapped_runs(), periods=st.sampled_from([1.5, 3.0, 10.0]))
+def test_mark_flags_exactly_the_windows_across_a_gap_and_restart_drops_them(
+    run: tuple[int, int, Events], periods: float
+) -> None:
+    """score is what the worker always did; mark scores the same windows and flags those whose
+    timestamps span a gap; restart produces the unflagged ones only, everything else equal."""
+    window, stride, events = run
+    plain = apply(new_state(window, 1), events, stride)  # no rule given: what it always did
+    score, mark, restart = (
+        apply(new_state(window, 1), events, stride, GapRule(policy, periods))
+        for policy in ("score", "mark", "restart")
+    )
+    ts_of_windows = np.array(
+        [events.ts_ms[c - window : c] for c in plain.counts.tolist()], dtype=np.int64
+    ).reshape(-1, window)
+    expected = np.array(reference_gaps(ts_of_windows, periods), dtype=bool)
+    for name in (*WINDOW_FIELDS, "stat_std"):
+        assert np.array_equal(getattr(score, name), getattr(plain, name)), name
+        assert np.array_equal(getattr(mark, name), getattr(plain, name)), name
+        kept = getattr(plain, name)[~expected]
+        assert np.array_equal(getattr(restart, name), kept), name
+    assert not score.gaps.any() and not restart.gaps.any() and not plain.gaps.any()
+    assert mark.gaps.tolist() == expected.tolist()
+    # The state does not depend on the rule: a worker may change it between two runs.
+    assert encode_state(score.state) == encode_state(mark.state) == encode_state(restart.state)
+
+
+def test_a_pause_of_a_regular_stream_is_marked_in_every_window_across_it_then_restarted() -> None:
+    """A 60 s stream pauses 20 minutes (20 periods) after its 6th event: with W=4 the three
+    windows whose events straddle the pause are flagged under mark, and under restart the first
+    window is the one that starts at the first event after the pause."""
+    ts = np.concatenate([np.arange(6) * 60_000, 5 * 60_000 + 1_200_000 + np.arange(6) * 60_000])
+    events = Events(np.arange(12, dtype=np.float32)[:, None], ts, np.arange(12))
+    mark = apply(new_state(4, 1), events, 1, GapRule("mark", 10.0))
+    assert mark.counts.tolist() == list(range(4, 13))
+    assert mark.gaps.tolist() == [False, False, False, True, True, True, False, False, False]
+    restart = apply(new_state(4, 1), events, 1, GapRule("restart", 10.0))
+    assert restart.counts.tolist() == [4, 5, 6, 10, 11, 12]
+    assert restart.start_ts_ms[3] == ts[6]  # the first event after the pause
+    # 20 periods is not a gap when 30 make one; exactly N periods is not more than N either.
+    assert not apply(new_state(4, 1), events, 1, GapRule("mark", 30.0)).gaps.any()
+    exactly = np.array([[0, 60, 120, 120 + 600]])
+    assert window_gaps(exactly, 10.0).tolist() == [False]
+    assert window_gaps(exactly + np.array([[0, 0, 0, 1]]), 10.0).tolist() == [True]
+
+
+def test_the_period_is_the_lower_median_of_the_windows_spacings() -> None:
+    # Spacings 10, 10, 500, 10 -> period 10: 500 > 10 x 10. Two short spacings of a window of 3
+    # (10 and 500): the lower median is 10, so even a small window sees its gap.
+    assert window_gaps(np.array([[0, 10, 20, 520, 530]]), 10.0).tolist() == [True]
+    assert window_gaps(np.array([[0, 10, 510]]), 10.0).tolist() == [True]
+    # Repeated timestamps (period 0) and a window of two events never make a gap.
+    assert window_gaps(np.array([[5, 5, 5, 900]]), 10.0).tolist() == [False]
+    assert window_gaps(np.array([[0, 10**9]]), 10.0).tolist() == [False]
+
+
+@pytest.mark.parametrize(
+    ("policy", "periods", "message"),
+    [("skip", 10.0, "not one of score, mark, restart"), ("mark", 1.0, "above 1")],
+)
+def test_a_bad_gap_rule_is_refused(policy: str, periods: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GapRule(policy, periods)  # type: ignore[arg-type]
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), rule=st.sampled_from(GAP_RULES), runs=st.integers(1, 40))
+def test_append_runs_across_streams_equals_append_per_stream_under_each_gap_policy(
+    seed: int, rule: GapRule, runs: int
+) -> None:
+    """The poll-batch path decides the gaps of every stream's windows at once, as each
+    stream alone would."""
+    rng = np.random.default_rng(seed)
+    window = int(rng.integers(2, 7))
+    states, batches = [], []
+    for _ in range(runs):
+        run = random_run(rng, 0, int(rng.integers(0, 30)), 1)
+        pauses = np.cumsum(rng.random(len(run)) < 0.15) * int(rng.integers(10**4, 10**7))
+        run = Events(run.values, run.ts_ms + pauses, run.offsets)
+        cut = int(rng.integers(0, len(run) + 1))
+        states.append(apply(new_state(window, 1), run.part(0, cut), 1, rule).state)
+        batches.append(run.part(cut, len(run)))
+    alone = [apply(state, batch, 1, rule) for state, batch in zip(states, batches, strict=True)]
+    together = append_runs(
+        states,
+        np.concatenate([b.values for b in batches]),
+        np.concatenate([b.ts_ms for b in batches]),
+        np.concatenate([b.offsets for b in batches]),
+        np.array([len(b) for b in batches]),
+        topics=[TOPIC] * runs,
+        partitions=[PARTITION] * runs,
+        stride=1,
+        gap_rule=rule,
+    )
+    assert together.run.tolist() == [i for i, r in enumerate(alone) for _ in r.windows]
+    for name in (*WINDOW_FIELDS, "gaps"):
+        expected = concat(alone, name)
+        assert np.array_equal(
+            getattr(together, name), expected.reshape(getattr(together, name).shape)
+        ), name
 
 
 # --- binary encoding --------------------------------------------------------------------------
