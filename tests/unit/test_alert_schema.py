@@ -251,13 +251,20 @@ def test_ms_to_iso_is_utc_with_milliseconds() -> None:
 def test_version_4_is_version_3_plus_the_optional_window_gap_flag() -> None:
     """The v3 file stays for consumers that still validate against it; v4 differs only by the
     optional ``window.gap`` (a v3 validator refuses an alert that carries it: its window allows
-    no other properties, hence the new version)."""
+    no other properties, hence the new version) and by two more stage names (the smoothed
+    distance and the running-range check), which only detectors that use them emit."""
     v3 = json.loads((SCHEMAS / "alert.v3.json").read_text())
     v4 = json.loads(SCHEMA_FILE.read_text())
     assert v4["properties"]["schema"]["const"] == ALERT_SCHEMA_ID == "stream-ae.alert/v4"
     assert set(v4["properties"]) == set(v3["properties"])
-    for name in set(v3["properties"]) - {"schema", "window"}:
+    for name in set(v3["properties"]) - {"schema", "window", "stage"}:
         assert v4["properties"][name] == v3["properties"][name], name
+    stages3, stages4 = v3["properties"]["stage"]["enum"], v4["properties"]["stage"]["enum"]
+    assert stages4[: len(stages3)] == stages3 and tuple(stages4) == STAGES
+    with pytest.raises(jsonschema.ValidationError):
+        Draft202012Validator(v3).validate(
+            {**make_alert(), "schema": "stream-ae.alert/v3", "stage": "range"}
+        )
     window3, window4 = v3["properties"]["window"], v4["properties"]["window"]
     assert set(window4["properties"]) - set(window3["properties"]) == {"gap"}
     assert window4["required"] == window3["required"]  # optional: absent under policy score
@@ -281,12 +288,8 @@ def test_version_3_is_version_2_plus_the_observed_and_expected_values() -> None:
     v3 = json.loads((SCHEMAS / "alert.v3.json").read_text())
     assert v3["properties"]["schema"]["const"] == "stream-ae.alert/v3"
     assert set(v3["properties"]) == set(v2["properties"])
-    for name in set(v2["properties"]) - {"schema", "features", "stage"}:
+    for name in set(v2["properties"]) - {"schema", "features"}:
         assert v3["properties"][name] == v2["properties"][name], name
-    # v3 also names the stages added since (the smoothed distance, the running-range check):
-    # only detectors that use them emit them.
-    stages2, stages3 = v2["properties"]["stage"]["enum"], v3["properties"]["stage"]["enum"]
-    assert stages3[: len(stages2)] == stages2 and tuple(stages3) == STAGES
     item2, item3 = v2["properties"]["features"]["items"], v3["properties"]["features"]["items"]
     assert set(item3["properties"]) - set(item2["properties"]) == {"step", "observed", "expected"}
     assert set(item3["required"]) - set(item2["required"]) == {"step", "observed", "expected"}
