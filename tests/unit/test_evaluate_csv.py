@@ -57,7 +57,11 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     steps = np.arange(HISTORY)
     history = {name: wave(name, steps) for name in STREAMS}
     out = tmp_path_factory.mktemp("evaluate-csv")
-    return fit_detector(history, out, window=WINDOW, hidden=8, epochs=3, seed=0)
+    # Without post-processing the final score is the calibrated one, whose margins the test
+    # reasons about (spikes score 1.0, the sine stays below 0.99).
+    return fit_detector(
+        history, out, window=WINDOW, hidden=8, epochs=3, seed=0, post_processing=False
+    )
 
 
 def write_data(folder: Path) -> list[Path]:
