@@ -35,6 +35,8 @@ from stream_ae.errors import StreamAEError
 
 SOFTWARE = "stream-ae score timeline"
 MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'stream-ae[plots]'"
+# Named moments (vertical dotted lines): apart from the score lines' default colours.
+MARK_COLOURS = ("0.25", "tab:olive", "tab:cyan", "tab:brown")
 # More value lines than this are unreadable on one panel: the first ones are drawn.
 MAX_VALUE_LINES = 8
 
@@ -179,7 +181,8 @@ def draw_timeline(figure: Any, slot: Any, timeline: Timeline) -> tuple[Any, Any]
                 label=timeline.focus_label,
             )
         for k, (name, moment) in enumerate(timeline.marks_ms.items()):
-            axis.axvline(_datetimes([moment])[0], color=f"C{k % 10}", ls=":", lw=1.0, label=name)
+            colour = MARK_COLOURS[k % len(MARK_COLOURS)]
+            axis.axvline(_datetimes([moment])[0], color=colour, ls=":", lw=1.1, label=name)
         axis.grid(alpha=0.25)
     value_axis.tick_params(labelbottom=False)
     value_axis.legend(loc="upper left", fontsize=7, ncol=min(shown, 4))
