@@ -7,7 +7,11 @@
   when labels exist, else by stream;
 - ``error_histogram.png``: the histogram of window distances (the one-sided Mahalanobis
   distance the score is computed from) with the alert threshold, normal and labelled windows
-  apart when labels exist.
+  apart when labels exist;
+- ``timeline_<series>.png``: per series (at most :data:`MAX_TIMELINES`), the score timeline
+  every command draws (:mod:`stream_ae.score_timeline`): values and the final score over time
+  as a worker would have scored them, the alert threshold, the alerts opened and resolved, the
+  labelled windows shaded when labels exist and the end of the training part.
 
 Matplotlib (the ``plots`` extra) runs with the Agg backend: no display needed. The drawing
 functions take arrays and a path; :func:`build_report` computes the arrays from an artifact.
@@ -16,6 +20,7 @@ functions take arrays and a path; :func:`build_report` computes the arrays from 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ import numpy as np
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.network import ModelSpec, encoder_of, split_window
+from stream_ae.score_timeline import Timeline, alert_marks, plot_timeline, pyplot
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
 from training.model_runner import predict_verbosity, run_model
@@ -39,24 +45,16 @@ RECONSTRUCTIONS_PNG = "reconstructions.png"
 LATENT_PNG = "latent_pca.png"
 HISTOGRAM_PNG = "error_histogram.png"
 REPORT_MD = "report.md"
+TIMELINE_PNG = "timeline_{series}.png"
+# Series beyond this many get no timeline (labelled series and those with alerts first).
+MAX_TIMELINES = 12
 # Latent codes beyond this many are subsampled (evenly) for the scatter plot.
 MAX_LATENT_POINTS = 6000
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install 'stream-ae[plots]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_loss(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     """Training and validation loss per epoch (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in sorted(history):
         if key.endswith("loss"):
@@ -99,7 +97,7 @@ def plot_reconstructions(
 ) -> Path:
     """Windows (K, W, F) and the model's view of them (K, W, F, NaN where none), one panel
     each, first feature."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(windows)
     cols = 2 if k > 1 else 1
     rows = (k + cols - 1) // cols
@@ -146,7 +144,7 @@ def plot_latent(
 ) -> Path:
     """2-D PCA of latent codes, one colour per group (label or stream); the projection is
     fitted on every code, only the rows ``shown`` (default: all) are drawn."""
-    plt = _pyplot()
+    plt = pyplot()
     projected, share = pca_2d(np.asarray(codes, dtype=np.float64))
     if shown is not None:
         projected, groups = projected[shown], [groups[i] for i in shown]
@@ -184,7 +182,7 @@ def plot_error_histogram(
     anomalous: np.ndarray | None = None,
 ) -> Path:
     """Histogram of window distances with the alert threshold; labelled windows apart."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     d = np.asarray(distances)
     top = max(float(np.quantile(d, 0.999)) if len(d) else 1.0, threshold_distance * 1.2)
@@ -358,6 +356,10 @@ def build_report(
         for names in [np.asarray(windows.streams, dtype=object)]
     }
     replay = shadow_run(artifact, series, policy=policy)
+    timelines = plot_series_timelines(
+        artifact, series, replay, out_dir, train_fraction=train_fraction, policy=policy
+    )
+    files.extend(timelines)
     summary = _markdown(
         artifact, groups, title, data_description, files, windows, labelled, per_series
     )
@@ -372,6 +374,59 @@ def build_report(
     if replay.quality is not None:
         extra["alert_quality"] = replay.quality.to_dict()
     return ReportResult(files, groups, summary, extra)
+
+
+def plot_series_timelines(
+    artifact: Artifact,
+    series: Sequence[Series],
+    replay: ShadowResult,
+    out_dir: Path,
+    *,
+    train_fraction: float | None = None,
+    policy: AlertPolicy | None = None,
+) -> list[Path]:
+    """One score timeline PNG per series (the first :data:`MAX_TIMELINES`, labelled series and
+    those with alerts first) from the replay through the worker's processor."""
+    opened = {s.name: alert_marks(replay.alerts, s.name) for s in series}
+    ranked = sorted(
+        (s for s in series if s.name in replay.tracks),
+        key=lambda s: (not s.labels, -len(opened[s.name][0])),
+    )[:MAX_TIMELINES]
+    if len(ranked) < len(series):
+        log.info("timelines of %d of %d series", len(ranked), len(series))
+    paths = []
+    for s in ranked:
+        track = replay.tracks[s.name]
+        marks = {}
+        cut = int(len(s) * train_fraction) if train_fraction else 0
+        if cut >= 1:
+            marks["end of the training part"] = int(s.ts_ms[cut - 1])
+        timeline = Timeline(
+            ts_ms=s.ts_ms,
+            values=s.values,
+            value_names=artifact.spec.feature_names,
+            scores={"final score": track.final_scores, "model score": track.model_scores},
+            score_ts_ms=track.end_ts_ms,
+            threshold=alert_threshold(artifact, s.name, policy),
+            opened_ms=opened[s.name][0],
+            resolved_ms=opened[s.name][1],
+            labelled_ms=s.labels,
+            marks_ms=marks,
+            title=s.name,
+        )
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", s.name)
+        paths.append(plot_timeline(timeline, out_dir / TIMELINE_PNG.format(series=name)))
+    return paths
+
+
+def alert_threshold(artifact: Artifact, stream: str, policy: AlertPolicy | None) -> float:
+    """The final score at which a worker opens an alert on ``stream``: the policy's threshold,
+    else the detector's (its post-processing's, else the stream's calibration)."""
+    if policy is not None and policy.threshold is not None:
+        return policy.threshold
+    if artifact.post is not None:
+        return artifact.post.threshold
+    return artifact.calibration.for_stream(stream).threshold
 
 
 def _alerts_markdown(replay: ShadowResult) -> str:

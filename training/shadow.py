@@ -27,7 +27,7 @@ from stream_ae.core.records import Event
 from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.inference import Scorer
-from stream_ae.worker.processor import StreamProcessor
+from stream_ae.worker.processor import StreamProcessor, WindowRecords
 from training.data import Series, labelled_windows
 from training.evaluation.alert_quality import AlertQuality, alert_quality, opened_times
 
@@ -37,8 +37,18 @@ BATCH_EVENTS = 2_000
 
 
 @dataclass(frozen=True)
+class ScoreTrack:
+    """One stream's scored windows in a shadow run, in time order: each window's end time, the
+    model's calibrated score and the final score the alert policy acted on."""
+
+    end_ts_ms: np.ndarray
+    model_scores: np.ndarray
+    final_scores: np.ndarray
+
+
+@dataclass(frozen=True)
 class ShadowResult:
-    """One model's alerts on the shadow traffic."""
+    """One model's alerts on the shadow traffic, and every stream's scores (for plots)."""
 
     version: str
     alerts: list[dict[str, Any]]
@@ -46,6 +56,7 @@ class ShadowResult:
     stream_days: float
     opened_in_training: int
     quality: AlertQuality | None  # when the traffic has labelled windows
+    tracks: dict[str, ScoreTrack] = field(default_factory=dict)
 
     @property
     def alerts_opened(self) -> int:
@@ -103,13 +114,14 @@ def shadow_run(
     )
     events = series_events(series)
     alerts: list[dict[str, Any]] = []
-    rows: dict[str, int] = {}
+    scored: list[WindowRecords] = []
     for start in range(0, len(events), BATCH_EVENTS):
         outcome = processor.process(events[start : start + BATCH_EVENTS])
         processor.save(outcome.touched)
         alerts.extend(outcome.alerts)
-        for stream in outcome.windows.streams:
-            rows[stream] = rows.get(stream, 0) + 1
+        scored.append(outcome.windows)
+    tracks = _tracks(scored)
+    rows = {stream: len(track.end_ts_ms) for stream, track in tracks.items()}
     span = training_span_ms or artifact.metrics.get("train_span_ms")
     opened = opened_times(alerts)
     in_training = 0
@@ -131,7 +143,25 @@ def shadow_run(
         )
         if labelled
         else None,
+        tracks=tracks,
     )
+
+
+def _tracks(batches: Sequence[WindowRecords]) -> dict[str, ScoreTrack]:
+    """The windows of every batch, per stream, in time order."""
+    if not batches:
+        return {}
+    streams = np.asarray([s for b in batches for s in b.streams], dtype=object)
+    end_ts_ms = np.concatenate([b.end_ts_ms for b in batches])
+    model_scores = np.concatenate([b.scores for b in batches])
+    final_scores = np.concatenate([b.final_scores for b in batches])
+    names, codes = np.unique(streams, return_inverse=True)
+    order = np.lexsort((end_ts_ms, codes))  # by stream, then time
+    bounds = np.cumsum(np.bincount(codes, minlength=len(names)))[:-1]
+    tracks = {}
+    for name, rows in zip(names.tolist(), np.split(order, bounds), strict=True):
+        tracks[str(name)] = ScoreTrack(end_ts_ms[rows], model_scores[rows], final_scores[rows])
+    return tracks
 
 
 def compare(

@@ -6,7 +6,9 @@ to the source offset, on that topic-partition) and re-scored with the model vers
 names, taken from the registry (``STREAM_AE_MODEL_PATH``). The text shows the window's observed
 and expected values, each feature's contribution, the stage that fired, the score and the
 threshold; ``--plot FILE.png`` draws the window against the model's reconstruction or
-prediction with its expected band, the contributions, and the stream's recent score timeline.
+prediction with its expected band, the contributions, and the stream's recent score timeline
+(the score timeline every command draws: values and scores over time, the threshold, the
+alert's window and the alert).
 
 The recent windows are re-scored from a fresh state over the events read (``--history``): a
 post-processing stage that needs a long learning period, or per-stream scaling, can give a
@@ -36,6 +38,7 @@ from stream_ae.io.kafka import BatchConsumer, KafkaConnection, Partition
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import ScoredBatch, Scorer
 from stream_ae.model.registry import is_artifact, is_published, local_version_dir
+from stream_ae.score_timeline import Timeline, describe, draw_timeline, pyplot, save_figure
 from stream_ae.settings import Settings, load_settings
 
 HELP = "explain an alert: values, expected values, contributions, score timeline"
@@ -337,18 +340,13 @@ def render_text(ex: Explanation) -> str:
 
 def plot(ex: Explanation, path: Path) -> Path:
     """Draw the explanation to a PNG: per top feature the window against the model's values
-    with the expected band, the contributions, and the recent score timeline."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("--plot needs matplotlib: pip install 'stream-ae[plots]'") from None
+    with the expected band, the contributions, and the stream's recent score timeline
+    (:mod:`stream_ae.score_timeline`, the drawing every command shares)."""
+    plt = pyplot()
     a, row = ex.alert, ex.row
     shown = _top_features(ex)
-    fig = plt.figure(figsize=(11, 3.0 * len(shown) + 3.6), constrained_layout=True)
-    grid = fig.add_gridspec(len(shown) + 1, 3)
+    fig = plt.figure(figsize=(11, 3.0 * len(shown) + 5.4), layout="constrained")
+    grid = fig.add_gridspec(len(shown) + 2, 3)
     steps = np.arange(ex.windows.shape[1])
     for k, f in enumerate(shown):
         ax = fig.add_subplot(grid[k, :])
@@ -379,7 +377,7 @@ def plot(ex: Explanation, path: Path) -> Path:
         ax.set_title(f"{ex.feature_names[f]}: {share:.0%} of the window's error", loc="left")
         ax.set_xlabel("step in the window (0 = oldest event)")
         ax.legend(loc="upper left", fontsize=8)
-    bars = fig.add_subplot(grid[-1, 0])
+    bars = fig.add_subplot(grid[-2:, 0])
     order = np.argsort(ex.batch.scores.contributions[row])[::-1][:10][::-1]
     shares = ex.batch.scores.contributions[row, order]
     bars.barh([ex.feature_names[f] for f in order], shares, height=0.5, color="tab:orange")
@@ -388,32 +386,37 @@ def plot(ex: Explanation, path: Path) -> Path:
     bars.set_xlim(0, 1)
     bars.set_ylim(-0.75, max(len(order), 3) - 0.25)  # thin bars, even for one feature
     bars.set_title("contribution per feature", loc="left")
-    timeline = fig.add_subplot(grid[-1, 1:])
-    times = (ex.end_ts_ms - ex.end_ts_ms[row]) / 1000.0
-    window_s = (a.window_end - a.window_start).total_seconds()
-    timeline.axvspan(-window_s, 0.0, color="grey", alpha=0.15, label="the alert's window")
-    timeline.plot(
-        times, ex.batch.scores.scores, color="tab:purple", lw=0.8, alpha=0.4, label="model score"
-    )
-    timeline.plot(times, ex.final_scores, color="tab:purple", lw=1.6, label="final score")
-    timeline.axhline(
-        a.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {a.threshold:.4g}"
-    )
-    timeline.scatter([0.0], [a.score], color="tab:red", zorder=5, label=f"alert ({a.status})")
-    timeline.set_ylim(-0.02, 1.05)
-    timeline.set_xlabel("seconds from the alert's window end")
-    timeline.set_title(f"{a.stream}: recent scores (re-scored)", loc="left")
-    timeline.legend(loc="lower left", fontsize=8)
+    timeline = recent_timeline(ex)
+    draw_timeline(fig, grid[-2:, 1:], timeline)
     fig.suptitle(
         f"alert {a.alert_id[:12]} {a.status} | {a.stream} | {_iso(a.window_end)} | score "
         f"{a.score:.4f} (stage {a.stage or 'calibration'}) vs threshold {a.threshold:.4f} | "
         f"model {a.model_version}",
         fontsize=10,
     )
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), describe(timeline), dpi=110)
+
+
+def recent_timeline(ex: Explanation) -> Timeline:
+    """The stream's recent windows, re-scored, as a score timeline: the top features' values
+    at each window's end, the final and the model score, the alert's threshold, its window
+    highlighted and the alert marked where it was sent."""
+    a, row = ex.alert, ex.row
+    shown = _top_features(ex)
+    end_ms = int(ex.end_ts_ms[row])
+    marks = [end_ms]
+    return Timeline(
+        ts_ms=ex.end_ts_ms,
+        values=ex.windows[:, -1, shown],
+        value_names=[ex.feature_names[f] for f in shown],
+        scores={"final score": ex.final_scores, "model score": ex.batch.scores.scores},
+        threshold=a.threshold,
+        opened_ms=marks if a.status == "open" else [],
+        resolved_ms=marks if a.status != "open" else [],
+        focus_ms=(round(a.window_start.timestamp() * 1000), end_ms),
+        focus_label="the alert's window",
+        title=f"{a.stream}: recent windows (re-scored)",
+    )
 
 
 def _top_features(ex: Explanation, most: int = 4) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 import redis
 
 from stream_ae.core.records import MAX_STREAM_ID_CHARS, Reason
-from stream_ae.settings import Settings
 from stream_ae.worker.dead_letters import (
     ID_HEADER,
     MAX_DEAD_LETTER_BYTES,
@@ -32,7 +30,8 @@ from tests.support.kafka_topics import committed_offsets, produce
 from tests.support.outcomes import decode_states_equal, expected_outcome, stored_blobs
 from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer
 from tests.support.waiting import wait_until
-from tests.support.worker_process import metric_value, running_worker, settings_of, worker_config
+from tests.support.worker_process import metric_value, running_worker, settings_of
+from tests.support.worker_setup import WorkerConfigFactory
 
 pytestmark = pytest.mark.integration
 
@@ -134,26 +133,12 @@ def _mixed_input(seed: int) -> tuple[list[tuple[bytes | None, bytes | None]], li
 
 def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
     redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
-    kafka_client: str,
 ) -> None:
-    input_topic = topic_factory(1, prefix="in")
-    dlq_topic = topic_factory(1, prefix="dlq")
-    settings = settings_of(
-        worker_config(
-            bootstrap_servers=broker.bootstrap_servers,
-            redis_url=redis_server.url,
-            model=tiny_model,
-            kafka_client=kafka_client,
-            input_topic=input_topic,
-            alerts_topic=topic_factory(1, prefix="alerts"),
-            dlq_topic=dlq_topic,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-        )
-    )
+    settings = settings_of(new_worker_config(max_message_bytes=MAX_MESSAGE_BYTES))
+    (input_topic,), dlq_topic = settings.input_topics, settings.dlq_topic
     messages, reasons = _mixed_input(seed=7)
     sent = produce(broker.bootstrap_servers, input_topic, messages)
     good_total = sum(r is None for r in reasons)
@@ -210,27 +195,6 @@ def test_malformed_messages_go_to_the_dlq_and_counts_add_up(
     )
 
 
-def _dlq_settings(
-    broker: BrokerProcess,
-    redis_url: str,
-    topic_factory: Callable[..., str],
-    model: TinyModel,
-    kafka_client: str,
-) -> Settings:
-    return settings_of(
-        worker_config(
-            bootstrap_servers=broker.bootstrap_servers,
-            redis_url=redis_url,
-            model=model,
-            kafka_client=kafka_client,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            input_topic=topic_factory(1, prefix="in"),
-            alerts_topic=topic_factory(1, prefix="alerts"),
-            dlq_topic=topic_factory(1, prefix="dlq"),
-        )
-    )
-
-
 def _dead_letter_ids(records: list[Any]) -> list[str]:
     return [dict(r.headers)[ID_HEADER].decode() for r in records]
 
@@ -241,14 +205,9 @@ NEAR_LIMIT_BYTES = 1_048_400
 
 
 def test_a_near_1_mib_message_is_dead_lettered_cut_to_fit_and_the_batch_goes_on(
-    broker: BrokerProcess,
-    redis_server: RedisProcess,
-    redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
-    tiny_model: TinyModel,
-    kafka_client: str,
+    broker: BrokerProcess, new_worker_config: WorkerConfigFactory
 ) -> None:
-    settings = _dlq_settings(broker, redis_server.url, topic_factory, tiny_model, kafka_client)
+    settings = settings_of(new_worker_config(max_message_bytes=MAX_MESSAGE_BYTES))
     (input_topic,) = settings.input_topics
     body = _event()
     huge = body[:-1] + b',"pad":"' + b"p" * (NEAR_LIMIT_BYTES - len(body) - 9) + b'"}'
@@ -281,18 +240,16 @@ BAD_IN_OUTAGE = 60
 
 
 def test_dead_letters_once_per_bad_message_when_batches_are_retried_over_a_redis_outage(
-    broker: BrokerProcess,
-    topic_factory: Callable[..., str],
-    tiny_model: TinyModel,
-    kafka_client: str,
-    tmp_path: Path,
+    broker: BrokerProcess, new_worker_config: WorkerConfigFactory, tmp_path: Path
 ) -> None:
     """Redis stops while good and bad messages arrive, so their batch fails after its dead
     letters went out and is retried, several times, until Redis is back: each bad message is
     in the dead-letter topic once, with its own id, and every counter says the same number."""
     server = RedisProcess(run_dir=tmp_path / "redis").start()
     try:
-        settings = _dlq_settings(broker, server.url, topic_factory, tiny_model, kafka_client)
+        settings = settings_of(
+            new_worker_config(redis_url=server.url, max_message_bytes=MAX_MESSAGE_BYTES)
+        )
         (input_topic,) = settings.input_topics
         messages, reasons = _mixed_input(seed=11)
         bad_positions = [i for i, r in enumerate(reasons) if r is not None][:BAD_IN_OUTAGE]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
+from tests.support.timeline_png import timeline_description
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Your own metrics in five minutes"
@@ -143,6 +144,10 @@ def test_the_readme_journey_from_a_csv_to_the_first_alert(
             timings.append((step.line, time.monotonic() - begun))
         summary = (tmp_path / "reports" / "cpu" / "report.md").read_text()
         assert "## Alerts a worker would open" in summary
+        # The score timeline the README names, drawn by the shared function.
+        assert "score timeline" in timeline_description(
+            tmp_path / "reports" / "cpu" / "timeline_cpu.png"
+        )
 
         follow = steps[-1]
         begun = time.monotonic()

@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +52,12 @@ from tests.support.tiny_model import (
     load_tiny_scorer,
 )
 from tests.support.waiting import wait_until
-from tests.support.worker_process import running_worker, settings_of, worker_config
+from tests.support.worker_process import running_worker, settings_of
+from tests.support.worker_setup import WorkerConfigFactory
 
 pytestmark = pytest.mark.integration
 
 PROCESS_TIMEOUT_S = 120.0
-
-
-def _topics(topic_factory: Callable[..., str], partitions: int = 1) -> dict[str, str]:
-    return {
-        "input_topic": topic_factory(partitions, prefix="in"),
-        "alerts_topic": topic_factory(1, prefix="alerts"),
-        "dlq_topic": topic_factory(1, prefix="dlq"),
-    }
 
 
 def _commandstats(client: redis.Redis) -> dict[str, int]:
@@ -75,24 +67,15 @@ def _commandstats(client: redis.Redis) -> dict[str, int]:
 
 def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
     redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
-    kafka_client: str,
 ) -> None:
     streams = fleet()
-    topics = _topics(topic_factory, partitions=2)
-    config = worker_config(
-        bootstrap_servers=broker.bootstrap_servers,
-        redis_url=redis_server.url,
-        model=tiny_model,
-        kafka_client=kafka_client,
-        **topics,
-    )
-    settings = settings_of(config)
+    settings = settings_of(new_worker_config(partitions=2))
+    (input_topic,) = settings.input_topics
     # A backlog, so the worker's rate below is its own, not the producer's.
-    sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(streams))
+    sent = produce(broker.bootstrap_servers, input_topic, live_messages(streams))
     expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
     assert expected.alert_ids, "the oracle finds no alert: the test data has lost its anomalies"
 
@@ -140,7 +123,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
     )
 
     # Alerts: valid, at the anomalies, none on normal streams, exactly the oracle's ids.
-    records = read_records(broker.bootstrap_servers, topics["alerts_topic"])
+    records = read_records(broker.bootstrap_servers, settings.alerts_topic)
     validator = Draft202012Validator(
         alert_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
@@ -157,7 +140,7 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
         # The source is the window's last event: that stream's event at the window's end.
         source = by_position[(alert["source"]["partition"], alert["source"]["offset"])]
         assert source.key == alert["stream"].encode()
-        assert alert["source"]["topic"] == topics["input_topic"]
+        assert alert["source"]["topic"] == input_topic
         end_ts = parse_ts(alert["window"]["end_ts"])
         assert orjson.loads(source.value or b"{}")["ts"] == end_ts
         if alert["status"] == "open":
@@ -174,9 +157,8 @@ def test_end_to_end_alerts_at_anomalies_none_on_normal_streams(
 
 def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pause(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
     redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
 ) -> None:
     streams = fleet()
@@ -186,16 +168,9 @@ def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pau
     ts = streams[0].ts_ms.copy()
     ts[first:] += 3_600_000
     streams[0] = dataclasses.replace(streams[0], ts_ms=ts)
-    topics = _topics(topic_factory)
-    config = worker_config(
-        bootstrap_servers=broker.bootstrap_servers,
-        redis_url=redis_server.url,
-        model=tiny_model,
-        gap_policy="mark",
-        **topics,
-    )
-    settings = settings_of(config)
-    sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(streams))
+    settings = settings_of(new_worker_config(gap_policy="mark"))
+    (input_topic,) = settings.input_topics
+    sent = produce(broker.bootstrap_servers, input_topic, live_messages(streams))
     expected = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
     assert True in expected.alert_gaps.values(), "no alert across the pause: test data changed"
     with running_worker(settings) as worker:
@@ -204,7 +179,7 @@ def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pau
             PROCESS_TIMEOUT_S,
             f"{len(sent)} events applied",
         )
-    parsed = alerts_of(read_records(broker.bootstrap_servers, topics["alerts_topic"]))
+    parsed = alerts_of(read_records(broker.bootstrap_servers, settings.alerts_topic))
     assert {a["alert_id"]: a["window"]["gap"] for a in parsed} == expected.alert_gaps
     validator = Draft202012Validator(alert_schema())
     for alert in parsed:
@@ -219,9 +194,8 @@ def test_a_worker_under_gap_policy_mark_flags_the_alerts_of_windows_across_a_pau
 
 def test_redis_restart_mid_run_loses_and_doubles_nothing(
     broker: BrokerProcess,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
-    kafka_client: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -232,22 +206,15 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
     first, second, third = messages[:600], messages[600:1200], messages[1200:]
     server = RedisProcess(run_dir=tmp_path / "redis").start()
     try:
-        topics = _topics(topic_factory)
-        config = worker_config(
-            bootstrap_servers=broker.bootstrap_servers,
-            redis_url=server.url,
-            model=tiny_model,
-            kafka_client=kafka_client,
-            **topics,
-        )
-        settings = settings_of(config)
+        settings = settings_of(new_worker_config(redis_url=server.url))
+        (input_topic,) = settings.input_topics
         client = redis.Redis.from_url(server.url)
-        sent = produce(broker.bootstrap_servers, topics["input_topic"], first)
+        sent = produce(broker.bootstrap_servers, input_topic, first)
         caplog.set_level(logging.ERROR, logger="stream_ae.worker.loop")
         with running_worker(settings) as worker:
             wait_until(lambda: worker.totals.applied == len(first), PROCESS_TIMEOUT_S, "first part")
             committed_before = committed_offsets(
-                broker.bootstrap_servers, settings.group_id, topics["input_topic"]
+                broker.bootstrap_servers, settings.group_id, input_topic
             )
             assert committed_before == {0: len(first)}
 
@@ -255,7 +222,7 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
             client.shutdown(save=True)
             server.stop()
             client.close()
-            sent += produce(broker.bootstrap_servers, topics["input_topic"], second)
+            sent += produce(broker.bootstrap_servers, input_topic, second)
             wait_until(
                 lambda: (
                     (
@@ -270,15 +237,15 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
                 "the worker to fail on Redis (twice)",
             )
             # Nothing committed past what was processed, nothing counted as applied.
-            assert committed_offsets(
-                broker.bootstrap_servers, settings.group_id, topics["input_topic"]
-            ) == {0: len(first)}
+            assert committed_offsets(broker.bootstrap_servers, settings.group_id, input_topic) == {
+                0: len(first)
+            }
             assert worker.totals.applied == len(first)
             assert any("unavailable" in r.getMessage() for r in caplog.records)
 
             # Redis comes back on the same port with its data; the worker resumes.
             server = RedisProcess(run_dir=tmp_path / "redis", port=server.port).start()
-            sent += produce(broker.bootstrap_servers, topics["input_topic"], third)
+            sent += produce(broker.bootstrap_servers, input_topic, third)
             wait_until(lambda: worker.totals.applied >= len(sent), PROCESS_TIMEOUT_S, "all events")
             totals = worker.totals
         client = redis.Redis.from_url(server.url)
@@ -289,34 +256,24 @@ def test_redis_restart_mid_run_loses_and_doubles_nothing(
         assert totals.applied == len(sent) and totals.dead_lettered == 0
         alert_ids = {
             a["alert_id"]
-            for a in alerts_of(read_records(broker.bootstrap_servers, topics["alerts_topic"]))
+            for a in alerts_of(read_records(broker.bootstrap_servers, settings.alerts_topic))
         }
         assert alert_ids == expected.alert_ids
-        assert committed_offsets(
-            broker.bootstrap_servers, settings.group_id, topics["input_topic"]
-        ) == {0: len(sent)}
+        assert committed_offsets(broker.bootstrap_servers, settings.group_id, input_topic) == {
+            0: len(sent)
+        }
     finally:
         server.stop()
 
 
 def test_two_workers_in_one_group_split_the_partitions_and_totals_add_up(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
     redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
-    kafka_client: str,
 ) -> None:
-    topics = _topics(topic_factory, partitions=2)
-    settings = settings_of(
-        worker_config(
-            bootstrap_servers=broker.bootstrap_servers,
-            redis_url=redis_server.url,
-            model=tiny_model,
-            kafka_client=kafka_client,
-            **topics,
-        )
-    )
+    settings = settings_of(new_worker_config(partitions=2))
+    (input_topic,) = settings.input_topics
     with running_worker(settings) as first, running_worker(settings) as second:
         workers = (first, second)
         wait_until(
@@ -324,7 +281,7 @@ def test_two_workers_in_one_group_split_the_partitions_and_totals_add_up(
             PROCESS_TIMEOUT_S,
             "one partition for each worker",
         )
-        sent = produce(broker.bootstrap_servers, topics["input_topic"], live_messages(fleet()))
+        sent = produce(broker.bootstrap_servers, input_topic, live_messages(fleet()))
         assert {m.partition for m in sent} == {0, 1}, "the streams' keys should use both"
         wait_until(
             lambda: (
@@ -415,10 +372,7 @@ def test_a_zombie_write_is_refused_by_the_fence(
 
 def test_a_non_retriable_error_stops_the_worker_with_one_fatal_line(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
-    topic_factory: Callable[..., str],
-    tiny_model: TinyModel,
-    kafka_client: str,
+    new_worker_config: WorkerConfigFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``auto_offset_reset='error'`` and a group that never committed: the client will not
@@ -426,18 +380,9 @@ def test_a_non_retriable_error_stops_the_worker_with_one_fatal_line(
     1 and one line saying why, having committed nothing, instead of retrying forever."""
     from stream_ae.worker.bootstrap import build_worker
 
-    topics = _topics(topic_factory)
-    settings = settings_of(
-        worker_config(
-            bootstrap_servers=broker.bootstrap_servers,
-            redis_url=redis_server.url,
-            model=tiny_model,
-            kafka_client=kafka_client,
-            auto_offset_reset="error",
-            **topics,
-        )
-    )
-    produce(broker.bootstrap_servers, topics["input_topic"], list(live_messages(fleet()))[:50])
+    settings = settings_of(new_worker_config(auto_offset_reset="error"))
+    (input_topic,) = settings.input_topics
+    produce(broker.bootstrap_servers, input_topic, list(live_messages(fleet()))[:50])
     caplog.set_level(logging.ERROR, logger="stream_ae.worker.loop")
     worker = build_worker(settings)
     exit_codes: list[int] = []
@@ -450,6 +395,4 @@ def test_a_non_retriable_error_stops_the_worker_with_one_fatal_line(
     fatal_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped:")]
     assert len(fatal_lines) == 1 and "\n" not in fatal_lines[0], fatal_lines
     assert worker.totals.consumed == 0
-    assert committed_offsets(
-        broker.bootstrap_servers, settings.group_id, topics["input_topic"]
-    ) == {0: None}
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, input_topic) == {0: None}

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
-from stream_ae_dev.devstack import BrokerProcess, RedisProcess
+from stream_ae_dev.devstack import BrokerProcess
 from tests.support.kafka_clients import read_records
 from tests.support.kafka_topics import BackgroundProducer, committed_offsets
 from tests.support.outcomes import (
@@ -31,7 +30,8 @@ from tests.support.outcomes import (
 )
 from tests.support.tiny_model import TinyModel, live_messages, load_tiny_scorer, long_fleet
 from tests.support.waiting import wait_until
-from tests.support.worker_process import WorkerProcess, running_worker, settings_of, worker_config
+from tests.support.worker_process import WorkerProcess, running_worker, settings_of
+from tests.support.worker_setup import WorkerConfigFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,25 +43,13 @@ MAX_POLL_RECORDS = 100  # the backlog built during start-up takes many batches t
 
 def test_sigterm_mid_stream_commits_the_last_batch_and_exits_0(
     broker: BrokerProcess,
-    redis_server: RedisProcess,
     redis_client: redis.Redis,
-    topic_factory: Callable[..., str],
+    new_worker_config: WorkerConfigFactory,
     tiny_model: TinyModel,
-    kafka_client: str,
     tmp_path: Path,
 ) -> None:
-    input_topic = topic_factory(1, prefix="in")
-    alerts_topic = topic_factory(1, prefix="alerts")
-    config = worker_config(
-        bootstrap_servers=broker.bootstrap_servers,
-        redis_url=redis_server.url,
-        model=tiny_model,
-        kafka_client=kafka_client,
-        input_topic=input_topic,
-        alerts_topic=alerts_topic,
-        dlq_topic=topic_factory(1, prefix="dlq"),
-        max_poll_records=MAX_POLL_RECORDS,
-    )
+    config = new_worker_config(max_poll_records=MAX_POLL_RECORDS)
+    (input_topic,), alerts_topic = config["input_topics"], config["alerts_topic"]
     prefix = config["redis_key_prefix"]
     producer = BackgroundProducer(
         broker.bootstrap_servers,

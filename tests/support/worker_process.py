@@ -2,8 +2,9 @@
 ``python -m stream_ae worker`` as a child process.
 
 - :func:`worker_config` -> a dict of worker settings for one test (unique group id and Redis
-  key prefix); :func:`settings_of` turns it into :class:`Settings` for an in-process worker,
-  :func:`env_of` into ``STREAM_AE_*`` variables for a worker subprocess.
+  key prefix); :func:`worker_config_on_new_topics` the same on an input, an alerts and a
+  dead-letter topic created for it; :func:`settings_of` turns it into :class:`Settings` for
+  an in-process worker, :func:`env_of` into ``STREAM_AE_*`` variables for a worker subprocess.
 - :func:`running_worker`: an in-process :class:`Worker` (built by ``build_worker``) on a thread.
 - :class:`WorkerProcess`: the worker as a child process, ready when its ``/readyz`` answers 200
   (:func:`stream_ae_dev.worker_probe.wait_ready`); killed, terminated and reaped. With a
@@ -72,6 +73,29 @@ def worker_config(
     }
     config.update(overrides)
     return config
+
+
+def worker_config_on_new_topics(
+    bootstrap_servers: str,
+    redis_url: str,
+    topic_factory: Callable[..., str],
+    model: TinyModel,
+    *,
+    partitions: int = 1,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """:func:`worker_config` on topics of the test's own, made by the ``topic_factory``
+    fixture: an input topic of ``partitions`` partitions, an alerts and a dead-letter topic
+    (``config["input_topics"][0]``, ``config["alerts_topic"]``, ``config["dlq_topic"]``)."""
+    return worker_config(
+        bootstrap_servers=bootstrap_servers,
+        redis_url=redis_url,
+        model=model,
+        input_topic=topic_factory(partitions, prefix="in"),
+        alerts_topic=topic_factory(1, prefix="alerts"),
+        dlq_topic=topic_factory(1, prefix="dlq"),
+        **overrides,
+    )
 
 
 def settings_of(config: Mapping[str, Any]) -> Settings:

@@ -20,6 +20,7 @@ from stream_ae.errors import ConfigError
 from stream_ae.model.artifacts import load_artifact
 from stream_ae.model.network import ModelSpec
 from tests.support.hotswap_models import write_artifact
+from tests.support.timeline_png import timeline_description
 
 TS = 1_780_000_000_000
 SPECS = {
@@ -86,7 +87,12 @@ def test_explain_finds_the_window_and_its_spike(kind: str, tmp_path: Path) -> No
     assert ("/ -" in rows[0]) == (kind == "predict")  # no expected value on input steps
 
     png = plot(ex, tmp_path / f"{kind}.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    # The recent windows are drawn as the shared score timeline: every re-scored window, the
+    # alert's threshold, the alert itself, no labels.
+    n = len(ex.final_scores)
+    drawn = timeline_description(png)
+    assert f"{n} values, {n} scores (final score, model score), threshold 0.99" in drawn
+    assert drawn.endswith("0 labelled windows, 1 alerts opened, 0 resolved")
 
 
 def test_a_window_not_among_the_events_read_is_a_clear_error(tmp_path: Path) -> None:

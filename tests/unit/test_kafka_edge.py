@@ -3,6 +3,9 @@ wrapped with the right ``retriable`` flag, and dead letters built to fit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import confluent_kafka
 import kafka.errors
 import pytest
@@ -13,6 +16,7 @@ from stream_ae.errors import BrokerError, ConfigError, MessageTooLargeError
 from stream_ae.io.kafka import ConsumedRecord, KafkaConnection, security_config
 from stream_ae.io.kafka import confluent as confluent_client
 from stream_ae.io.kafka import kafka_python as kafka_python_client
+from stream_ae.io.kafka.adapter import ConsumerOptions
 from stream_ae.settings import Settings, load_settings
 from stream_ae.worker.dead_letters import (
     ID_HEADER,
@@ -121,6 +125,30 @@ def test_a_commit_lost_to_a_rebalance_is_retriable_for_both_clients() -> None:
         "commit", error, frozenset(confluent_client._COMMIT_TRANSIENT)
     ).retriable
     assert issubclass(kafka.errors.CommitFailedError, kafka_python_client._COMMIT_RETRIABLE)
+
+
+@pytest.mark.parametrize(
+    "client", [kafka_python_client, confluent_client], ids=lambda c: c.__name__
+)
+def test_both_clients_wrap_errors_through_the_shared_adapter(client: Any) -> None:
+    # A client's own error leaves as a BrokerError naming what failed; ours pass through as
+    # they are (not wrapped twice).
+    with (
+        pytest.raises(BrokerError, match=r"^poll: ConnectionResetError: gone") as wrapped,
+        client._wrapped("poll"),
+    ):
+        raise ConnectionResetError("gone")
+    assert wrapped.value.retriable and isinstance(wrapped.value.__cause__, ConnectionResetError)
+    ours = BrokerError("already ours", retriable=False)
+    with pytest.raises(BrokerError) as passed, client._wrapped("poll"):
+        raise ours
+    assert passed.value is ours
+
+
+def test_consumer_options_are_one_object_for_both_clients() -> None:
+    options = ConsumerOptions("c", None, "earliest", 200, 1000, 100, 10)
+    assert options.heartbeat_interval_ms == 100  # never below 100 ms
+    assert replace(options, session_timeout_ms=30_000).heartbeat_interval_ms == 10_000
 
 
 def _record(value: bytes, offset: int = 7) -> ConsumedRecord:

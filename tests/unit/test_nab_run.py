@@ -17,6 +17,7 @@ from stream_ae.cli import app as cli
 from stream_ae.core.postprocess import LikelihoodParams, PostParams, new_post_state, post_scores
 from stream_ae.model.artifacts import load_artifact, read_manifest
 from tests.support.paths import NAB_DIR, requires_nab
+from tests.support.timeline_png import timeline_description
 from training.evaluation.nab_run import (
     DETECTOR_NAME,
     DetectorParams,
@@ -170,7 +171,14 @@ def test_the_command_writes_nab_results_and_scores_them(
     assert [f["key"] for f in report["files"]] == sorted(written)
     assert report["params"]["model"]["window"] == TINY.window
     assert "baseline" not in report
-    assert (out / "plots" / "tiny_jump.png").stat().st_size > 1000
+    # The --plot file is the shared score timeline, with the file's labelled window and the
+    # alerts the processor opened after the probation.
+    drawn = timeline_description(out / "plots" / "tiny_jump.png")
+    jump_run = next(f for f in report["files"] if "jump" in f["key"])
+    assert "800 values, 800 scores (streamae)" in drawn and "1 labelled windows" in drawn
+    assert f"{len(jump_run['opened_ms'])} alerts opened" in drawn
+    assert f"{len(jump_run['resolved_ms'])} resolved" in drawn
+    assert f"threshold {jump_run['alert_threshold']:.6g}" in drawn
     assert not (out / "plots" / "tiny_calm.png").exists()
     printed = capsys.readouterr().out
     assert "NAB normalised scores on 2 files" in printed

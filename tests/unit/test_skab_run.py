@@ -12,6 +12,8 @@ import pytest
 
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.model.artifacts import load_artifact
+from stream_ae.score_timeline import flag_runs
+from tests.support.timeline_png import timeline_description
 from tests.unit.test_skab_score import SKAB_DIR, requires_skab
 from training.evaluation.skab_run import (
     Detection,
@@ -110,6 +112,8 @@ def test_command_writes_skab_layout(tmp_path: Path, capsys: pytest.CaptureFixtur
             "valve2/1",
             "--params",
             str(params),
+            "--plot",
+            "valve2",
         ]
     )
     assert status == 0
@@ -120,6 +124,13 @@ def test_command_writes_skab_layout(tmp_path: Path, capsys: pytest.CaptureFixtur
     report = json.loads((out / "run.json").read_text())
     assert report["params"]["epochs"] == 1 and 0.0 <= report["score"]["f1"] <= 1.0
     assert (out / "attribution.png").stat().st_size > 0
+    # --plot: the file's score timeline, drawn by the shared function, with its labelled
+    # anomalies and the detections the run counted.
+    drawn = timeline_description(out / "plots" / "valve2__1.png")
+    rows = len(data.timestamps)
+    assert f"{rows} values, {rows} scores (distance score, model score (calibrated))" in drawn
+    assert f"{len(flag_runs(data.anomaly))} labelled windows" in drawn
+    assert f"{report['files'][0]['alerts_opened']} alerts opened" in drawn
     assert "SKAB pooled: F1" in capsys.readouterr().out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from stream_ae.model.artifacts import load_artifact
+from tests.support.timeline_png import timeline_description
 from training.cli import COMMANDS, build_parser, main
 from training.detector import DEFAULT_DETECTOR
 from training.plots import HISTOGRAM_PNG, LATENT_PNG, LOSS_PNG, RECONSTRUCTIONS_PNG, REPORT_MD
@@ -200,6 +201,19 @@ def test_report_writes_the_plots_and_the_summary(
     summary = (out / REPORT_MD).read_text()
     assert "| labelled anomaly |" in summary and "| normal |" in summary
     assert "| training part |" in summary
+    # A score timeline per series, drawn by the shared function: every row of the file, a
+    # score per window (stride 1, as a worker scores), its labelled window shaded.
+    timelines = sorted(out.glob("timeline_*.png"))
+    assert [p.name for p in timelines] == [
+        "timeline_artB_two.csv.png",
+        "timeline_realA_one.csv.png",
+    ]
+    window = load_artifact(artifact_dir).spec.window
+    for png in timelines:
+        drawn = timeline_description(png)
+        assert f"700 values, {700 - window + 1} scores (final score, model score)" in drawn
+        assert "1 labelled windows" in drawn
+        assert f"![{png.stem}]({png.name})" in summary
 
 
 def test_report_on_your_own_csv_counts_alerts_against_your_labels(
@@ -221,6 +235,9 @@ def test_report_on_your_own_csv_counts_alerts_against_your_labels(
     summary = (tmp_path / "r" / REPORT_MD).read_text()
     assert "| labelled anomaly |" in summary
     assert "labelled windows hit: **1 of 1** (missed 0)" in summary
+    opened = int(summary.split("- alerts opened: ")[1].split()[0])
+    drawn = timeline_description(tmp_path / "r" / "timeline_one.png")
+    assert f"1 labelled windows, {opened} alerts opened" in drawn
     assert "false alerts: **" in summary and "median delay" in summary
     # NAB labels name NAB keys: with --csv they would match nothing, so they are refused.
     capsys.readouterr()

@@ -51,6 +51,7 @@ EXAMPLES = (
     "stream-ae evaluate nab NAB/ --out results",
     "stream-ae evaluate score results --windows NAB/labels/combined_windows.json "
     "--profiles NAB/config/profiles.json",
+    "stream-ae evaluate nab NAB/ --only realKnownCause --out results-rkc --plot machine_temp",
     "stream-ae evaluate csv cpu.csv --artifact artifacts/cpu --labels incidents.csv",
 )
 
@@ -128,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "worker's processor (no look-ahead), write <out>/<group>/<n>.csv (datetime;anomaly_pred), "
         "print SKAB's pooled F1, FAR and MAR and which sensors the alerts name "
         "(training.evaluation.skab_run).",
+        epilog="examples:\n  stream-ae evaluate skab SKAB/ --out skab-results\n"
+        "  stream-ae evaluate skab SKAB/ --out skab-results --only valve1 --plot valve1/1",
+        formatter_class=parser.formatter_class,
     )
     from training.evaluation import skab_run
 

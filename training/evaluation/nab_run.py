@@ -53,6 +53,7 @@ from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec
+from stream_ae.score_timeline import Timeline, alert_marks, plot_timeline
 from stream_ae.worker.processor import StreamProcessor
 from training.data import NAB_READ
 from training.detector import DEFAULT_DETECTOR
@@ -503,8 +504,8 @@ def results_path(out_dir: Path, key: str, detector: str = DETECTOR_NAME) -> Path
 @dataclass
 class FileRun:
     """How one file went: its fits, where the time went, and its alerts: the window end times
-    of the alerts the processor opened on scored rows (after the probation) and the labelled
-    windows' ``(start_ms, end_ms)``."""
+    of the alerts the processor opened (and resolved) on scored rows (after the probation), the
+    labelled windows' ``(start_ms, end_ms)`` and the threshold the alert policy acted on."""
 
     key: str
     rows: int
@@ -515,6 +516,8 @@ class FileRun:
     total_s: float
     opened_ms: list[int] = field(default_factory=list)
     windows_ms: list[tuple[int, int]] = field(default_factory=list)
+    resolved_ms: list[int] = field(default_factory=list)
+    alert_threshold: float | None = None
 
 
 def alert_figures(runs: Sequence[FileRun]) -> tuple[dict[str, AlertQuality], AlertQuality]:
@@ -543,6 +546,13 @@ def scored_alerts(
     bounds = window_bounds(np.asarray(series.timestamps), labelled)
     spans = [(int(series.ts_ms[first]), int(series.ts_ms[last])) for first, last in bounds]
     return opened, spans
+
+
+def alert_threshold(trace: StreamTrace, params: DetectorParams) -> float | None:
+    """The threshold the alert policy acted on: as the alerts carry it, else the detector's."""
+    if trace.alerts:
+        return float(trace.alerts[-1]["threshold"])
+    return params.post.threshold if params.post is not None else None
 
 
 def run_corpus(
@@ -599,6 +609,9 @@ def run_corpus(
             labels = row_labels(series.timestamps, windows[key])
             write_results(results_path(out_dir, key), series, scores, labels)
             opened_ms, windows_ms = scored_alerts(series, trace, probation, windows[key])
+            resolved_ms = [
+                t for t in alert_marks(trace.alerts, key)[1] if t >= int(series.ts_ms[probation])
+            ]
             if trace_dir is not None:
                 trace_dir.mkdir(parents=True, exist_ok=True)
                 np.savez(
@@ -618,6 +631,8 @@ def run_corpus(
                     total_s=time.perf_counter() - started,
                     opened_ms=opened_ms,
                     windows_ms=windows_ms,
+                    resolved_ms=resolved_ms,
+                    alert_threshold=alert_threshold(trace, params),
                 )
             )
     finally:
@@ -695,8 +710,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="TEXT",
-        help="write RESULTS_DIR/plots/<file>.png for the files whose <category>/<file> "
-        "contains TEXT (repeatable; needs matplotlib)",
+        help="write RESULTS_DIR/plots/<file>.png, the score timeline (values, score, alert "
+        "threshold, alerts opened and resolved, labelled windows shaded), for the files whose "
+        "<category>/<file> contains TEXT (repeatable; needs matplotlib)",
     )
     parser.add_argument(
         "--trace-dir",
@@ -800,13 +816,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_dir = out_dir / "plots"
         baseline_thresholds = report.get("baseline", {}).get("thresholds", {})
-        for key in keys:
-            if any(text in key for text in args.plot):
+        for file_run in runs:
+            if any(text in file_run.key for text in args.plot):
                 path = plot_file(
                     plot_dir,
-                    key,
+                    file_run,
                     out_dir,
-                    windows[key],
                     threshold=thresholds.get("standard"),
                     baseline_dir=args.baseline_dir,
                     baseline_threshold=baseline_thresholds.get("standard"),
@@ -848,51 +863,43 @@ def score_results(
 
 def plot_file(
     plot_dir: Path,
-    key: str,
+    run: FileRun,
     results_dir: Path,
-    windows: Sequence[Any],
     *,
     threshold: float | None = None,
     baseline_dir: Path | None = None,
     baseline_threshold: float | None = None,
 ) -> Path:
-    """A PNG of one file: its values, and our anomaly score (and the baseline's) over time,
-    with the labelled windows shaded, the probationary period marked and the thresholds NAB's
-    sweep chose for the standard profile dashed. Needs matplotlib (the ``plots`` extra)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ours = read_results_csv(results_path(results_dir, key))
-    times = ours.timestamps.astype("datetime64[s]").astype(object)
-    with results_path(results_dir, key).open(newline="") as handle:
-        values = [float(row["value"]) for row in csv.DictReader(handle)]
-    bounds = window_bounds(ours.timestamps, windows) if len(windows) else np.zeros((0, 2), int)
-    probation = probation_length(len(values))
-    panels = 3 if baseline_dir is not None else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(12, 2.2 * panels + 0.6), sharex=True)
-    axes[0].plot(times, values, lw=0.6, color="0.2")
-    axes[0].set_ylabel("value")
-    series = [(axes[1], ours.anomaly_scores, DETECTOR_NAME, threshold, "C0")]
+    """A PNG of one file, the score timeline every command draws
+    (:mod:`stream_ae.score_timeline`): its values and our final score over time (the baseline's
+    score faint, when given), the alert threshold with the alerts opened and resolved after the
+    probation, the labelled windows shaded, the end of the probation marked and the thresholds
+    NAB's sweep chose for the standard profile dotted. Needs matplotlib (the ``plots``
+    extra)."""
+    ours = read_results_csv(results_path(results_dir, run.key))
+    ts_ms = ours.timestamps.astype("datetime64[ms]").astype(np.int64)
+    with results_path(results_dir, run.key).open(newline="") as handle:
+        values = np.array([float(row["value"]) for row in csv.DictReader(handle)])
+    scores = {DETECTOR_NAME: ours.anomaly_scores}
+    levels = {}
+    if threshold is not None:
+        levels["NAB threshold (standard)"] = threshold
     if baseline_dir is not None:
-        base = read_results_dir(baseline_dir, known_files=[key])[key]
-        series.append((axes[2], base.anomaly_scores, "baseline (HTM)", baseline_threshold, "C3"))
-    for axis, scores, label, level, colour in series:
-        axis.plot(times, scores, lw=0.7, color=colour, label=label)
-        if level is not None:
-            axis.axhline(level, ls="--", lw=0.8, color="0.4", label="threshold (standard)")
-        axis.set_ylim(-0.02, 1.05)
-        axis.set_ylabel("anomaly score")
-        axis.legend(loc="upper left", fontsize=8)
-    for axis in axes:
-        for first, last in bounds:
-            axis.axvspan(times[first], times[last], color="red", alpha=0.12, lw=0)
-        axis.axvline(times[probation], color="0.5", lw=0.8, ls=":")
-    axes[0].set_title(f"{key}  (shaded: labelled windows; dotted: end of probation)")
-    fig.tight_layout()
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    path = plot_dir / f"{Path(key).stem}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        scores["baseline (HTM)"] = read_results_dir(baseline_dir, known_files=[run.key])[
+            run.key
+        ].anomaly_scores
+        if baseline_threshold is not None:
+            levels["baseline NAB threshold (standard)"] = baseline_threshold
+    timeline = Timeline(
+        ts_ms=ts_ms,
+        values=values,
+        scores=scores,
+        threshold=run.alert_threshold,
+        levels=levels,
+        opened_ms=run.opened_ms,
+        resolved_ms=run.resolved_ms,
+        labelled_ms=run.windows_ms,
+        marks_ms={"end of probation": int(ts_ms[run.probation_rows])},
+        title=run.key,
+    )
+    return plot_timeline(timeline, plot_dir / f"{Path(run.key).stem}.png", dpi=80)

@@ -54,6 +54,7 @@ from stream_ae.io.window_store import InMemoryWindowStore
 from stream_ae.model.artifacts import Artifact, load_artifact
 from stream_ae.model.inference import ScoredBatch, Scorer
 from stream_ae.model.network import ModelKind, ModelSpec
+from stream_ae.score_timeline import Timeline, flag_runs, plot_timeline, pyplot
 from stream_ae.worker.processor import StreamProcessor
 from training.evaluation.skab_score import (
     TRAIN_ROWS,
@@ -486,12 +487,14 @@ def run_skab(
     *,
     only: Sequence[str] | None = None,
     trace_dir: Path | None = None,
+    plot: Sequence[str] = (),
 ) -> tuple[PooledScore, list[SkabFileRun], dict[str, list[np.ndarray]]]:
     """Run the detector over every labelled file and write ``<out>/<group>/<n>.csv``.
 
     Returns the pooled score, the per-file runs and, per group, the contributions of each
     detection that overlaps a labelled anomaly. ``trace_dir`` keeps each file's trace (what the
-    cross-validation reads).
+    cross-validation reads). The files whose key contains one of ``plot`` get a score timeline
+    in ``<out>/plots`` (:func:`plot_file`).
     """
     files = data_files(data_dir)
     if only:
@@ -506,6 +509,8 @@ def run_skab(
             trace = stream_file(data, params, artifacts_root / key.replace("/", "__"))
             # The processor's own alerts: no scoring path of the evaluator's.
             predictions, opened = alert_predictions(trace.alerts, len(data.timestamps))
+            if any(text in key for text in plot):
+                plot_file(out_dir / "plots", data, trace, params.detection, predictions, opened)
             test = data.test_rows
             write_predictions(
                 predictions_path(out_dir, key), data.timestamps[test], predictions[test]
@@ -581,16 +586,55 @@ def attribution_summary(
     return summary
 
 
+def plot_file(
+    plot_dir: Path,
+    data: SkabFile,
+    trace: SkabTrace,
+    detection: Detection,
+    predictions: np.ndarray,
+    opened: Sequence[int],
+) -> Path:
+    """``<plot_dir>/<group>__<n>.png``: the file's score timeline, the drawing every command
+    shares (:mod:`stream_ae.score_timeline`): the sensors (standardised), the score the alert
+    policy acted on and the model's calibrated score, the policy's threshold, where detections
+    opened and ended, the labelled anomalies shaded and the end of the training rows. Needs
+    matplotlib (the ``plots`` extra)."""
+    n = len(data.ts_ms)
+    ended = [last + 1 for _, last in flag_runs(predictions) if last + 1 < n]
+    post = detection.post(range_learning_windows(trace.window_size))
+    policy = detection.policy().with_default_threshold(
+        post.threshold if post is not None else trace.threshold
+    )
+    final = (
+        trace.final if trace.final is not None else detection_scores(trace, data.values, detection)
+    )
+    timeline = Timeline(
+        ts_ms=data.ts_ms,
+        values=data.values,
+        value_names=data.feature_names,
+        scores={
+            f"{detection.score} score": final,
+            "model score (calibrated)": trace.calibrated,
+        },
+        threshold=policy.threshold,
+        opened_ms=[int(data.ts_ms[row]) for row in opened],
+        resolved_ms=[int(data.ts_ms[row]) for row in ended],
+        labelled_ms=[
+            (int(data.ts_ms[first]), int(data.ts_ms[last]))
+            for first, last in flag_runs(data.anomaly)
+        ],
+        marks_ms={"end of the training rows": int(data.ts_ms[min(TRAIN_ROWS, n - 1)])},
+        title=data.key,
+    )
+    return plot_timeline(timeline, plot_dir / f"{data.key.replace('/', '__')}.png", dpi=80)
+
+
 def plot_attributions(
     path: Path, summary: dict[str, dict[str, Any]], feature_names: Sequence[str]
 ) -> Path:
     """One PNG: per group, the mean contribution of each sensor over the detections that
     overlap a labelled anomaly. Needs matplotlib (the ``plots`` extra)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = sorted(summary)
     fig, axis = plt.subplots(figsize=(10, 3.6))
     width = 0.8 / max(len(groups), 1)
@@ -651,6 +695,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep each file's per-window outputs there (input of `evaluate cv skab`)",
     )
+    parser.add_argument(
+        "--plot",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="write RESULTS_DIR/plots/<group>__<n>.png, the score timeline (sensors, score, "
+        "threshold, detections opened and ended, labelled anomalies shaded), for the files "
+        "whose <group>/<n> contains TEXT (repeatable; needs matplotlib)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -665,7 +718,12 @@ def run(args: argparse.Namespace) -> int:
             overrides = json.loads(args.params.read_text())
             params = SkabParams.from_dict({**DEFAULT_SKAB_PARAMS.to_dict(), **overrides})
         score, runs, attributions = run_skab(
-            args.data_dir, args.out, params, only=args.only, trace_dir=args.trace_dir
+            args.data_dir,
+            args.out,
+            params,
+            only=args.only,
+            trace_dir=args.trace_dir,
+            plot=args.plot,
         )
     except (StreamAEError, OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -681,6 +739,8 @@ def run(args: argparse.Namespace) -> int:
         top = ", ".join(f"{name} {count}" for name, count in info["top"].items())
         print(f"  {group}: {info['detections']} detections in anomalies; top sensor: {top}")
     print(f"  plot {plot}")
+    if args.plot:
+        print(f"  score timelines in {args.out / 'plots'}")
     report = {
         "params": params.to_dict(),
         "elapsed_s": round(elapsed, 1),

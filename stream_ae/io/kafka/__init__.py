@@ -5,7 +5,9 @@
   (send, flush that says whether everything arrived).
 - :mod:`.connection`: :class:`KafkaConnection`, built once from the settings (brokers,
   security, client library), and the worker's consumer and producer.
-- :mod:`.kafka_python` and :mod:`.confluent`: the two clients (``STREAM_AE_KAFKA_CLIENT``).
+- :mod:`.kafka_python` and :mod:`.confluent`: the two clients (``STREAM_AE_KAFKA_CLIENT``);
+  :mod:`.adapter`: what they share (a consumer's and a producer's options, client errors
+  wrapped, the rebalance relay).
 
 Works against Apache Kafka and any Kafka-protocol broker (the tests use Tansu): nothing here
 relies on transactions, fenced commits or the reported log end. Client errors leave as

@@ -8,23 +8,23 @@ are mapped to librdkafka's here. Every client error leaves as a
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_ae.errors import BrokerError, MessageTooLargeError
-from stream_ae.io.kafka.connection import KafkaConnection, OffsetReset
-from stream_ae.io.kafka.interface import (
-    ConsumedRecord,
-    Partition,
-    RebalanceCallback,
-    RebalanceRelay,
-    Record,
+from stream_ae.io.kafka.adapter import (
+    ConsumerOptions,
+    ProducerOptions,
+    RelayedConsumer,
+    client_errors,
 )
+from stream_ae.io.kafka.connection import KafkaConnection
+from stream_ae.io.kafka.interface import ConsumedRecord, Partition, Record
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines, served on the polling thread instead of written to stderr.
@@ -104,14 +104,19 @@ def wrap_error(
     return BrokerError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
 
 
-@contextlib.contextmanager
-def _wrapped(what: str, transient: frozenset[int] = frozenset()) -> Iterator[None]:
-    try:
-        yield
-    except BrokerError:
-        raise
-    except Exception as exc:
-        raise wrap_error(what, exc, transient) from exc
+def _wrapped(what: str, transient: frozenset[int] = frozenset()) -> AbstractContextManager[None]:
+    return client_errors(what, lambda what, exc: wrap_error(what, exc, transient))
+
+
+def _client_config(connection: KafkaConnection, client_id: str) -> dict[str, Any]:
+    """The properties every librdkafka client of ``connection`` takes."""
+    return {
+        "bootstrap.servers": connection.bootstrap_servers,
+        "client.id": client_id,
+        "error_cb": _log_client_error,
+        "logger": client_log,
+        **librdkafka_security(connection.security),
+    }
 
 
 def _reach(client: Any, connection: KafkaConnection) -> None:
@@ -145,77 +150,50 @@ def _known(offset: int) -> int | None:
     return offset if offset >= 0 else None  # librdkafka's logical offsets are negative
 
 
-class ConfluentBatchConsumer:
-    """:class:`~stream_ae.io.kafka.interface.BatchConsumer` on ``confluent_kafka.Consumer``."""
+class ConfluentBatchConsumer(RelayedConsumer):
+    """:class:`~stream_ae.io.kafka.interface.BatchConsumer` on ``confluent_kafka.Consumer``.
 
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        *,
-        client_id: str,
-        group_id: str | None,
-        auto_offset_reset: OffsetReset,
-        session_timeout_ms: int,
-        max_poll_interval_ms: int,
-        fetch_max_wait_ms: int,
-        max_poll_records: int,
-    ) -> None:
-        del max_poll_records  # a bound of each poll_batch call here
-        config: dict[str, Any] = {
-            "bootstrap.servers": connection.bootstrap_servers,
-            "client.id": client_id,
+    ``options.max_poll_records`` is not a client property here: each ``poll_batch`` call
+    bounds its own batch."""
+
+    def __init__(self, connection: KafkaConnection, options: ConsumerOptions) -> None:
+        super().__init__()
+        client_id = options.client_id
+        config = _client_config(connection, client_id) | {
             # librdkafka wants a group even for assign-only reading; nothing is committed then.
-            "group.id": group_id or f"{client_id}-no-group",
+            "group.id": options.group_id or f"{client_id}-no-group",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
-            "auto.offset.reset": auto_offset_reset,  # 'error' is librdkafka's own value too
-            "session.timeout.ms": session_timeout_ms,
-            "heartbeat.interval.ms": max(session_timeout_ms // 3, 100),
-            "max.poll.interval.ms": max_poll_interval_ms,
-            "fetch.wait.max.ms": fetch_max_wait_ms,
-            "error_cb": _log_client_error,
-            "logger": client_log,
-            **librdkafka_security(connection.security),
+            "auto.offset.reset": options.auto_offset_reset,  # 'error' is librdkafka's too
+            "session.timeout.ms": options.session_timeout_ms,
+            "heartbeat.interval.ms": options.heartbeat_interval_ms,
+            "max.poll.interval.ms": options.max_poll_interval_ms,
+            "fetch.wait.max.ms": options.fetch_max_wait_ms,
         }
         with _wrapped(f"cannot create a consumer for {connection.bootstrap_servers}"):
             self._consumer = confluent_kafka.Consumer(config)
         _reach(self._consumer, connection)
-        self._relay = RebalanceRelay()
         # Manual assignment starts on the first poll, with the offsets of any seek before it:
         # librdkafka refuses to seek a partition that is not fetching yet.
         self._to_assign: dict[Partition, int] | None = None
 
-    def subscribe(
-        self,
-        topics: Sequence[str],
-        *,
-        on_assigned: RebalanceCallback,
-        on_revoked: RebalanceCallback,
-    ) -> None:
-        relay = self._relay
-        relay.on_assigned, relay.on_revoked = on_assigned, on_revoked
-
+    def _subscribe(self, topics: list[str]) -> None:
         # Called inside consume(), on the poll thread; still relayed, so the worker sees the
         # change between client calls, as with kafka-python. librdkafka assigns by itself
         # after on_assign returns.
         def assigned(_consumer: Any, partitions: list[TopicPartition]) -> None:
-            relay.note(True, (_partition(tp) for tp in partitions))
+            self._note(True, partitions)
 
         def revoked(_consumer: Any, partitions: list[TopicPartition]) -> None:
-            relay.note(False, (_partition(tp) for tp in partitions))
+            self._note(False, partitions)
 
-        with _wrapped(f"subscribe to {list(topics)}"):
-            self._consumer.subscribe(
-                list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked
-            )
+        with _wrapped(f"subscribe to {topics}"):
+            self._consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         self._to_assign = {p: confluent_kafka.OFFSET_STORED for p in partitions}
         self._relay.assignment = frozenset(partitions)
-
-    def assignment(self) -> set[Partition]:
-        return set(self._relay.assignment)
 
     def partitions_of(self, topic: str) -> list[int]:
         with _wrapped(f"metadata of {topic}"):
@@ -333,26 +311,14 @@ class ConfluentBatchConsumer:
 class ConfluentProducer:
     """:class:`~stream_ae.io.kafka.interface.Producer` on ``confluent_kafka.Producer``."""
 
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        *,
-        client_id: str,
-        max_request_bytes: int,
-        linger_ms: int,
-    ) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": connection.bootstrap_servers,
-            "client.id": client_id,
+    def __init__(self, connection: KafkaConnection, options: ProducerOptions) -> None:
+        config = _client_config(connection, options.client_id) | {
             "acks": "all",
-            "linger.ms": linger_ms,
-            "message.max.bytes": max_request_bytes,
+            "linger.ms": options.linger_ms,
+            "message.max.bytes": options.max_request_bytes,
             # No idempotence: it needs producer ids, which not every Kafka-protocol broker has;
             # duplicates after a retry are allowed (alert ids and dead-letter ids are stable).
             "enable.idempotence": False,
-            "error_cb": _log_client_error,
-            "logger": client_log,
-            **librdkafka_security(connection.security),
         }
         with _wrapped(f"cannot create a producer for {connection.bootstrap_servers}"):
             self._producer = confluent_kafka.Producer(config)

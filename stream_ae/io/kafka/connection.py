@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stream_ae.errors import ConfigError
+from stream_ae.io.kafka.adapter import ConsumerOptions, OffsetReset, ProducerOptions
 from stream_ae.io.kafka.interface import BatchConsumer, Producer
 from stream_ae.settings import Settings
 
 KafkaClient = Literal["kafka-python", "confluent"]
-OffsetReset = Literal["earliest", "latest", "error"]
 
 # The producer's own limit on one request. Kafka's default broker limit (message.max.bytes) is
 # 1,048,588 B, so a request this size is one the default broker accepts.
@@ -93,7 +93,7 @@ class KafkaConnection:
     ) -> BatchConsumer:
         """A batch consumer with auto-commit off; in ``group_id``'s group when subscribed
         (None: partitions are assigned by hand and nothing is committed)."""
-        options: dict[str, Any] = dict(
+        options = ConsumerOptions(
             client_id=f"{self.client_id}-{client_id_suffix}",
             group_id=group_id,
             auto_offset_reset=auto_offset_reset,
@@ -105,16 +105,16 @@ class KafkaConnection:
         if self._library() == "confluent":
             from stream_ae.io.kafka.confluent import ConfluentBatchConsumer
 
-            return ConfluentBatchConsumer(self, **options)
+            return ConfluentBatchConsumer(self, options)
         from stream_ae.io.kafka.kafka_python import KafkaPythonBatchConsumer
 
-        return KafkaPythonBatchConsumer(self, **options)
+        return KafkaPythonBatchConsumer(self, options)
 
     def producer(
         self, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, linger_ms: int = 5
     ) -> Producer:
         """A producer with acks from all replicas and retries on."""
-        options: dict[str, Any] = dict(
+        options = ProducerOptions(
             client_id=f"{self.client_id}-producer",
             max_request_bytes=max_request_bytes,
             linger_ms=linger_ms,
@@ -122,10 +122,10 @@ class KafkaConnection:
         if self._library() == "confluent":
             from stream_ae.io.kafka.confluent import ConfluentProducer
 
-            return ConfluentProducer(self, **options)
+            return ConfluentProducer(self, options)
         from stream_ae.io.kafka.kafka_python import KafkaPythonProducer
 
-        return KafkaPythonProducer(self, **options)
+        return KafkaPythonProducer(self, options)
 
     def _library(self) -> KafkaClient:
         if self.client == "confluent" and not confluent_installed():

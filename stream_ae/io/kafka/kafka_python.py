@@ -9,15 +9,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import kafka
 import kafka.errors
 
 from stream_ae.errors import BrokerError, MessageTooLargeError
-from stream_ae.io.kafka.connection import KafkaConnection, OffsetReset
-from stream_ae.io.kafka.interface import Partition, RebalanceCallback, RebalanceRelay, Record
+from stream_ae.io.kafka.adapter import (
+    ConsumerOptions,
+    ProducerOptions,
+    RelayedConsumer,
+    client_errors,
+)
+from stream_ae.io.kafka.connection import KafkaConnection
+from stream_ae.io.kafka.interface import Partition, Record
 
 log = logging.getLogger(__name__)
 
@@ -45,83 +52,63 @@ def wrap_error(what: str, exc: BaseException) -> BrokerError:
     return BrokerError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
 
 
-@contextlib.contextmanager
-def _wrapped(what: str) -> Iterator[None]:
-    try:
-        yield
-    except BrokerError:
-        raise
-    except Exception as exc:
-        raise wrap_error(what, exc) from exc
+def _wrapped(what: str) -> AbstractContextManager[None]:
+    return client_errors(what, wrap_error)
+
+
+def _client_config(connection: KafkaConnection, client_id: str) -> dict[str, Any]:
+    """The options every kafka-python client of ``connection`` takes."""
+    return dict(
+        bootstrap_servers=connection.bootstrap_servers.split(","),
+        client_id=client_id,
+        bootstrap_timeout_ms=connection.bootstrap_timeout_ms,
+        **connection.security,
+    )
 
 
 def _tp(partition: Partition) -> kafka.TopicPartition:
     return kafka.TopicPartition(partition.topic, partition.partition)
 
 
-class KafkaPythonBatchConsumer:
+class KafkaPythonBatchConsumer(RelayedConsumer):
     """:class:`~stream_ae.io.kafka.interface.BatchConsumer` on ``kafka.KafkaConsumer``."""
 
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        *,
-        client_id: str,
-        group_id: str | None,
-        auto_offset_reset: OffsetReset,
-        session_timeout_ms: int,
-        max_poll_interval_ms: int,
-        fetch_max_wait_ms: int,
-        max_poll_records: int,
-    ) -> None:
-        config: dict[str, Any] = dict(
-            bootstrap_servers=connection.bootstrap_servers.split(","),
-            client_id=client_id,
-            group_id=group_id,
+    def __init__(self, connection: KafkaConnection, options: ConsumerOptions) -> None:
+        super().__init__()
+        reset = options.auto_offset_reset
+        config = _client_config(connection, options.client_id) | dict(
+            group_id=options.group_id,
             enable_auto_commit=False,
             # 'error' maps to kafka-python's "raise on reset" (any value but earliest/latest).
-            auto_offset_reset="none" if auto_offset_reset == "error" else auto_offset_reset,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=max(session_timeout_ms // 3, 100),
-            max_poll_interval_ms=max_poll_interval_ms,
-            max_poll_records=max_poll_records,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            bootstrap_timeout_ms=connection.bootstrap_timeout_ms,
-            **connection.security,
+            auto_offset_reset="none" if reset == "error" else reset,
+            session_timeout_ms=options.session_timeout_ms,
+            heartbeat_interval_ms=options.heartbeat_interval_ms,
+            max_poll_interval_ms=options.max_poll_interval_ms,
+            max_poll_records=options.max_poll_records,
+            fetch_max_wait_ms=options.fetch_max_wait_ms,
         )
         with _wrapped(f"cannot create a consumer for {connection.bootstrap_servers}"):
             self._consumer = kafka.KafkaConsumer(**config)
-        self._relay = RebalanceRelay()
 
-    def subscribe(
-        self,
-        topics: Sequence[str],
-        *,
-        on_assigned: RebalanceCallback,
-        on_revoked: RebalanceCallback,
-    ) -> None:
-        relay = self._relay
-        relay.on_assigned, relay.on_revoked = on_assigned, on_revoked
+    def _subscribe(self, topics: list[str]) -> None:
+        note = self._note
 
         class Listener(kafka.ConsumerRebalanceListener):
             # Called on kafka-python's IO thread, where blocking client calls are forbidden:
             # only noted here, delivered by poll_batch on the poll thread.
             def on_partitions_revoked(self, revoked: Any) -> None:
-                relay.note(False, (Partition(tp.topic, tp.partition) for tp in revoked))
+                note(False, revoked)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
-                relay.note(True, (Partition(tp.topic, tp.partition) for tp in assigned))
+                note(True, assigned)
 
-        with _wrapped(f"subscribe to {list(topics)}"):
-            self._consumer.subscribe(list(topics), listener=Listener())
+        with _wrapped(f"subscribe to {topics}"):
+            self._consumer.subscribe(topics, listener=Listener())
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         with _wrapped("assign"):
             self._consumer.assign([_tp(p) for p in partitions])
         self._relay.assignment = frozenset(partitions)
-
-    def assignment(self) -> set[Partition]:
-        return set(self._relay.assignment)
 
     def partitions_of(self, topic: str) -> list[int]:
         with _wrapped(f"metadata of {topic}"):
@@ -196,23 +183,12 @@ class KafkaPythonBatchConsumer:
 class KafkaPythonProducer:
     """:class:`~stream_ae.io.kafka.interface.Producer` on ``kafka.KafkaProducer``."""
 
-    def __init__(
-        self,
-        connection: KafkaConnection,
-        *,
-        client_id: str,
-        max_request_bytes: int,
-        linger_ms: int,
-    ) -> None:
-        config: dict[str, Any] = dict(
-            bootstrap_servers=connection.bootstrap_servers.split(","),
-            client_id=client_id,
+    def __init__(self, connection: KafkaConnection, options: ProducerOptions) -> None:
+        config = _client_config(connection, options.client_id) | dict(
             acks="all",
             retries=5,
-            linger_ms=linger_ms,
-            max_request_size=max_request_bytes,
-            bootstrap_timeout_ms=connection.bootstrap_timeout_ms,
-            **connection.security,
+            linger_ms=options.linger_ms,
+            max_request_size=options.max_request_bytes,
         )
         with _wrapped(f"cannot create a producer for {connection.bootstrap_servers}"):
             self._producer = kafka.KafkaProducer(**config)
