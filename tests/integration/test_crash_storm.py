@@ -117,6 +117,12 @@ def storm_streams() -> list[tuple[bytes, bytes]]:
     ]
 
 
+def committed_to(bootstrap_servers: str, config: dict[str, Any]) -> dict[int, int]:
+    """The next offset to consume, per partition, as the worker group committed it."""
+    offsets = committed_offsets(bootstrap_servers, config["group_id"], config["input_topics"][0])
+    return {p: offset or 0 for p, offset in offsets.items()}
+
+
 def after_kill(
     redis_client: redis.Redis,
     bootstrap_servers: str,
@@ -126,11 +132,7 @@ def after_kill(
 ) -> tuple[int, int]:
     """(events not committed, events applied to the stored states but not committed), read
     while no worker of the group runs."""
-    topic = config["input_topics"][0]
-    committed = {
-        p: offset or 0
-        for p, offset in committed_offsets(bootstrap_servers, config["group_id"], topic).items()
-    }
+    committed = committed_to(bootstrap_servers, config)
     states = stored_states(redis_client, config["redis_key_prefix"], model)
     pending = applied = 0
     for m in sent:
@@ -180,6 +182,9 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
     with WorkerForks(tmp_path / "forks.log") as forks:  # imports while we produce
         sent = produce(broker.bootstrap_servers, input_topic, storm_streams())
         total = len(sent)
+        ends = {p: 0 for p in range(PARTITIONS)}
+        for m in sent:
+            ends[m.partition] = max(ends[m.partition], m.offset + 1)
         expected_counts = good_counts(sent)
         produced_s = time.monotonic() - started
         uninterrupted = ForkedWorker(forks, reference, tmp_path / "reference.log")
@@ -229,21 +234,30 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
 
             last = workers[-1]
 
-            def done(config: dict[str, Any]) -> Callable[[], bool]:
-                prefix = config["redis_key_prefix"]
-                return lambda: applied_counts(redis_client, prefix, tiny_model) == expected_counts
-
+            # Done when the group has committed the whole backlog: the states are written
+            # before the commit, so they are final then (and a broken protocol fails below,
+            # on the counts, rather than here on a timeout).
             wait_until(
-                done(crashing),
+                lambda: committed_to(broker.bootstrap_servers, crashing) == ends,
                 FINISH_TIMEOUT_S,
-                "the last restarted worker to apply every event",
+                "the last restarted worker to commit every event",
+                interval_s=0.5,
                 on_timeout=last.tail,
             )
             wait_until(
-                done(reference),
+                lambda: committed_to(broker.bootstrap_servers, reference) == ends,
                 FINISH_TIMEOUT_S,
-                "the uninterrupted worker to apply every event",
+                "the uninterrupted worker to commit every event",
+                interval_s=0.5,
                 on_timeout=uninterrupted.tail,
+            )
+            # Its counters move just after the commit.
+            wait_until(
+                lambda: (
+                    _metric(uninterrupted, *APPLIED) + _metric(uninterrupted, *SKIPPED) >= total
+                ),
+                GRACE_S,
+                "the uninterrupted worker to count its last batch",
             )
             skipped += _metric(last, *SKIPPED)
             reference_applied = _metric(uninterrupted, *APPLIED)
