@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,9 +89,10 @@ MAX_POLL_RECORDS = 50
 # Tansu: a join takes about half the session timeout; the dead member is gone after it.
 SESSION_TIMEOUT_MS = 1000
 # The kills share out the backlog: each kill comes after a random delay whose mean is the
-# remaining backlog's share per life left at the fastest rate seen so far, so that work is
-# always pending when a worker is killed, on a slow machine or a fast one.
+# remaining backlog's share per life that may come, at the median rate the lives have shown, so
+# that work is pending whenever a worker is killed, on a slow machine or a fast one.
 FIRST_RATE_GUESS = 5000.0  # events per second, until a life has shown one
+READY_POLL_S = 0.02  # /readyz is polled this often: a life works this much before its delay
 FINISH_TIMEOUT_S = 180.0  # liveness bounds, not speed assertions
 GRACE_S = 30.0
 SKIPPED = ("stream_ae_events_total", {"outcome": "skipped"})
@@ -206,23 +208,26 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
             gates.append(gate)
             workers.append(ForkedWorker(forks, config, log_path).start())
 
-        rate = FIRST_RATE_GUESS
+        rates: list[float] = []
         pending_before = total
         try:
             uninterrupted.start()
             launch()
             for k in range(KILLS + EXTRA_KILLS + 1):
+                last_life = k >= KILLS and (
+                    k == KILLS + EXTRA_KILLS or any(kill.uncommitted_applied for kill in kills)
+                )
                 worker = workers[k]
                 gates[k].open()  # the restart: it reaches the broker and joins the group
                 opened = time.monotonic()
-                worker.wait_ready()
+                if not last_life:
+                    launch()  # its replacement, warming up meanwhile
+                worker.wait_ready(interval_s=READY_POLL_S)
                 restarts.append(time.monotonic() - opened)
-                if k >= KILLS and (
-                    k == KILLS + EXTRA_KILLS or any(kill.uncommitted_applied for kill in kills)
-                ):
-                    break  # the last one works to the end
-                launch()
+                if last_life:
+                    break  # it works to the end
                 share = pending_before / (KILLS + EXTRA_KILLS + 1 - k)  # per life that may come
+                rate = statistics.median(rates) if rates else FIRST_RATE_GUESS
                 delay = rng.uniform(0.0, 2.0 * share / rate)
                 time.sleep(delay)
                 assert worker.returncode is None, worker.tail()
@@ -235,8 +240,8 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
                 kills.append(Kill(delay, pending, applied))
                 # Mid-work: the backlog was not worked off when the worker died.
                 assert pending > 0, f"kill {k + 1}: nothing was left to do"
-                if delay > 0.05:
-                    rate = max(rate, (pending_before - pending) / delay)
+                if delay > READY_POLL_S:
+                    rates.append((pending_before - pending) / (delay + READY_POLL_S))
                 pending_before = pending
 
             last = workers[-1]

@@ -32,8 +32,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from stream_ae_dev.worker_probe import wait_ready
 from tests.support.paths import REPO_ROOT
-from tests.support.worker_process import WorkerProcess, env_of
+from tests.support.worker_process import WORKER_START_TIMEOUT_S, WorkerProcess, env_of
 
 READY = "ready"
 
@@ -162,6 +163,19 @@ class ForkedWorker(WorkerProcess):
     def start(self) -> ForkedWorker:
         self.process = self.forks.spawn(self.config, self.log_path)  # type: ignore[assignment]
         return self
+
+    def wait_ready(
+        self, timeout_s: float = WORKER_START_TIMEOUT_S, *, interval_s: float = 0.2
+    ) -> None:
+        """Until ``/readyz`` says 200, looking every ``interval_s``."""
+        assert self.process is not None
+        wait_ready(
+            self.port,
+            self.process,  # type: ignore[arg-type]
+            timeout_s=timeout_s,
+            log_path=self.log_path,
+            interval_s=interval_s,
+        )
 
 
 # --- the helper process -------------------------------------------------------------------
