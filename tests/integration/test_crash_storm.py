@@ -178,6 +178,8 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
     crashing = worker_config(
         alerts_topic=topic_factory(1, prefix="storm-alerts-crash"),
         max_poll_records=MAX_POLL_RECORDS,
+        # A batch has at most MAX_POLL_RECORDS windows; fewer buckets, a shorter warm-up.
+        batch_buckets=[16, 64],
         session_timeout_ms=SESSION_TIMEOUT_MS,
         **common,
     )
