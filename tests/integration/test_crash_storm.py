@@ -93,6 +93,7 @@ SESSION_TIMEOUT_MS = 1000
 # that work is pending whenever a worker is killed, on a slow machine or a fast one.
 FIRST_RATE_GUESS = 5000.0  # events per second, until a life has shown one
 READY_POLL_S = 0.02  # /readyz is polled this often: a life works this much before its delay
+MIN_RATE_SAMPLE_S = 0.1
 FINISH_TIMEOUT_S = 180.0  # liveness bounds, not speed assertions
 GRACE_S = 30.0
 SKIPPED = ("stream_ae_events_total", {"outcome": "skipped"})
@@ -242,7 +243,9 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
                 kills.append(Kill(delay, pending, applied))
                 # Mid-work: the backlog was not worked off when the worker died.
                 assert pending > 0, f"kill {k + 1}: nothing was left to do"
-                if delay > READY_POLL_S:
+                # A life's rate, from long enough a life that did some work: a worker killed
+                # before its first batch says nothing about its speed.
+                if delay >= MIN_RATE_SAMPLE_S and pending < pending_before:
                     rates.append((pending_before - pending) / (delay + READY_POLL_S))
                 pending_before = pending
 
