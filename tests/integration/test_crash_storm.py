@@ -30,7 +30,7 @@ Restarts are kept fast, so twenty fit in CI's time: the workers are forked from 
 has imported TensorFlow once (:mod:`tests.support.worker_forks`; a fork costs its model load and
 warm-up, about 1.3 CPU s, instead of about 5); each replacement is forked while its predecessor
 works and waits at a closed gate in front of the broker (not yet in the group); and they join
-with a 1 s session timeout. About 70-90 s in all on 2 shared cores.
+with a 1 s session timeout. 70-105 s here, on 2 cores shared with other work (load 3-6).
 
 Committing before the state write (``scripts/mutation-check``'s ``commit-before-write``, by
 hand) makes it fail: 450 events lost over 216 streams in one run (and no kill can then leave
