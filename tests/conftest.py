@@ -14,7 +14,9 @@ here (no test module imports a fixture):
 Plain helpers (no fixtures) live next to them, one concept a module: ``paths`` (repository root,
 NAB/SKAB data), ``waiting``, ``kafka_topics`` (produce, read back, committed offsets),
 ``worker_process`` (worker settings, an in-process worker, a worker subprocess, its metrics),
-``port_gate``, ``outcomes`` (stored states and the oracle of a run), ``training_data``.
+``worker_forks`` (worker subprocesses forked from a helper that imported TensorFlow once, for
+tests that restart workers many times), ``port_gate``, ``outcomes`` (stored states and the
+oracle of a run), ``training_data``.
 """
 
 pytest_plugins = [
