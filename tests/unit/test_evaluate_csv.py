@@ -224,6 +224,16 @@ def test_a_plot_that_cannot_be_drawn_stops_evaluate_csv_with_one_line(
     assert not (tmp_path / "eval").exists()
 
 
+def test_plot_chooses_the_streams_whose_name_contains_a_text(tmp_path: Path) -> None:
+    from training.data import read_csv
+    from training.evaluation.csv_run import streams_to_plot
+
+    series = [s for path in write_data(tmp_path) for s in read_csv(path)]
+    assert [s.name for s in streams_to_plot(series, [])] == []
+    assert [s.name for s in streams_to_plot(series, ["m", "cpu"])] == ["cpu", "mem"]
+    assert [s.name for s in streams_to_plot(series, [""])] == ["cpu", "mem", "disk"]  # --plot ''
+
+
 def test_evaluate_csv_help_ends_with_examples_that_parse(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
