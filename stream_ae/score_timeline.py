@@ -23,6 +23,7 @@ no display needed. This module is part of ``stream_ae`` (outside the pure core),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,16 @@ def flag_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     padded = np.r_[False, np.asarray(flags).astype(bool), False]
     edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def file_stem(stream: str) -> str:
+    """``stream`` as the stem of its PNG's file name: runs of characters other than letters,
+    digits, ``.``, ``_`` and ``-`` become ``_``.
+
+    >>> file_stem("host-1/cpu load")
+    'host-1_cpu_load'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stream)
 
 
 def _datetimes(ts_ms: Iterable[int] | np.ndarray) -> np.ndarray:

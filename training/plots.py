@@ -20,7 +20,6 @@ functions take arrays and a path; :func:`build_report` computes the arrays from 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,11 @@ import numpy as np
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.model.artifacts import Artifact
 from stream_ae.model.network import ModelSpec, encoder_of, split_window
-from stream_ae.score_timeline import Timeline, alert_marks, plot_timeline, pyplot
+from stream_ae.score_timeline import Timeline, alert_marks, file_stem, plot_timeline, pyplot
 from training.calibrate import describe_thresholds, scores_and_thresholds
 from training.data import Series
 from training.model_runner import predict_verbosity, run_model
-from training.shadow import ShadowResult, shadow_run
+from training.shadow import ScoreTrack, ShadowResult, shadow_run
 from training.windows import Windows, all_windows, pad_side, step_mask
 
 log = logging.getLogger(__name__)
@@ -396,27 +395,51 @@ def plot_series_timelines(
         log.info("timelines of %d of %d series", len(ranked), len(series))
     paths = []
     for s in ranked:
-        track = replay.tracks[s.name]
-        marks = {}
-        cut = int(len(s) * train_fraction) if train_fraction else 0
-        if cut >= 1:
-            marks["end of the training part"] = int(s.ts_ms[cut - 1])
-        timeline = Timeline(
-            ts_ms=s.ts_ms,
-            values=s.values,
-            value_names=artifact.spec.feature_names,
-            scores={"final score": track.final_scores, "model score": track.model_scores},
-            score_ts_ms=track.end_ts_ms,
-            threshold=alert_threshold(artifact, s.name, policy),
-            opened_ms=opened[s.name][0],
-            resolved_ms=opened[s.name][1],
-            labelled_ms=s.labels,
-            marks_ms=marks,
-            title=s.name,
+        timeline = series_timeline(
+            artifact,
+            s,
+            replay.tracks[s.name],
+            replay.alerts,
+            policy=policy,
+            train_fraction=train_fraction,
         )
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", s.name)
-        paths.append(plot_timeline(timeline, out_dir / TIMELINE_PNG.format(series=name)))
+        path = out_dir / TIMELINE_PNG.format(series=file_stem(s.name))
+        paths.append(plot_timeline(timeline, path))
     return paths
+
+
+def series_timeline(
+    artifact: Artifact,
+    series: Series,
+    track: ScoreTrack,
+    alerts: Sequence[Mapping[str, Any]],
+    *,
+    policy: AlertPolicy | None = None,
+    train_fraction: float | None = None,
+) -> Timeline:
+    """The score timeline of ``series`` streamed through the worker's processor (a shadow run:
+    its ``track`` of scores and the run's ``alerts``), as ``report`` and ``evaluate csv``
+    draw it: the values, the final and the model score, the threshold a worker would alert at,
+    the alerts opened and resolved, the series' labelled windows and, given
+    ``train_fraction``, the end of the training part."""
+    opened, resolved = alert_marks(alerts, series.name)
+    marks = {}
+    cut = int(len(series) * train_fraction) if train_fraction else 0
+    if cut >= 1:
+        marks["end of the training part"] = int(series.ts_ms[cut - 1])
+    return Timeline(
+        ts_ms=series.ts_ms,
+        values=series.values,
+        value_names=artifact.spec.feature_names,
+        scores={"final score": track.final_scores, "model score": track.model_scores},
+        score_ts_ms=track.end_ts_ms,
+        threshold=alert_threshold(artifact, series.name, policy),
+        opened_ms=opened,
+        resolved_ms=resolved,
+        labelled_ms=series.labels,
+        marks_ms=marks,
+        title=series.name,
+    )
 
 
 def alert_threshold(artifact: Artifact, stream: str, policy: AlertPolicy | None) -> float:

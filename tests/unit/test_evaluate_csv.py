@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from stream_ae.cli import app
+from tests.support.timeline_png import timeline_description
 from training.cli import main as train_main
-from training.evaluation.csv_run import ALERTS_JSONL, EVALUATION_JSON
+from training.evaluation.csv_run import ALERTS_JSONL, EVALUATION_JSON, PLOTS_DIR
 
 T0_S = 1_704_067_200  # 2024-01-01T00:00:00Z
 ROWS = 600
@@ -99,7 +100,7 @@ def test_evaluate_csv_counts_hits_misses_and_false_alerts_against_your_labels(
     labels.write_text(LABELS)
     out = tmp_path / "eval"
     argv = ["evaluate", "csv", *files, "--artifact", str(model), "--labels", str(labels)]
-    assert app.main([*argv, "--out", str(out)]) == 0
+    assert app.main([*argv, "--out", str(out), "--plot", "cpu", "--plot", "mem"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert "1767 windows scored on 3 stream(s), 4 alert(s) opened" in printed[0]
     table = [line.split() for line in printed[2:6]]
@@ -125,6 +126,20 @@ def test_evaluate_csv_counts_hits_misses_and_false_alerts_against_your_labels(
     alerts = [json.loads(line) for line in (out / ALERTS_JSONL).read_text().splitlines()]
     assert sum(a["status"] == "open" for a in alerts) == 4
     assert {a["schema"] for a in alerts} == {alerts[0]["schema"]}  # the worker's messages
+
+    # --plot: the score timelines of the streams asked for (not disk), drawn by the shared
+    # function from the same run: each stream's labelled windows, the alerts it opened and
+    # resolved, and the threshold of the worker's policy.
+    plots = out / PLOTS_DIR
+    assert sorted(p.name for p in plots.iterdir()) == ["cpu.png", "mem.png"]
+    assert printed[-1] == f"wrote 2 score timeline(s): {plots / 'cpu.png'}, {plots / 'mem.png'}"
+    drawn = "score timeline: 600 values, 589 scores (final score, model score), threshold 0.9999"
+    assert timeline_description(plots / "cpu.png") == (
+        f"{drawn}, 2 labelled windows, 2 alerts opened, 2 resolved"
+    )
+    assert timeline_description(plots / "mem.png") == (
+        f"{drawn}, 1 labelled windows, 1 alerts opened, 1 resolved"
+    )
 
     # Without labels: the alerts per stream, and how to get the rest.
     assert app.main(argv[:-2]) == 0
@@ -169,6 +184,54 @@ def test_a_bad_labels_file_stops_evaluate_csv_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("stream-ae evaluate csv: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--plot", "cpu"],
+            "--plot needs --out: the plots are written to DIR/plots/<stream>.png; add --out DIR",
+        ),
+        (
+            ["--out", "eval", "--plot", "cpu", "--plot", "net"],
+            "--plot 'net' matches no stream (streams: cpu, mem, disk, cpu_1, cpu 1); give part",
+        ),
+        (
+            ["--out", "eval", "--plot", "1"],
+            "--plot: streams 'cpu_1' and 'cpu 1' would both be drawn to plots/cpu_1.png; choose",
+        ),
+    ],
+)
+def test_a_plot_that_cannot_be_drawn_stops_evaluate_csv_with_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    message: str,
+) -> None:
+    files = write_data(tmp_path)
+    for name in ("cpu_1", "cpu 1"):
+        files.append(tmp_path / f"{name}.csv")
+        files[-1].write_text(files[0].read_text())
+    # Found before the model is loaded (there is none) and before anything is written.
+    argv = ["evaluate", "csv", *map(str, files), "--artifact", str(tmp_path / "none")]
+    monkeypatch.chdir(tmp_path)  # --out eval
+    assert app.main([*argv, *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stream-ae evaluate csv: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_plot_chooses_the_streams_whose_name_contains_a_text(tmp_path: Path) -> None:
+    from training.data import read_csv
+    from training.evaluation.csv_run import streams_to_plot
+
+    series = [s for path in write_data(tmp_path) for s in read_csv(path)]
+    assert [s.name for s in streams_to_plot(series, [])] == []
+    assert [s.name for s in streams_to_plot(series, ["m", "cpu"])] == ["cpu", "mem"]
+    assert [s.name for s in streams_to_plot(series, [""])] == ["cpu", "mem", "disk"]  # --plot ''
 
 
 def test_evaluate_csv_help_ends_with_examples_that_parse(

@@ -13,7 +13,10 @@ worker would open; there is no scoring path here. The alerts are scored by
 
 ``--out DIR`` writes ``evaluation.json`` (the figures per stream and pooled, every labelled
 window with its first alert, every false alert) and ``alerts.jsonl`` (every alert message, as
-the worker would produce it).
+the worker would produce it); ``--plot TEXT`` adds ``plots/<stream>.png`` for the streams whose
+name contains TEXT: the score timeline every command draws (:mod:`stream_ae.score_timeline`),
+built from the run as ``stream-ae-train report`` builds its own
+(:func:`training.plots.series_timeline`), labelled windows shaded.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import ms_to_iso
+from stream_ae.errors import ConfigError
 from stream_ae.io.series_files import add_read_options, read_options_from
+from stream_ae.score_timeline import file_stem, plot_timeline, pyplot
 from training.data import (
     DataSourceError,
     Series,
@@ -45,14 +50,20 @@ from training.evaluation.alert_quality import (
     quality_per_stream,
 )
 
+if TYPE_CHECKING:
+    from training.shadow import ScoreTrack
+
 EVALUATION_JSON = "evaluation.json"
 ALERTS_JSONL = "alerts.jsonl"
+PLOTS_DIR = "plots"
 
 EXAMPLES = (
     "stream-ae evaluate csv cpu.csv mem.csv --artifact artifacts/cpu --labels incidents.csv",
     "stream-ae evaluate csv last-week.csv --registry artifacts/model --version latest "
     "--labels incidents.csv --out reports/eval",
     "stream-ae evaluate csv hosts.csv --stream-column host --time-unit s --artifact artifacts/h",
+    "stream-ae evaluate csv cpu.csv mem.csv --artifact artifacts/cpu --labels incidents.csv "
+    "--out reports/eval --plot cpu",
 )
 
 
@@ -69,6 +80,7 @@ class CsvEvaluation:
     match: AlertMatch | None
     per_stream: dict[str, AlertQuality]
     pooled: AlertQuality | None
+    tracks: dict[str, ScoreTrack] = field(default_factory=dict)  # scores per stream, for plots
 
     @property
     def alerts_opened(self) -> Counter[str]:
@@ -140,6 +152,7 @@ def evaluate_series(
         match=match,
         per_stream=per_stream,
         pooled=run.quality,  # the same alert_quality, pooled over the labelled streams
+        tracks=run.tracks,
     )
 
 
@@ -199,6 +212,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"write {EVALUATION_JSON} (figures, each labelled window, each false alert) and "
         f"{ALERTS_JSONL} (every alert) here",
     )
+    group.add_argument(
+        "--plot",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help=f"write DIR/{PLOTS_DIR}/<stream>.png (DIR: --out), the score timeline (values, "
+        "score, alert threshold, alerts opened and resolved, labelled windows shaded), for the "
+        "streams whose name contains TEXT (repeatable; --plot '' for every stream; needs "
+        "matplotlib)",
+    )
     add_read_options(parser.add_argument_group("CSV files (read as stream-ae produce reads them)"))
 
 
@@ -206,13 +229,23 @@ def run(args: argparse.Namespace) -> int:
     """``evaluate csv``: read, stream, score, print; write the files of ``--out``."""
     from training.cli import common
 
-    # The data and the labels first: their mistakes are found before the model loads.
+    if args.plot and not args.out:
+        raise ConfigError(
+            f"--plot needs --out: the plots are written to DIR/{PLOTS_DIR}/<stream>.png",
+            fix="add --out DIR",
+        )
+    # The data, the labels and the plots asked for first: their mistakes are found before the
+    # model loads.
     series = read_files(args.files, args)
     if args.labels:
         series = read_labels_file(series, args.labels, args.time_unit)
+    plotted = streams_to_plot(series, args.plot)
+    if plotted:
+        pyplot()  # matplotlib missing: one line now, not after the run
     artifact = common.load_artifact(args)
     check_features(series, artifact.spec)
-    result = evaluate_series(artifact, series, policy=common.alert_policy())
+    policy = common.alert_policy()
+    result = evaluate_series(artifact, series, policy=policy)
     print(summary(result))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +259,60 @@ def run(args: argparse.Namespace) -> int:
             "".join(json.dumps(alert, sort_keys=True) + "\n" for alert in result.alerts)
         )
         print(f"wrote {args.out / EVALUATION_JSON}, {args.out / ALERTS_JSONL}")
+    if plotted:
+        paths = plot_streams(result, plotted, artifact, args.out / PLOTS_DIR, policy=policy)
+        unscored = [s.name for s in plotted if s.name not in result.tracks]
+        if paths:
+            print(f"wrote {len(paths)} score timeline(s): {', '.join(map(str, paths))}")
+        if unscored:
+            print(f"no plot of {', '.join(unscored)}: no window scored (shorter than the window)")
     return 0
+
+
+def streams_to_plot(series: Sequence[Series], texts: Sequence[str]) -> list[Series]:
+    """The series whose name contains one of ``texts`` (``--plot``), in order; a text that
+    matches no stream, or two chosen streams that would share a PNG, stop with one line."""
+    names = [s.name for s in series]
+    for text in texts:
+        if not any(text in name for name in names):
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise ConfigError(
+                f"--plot {text!r} matches no stream (streams: {shown})",
+                fix="give part of a stream's name (a file's stream is its stem)",
+            )
+    chosen = [s for s in series if any(text in s.name for text in texts)]
+    stems: dict[str, str] = {}
+    for s in chosen:
+        other = stems.setdefault(file_stem(s.name), s.name)
+        if other != s.name:
+            raise ConfigError(
+                f"--plot: streams {other!r} and {s.name!r} would both be drawn to "
+                f"{PLOTS_DIR}/{file_stem(s.name)}.png",
+                fix="choose one of them with a longer --plot TEXT",
+            )
+    return chosen
+
+
+def plot_streams(
+    result: CsvEvaluation,
+    series: Sequence[Series],
+    artifact: Any,
+    plot_dir: Path,
+    *,
+    policy: AlertPolicy | None = None,
+) -> list[Path]:
+    """``<plot_dir>/<stream>.png`` for each of ``series`` that had windows scored: the score
+    timeline ``stream-ae-train report`` draws (:func:`training.plots.series_timeline`), the
+    series' labelled windows shaded."""
+    from training.plots import series_timeline
+
+    paths = []
+    for s in series:
+        if s.name not in result.tracks:
+            continue
+        timeline = series_timeline(artifact, s, result.tracks[s.name], result.alerts, policy=policy)
+        paths.append(plot_timeline(timeline, plot_dir / f"{file_stem(s.name)}.png"))
+    return paths
 
 
 def summary(result: CsvEvaluation) -> str:
