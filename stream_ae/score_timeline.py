@@ -186,8 +186,8 @@ def draw_timeline(figure: Any, slot: Any, timeline: Timeline) -> tuple[Any, Any]
             axis.axvline(_datetimes([moment])[0], color=colour, ls=":", lw=1.1, label=name)
         axis.grid(alpha=0.25)
     value_axis.tick_params(labelbottom=False)
-    value_axis.legend(loc="upper left", fontsize=7, ncol=min(shown, 4))
-    score_axis.legend(loc="upper left", fontsize=7, ncol=3)
+    value_axis.legend(loc="best", fontsize=7, ncol=min(shown, 4))
+    score_axis.legend(loc="best", fontsize=7, ncol=3)
     if timeline.title:
         value_axis.set_title(timeline.title, loc="left", fontsize=10)
     return value_axis, score_axis

@@ -48,10 +48,9 @@ from training.evaluation.nab_score import (
 HELP = "alert quality on your own CSVs, NAB and SKAB evaluation and scoring"
 
 EXAMPLES = (
-    "stream-ae evaluate nab NAB/ --out results",
+    "stream-ae evaluate nab NAB/ --out results --plot machine_temp",
     "stream-ae evaluate score results --windows NAB/labels/combined_windows.json "
     "--profiles NAB/config/profiles.json",
-    "stream-ae evaluate nab NAB/ --only realKnownCause --out results-rkc --plot machine_temp",
     "stream-ae evaluate csv cpu.csv --artifact artifacts/cpu --labels incidents.csv",
 )
 
