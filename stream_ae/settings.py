@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         description="Budget for processing one batch; a batch that would exceed it is cut "
         "(its tail is re-polled) so processing stays far below max_poll_interval_ms.",
     )
+    overlap: bool = Field(
+        True,
+        description="Poll and decode the next batch while the current one is in the model "
+        "(on a second thread); alerts, state write and commit stay in order per batch. "
+        "false: one batch at a time.",
+    )
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
     )
