@@ -8,9 +8,14 @@ interleaved A B, B A, A B...:
 1. **throughput**: a backlog of N events is written to one worker's topic while it is paused,
    and the rate at which it drains is measured (its ``/metrics``), then the same for the other;
    the ratio on/off of each pair, their median and spread;
-2. **latency**: with both caught up, events are produced to one worker at half *its own*
-   median drain rate (its maximum here), then to the other, each alert's arrival minus its
-   window's last event time: p50 and p99, per worker and phase.
+2. **maximum sustained rate**, measured: events are produced to a worker at falling fractions
+   of its median drain rate (:data:`SUSTAIN_FRACTIONS`), and the first rate it keeps up with
+   is its maximum: over the last two thirds of the phase it consumed at least
+   :data:`KEEP_UP` of what was offered, so its lag stayed bounded. The drain rate is not that
+   maximum: while events are produced, the load generator takes a share of the same cores;
+3. **latency**: events produced to one worker at half *its own* maximum sustained rate, then to
+   the other, each alert's arrival minus its window's last event time: p50 and p99, per worker
+   and phase.
 
 The idle worker keeps polling its empty topic meanwhile, whichever is measured: the two share
 the machine the same way. The CPU each worker, the broker and the load generator used is
@@ -20,6 +25,7 @@ reported with each figure.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,6 +44,8 @@ from stream_ae_dev.bench.e2e_bench import (
     _measure_latency,
     _wait_ready,
     produce_backlog,
+    produce_paced,
+    warm_producer,
     worker_env,
 )
 from stream_ae_dev.bench.report import BenchResult, Figure
@@ -46,6 +54,10 @@ from stream_ae_dev.bench.workload import delete_prefix, load_states
 SECTION = "overlap"
 MODES = ("on", "off")
 NOISY_SPREAD = 0.25  # a ratio whose spread (max - min) / median exceeds this is noise
+# The rates tried for the maximum sustained rate, as fractions of the drain rate, highest first.
+SUSTAIN_FRACTIONS = (0.8, 0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08)
+KEEP_UP = 0.95  # consumed / offered over a phase's last two thirds: its lag stayed bounded
+CATCH_UP_S = 30.0  # the longest wait for a worker to work off a probe's backlog
 
 
 @dataclass
@@ -144,7 +156,8 @@ def _compare(
     client = redis.Redis.from_url(redis_url)
     sides: dict[str, _Side] = {}
     for mode in MODES:
-        tag = f"ov{mode}-{label}-{uuid.uuid4().hex[:8]}"
+        slug = "".join(c if c.isalnum() else "-" for c in label.lower())  # a topic name part
+        tag = f"ov{mode}-{slug}-{uuid.uuid4().hex[:8]}"
         run = PipelineRun(
             tag, model_dir, streams=streams, events=events, latency_s=latency_s, buckets=None
         )
@@ -198,10 +211,27 @@ def _compare(
                     f"{pair[mode]['e2e_events_per_s']:.0f} events/s"
                 )
             out["throughput"].append(pair)
-        max_rate = {
+        drain_rate = {
             mode: statistics.median(p[mode]["e2e_events_per_s"] for p in out["throughput"])
             for mode in MODES
         }
+        out["drain_rate_per_s"] = drain_rate
+        out["sustained"] = {}
+        for mode in MODES:
+            side = sides[mode]
+            assert side.worker is not None
+            probes = []
+            for fraction in SUSTAIN_FRACTIONS:
+                probe = _probe(bootstrap, side, fraction * drain_rate[mode], latency_s, servers)
+                probes.append(probe)
+                progress(
+                    f"overlap {label}: {mode} at {probe['rate_per_s']:.0f} events/s consumed "
+                    f"{probe['kept_up']:.0%} of it"
+                )
+                if probe["kept_up"] >= KEEP_UP:
+                    break
+            out["sustained"][mode] = {"rate_per_s": probes[-1]["rate_per_s"], "probes": probes}
+        max_rate = {mode: out["sustained"][mode]["rate_per_s"] for mode in MODES}
         out["max_rate_per_s"] = max_rate
         for k in range(latency_repeats):
             order = MODES if k % 2 == 0 else MODES[::-1]
@@ -220,6 +250,7 @@ def _compare(
                     0.5 * max_rate[mode],
                     servers,
                 )
+                phase[mode]["max_sustained_per_s"] = max_rate[mode]
                 progress(
                     f"overlap {label}: latency {k + 1}, {mode} at "
                     f"{phase[mode]['rate_per_s']:.0f} events/s: p99 {phase[mode]['p99_ms']:.0f} ms"
@@ -232,6 +263,61 @@ def _compare(
             delete_prefix(client, side.prefix)
         client.close()
     return out
+
+
+def _probe(
+    bootstrap: str,
+    side: _Side,
+    rate_per_s: float,
+    seconds: float,
+    servers: dict[str, int] | None,
+) -> dict[str, Any]:
+    """Produce to ``side`` at ``rate_per_s`` for ``seconds`` while reading its consumed count;
+    ``kept_up``: what it consumed over the last two thirds of the phase / what was offered
+    meanwhile. Then wait until it has worked off what is left."""
+    assert side.worker is not None
+    worker = side.worker
+    producer = warm_producer(bootstrap, side.topic, warm_up_topic=side.dlq_topic)
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            counters = Counters.read([worker])
+            samples.append((counters.at, counters.events))
+            done.wait(0.25)
+
+    before = Counters.read([worker], servers)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        sent = produce_paced(producer, side.topic, side.source, rate_per_s, seconds, 0.0)
+    finally:
+        done.set()
+        sampler.join(5)
+        producer.close()
+    after = Counters.read([worker], servers)
+    third = started + seconds / 3
+    tail = [(at, events) for at, events in samples if at >= third]
+    kept_up = float("nan")
+    if len(tail) >= 2 and tail[-1][0] > tail[0][0]:
+        consumed = (tail[-1][1] - tail[0][1]) / (tail[-1][0] - tail[0][0])
+        kept_up = consumed / rate_per_s
+    deadline = time.perf_counter() + CATCH_UP_S
+    while Counters.read([worker]).events < before.events + sent:
+        if time.perf_counter() > deadline:
+            break
+        time.sleep(0.1)
+    span = after.at - before.at
+    return {
+        "rate_per_s": rate_per_s,
+        "sent": sent,
+        "kept_up": kept_up,
+        "behind_at_end": sent - (after.events - before.events),
+        "worker_cores": (after.worker_cpu_s - before.worker_cpu_s) / span,
+        "generator_cores": (after.own_cpu_s - before.own_cpu_s) / span,
+    }
 
 
 def _figures(label: str, details: dict[str, Any]) -> list[Figure]:
@@ -262,13 +348,27 @@ def _figures(label: str, details: dict[str, Any]) -> list[Figure]:
             )
         )
     for mode in MODES:
+        sustained = details["sustained"][mode]
+        drain = details["drain_rate_per_s"][mode]
+        tried = ", ".join(f"{p['rate_per_s']:.0f}: {p['kept_up']:.0%}" for p in sustained["probes"])
+        figures.append(
+            Figure.info(
+                SECTION,
+                f"max sustained rate, overlap {mode}, {label} model",
+                sustained["rate_per_s"],
+                "events/s",
+                note=f"{sustained['rate_per_s'] / drain:.2f}x its drain rate; consumed/offered "
+                f"at each rate tried: {tried}",
+            )
+        )
+    for mode in MODES:
         phases = [phase[mode] for phase in details["latency"]]
         p99 = [lat["p99_ms"] for lat in phases]
         p50 = [lat["p50_ms"] for lat in phases]
         last = phases[-1]
         note = (
             f"{_describe(p99, 'ms')}; p50 {statistics.median(p50):.0f} ms; at "
-            f"{last['rate_per_s']:.0f} events/s (half the drain rate); batches of "
+            f"{last['rate_per_s']:.0f} events/s (half the max sustained rate); batches of "
             f"{last['events_per_batch']:.0f} events in {last['batch_ms']:.0f} ms; "
             f"{last['behind_at_end']:.0f} behind at the end; CPU worker "
             f"{last['worker_cores']:.2f}, load generator {last['generator_cores']:.2f}"

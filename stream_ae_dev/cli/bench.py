@@ -65,7 +65,7 @@ class Plan:
     scaling_workers: tuple[int, ...] = (1, 2, 4)
     scaling_streams: tuple[int, ...] = (1_000, 10_000, 100_000)
     scaling_events: int = 20_000
-    overlap_events: tuple[int, int] = (20_000, 4_000)  # cheap model, H=64 model
+    overlap_events: tuple[int, int] = (60_000, 12_000)  # cheap model, H=64 model
     overlap_repeats: int = 3
     overlap_latency_repeats: int = 2
     buckets: tuple[int, ...] | None = None  # None: Settings' default batch_buckets

@@ -315,6 +315,8 @@ def test_overlap_bench_smallest_configuration(
         "e2e overlap on / off, cheap model",
         "e2e overlap on, cheap model",
         "e2e overlap off, cheap model",
+        "max sustained rate, overlap on, cheap model",
+        "max sustained rate, overlap off, cheap model",
         "event-to-alert p99 at half load, overlap on, cheap model",
         "event-to-alert p99 at half load, overlap off, cheap model",
     ]
@@ -326,6 +328,9 @@ def test_overlap_bench_smallest_configuration(
             assert drain["events_measured"] + drain["consumed_before_measuring"] >= 300
             assert drain["windows_measured"] == drain["events_measured"]
     for mode in ("on", "off"):
+        probes = details["sustained"][mode]["probes"]
+        assert details["sustained"][mode]["rate_per_s"] == probes[-1]["rate_per_s"]
+        assert all(p["sent"] > 0 for p in probes)
         latency = details["latency"][0][mode]
         assert latency["alerts"] > 0 and latency["p50_ms"] <= latency["p99_ms"]
 
