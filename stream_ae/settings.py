@@ -174,10 +174,10 @@ class Settings(BaseSettings):
         "(its tail is re-polled) so processing stays far below max_poll_interval_ms.",
     )
     overlap: bool = Field(
-        True,
+        False,
         description="Poll and decode the next batch while the current one is in the model "
-        "(on a second thread); alerts, state write and commit stay in order per batch. "
-        "false: one batch at a time.",
+        "(on a second thread); alerts, state write and commit stay in order per batch. Off by "
+        "default: not measured to help on 2 cores (docs/performance.md, section 8).",
     )
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."

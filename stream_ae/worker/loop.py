@@ -24,7 +24,7 @@ No step depends on the broker's commit semantics: correctness comes from the fen
 stamped state (a replay is a no-op), so it holds on brokers without transactions or fenced
 commits, and nothing reads the broker's reported log end.
 
-**Overlap** (``overlap``, on by default): steps 3-6 of batch *n* run on a second thread (the
+**Overlap** (``overlap``, off by default): steps 3-6 of batch *n* run on a second thread (the
 model call releases the GIL) while the main thread polls batch *n+1* and decodes it; then the
 main thread finishes *n* (6-8) and only then begins *n+1* (its dead letters, then 3-6).
 Consumer calls (poll, seek, commit) stay on the main thread. Why every crash-replay guarantee

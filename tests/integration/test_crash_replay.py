@@ -14,8 +14,8 @@ Three tests, each aimed at a part of the poll-batch protocol (:mod:`stream_ae.wo
 - **The order of one batch**, on an in-process worker: the alerts sent in a batch are flushed
   before its state write, and the state is written before the offsets are committed.
 - **Kills at random points** while a producer keeps sending, against an uninterrupted worker
-  on the same input (both overlapped, the default: many kills land during an overlap). The
-  seed is printed, and ``CRASH_REPLAY_SEED`` replays a run.
+  on the same input (the killed workers with the overlap on, so kills land during overlaps; the
+  uninterrupted one without it). The seed is printed, and ``CRASH_REPLAY_SEED`` replays a run.
 
 Each of these mutations makes this module fail on every run (``scripts/mutation-check``):
 removing the replay skip of ``append``, committing before the state write, flushing the alerts
@@ -310,7 +310,9 @@ def test_kill_9_at_random_points_gives_the_state_and_alerts_of_an_uninterrupted_
         "dlq_topic": topic_factory(1, prefix="dlq"),
         "max_poll_records": MAX_POLL_RECORDS,
     }
-    crashing = worker_config(alerts_topic=topic_factory(1, prefix="alerts-crash"), **common)
+    crashing = worker_config(
+        alerts_topic=topic_factory(1, prefix="alerts-crash"), overlap=True, **common
+    )
     reference = worker_config(alerts_topic=topic_factory(1, prefix="alerts-ref"), **common)
     reference_settings = settings_of(reference)
 
