@@ -51,7 +51,8 @@ SECTIONS = ("model", "store", "e2e", "scaling", "swap", "overlap")
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one pass: the full one (under 10 minutes on 2 cores) or ``--quick``."""
+    """Sizes of one pass: the full one (~11 minutes on 2 cores, ~4 of them the overlap
+    section) or ``--quick``."""
 
     model_features: tuple[int, ...] = (1, 8)
     model_naive_windows: int = 20
