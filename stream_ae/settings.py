@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="How many of a stream's periods without events make a gap (gap_policy).",
     )
+    overlap: bool = Field(
+        False,
+        description="Poll and decode the next batch while the current one is in the model "
+        "(on a second thread); alerts, state write and commit stay in order per batch. Off by "
+        "default: not measured to help on 2 cores (docs/performance.md, section 8).",
+    )
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this go to the dead-letter topic."
     )

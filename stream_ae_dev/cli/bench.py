@@ -7,7 +7,9 @@ Sections (all by default, or ``--only``):
 - ``e2e``: broker -> worker -> alerts vs the raw consume rate and the model alone, and the
   event-to-alert latency at half load;
 - ``scaling``: the e2e figure with 1, 2, 4 partitions/workers and 1k, 10k, 100k streams;
-- ``swap``: model hot-swap latency.
+- ``swap``: model hot-swap latency;
+- ``overlap``: the worker with ``STREAM_AE_OVERLAP`` on against off, interleaved and repeated:
+  throughput and event-to-alert latency at half load.
 
 The broker (Tansu) and Redis are started here, on free local ports, and stopped at the end.
 Prints one table and writes every figure and measurement to ``<out>/bench-<time>.json``.
@@ -44,12 +46,13 @@ EXAMPLES = (
     "stream-ae bench --only e2e --profile --out bench-results",
 )
 
-SECTIONS = ("model", "store", "e2e", "scaling", "swap")
+SECTIONS = ("model", "store", "e2e", "scaling", "swap", "overlap")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one pass: the full one (under 10 minutes on 2 cores) or ``--quick``."""
+    """Sizes of one pass: the full one (~11 minutes on 2 cores, ~4 of them the overlap
+    section) or ``--quick``."""
 
     model_features: tuple[int, ...] = (1, 8)
     model_naive_windows: int = 20
@@ -63,6 +66,9 @@ class Plan:
     scaling_workers: tuple[int, ...] = (1, 2, 4)
     scaling_streams: tuple[int, ...] = (1_000, 10_000, 100_000)
     scaling_events: int = 20_000
+    overlap_events: tuple[int, int] = (60_000, 12_000)  # cheap model, H=64 model
+    overlap_repeats: int = 3
+    overlap_latency_repeats: int = 2
     buckets: tuple[int, ...] | None = None  # None: Settings' default batch_buckets
 
     @classmethod
@@ -80,6 +86,9 @@ class Plan:
             scaling_workers=(1, 2),
             scaling_streams=(1_000, 10_000),
             scaling_events=6_000,
+            overlap_events=(6_000, 1_500),
+            overlap_repeats=3,
+            overlap_latency_repeats=1,
         )
 
 
@@ -187,7 +196,7 @@ def _run_sections(
     progress = _progress
     if "model" in sections:
         results.append(_guard("model", lambda: _model(plan)))
-    needs_broker = any(s in sections for s in ("e2e", "scaling", "swap"))
+    needs_broker = any(s in sections for s in ("e2e", "scaling", "swap", "overlap"))
     needs_redis = needs_broker or "store" in sections
     if not needs_redis:
         return results
@@ -203,8 +212,8 @@ def _run_sections(
         if "store" in sections:
             results.append(_guard("store", lambda: _store(plan, redis_url)))
         models: dict[str, Path] = {}
-        if "e2e" in sections or "scaling" in sections:
-            models = _bench_models(workdir, with_heavy="e2e" in sections)
+        if any(s in sections for s in ("e2e", "scaling", "overlap")):
+            models = _bench_models(workdir, with_heavy="e2e" in sections or "overlap" in sections)
         baseline: dict[str, Any] | None = None
         if "e2e" in sections:
             e2e = _guard(
@@ -232,6 +241,16 @@ def _run_sections(
             )
         if "swap" in sections:
             results.append(_swap(plan, stack.bootstrap_servers, redis_url, workdir))
+        if "overlap" in sections:
+            servers = {"broker": stack.broker.pid, "redis": stack.redis.pid}
+            results.append(
+                _guard(
+                    "overlap",
+                    lambda: _overlap(
+                        plan, stack.bootstrap_servers, redis_url, models, workdir, servers
+                    ),
+                )
+            )
     finally:
         stack.stop()
     return results
@@ -316,6 +335,38 @@ def _e2e(
     )
     if profile_dir is not None:
         _keep_profiles(result, profile_dir)
+    return result
+
+
+def _overlap(
+    plan: Plan,
+    bootstrap: str,
+    redis_url: str,
+    models: dict[str, Path],
+    workdir: Path,
+    servers: dict[str, int],
+) -> BenchResult:
+    from stream_ae_dev.bench.overlap_bench import run_overlap_bench
+
+    result = BenchResult("overlap")
+    for (label, model), events in zip(
+        (("cheap", models["cheap"]), ("H=64", models["heavy"])), plan.overlap_events, strict=True
+    ):
+        part = run_overlap_bench(
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            models={label: model},
+            workdir=workdir,
+            events=events,
+            repeats=plan.overlap_repeats,
+            latency_s=plan.latency_s,
+            latency_repeats=plan.overlap_latency_repeats,
+            buckets=plan.buckets,
+            servers=servers,
+            progress=_progress,
+        )
+        result.figures += part.figures
+        result.details.update(part.details)
     return result
 
 

@@ -291,6 +291,50 @@ def test_scaling_bench_smallest_configuration(
     assert run["raw_consume_per_s"] > 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_overlap_bench_smallest_configuration(
+    broker: BrokerProcess, redis_server: RedisProcess, cheap_model: Path, tmp_path: Path
+) -> None:
+    """Two workers, the overlap on and off, each pair of drains and latency phases measured."""
+    from stream_ae_dev.bench.overlap_bench import run_overlap_bench
+
+    result = run_overlap_bench(
+        bootstrap=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        models={"cheap": cheap_model},
+        workdir=tmp_path,
+        events=300,
+        streams=20,
+        repeats=2,
+        latency_s=2.0,
+        latency_repeats=1,
+    )
+    assert_well_formed(result, "overlap")
+    assert [f.name for f in result.figures] == [
+        "e2e overlap on / off, cheap model",
+        "e2e overlap on, cheap model",
+        "e2e overlap off, cheap model",
+        "max sustained rate, overlap on, cheap model",
+        "max sustained rate, overlap off, cheap model",
+        "event-to-alert p99 at half load, overlap on, cheap model",
+        "event-to-alert p99 at half load, overlap off, cheap model",
+    ]
+    details = result.details["cheap"]
+    assert len(details["throughput"]) == 2 and len(details["latency"]) == 1
+    for pair in details["throughput"]:
+        for mode in ("on", "off"):
+            drain = pair[mode]
+            assert drain["events_measured"] + drain["consumed_before_measuring"] >= 300
+            assert drain["windows_measured"] == drain["events_measured"]
+    for mode in ("on", "off"):
+        probes = details["sustained"][mode]["probes"]
+        assert details["sustained"][mode]["rate_per_s"] == probes[-1]["rate_per_s"]
+        assert all(p["sent"] > 0 for p in probes)
+        latency = details["latency"][0][mode]
+        assert latency["alerts"] > 0 and latency["p50_ms"] <= latency["p99_ms"]
+
+
 # --- hot-swap ------------------------------------------------------------------------------------
 
 

@@ -4,15 +4,18 @@ was never interrupted.
 Three tests, each aimed at a part of the poll-batch protocol (:mod:`stream_ae.worker.loop`):
 
 - **Kills at chosen points.** Worker subprocesses kill themselves (``SAE_FAULT_POINT``) at the
-  first batch with alerts, at a named point: after the alert flush and before the state write
-  (the replacement must re-send those alerts: duplicates > 0), then after the state write and
-  before the commit (the replacement must skip the replayed events: skipped > 0, and re-send
-  nothing). Then a zombie, holding states computed at the same offsets before the workers
-  wrote theirs, really writes them: the fence must refuse every one.
+  first batch with alerts, at a named point: during the overlap, with that batch scored and the
+  next one polled and decoded (nothing of either flushed, written or committed: the replacement
+  must replay both), after the alert flush and before the state write (the replacement must
+  re-send those alerts: duplicates > 0), then after the state write and before the commit (the
+  replacement must skip the replayed events: skipped > 0, and re-send nothing). Then a
+  zombie, holding states computed at the same offsets before the workers wrote theirs, really
+  writes them: the fence must refuse every one.
 - **The order of one batch**, on an in-process worker: the alerts sent in a batch are flushed
   before its state write, and the state is written before the offsets are committed.
 - **Kills at random points** while a producer keeps sending, against an uninterrupted worker
-  on the same input. The seed is printed, and ``CRASH_REPLAY_SEED`` replays a run.
+  on the same input (the killed workers with the overlap on, so kills land during overlaps; the
+  uninterrupted one without it). The seed is printed, and ``CRASH_REPLAY_SEED`` replays a run.
 
 Each of these mutations makes this module fail on every run (``scripts/mutation-check``):
 removing the replay skip of ``append``, committing before the state write, flushing the alerts
@@ -41,7 +44,7 @@ import redis
 from stream_ae.io.window_store import RedisWindowStore
 from stream_ae.worker.loop import Worker
 from stream_ae_dev.devstack import BrokerProcess, RedisProcess
-from tests.support.kafka_topics import BackgroundProducer, produce, read_topic
+from tests.support.kafka_topics import BackgroundProducer, committed_offsets, produce, read_topic
 from tests.support.outcomes import (
     alerts_of,
     applied_counts,
@@ -52,6 +55,7 @@ from tests.support.outcomes import (
     good_counts,
     processor_of,
     stored_blobs,
+    stored_states,
 )
 from tests.support.port_gate import PortGate
 from tests.support.tiny_model import TinyModel, fleet, live_messages, load_tiny_scorer, long_fleet
@@ -88,7 +92,7 @@ SKIPPED = ("stream_ae_events_total", {"outcome": "skipped"})
 
 
 # The chosen kill points, in the order the workers meet them (see stream_ae.worker.loop).
-FAULT_POINTS = ("alerts_flushed", "state_written")
+FAULT_POINTS = ("overlap", "alerts_flushed", "state_written")
 # Liveness bound: a warmed-up worker whose gate opens reaches its first alerts within this.
 SELF_KILL_TIMEOUT_S = 120.0
 # Small poll batches: the replayed batch is a small part of the input.
@@ -107,10 +111,12 @@ def test_kills_at_protocol_points_repeat_alerts_skip_applied_events_and_fence_a_
     tiny_model: TinyModel,
     tmp_path: Path,
 ) -> None:
-    """Worker 1 dies after flushing a batch's alerts, before writing its states: worker 2 must
-    re-send them. Worker 2 dies after writing a batch's states, before committing: worker 3
-    must skip its events and re-send nothing. In the end, the oracle's states and alert ids,
-    and a zombie's write at the offsets already stored is refused by the fence."""
+    """Worker 1 dies during the overlap (the first batch with alerts scored, the next polled):
+    nothing of that batch may be flushed, written or committed. Worker 2 dies after flushing
+    the batch's alerts, before writing its states: worker 3 must re-send them. Worker 3 dies
+    after writing a batch's states, before committing: worker 4 must skip its events and
+    re-send nothing. In the end, the oracle's states and alert ids, and a zombie's write at the
+    offsets already stored is refused by the fence."""
     config = worker_config(
         bootstrap_servers=broker.bootstrap_servers,
         redis_url=redis_server.url,
@@ -119,6 +125,7 @@ def test_kills_at_protocol_points_repeat_alerts_skip_applied_events_and_fence_a_
         alerts_topic=topic_factory(1, prefix="alerts"),
         dlq_topic=topic_factory(1, prefix="dlq"),
         max_poll_records=CHOSEN_POLL_RECORDS,
+        overlap=True,
     )
     settings = settings_of(config)
     scorer = load_tiny_scorer(tiny_model)
@@ -147,6 +154,7 @@ def test_kills_at_protocol_points_repeat_alerts_skip_applied_events_and_fence_a_
         )
         workers.append((process.start(), gate))
     repeated_after: dict[str, int] = {}
+    after_overlap_kill: dict[str, Any] = {}
     try:
         for (process, gate), point in zip(workers, FAULT_POINTS, strict=False):
             gate.open()
@@ -159,6 +167,14 @@ def test_kills_at_protocol_points_repeat_alerts_skip_applied_events_and_fence_a_
             assert process.returncode == -signal.SIGKILL, process.tail()
             ids = _alert_ids(broker.bootstrap_servers, config["alerts_topic"])
             repeated_after[point] = len(ids) - len(set(ids))
+            if point == "overlap":
+                after_overlap_kill.update(
+                    alerts=ids,
+                    committed=committed_offsets(
+                        broker.bootstrap_servers, config["group_id"], config["input_topics"][0]
+                    ),
+                    states=stored_states(redis_client, prefix, tiny_model),
+                )
         last, gate = workers[-1]
         gate.open()
         wait_until(
@@ -175,6 +191,18 @@ def test_kills_at_protocol_points_repeat_alerts_skip_applied_events_and_fence_a_
             process.stop()
             gate.close()
 
+    # Killed during the overlap: the batch with the first alerts and the one polled after it
+    # were neither flushed, nor written, nor committed (every alert comes from that batch on).
+    alerts = alerts_of(read_topic(broker.bootstrap_servers, config["alerts_topic"]))
+    first_alert: dict[int, int] = {}
+    for alert in alerts:
+        partition, offset = alert["source"]["partition"], alert["source"]["offset"]
+        first_alert[partition] = min(first_alert.get(partition, offset), offset)
+    assert after_overlap_kill["alerts"] == []
+    for partition, offset in first_alert.items():
+        assert (after_overlap_kill["committed"].get(partition) or 0) <= offset
+    for state in after_overlap_kill["states"].values():
+        assert state.offset < first_alert.get(state.partition, state.offset + 1)
     # Killed after the flush, before the write: the replacement re-sent the batch's alerts.
     assert repeated_after["state_written"] > 0, "worker 2 re-sent none of worker 1's alerts"
     # Killed after the write, before the commit: the replacement skipped the replayed events,
@@ -282,7 +310,9 @@ def test_kill_9_at_random_points_gives_the_state_and_alerts_of_an_uninterrupted_
         "dlq_topic": topic_factory(1, prefix="dlq"),
         "max_poll_records": MAX_POLL_RECORDS,
     }
-    crashing = worker_config(alerts_topic=topic_factory(1, prefix="alerts-crash"), **common)
+    crashing = worker_config(
+        alerts_topic=topic_factory(1, prefix="alerts-crash"), overlap=True, **common
+    )
     reference = worker_config(alerts_topic=topic_factory(1, prefix="alerts-ref"), **common)
     reference_settings = settings_of(reference)
 

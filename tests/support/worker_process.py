@@ -9,7 +9,8 @@
 - :class:`WorkerProcess`: the worker as a child process, ready when its ``/readyz`` answers 200
   (:func:`stream_ae_dev.worker_probe.wait_ready`); killed, terminated and reaped. With a
   ``fault_point`` it kills itself at that point of the poll-batch protocol, in the first batch
-  that produced alerts (``alerts_flushed``, ``state_written``: see
+  that produced alerts (``overlap``, with ``overlap`` on: that batch scored and the next one
+  polled; ``alerts_flushed``, ``state_written``: see
   :data:`stream_ae.worker.loop.FAULT_POINT_ENV`).
 - :func:`metric_value`: one sample of the worker's ``/metrics``.
 """
