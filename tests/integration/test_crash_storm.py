@@ -7,8 +7,9 @@ subprocess works it off in small poll batches and is killed with SIGKILL ``KILLS
 random moment of its work each time (seeded: the seed is printed, ``CRASH_STORM_SEED`` replays
 the delays), and restarted at once; the last one runs to the end. Each kill lands wherever the
 worker is: polling, decoding, in the model call, producing or flushing alerts, writing states,
-committing (or, with the model call overlapped with the next poll, in both at once). Meanwhile
-an uninterrupted worker consumes the same topic in its own group.
+committing, or (every other life runs with ``STREAM_AE_OVERLAP=true``) in the model call and
+the next poll at once. Meanwhile an uninterrupted worker consumes the same topic in its own
+group.
 
 Asserted:
 
@@ -207,7 +208,13 @@ def test_twenty_kill_9_under_load_end_as_an_uninterrupted_run(
         def launch() -> None:
             """The next worker, warming up behind a closed gate in front of the broker."""
             gate = PortGate(broker.host, broker.port)
-            config = {**crashing, "bootstrap_servers": f"127.0.0.1:{gate.port}"}
+            # Every other life overlaps its model call with the next poll (STREAM_AE_OVERLAP),
+            # so kills land in the overlap too, and the two modes hand over to each other.
+            config = {
+                **crashing,
+                "bootstrap_servers": f"127.0.0.1:{gate.port}",
+                "overlap": len(workers) % 2 == 0,
+            }
             log_path = tmp_path / f"worker-{len(workers)}.log"
             gates.append(gate)
             workers.append(ForkedWorker(forks, config, log_path).start())
