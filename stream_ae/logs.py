@@ -145,6 +145,7 @@ def fields(**values: Any) -> dict[str, Any]:
 NATIVE_NOISE = re.compile(
     rb"All log messages before absl::InitializeLog"
     rb"|oneDNN custom operations are on"
+    rb"|oneDNN supports DT_INT32 only on platforms with AVX-512"
     rb"|cudart_stub\.cc.*Could not find cuda drivers"
     rb"|failed call to cuInit"
     rb"|Unable to register cu(DNN|FFT|BLAS) factory"

@@ -46,6 +46,7 @@ from stream_ae.logs import quiet_native_stderr
 quiet_native_stderr()
 os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are ...\n")
 os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+os.write(2, b"E0000 util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. ...\n")
 os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine, ...\n")
 os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n")
 os.write(2, b"E0000 some_op.cc:1] a real native error\n")

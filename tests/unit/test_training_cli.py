@@ -408,3 +408,40 @@ def test_a_refit_kind_change_brings_its_horizon() -> None:
     assert _spec_changes(back, champion) == {"kind": "reconstruct", "horizon": 0}
     to_predict = parser.parse_args(["--once", "--kind", "predict"])
     assert _spec_changes(to_predict, ModelSpec(window=16)) == {"kind": "predict", "horizon": 8}
+
+
+def test_post_processing_from_a_detector_file(tmp_path: Path) -> None:
+    """--post-processing FILE: another detector's post-processing (the SKAB detector shipped in
+    docs/skab/detector.json is the one `stream-ae evaluate skab` measures); bad files are one
+    line each."""
+    from stream_ae.core.postprocess import PostParams
+    from stream_ae.errors import ConfigError
+    from training.cli import common
+    from training.evaluation.skab_run import SkabParams
+
+    shipped = Path(__file__).parents[2] / "docs" / "skab" / "detector.json"
+    args = _command("train").parse_args(["--csv", "x.csv", "--post-processing", str(shipped)])
+    assert common.build_post(args) == SkabParams().post()
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(PostParams(hold=100).to_dict()))
+    args = _command("train").parse_args(["--csv", "x.csv", "--post-processing", str(bare)])
+    assert common.build_post(args) == PostParams(hold=100)
+    with pytest.raises(SystemExit):  # the two detector options exclude each other
+        _command("train").parse_args(
+            ["--csv", "x.csv", "--no-post-processing", "--post-processing", str(bare)]
+        )
+    bad = {
+        "missing.json": None,
+        "text.json": "not json",
+        "list.json": "[1, 2]",
+        "unknown.json": json.dumps({"post": {"hold": 1, "smoothing": 3}}),
+        "invalid.json": json.dumps({"post": {"hold": -5}}),
+    }
+    for name, text in bad.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        args = _command("train").parse_args(["--csv", "x.csv", "--post-processing", str(path)])
+        with pytest.raises(ConfigError, match=r"^--post-processing: .*detector\.json") as caught:
+            common.build_post(args)
+        assert "\n" not in str(caught.value), name

@@ -7,6 +7,7 @@ Nothing here imports TensorFlow at import time: ``--help`` must stay fast and wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -229,19 +230,67 @@ def build_fit_config(args: argparse.Namespace, base: FitConfig | None = None) ->
 
 
 def add_post_options(parser: argparse.ArgumentParser) -> None:
-    """--no-post-processing: the detector's post-processing is on unless this is given."""
-    parser.add_argument_group("detector").add_argument(
+    """The detector's post-processing: the default detector's unless ``--no-post-processing``
+    or ``--post-processing FILE`` (another detector's, from its ``detector.json``)."""
+    group = parser.add_argument_group("detector").add_mutually_exclusive_group()
+    group.add_argument(
         "--no-post-processing",
         action="store_true",
         help="write no detector.json: the worker alerts on the calibrated window score alone "
         "(default: the default detector's post-processing: likelihood, time-of-day profile, "
         "peak hold; see docs/nab.md)",
     )
+    group.add_argument(
+        "--post-processing",
+        metavar="DETECTOR_JSON",
+        type=Path,
+        help="the post-processing of another detector: an artifact's detector.json, or "
+        "docs/skab/detector.json, the detector `stream-ae evaluate skab` measures (smoothed "
+        "distance and running-range check, for multivariate sensors; see docs/skab.md)",
+    )
 
 
 def build_post(args: argparse.Namespace) -> Any:
-    """The post-processing the options ask for: the default detector's, or None."""
-    return None if args.no_post_processing else DEFAULT_DETECTOR.post
+    """The post-processing the options ask for: the default detector's, another detector's
+    (``--post-processing FILE``), or None."""
+    if args.no_post_processing:
+        return None
+    path: Path | None = getattr(args, "post_processing", None)
+    if path is None:
+        return DEFAULT_DETECTOR.post
+    return read_post_file(path)
+
+
+def read_post_file(path: Path) -> Any:
+    """The post-processing in ``path``: a ``detector.json`` (``{"post": {...}}``) or the bare
+    post-processing object; one-line errors for a file that is missing, not JSON or invalid."""
+    from stream_ae.core.postprocess import PostParams
+    from stream_ae.errors import ConfigError
+
+    fix = "give an artifact's detector.json (--post-processing ARTIFACT_DIR/detector.json)"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"--post-processing: cannot read {path}: {exc.strerror}", fix=fix
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"--post-processing: {path} is not JSON ({exc})", fix=fix) from None
+    post = data.get("post", data) if isinstance(data, dict) else None
+    if not isinstance(post, dict):
+        raise ConfigError(f"--post-processing: {path} holds no post-processing object", fix=fix)
+    known = {f.name for f in dataclasses.fields(PostParams)}
+    unknown = sorted(set(post) - known)
+    if unknown:
+        raise ConfigError(
+            f"--post-processing: {path}: unknown field(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})",
+            fix=fix,
+        )
+    try:
+        return PostParams.from_dict(post)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--post-processing: {path}: {exc}", fix=fix) from None
 
 
 def add_gate_options(

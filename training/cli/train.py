@@ -48,12 +48,12 @@ def run_train(args: argparse.Namespace) -> int:
     from training.fit import fit_series, save_fit
     from training.refit import publish_gated, refit_once
 
+    post = common.build_post(args)  # first: a bad --post-processing file costs no data read
     series = load_data(args)
     if not series:
         raise ValueError("the data options selected no events")
     spec = common.build_spec(args, feature_names_of(args, series), base=DEFAULT_DETECTOR.model)
     config = common.build_fit_config(args, base=DEFAULT_DETECTOR.fit)
-    post = common.build_post(args)
     if args.out:
         result = fit_series(series, spec, config)
         path = save_fit(
