@@ -8,7 +8,7 @@ measurements behind them, for the JSON file).
 >>> f.met, f.target
 (True, '>= 500')
 >>> print(format_table([f]).splitlines()[2])
-model  batched / naive (F=1)  612  x  >= 500  yes
+model    batched / naive (F=1)    612  x     >= 500  yes
 """
 
 from __future__ import annotations
