@@ -1,27 +1,32 @@
-"""End to end: broker -> worker processes -> alerts, against the raw consumer and the model.
+"""End to end: broker -> worker processes -> alerts, against the raw consume and the model.
 
-One run (:func:`run_pipeline`), on a broker and a Redis already started:
+The e2e section (:func:`run_e2e_bench`) compares pairs, each side measured interleaved with its
+reference, ``repeats`` times, the order alternating (A B, B A, A B: the rule of issue 13, so
+that the two parts of a ratio come from the same minutes of a noisy machine):
 
-1. create the run's own topics (input with P partitions, alerts, dead letters) and hold a full
-   window for each of its S streams in Redis, so every event completes a window from the start
-   (a long-running worker's steady state, without first replaying W events per stream);
-2. start K ``stream-ae worker`` processes on the empty topic and wait until every one has its
-   partitions (with K = P, the group is then stable: no rebalance during the measurement);
-3. pause the workers (SIGSTOP) while the backlog of N events is written, resuming them
-   briefly every few seconds so their group sessions stay alive; then resume them;
-4. throughput: the rate at which the workers' event counters (their ``/metrics``) grow from
-   the resume until the whole backlog is consumed;
-5. latency (optional): with the workers caught up, produce at half that rate, events stamped
-   with the wall clock and a few of them spikes, and measure each alert's arrival on the alerts
-   topic minus its window's last event time (alerts carry it as ``window.end_ts``);
-6. stop the workers (SIGTERM: each finishes its batch and commits);
-7. side by side on the same data: the raw consume rate of one kafka-python consumer over the
-   same N messages, and the model alone (:meth:`Scorer.score`) on as many windows in batches of
-   the size the workers saw.
+- **cheap model** (the pipeline is the limit): the e2e drain rate of a ``stream-ae worker``
+  with the kafka-python client against one plain kafka-python consumer reading the same
+  messages; where confluent-kafka is installed, the same with ``STREAM_AE_KAFKA_CLIENT=confluent``
+  against a plain confluent consumer, and the confluent e2e against the kafka-python e2e;
+- **H=64 model** (the model is the limit): the e2e rate in windows/s against
+  :meth:`Scorer.score` alone on batches of the size the worker saw;
+- then, the workers caught up, the event-to-alert latency at fractions of the median drain rate.
 
-Pausing the workers is what makes the figure a drain of a full backlog by a stable group:
-without it, the first worker to start would consume while the others are still loading
-TensorFlow, and a producer slower than the workers would set the pace.
+Each ratio is the median over the rounds, with its range and spread ((max - min) / median).
+Where a spread is over 25% after ``repeats`` rounds, up to :data:`EXTRA_ROUNDS` more are
+measured; a ratio still that wide is marked as noise in its figure's note.
+
+Each worker is started once, on its own topics, group and Redis prefix, with a full window held
+for each of its S streams (so every event completes a window: a long-running worker's steady
+state). A drain: the worker paused (SIGSTOP, resumed briefly every few seconds so its group
+session stays alive) while a backlog of N events is written, then resumed; the rate at which
+its ``/metrics`` event counter grows until the backlog is consumed. A raw consume: the same N
+messages, written beforehand to a topic of their own, read from its beginning. Every
+measurement carries the CPU, in cores, of the worker, the broker, Redis and this process (the
+load generator; the raw consumer and the model alone run in it too).
+
+:func:`run_pipeline` is one run of the older shape (K workers on P partitions, one drain, then
+the raw consume), which the scaling section uses.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ import contextlib
 import os
 import pstats
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -45,7 +52,14 @@ import numpy as np
 import orjson
 
 from stream_ae.core.records import encode_event, parse_ts
-from stream_ae_dev.bench.report import BenchResult, Figure
+from stream_ae_dev.bench.report import (
+    NOISY_SPREAD,
+    BenchResult,
+    Figure,
+    describe,
+    noise_flag,
+    spread,
+)
 from stream_ae_dev.bench.workload import (
     SPIKE_SIGMAS,
     delete_prefix,
@@ -56,9 +70,16 @@ from stream_ae_dev.worker_probe import http_get, wait_ready
 
 SECTION = "e2e"
 SCALING_SECTION = "scaling"
-RAW_CONSUME_RATIO = 0.5  # e2e >= this x the raw consume rate, when the model is cheap
-MODEL_ALONE_RATIO = 0.8  # e2e >= this x the model alone, when the model is the bottleneck
-P99_LATENCY_MS = 200.0
+# The targets of issue 13.
+RAW_CONSUME_RATIO = 0.8  # e2e >= this x the raw consume rate, cheap model, kafka-python client
+CONFLUENT_RAW_RATIO = 0.6  # e2e >= this x the raw confluent consume, cheap model, confluent
+CONFLUENT_OVER_KAFKA_PYTHON = 3.0  # confluent e2e >= this x kafka-python e2e, same run
+MODEL_ALONE_RATIO = 0.9  # e2e >= this x the model alone, when the model is the bottleneck
+P99_LATENCY_MS = 100.0  # event-to-alert p99 at half load, both models
+# A ratio whose spread is over 25% after the rounds asked for is measured again: up to this many
+# more rounds (the median then over them all), and reported as noise if it stays that wide.
+EXTRA_ROUNDS = 2
+MIN_RAW_S = 1.0  # a raw consume reads its messages again until it has run this long
 READY_TIMEOUT_S = 240.0
 STALL_TIMEOUT_S = 90.0
 METRICS_POLL_S = 0.1
@@ -389,12 +410,18 @@ class AlertCollector(threading.Thread):
 
 
 def raw_consume_per_s(
-    bootstrap: str, topic: str, partitions: int, events: int, check_crcs: bool = True
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    events: int,
+    check_crcs: bool = True,
+    min_seconds: float = 0.0,
 ) -> float:
     """Events/s of one plain kafka-python consumer reading the first ``events`` messages of
-    ``topic`` (all partitions): the ceiling of any Python consumer on this broker.
-    ``check_crcs=False`` shows what kafka-python's pure-Python CRC-32C check costs (it uses
-    the C one only where the ``crc32c`` package is installed)."""
+    ``topic`` (all partitions): the ceiling of any Python consumer on this broker. Read again
+    from the beginning until ``min_seconds`` have passed (a read of a few milliseconds would
+    time the set-up). ``check_crcs=False`` shows what kafka-python's pure-Python CRC-32C check
+    costs (it uses the C one only where the ``crc32c`` package is installed)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -409,30 +436,72 @@ def raw_consume_per_s(
         consumer.seek_to_beginning(*tps)
         for tp in tps:
             consumer.position(tp)
-        seen = 0
+        seen = passes = 0
         started = time.perf_counter()
-        while seen < events:
-            for messages in consumer.poll(timeout_ms=200, max_records=2_000).values():
-                seen += len(messages)
+        while passes == 0 or time.perf_counter() - started < min_seconds:
+            if passes:
+                consumer.seek_to_beginning(*tps)
+            passes += 1
+            while seen < passes * events:
+                for messages in consumer.poll(timeout_ms=200, max_records=2_000).values():
+                    seen += len(messages)
         return seen / (time.perf_counter() - started)
     finally:
         consumer.close()
 
 
-def model_alone_windows_per_s(
-    model_dir: Path, batch: int, windows: int, buckets: Sequence[int] | None = None
+def raw_confluent_consume_per_s(
+    bootstrap: str, topic: str, events: int, min_seconds: float = 0.0
 ) -> float:
-    """Windows/s of :meth:`Scorer.score` alone on ``windows`` windows in batches of ``batch``
-    (the workers' mean), with the workers' buckets (by default the settings' default)."""
+    """Events/s of one plain confluent-kafka (librdkafka) consumer reading the first
+    ``events`` messages of ``topic`` (one partition), again from the beginning until
+    ``min_seconds`` have passed: the ceiling of the confluent client on this broker.
+    librdkafka does not check CRCs by default (``check.crcs``), like the worker's consumer."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    try:
+        consumer.list_topics(topic, timeout=30)  # connected, metadata known: not timed
+        seen = passes = 0
+        started = time.perf_counter()
+        while passes == 0 or time.perf_counter() - started < min_seconds:
+            passes += 1
+            consumer.assign(
+                [confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)]
+            )
+            read = 0
+            while read < events:  # this pass's messages, not a prefetched rest of the last
+                read += len(consumer.consume(num_messages=2_000, timeout=0.2))
+            seen += read
+            consumer.unassign()
+        return seen / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+def make_scorer(model_dir: Path, buckets: Sequence[int] | None = None) -> Any:
+    """A :class:`Scorer` on ``model_dir`` with the workers' buckets (by default the settings'
+    default, not this shell's environment: what a worker runs with out of the box)."""
     from stream_ae.model.artifacts import load_artifact
     from stream_ae.model.inference import Scorer
     from stream_ae.settings import Settings
+
+    return Scorer(load_artifact(model_dir), buckets or Settings.model_construct().batch_buckets)
+
+
+def scorer_windows_per_s(scorer: Any, batch: int, windows: int) -> float:
+    """Windows/s of ``scorer.score`` alone on ``windows`` windows in batches of ``batch``."""
     from stream_ae_dev.bench.workload import sine_values
 
-    artifact = load_artifact(model_dir)
-    spec = artifact.spec
-    # The defaults, not this shell's environment: what a worker runs with out of the box.
-    scorer = Scorer(artifact, buckets or Settings.model_construct().batch_buckets)
+    spec = scorer.artifact.spec
     batch = max(1, batch)
     data = np.resize(
         np.stack([sine_values(i, 0, spec.window, spec.features) for i in range(min(batch, 256))]),
@@ -445,6 +514,14 @@ def model_alone_windows_per_s(
     for _ in range(calls):
         scorer.score(data, names)
     return calls * batch / (time.perf_counter() - started)
+
+
+def model_alone_windows_per_s(
+    model_dir: Path, batch: int, windows: int, buckets: Sequence[int] | None = None
+) -> float:
+    """Windows/s of :meth:`Scorer.score` alone on ``windows`` windows in batches of ``batch``
+    (the workers' mean), with the workers' buckets (by default the settings' default)."""
+    return scorer_windows_per_s(make_scorer(model_dir, buckets), batch, windows)
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -610,6 +687,8 @@ def _measure_drain(
         "processing_share": (last.batch_s - first.batch_s) / worker_seconds if span > 0 else nan,
         "measured_fraction": counted / events,
         "worker_cores": (last.worker_cpu_s - first.worker_cpu_s) / span if span > 0 else nan,
+        # This process meanwhile: the backlog is already written, so only the metrics reads.
+        "generator_cores": (last.own_cpu_s - first.own_cpu_s) / span if span > 0 else nan,
         **_server_cores(first, last),
     }
 
@@ -708,6 +787,142 @@ def top_functions(profile: Path, limit: int = 30) -> str:
     return buffer.getvalue()
 
 
+# --- side by side: workers started once, measured interleaved -------------------------------
+
+
+@dataclass
+class Side:
+    """One worker of a side-by-side comparison, with its own topics, group and Redis prefix
+    (all named after ``run.label``) and the event source that continues its held windows."""
+
+    run: PipelineRun
+    source: EventSource
+    worker: WorkerProcess | None = None
+
+    @property
+    def topic(self) -> str:
+        return f"bench.{self.run.label}.in"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"bench.{self.run.label}.alerts"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"bench.{self.run.label}.dlq"
+
+    @property
+    def prefix(self) -> str:
+        return f"bench-{self.run.label}"
+
+    def started(self) -> WorkerProcess:
+        """Its worker process (started by :func:`start_worker`)."""
+        if self.worker is None:
+            raise RuntimeError(f"the worker of {self.run.label} is not started")
+        return self.worker
+
+
+def open_side(run: PipelineRun, *, bootstrap: str, client: Any) -> Side:
+    """Create ``run``'s topics and hold a full window for each of its streams in Redis."""
+    from stream_ae_dev.devstack import create_topics
+
+    side = Side(run, EventSource(run.streams, seed=0))
+    create_topics(bootstrap, {side.topic: run.partitions, side.alerts_topic: 1, side.dlq_topic: 1})
+    load_states(client, side.prefix, run.streams, run.window, 1)
+    return side
+
+
+def start_worker(
+    side: Side,
+    *,
+    bootstrap: str,
+    redis_url: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    profile: bool = False,
+) -> WorkerProcess:
+    """Start ``side``'s ``stream-ae worker`` (``env``: settings on top of the bench's own);
+    the caller waits for it with :func:`wait_all_ready`."""
+    from stream_ae_dev.devstack import find_free_port
+
+    port = find_free_port()
+    worker_settings = worker_env(
+        bootstrap=bootstrap,
+        redis_url=redis_url,
+        model_dir=side.run.model_dir,
+        topic=side.topic,
+        alerts_topic=side.alerts_topic,
+        dlq_topic=side.dlq_topic,
+        group=f"bench-{side.run.label}",
+        prefix=side.prefix,
+        port=port,
+        buckets=side.run.buckets,
+    )
+    worker_settings.update(env or {})
+    run_dir = workdir / side.run.label
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prof = run_dir / "worker.prof" if profile else None
+    side.worker = WorkerProcess(worker_settings, port, run_dir / "worker.log", prof)
+    return side.worker
+
+
+def wait_all_ready(sides: Sequence[Side]) -> float:
+    """Seconds until every side's worker has its partitions, plus the settling pause."""
+    waited = _wait_ready([side.started() for side in sides])
+    time.sleep(SETTLE_S)
+    return waited + SETTLE_S
+
+
+def drain(
+    side: Side,
+    bootstrap: str,
+    payloads: list[tuple[bytes, bytes]],
+    servers: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Write ``payloads`` to ``side``'s topic with its worker paused, then measure its drain."""
+    worker = side.started()
+    before = Counters.read([worker], servers)
+    produce_backlog(bootstrap, side.topic, payloads, [worker])
+    return _measure_drain([worker], before, len(payloads), servers)
+
+
+def timed_reference(
+    measure: Callable[[], float], servers: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Run a reference measured in this process (a raw consumer, the model alone): its rate,
+    and the CPU this process and the servers used meanwhile, in cores."""
+    own, at = time.process_time(), time.perf_counter()
+    server_s = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
+    rate = measure()
+    span = time.perf_counter() - at
+    return {
+        "per_s": rate,
+        "seconds": span,
+        "generator_cores": (time.process_time() - own) / span,
+        **{
+            f"{name}_cores": (cpu_seconds(pid) - server_s[name]) / span
+            for name, pid in (servers or {}).items()
+        },
+    }
+
+
+def alternate(k: int, items: Sequence[Any]) -> list[Any]:
+    """Round ``k``'s order: ``items`` as given in even rounds, reversed in odd ones, so that
+    each side of every pair goes first as often as the other (A B, B A, A B ...).
+
+    >>> alternate(0, "AB"), alternate(1, "AB")
+    (['A', 'B'], ['B', 'A'])
+    """
+    return list(items) if k % 2 == 0 else list(items)[::-1]
+
+
+def confluent_available() -> bool:
+    """Whether confluent-kafka can be imported (the ``fast`` extra)."""
+    from stream_ae.io.kafka import confluent_installed
+
+    return confluent_installed()
+
+
 # --- the benchmarks --------------------------------------------------------------------------
 
 
@@ -721,122 +936,451 @@ def run_e2e_bench(
     cheap_events: int = 40_000,
     heavy_events: int = 6_000,
     streams: int = 1_000,
+    repeats: int = 3,
     latency_s: float = 10.0,
     latency_loads: Sequence[float] = (0.25, 0.5),
     profile: bool = False,
     buckets: Sequence[int] | None = None,
     servers: dict[str, int] | None = None,
+    confluent: bool | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchResult:
-    """Two runs with one worker on one partition: a cheap model (the pipeline is the limit:
-    compared with the raw consume rate) and the real one (the model is the limit: compared with
-    the model alone), each followed by latency phases at ``latency_loads`` of its own maximum
-    (the target is set at half load)."""
+    """The pairs of the module docstring, each measured ``repeats`` times interleaved, then
+    latency phases at ``latency_loads`` of each model's median drain rate (the target is set at
+    half load). ``confluent``: run the confluent pair (default: where confluent-kafka is
+    installed)."""
+    import redis
+
     result = BenchResult(SECTION)
     started = time.perf_counter()
+    with_confluent = confluent_available() if confluent is None else confluent
+    bucket_sizes = tuple(buckets) if buckets else None
+    client = redis.Redis.from_url(redis_url)
     common: dict[str, Any] = {
         "bootstrap": bootstrap,
         "redis_url": redis_url,
+        "client": client,
         "workdir": workdir,
-        "profile": profile,
         "servers": servers,
         "progress": progress,
     }
-    bucket_sizes = tuple(buckets) if buckets else None
-    loads = tuple(latency_loads)
-    cheap = run_pipeline(
-        PipelineRun(
-            "cheap",
-            cheap_model_dir,
-            streams=streams,
-            events=cheap_events,
-            latency_s=latency_s,
-            latency_loads=loads,
-            buckets=bucket_sizes,
-        ),
-        **common,
-    )
-    heavy = run_pipeline(
-        PipelineRun(
-            "h64",
-            heavy_model_dir,
-            streams=streams,
-            events=heavy_events,
-            latency_s=latency_s,
-            latency_loads=loads,
-            buckets=bucket_sizes,
-        ),
-        **common,
-    )
+    try:
+
+        def run(label: str, model_dir: Path, events: int) -> PipelineRun:
+            tag = f"{label}-{uuid.uuid4().hex[:8]}"
+            return PipelineRun(
+                tag,
+                model_dir,
+                streams=streams,
+                events=events,
+                latency_s=latency_s,
+                latency_loads=tuple(latency_loads),
+                buckets=bucket_sizes,
+            )
+
+        cheap = _compare_cheap(
+            run("cheap", cheap_model_dir, cheap_events),
+            run("cheap-confluent", cheap_model_dir, cheap_events) if with_confluent else None,
+            repeats=repeats,
+            profile=profile,
+            **common,
+        )
+        heavy = _compare_heavy(
+            run("h64", heavy_model_dir, heavy_events), repeats=repeats, profile=profile, **common
+        )
+    finally:
+        client.close()
     result.details = {"cheap": cheap, "h64": heavy}
-    for name, run in (("cheap model", cheap), ("H=64 model", heavy)):
-        result.figures += [
-            Figure.info(SECTION, f"e2e, {name}", run["e2e_events_per_s"], "events/s"),
-            Figure.info(
-                SECTION,
-                f"raw kafka-python consume, {name} run",
-                run["raw_consume_per_s"],
-                "events/s",
-            ),
+    if not with_confluent:
+        result.details["confluent"] = {"skipped": "confluent-kafka is not installed"}
+    result.figures = _e2e_figures(cheap, heavy, with_confluent)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _compare_cheap(
+    kafka_python: PipelineRun,
+    confluent: PipelineRun | None,
+    *,
+    bootstrap: str,
+    redis_url: str,
+    client: Any,
+    workdir: Path,
+    repeats: int,
+    profile: bool,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The cheap model: each client's e2e drain and its raw consume, interleaved ``repeats``
+    times (one round: kafka-python e2e, raw, confluent e2e, raw; the next round reversed),
+    then the kafka-python worker's latency phases."""
+    from stream_ae_dev.devstack import create_topics
+
+    clients = {"kafka-python": kafka_python}
+    if confluent is not None:
+        clients["confluent"] = confluent
+    sides = {
+        name: open_side(run, bootstrap=bootstrap, client=client) for name, run in clients.items()
+    }
+    events = kafka_python.events
+    out: dict[str, Any] = {
+        "run": {**asdict(kafka_python), "model_dir": str(kafka_python.model_dir)},
+        "clients": list(clients),
+        "rounds": [],
+    }
+    try:
+        for name, side in sides.items():
+            start_worker(
+                side,
+                bootstrap=bootstrap,
+                redis_url=redis_url,
+                workdir=workdir,
+                env={"STREAM_AE_KAFKA_CLIENT": name},
+                profile=profile and name == "kafka-python",
+            )
+        progress(f"e2e cheap: starting {len(sides)} worker(s): {', '.join(sides)}")
+        out["ready_after_s"] = wait_all_ready(list(sides.values()))
+        steps = [(name, kind) for name in sides for kind in ("e2e", "raw")]
+        k = 0
+        while k < repeats or (k < repeats + EXTRA_ROUNDS and _noisy(_cheap_ratios(out["rounds"]))):
+            measured: dict[str, dict[str, Any]] = {name: {} for name in sides}
+            payloads = {
+                name: side.source.payloads(events, side.run.spike_fraction)
+                for name, side in sides.items()
+            }
+            raw_topics = {name: f"bench.{side.run.label}.raw{k}" for name, side in sides.items()}
+            create_topics(bootstrap, dict.fromkeys(raw_topics.values(), 1))
+            for name, topic in raw_topics.items():
+                produce_backlog(bootstrap, topic, payloads[name])
+            for name, kind in alternate(k, steps):
+                if kind == "e2e":
+                    got = drain(sides[name], bootstrap, payloads[name], servers)
+                    rate = got["e2e_events_per_s"]
+                else:
+                    topic = raw_topics[name]
+                    consume = (
+                        partial(
+                            raw_consume_per_s, bootstrap, topic, 1, events, min_seconds=MIN_RAW_S
+                        )
+                        if name == "kafka-python"
+                        else partial(
+                            raw_confluent_consume_per_s, bootstrap, topic, events, MIN_RAW_S
+                        )
+                    )
+                    got = timed_reference(consume, servers)
+                    rate = got["per_s"]
+                measured[name][kind] = got
+                progress(f"e2e cheap, round {k + 1}: {name} {kind} {rate:,.0f} events/s")
+            out["rounds"].append(measured)
+            k += 1
+        rates = _round_rates(out["rounds"], "kafka-python")
+        # What the scaling section reads from its baseline run: the medians.
+        out["e2e_events_per_s"] = median(rates["e2e"])
+        out["raw_consume_per_s"] = median(rates["raw"])
+        kp_side = sides["kafka-python"]
+        out["latency_by_load"] = _latency_phases(
+            kp_side, out["e2e_events_per_s"], bootstrap, servers, progress
+        )
+        if "0.5" in out["latency_by_load"]:
+            out["latency"] = out["latency_by_load"]["0.5"]
+    finally:
+        for side in sides.values():
+            if side.worker is not None:
+                side.worker.stop()
+            delete_prefix(client, side.prefix)
+    _attach_profile(out, sides["kafka-python"])
+    return out
+
+
+def _compare_heavy(
+    heavy: PipelineRun,
+    *,
+    bootstrap: str,
+    redis_url: str,
+    client: Any,
+    workdir: Path,
+    repeats: int,
+    profile: bool,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The H=64 model: its e2e drain (windows/s) and the Scorer alone on batches of the size
+    the worker saw in its last drain, interleaved ``repeats`` times; then its latency phases."""
+    side = open_side(heavy, bootstrap=bootstrap, client=client)
+    out: dict[str, Any] = {
+        "run": {**asdict(heavy), "model_dir": str(heavy.model_dir)},
+        "rounds": [],
+    }
+    scorer = make_scorer(heavy.model_dir, heavy.buckets)
+    try:
+        start_worker(
+            side, bootstrap=bootstrap, redis_url=redis_url, workdir=workdir, profile=profile
+        )
+        progress("e2e H=64: starting a worker")
+        out["ready_after_s"] = wait_all_ready([side])
+        batch = 0
+        k = 0
+        while k < repeats or (k < repeats + EXTRA_ROUNDS and _noisy(_heavy_ratios(out["rounds"]))):
+            measured: dict[str, Any] = {}
+            payloads = side.source.payloads(heavy.events, heavy.spike_fraction)
+            for kind in alternate(k, ("e2e", "model")):
+                if kind == "e2e":
+                    got = drain(side, bootstrap, payloads, servers)
+                    batch = round(got["windows_per_batch"])
+                    rate = got["e2e_windows_per_s"]
+                else:
+                    # Before the first drain (never: round 0 starts with it) the poll batch size.
+                    size = batch or heavy.events
+                    got = timed_reference(
+                        partial(scorer_windows_per_s, scorer, size, heavy.events), servers
+                    )
+                    got["batch"] = size
+                    rate = got["per_s"]
+                measured[kind] = got
+                progress(f"e2e H=64, round {k + 1}: {kind} {rate:,.0f} windows/s")
+            out["rounds"].append(measured)
+            k += 1
+        out["e2e_events_per_s"] = median(r["e2e"]["e2e_events_per_s"] for r in out["rounds"])
+        out["latency_by_load"] = _latency_phases(
+            side, out["e2e_events_per_s"], bootstrap, servers, progress
+        )
+        if "0.5" in out["latency_by_load"]:
+            out["latency"] = out["latency_by_load"]["0.5"]
+    finally:
+        if side.worker is not None:
+            side.worker.stop()
+        delete_prefix(client, side.prefix)
+    _attach_profile(out, side)
+    return out
+
+
+def _latency_phases(
+    side: Side,
+    drain_rate: float,
+    bootstrap: str,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """One latency phase per load of ``side.run`` (a fraction of ``drain_rate``), lowest first."""
+    phases: dict[str, dict[str, Any]] = {}
+    if side.run.latency_s <= 0:
+        return phases
+    for load in sorted(side.run.latency_loads):
+        lat = _measure_latency(
+            side.run,
+            [side.started()],
+            side.source,
+            bootstrap,
+            side.topic,
+            side.alerts_topic,
+            side.dlq_topic,
+            drain_rate * load,
+            servers,
+        )
+        phases[f"{load:g}"] = lat
+        progress(
+            f"{side.run.label}: latency at {load:.0%} load ({lat['rate_per_s']:.0f} events/s): "
+            f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms ({lat['alerts']} alerts)"
+        )
+    return phases
+
+
+def _attach_profile(out: dict[str, Any], side: Side) -> None:
+    worker = side.worker
+    if worker is not None and worker.profile is not None and worker.profile.exists():
+        out["profile"] = top_functions(worker.profile)
+        out["profile_file"] = str(worker.profile)
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def _round_rates(rounds: Sequence[dict[str, Any]], client: str) -> dict[str, list[float]]:
+    """A client's e2e and raw consume rates (events/s), one per round."""
+    return {
+        "e2e": [r[client]["e2e"]["e2e_events_per_s"] for r in rounds],
+        "raw": [r[client]["raw"]["per_s"] for r in rounds],
+    }
+
+
+def _cheap_ratios(rounds: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """The cheap comparison's ratios, one per round: each client's e2e / its raw consume and,
+    with both clients, confluent e2e / kafka-python e2e."""
+    if not rounds:
+        return {}
+    rates = {client: _round_rates(rounds, client) for client in rounds[0]}
+    ratios = {
+        f"{client} / raw": [e / r for e, r in zip(v["e2e"], v["raw"], strict=True)]
+        for client, v in rates.items()
+    }
+    if "confluent" in rates:
+        ratios["confluent / kafka-python"] = [
+            c / k
+            for c, k in zip(rates["confluent"]["e2e"], rates["kafka-python"]["e2e"], strict=True)
         ]
-    result.figures.append(
+    return ratios
+
+
+def _heavy_ratios(rounds: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """The H=64 comparison's ratio, e2e windows/s / the model alone, one per round."""
+    return {
+        "e2e / model alone": [r["e2e"]["e2e_windows_per_s"] / r["model"]["per_s"] for r in rounds]
+    }
+
+
+def _noisy(ratios: dict[str, list[float]]) -> bool:
+    """Whether any of the ratios is spread over :data:`NOISY_SPREAD` (a reason to measure again)."""
+    return any(values and spread(values) > NOISY_SPREAD for values in ratios.values())
+
+
+def _cpu(measurements: Sequence[dict[str, Any]], *, generator: str = "load generator") -> str:
+    """The median CPU of the parts a figure depends on, in cores, over its measurements."""
+    parts = []
+    for key, label in (
+        ("worker_cores", "worker"),
+        ("broker_cores", "broker"),
+        ("generator_cores", generator),
+    ):
+        if measurements and all(key in m for m in measurements):
+            parts.append(f"{label} {median(m[key] for m in measurements):.2f}")
+    return f"CPU {', '.join(parts)} cores" if parts else "CPU not measured"
+
+
+def _ratio_figure(
+    name: str,
+    ratios: Sequence[float],
+    bound: float,
+    note: str,
+) -> Figure:
+    """A ratio over interleaved pairs: the median, checked against ``bound``; the note gives
+    its range and spread, and marks it as noise where the spread is over 25%."""
+    return Figure.check(
+        SECTION,
+        name,
+        median(ratios),
+        "x",
+        ">=",
+        bound,
+        note=f"{describe(ratios)} of pairs interleaved{noise_flag(ratios)}; {note}",
+    )
+
+
+def _e2e_figures(
+    cheap: dict[str, Any], heavy: dict[str, Any], with_confluent: bool
+) -> list[Figure]:
+    rounds = cheap["rounds"]
+    figures: list[Figure] = []
+    kp = _round_rates(rounds, "kafka-python")
+    ratios = _cheap_ratios(rounds)
+    kp_e2e = [r["kafka-python"]["e2e"] for r in rounds]
+    kp_raw = [r["kafka-python"]["raw"] for r in rounds]
+    figures += [
         Figure.info(
             SECTION,
-            "raw kafka-python consume without CRC check, cheap model run",
-            cheap["raw_consume_no_crc_per_s"],
+            "e2e, cheap model, kafka-python",
+            median(kp["e2e"]),
             "events/s",
-            note="the pure-Python CRC-32C cost",
-        )
-    )
-    result.figures += [
-        Figure.check(
+            note=f"{describe(kp['e2e'])}; {_cpu(kp_e2e)}; model "
+            f"{median(m['model_share'] for m in kp_e2e):.0%} of the worker's wall time",
+        ),
+        Figure.info(
             SECTION,
-            "e2e / raw consume, cheap model",
-            cheap["e2e_events_per_s"] / cheap["raw_consume_per_s"],
-            "x",
-            ">=",
+            "raw kafka-python consume",
+            median(kp["raw"]),
+            "events/s",
+            note=f"{describe(kp['raw'])}; {_cpu(kp_raw, generator='consumer')}",
+        ),
+        _ratio_figure(
+            "e2e / raw kafka-python consume, cheap model",
+            ratios["kafka-python / raw"],
             RAW_CONSUME_RATIO,
-            note=f"model {cheap['model_share']:.0%} of worker time",
+            note=f"e2e: {_cpu(kp_e2e)}; raw: {_cpu(kp_raw, generator='consumer')}"
+            + ("" if with_confluent else "; confluent pair skipped: confluent-kafka not installed"),
+        ),
+    ]
+    if with_confluent:
+        cf = _round_rates(rounds, "confluent")
+        cf_e2e = [r["confluent"]["e2e"] for r in rounds]
+        cf_raw = [r["confluent"]["raw"] for r in rounds]
+        figures += [
+            Figure.info(
+                SECTION,
+                "e2e, cheap model, confluent",
+                median(cf["e2e"]),
+                "events/s",
+                note=f"{describe(cf['e2e'])}; {_cpu(cf_e2e)}; model "
+                f"{median(m['model_share'] for m in cf_e2e):.0%} of the worker's wall time",
+            ),
+            Figure.info(
+                SECTION,
+                "raw confluent consume",
+                median(cf["raw"]),
+                "events/s",
+                note=f"{describe(cf['raw'])}; {_cpu(cf_raw, generator='consumer')}",
+            ),
+            _ratio_figure(
+                "e2e / raw confluent consume, cheap model",
+                ratios["confluent / raw"],
+                CONFLUENT_RAW_RATIO,
+                note=f"e2e: {_cpu(cf_e2e)}; raw: {_cpu(cf_raw, generator='consumer')}",
+            ),
+            _ratio_figure(
+                "e2e confluent / e2e kafka-python, cheap model",
+                ratios["confluent / kafka-python"],
+                CONFLUENT_OVER_KAFKA_PYTHON,
+                note=f"the e2e rates above, same rounds; confluent: {_cpu(cf_e2e)}; "
+                f"kafka-python: {_cpu(kp_e2e)}",
+            ),
+        ]
+    h_rounds = heavy["rounds"]
+    h_e2e = [r["e2e"] for r in h_rounds]
+    h_model = [r["model"] for r in h_rounds]
+    e2e_windows = [m["e2e_windows_per_s"] for m in h_e2e]
+    alone = [m["per_s"] for m in h_model]
+    figures += [
+        Figure.info(
+            SECTION,
+            "e2e, H=64 model",
+            median(e2e_windows),
+            "windows/s",
+            note=f"{describe(e2e_windows)}; {_cpu(h_e2e)}; model "
+            f"{median(m['model_share'] for m in h_e2e):.0%} of the worker's wall time",
         ),
         Figure.info(
             SECTION,
             "model alone, H=64 model",
-            heavy["model_alone_windows_per_s"],
+            median(alone),
             "windows/s",
-            note=f"batches of {heavy['windows_per_batch']:.0f} windows",
+            note=f"{describe(alone)}; batches of {median(m['batch'] for m in h_model):.0f} "
+            f"windows (the worker's); {_cpu(h_model, generator='scorer')}",
         ),
-        Figure.check(
-            SECTION,
+        _ratio_figure(
             "e2e / model alone, H=64 model",
-            heavy["e2e_windows_per_s"] / heavy["model_alone_windows_per_s"],
-            "x",
-            ">=",
+            _heavy_ratios(h_rounds)["e2e / model alone"],
             MODEL_ALONE_RATIO,
-            note=f"model {heavy['model_share']:.0%} of worker time",
+            note=f"e2e: {_cpu(h_e2e)}; model alone: {_cpu(h_model, generator='scorer')}",
         ),
     ]
-    for name, run in (("cheap", cheap), ("H=64", heavy)):
-        for load, lat in run.get("latency_by_load", {}).items():
+    for name, details in (("cheap", cheap), ("H=64", heavy)):
+        for load, lat in details.get("latency_by_load", {}).items():
             share = f"{float(load):.0%} load"
             note = (
-                f"{lat['alerts']} alerts at {lat['rate_per_s']:.0f} events/s; batches of "
-                f"{lat['events_per_batch']:.0f} events in {lat['batch_ms']:.0f} ms; "
-                f"CPU: worker {lat['worker_cores']:.2f}, load generator "
-                f"{lat['generator_cores']:.2f}"
-                + (f", broker {lat['broker_cores']:.2f}" if "broker_cores" in lat else "")
-                + " cores"
+                f"{lat['alerts']} alerts at {lat['rate_per_s']:.0f} events/s ({share} of the "
+                f"median drain rate); batches of {lat['events_per_batch']:.0f} events in "
+                f"{lat['batch_ms']:.0f} ms; {lat['behind_at_end']:.0f} behind at the end; "
+                f"{_cpu([lat])}"
             )
-            result.figures.append(
+            figures.append(
                 Figure.info(SECTION, f"event-to-alert p50, {share}, {name}", lat["p50_ms"], "ms")
             )
             p99_name = f"event-to-alert p99, {share}, {name}"
-            result.figures.append(
+            figures.append(
                 Figure.check(SECTION, p99_name, lat["p99_ms"], "ms", "<=", P99_LATENCY_MS, note)
                 if float(load) == 0.5
                 else Figure.info(SECTION, p99_name, lat["p99_ms"], "ms", note)
             )
-    result.seconds = time.perf_counter() - started
-    return result
+    return figures
 
 
 def run_scaling_bench(

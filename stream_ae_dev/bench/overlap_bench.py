@@ -29,67 +29,32 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stream_ae_dev.bench.e2e_bench import (
     P99_LATENCY_MS,
-    SETTLE_S,
     Counters,
-    EventSource,
     PipelineRun,
-    WorkerProcess,
-    _measure_drain,
+    Side,
     _measure_latency,
-    _wait_ready,
-    produce_backlog,
+    alternate,
+    drain,
+    open_side,
     produce_paced,
+    start_worker,
+    wait_all_ready,
     warm_producer,
-    worker_env,
 )
-from stream_ae_dev.bench.report import BenchResult, Figure
-from stream_ae_dev.bench.workload import delete_prefix, load_states
+from stream_ae_dev.bench.report import BenchResult, Figure, describe, noise_flag
+from stream_ae_dev.bench.workload import delete_prefix
 
 SECTION = "overlap"
 MODES = ("on", "off")
-NOISY_SPREAD = 0.25  # a ratio whose spread (max - min) / median exceeds this is noise
 # The rates tried for the maximum sustained rate, as fractions of the drain rate, highest first.
 SUSTAIN_FRACTIONS = (0.8, 0.6, 0.45, 0.33, 0.25, 0.18, 0.12, 0.08)
 KEEP_UP = 0.95  # consumed / offered over a phase's last two thirds: its lag stayed bounded
 CATCH_UP_S = 30.0  # the longest wait for a worker to work off a probe's backlog
-
-
-@dataclass
-class _Side:
-    """One worker of the comparison and its own topics, group and states."""
-
-    mode: str
-    run: PipelineRun
-    topic: str
-    alerts_topic: str
-    dlq_topic: str
-    prefix: str
-    source: EventSource
-    worker: WorkerProcess | None = None
-
-
-def spread(values: Sequence[float]) -> float:
-    """(max - min) / median: how far apart repeated measurements of one figure are.
-
-    >>> round(spread([0.9, 1.0, 1.2]), 2)
-    0.3
-    """
-    middle = statistics.median(values)
-    return (max(values) - min(values)) / middle if middle else float("nan")
-
-
-def _describe(values: Sequence[float], unit: str = "") -> str:
-    spaced = f" {unit}" if unit else ""
-    return (
-        f"median of {len(values)}, range {min(values):,.2f}-{max(values):,.2f}{spaced}, "
-        f"spread {spread(values):.0%}"
-    )
 
 
 def run_overlap_bench(
@@ -151,61 +116,39 @@ def _compare(
 ) -> dict[str, Any]:
     import redis
 
-    from stream_ae_dev.devstack import create_topics, find_free_port
-
     client = redis.Redis.from_url(redis_url)
-    sides: dict[str, _Side] = {}
+    sides: dict[str, Side] = {}
     for mode in MODES:
         slug = "".join(c if c.isalnum() else "-" for c in label.lower())  # a topic name part
         tag = f"ov{mode}-{slug}-{uuid.uuid4().hex[:8]}"
         run = PipelineRun(
-            tag, model_dir, streams=streams, events=events, latency_s=latency_s, buckets=None
+            tag,
+            model_dir,
+            streams=streams,
+            events=events,
+            latency_s=latency_s,
+            buckets=tuple(buckets) if buckets else None,
         )
-        side = _Side(
-            mode,
-            run,
-            f"bench.{tag}.in",
-            f"bench.{tag}.alerts",
-            f"bench.{tag}.dlq",
-            f"bench-{tag}",
-            EventSource(streams, seed=0),  # the same events for both workers
-        )
-        create_topics(bootstrap, {side.topic: 1, side.alerts_topic: 1, side.dlq_topic: 1})
-        load_states(client, side.prefix, streams, run.window, 1)
-        sides[mode] = side
+        # The same events for both workers (the same seed).
+        sides[mode] = open_side(run, bootstrap=bootstrap, client=client)
     out: dict[str, Any] = {"events": events, "streams": streams, "throughput": [], "latency": []}
     try:
-        for side in sides.values():
-            port = find_free_port()
-            env = worker_env(
+        for mode, side in sides.items():
+            start_worker(
+                side,
                 bootstrap=bootstrap,
                 redis_url=redis_url,
-                model_dir=model_dir,
-                topic=side.topic,
-                alerts_topic=side.alerts_topic,
-                dlq_topic=side.dlq_topic,
-                group=f"bench-{side.run.label}",
-                prefix=side.prefix,
-                port=port,
-                buckets=buckets,
+                workdir=workdir,
+                env={"STREAM_AE_OVERLAP": "true" if mode == "on" else "false"},
             )
-            env["STREAM_AE_OVERLAP"] = "true" if side.mode == "on" else "false"
-            run_dir = workdir / side.run.label
-            run_dir.mkdir(parents=True, exist_ok=True)
-            side.worker = WorkerProcess(env, port, run_dir / "worker.log", None)
         progress(f"overlap {label}: starting a worker with the overlap and one without")
-        _wait_ready([s.worker for s in sides.values() if s.worker is not None])
-        time.sleep(SETTLE_S)
+        wait_all_ready(list(sides.values()))
         for k in range(repeats):
-            order = MODES if k % 2 == 0 else MODES[::-1]
             pair: dict[str, Any] = {}
-            for mode in order:
+            for mode in alternate(k, MODES):
                 side = sides[mode]
-                assert side.worker is not None
-                before = Counters.read([side.worker], servers)
                 backlog = side.source.payloads(events, side.run.spike_fraction)
-                produce_backlog(bootstrap, side.topic, backlog, [side.worker])
-                pair[mode] = _measure_drain([side.worker], before, events, servers)
+                pair[mode] = drain(side, bootstrap, backlog, servers)
                 progress(
                     f"overlap {label}: pair {k + 1}, {mode}: "
                     f"{pair[mode]['e2e_events_per_s']:.0f} events/s"
@@ -234,9 +177,8 @@ def _compare(
         max_rate = {mode: out["sustained"][mode]["rate_per_s"] for mode in MODES}
         out["max_rate_per_s"] = max_rate
         for k in range(latency_repeats):
-            order = MODES if k % 2 == 0 else MODES[::-1]
             phase: dict[str, Any] = {}
-            for mode in order:
+            for mode in alternate(k, MODES):
                 side = sides[mode]
                 assert side.worker is not None
                 phase[mode] = _measure_latency(
@@ -267,7 +209,7 @@ def _compare(
 
 def _probe(
     bootstrap: str,
-    side: _Side,
+    side: Side,
     rate_per_s: float,
     seconds: float,
     servers: dict[str, int] | None,
@@ -326,14 +268,13 @@ def _figures(label: str, details: dict[str, Any]) -> list[Figure]:
     ratios = [p["on"]["e2e_events_per_s"] / p["off"]["e2e_events_per_s"] for p in pairs]
     cores = {mode: statistics.median(p[mode]["worker_cores"] for p in pairs) for mode in MODES}
     model_share = {mode: statistics.median(p[mode]["model_share"] for p in pairs) for mode in MODES}
-    noisy = " - noise: spread over 25%" if spread(ratios) > NOISY_SPREAD else ""
     figures = [
         Figure.info(
             SECTION,
             f"e2e overlap on / off, {label} model",
             statistics.median(ratios),
             "x",
-            note=f"{_describe(ratios)} of pairs A B interleaved{noisy}",
+            note=f"{describe(ratios)} of pairs A B interleaved{noise_flag(ratios)}",
         )
     ]
     for mode in MODES:
@@ -343,7 +284,7 @@ def _figures(label: str, details: dict[str, Any]) -> list[Figure]:
                 f"e2e overlap {mode}, {label} model",
                 statistics.median(rates[mode]),
                 "events/s",
-                note=f"{_describe(rates[mode], 'events/s')}; worker {cores[mode]:.2f} cores, "
+                note=f"{describe(rates[mode], 'events/s')}; worker {cores[mode]:.2f} cores, "
                 f"model {model_share[mode]:.0%} of its wall time",
             )
         )
@@ -367,7 +308,7 @@ def _figures(label: str, details: dict[str, Any]) -> list[Figure]:
         p50 = [lat["p50_ms"] for lat in phases]
         last = phases[-1]
         note = (
-            f"{_describe(p99, 'ms')}; p50 {statistics.median(p50):.0f} ms; at "
+            f"{describe(p99, 'ms')}; p50 {statistics.median(p50):.0f} ms; at "
             f"{last['rate_per_s']:.0f} events/s (half the max sustained rate); batches of "
             f"{last['events_per_batch']:.0f} events in {last['batch_ms']:.0f} ms; "
             f"{last['behind_at_end']:.0f} behind at the end; CPU worker "

@@ -8,7 +8,7 @@ measurements behind them, for the JSON file).
 >>> f.met, f.target
 (True, '>= 500')
 >>> print(format_table([f]).splitlines()[2])
-model  batched / naive (F=1)  612  x  >= 500  yes
+model    batched / naive (F=1)    612  x     >= 500  yes
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Comparison = Literal[">=", "<="]
+NOISY_SPREAD = 0.25  # a ratio whose spread (max - min) / median exceeds this is noise (issue 13)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,34 @@ def format_markdown(figures: Iterable[Figure]) -> str:
             f"| {f.target or ''} | {ok} |"
         )
     return "\n".join(lines)
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median: how far apart repeated measurements of one figure are.
+
+    >>> round(spread([0.9, 1.0, 1.2]), 2)
+    0.3
+    """
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else float("nan")
+
+
+def describe(values: Sequence[float], unit: str = "") -> str:
+    """``median of 3, range 0.90-1.20, spread 30%``: a repeated figure's note.
+
+    >>> describe([0.9, 1.0, 1.2])
+    'median of 3, range 0.90-1.20, spread 30%'
+    """
+    spaced = f" {unit}" if unit else ""
+    return (
+        f"median of {len(values)}, range {_number(min(values))}-{_number(max(values))}{spaced}, "
+        f"spread {spread(values):.0%}"
+    )
+
+
+def noise_flag(ratios: Sequence[float]) -> str:
+    """The mark a ratio's note carries when its spread makes it noise, else nothing."""
+    return f" - noise: spread over {NOISY_SPREAD:.0%}" if spread(ratios) > NOISY_SPREAD else ""
 
 
 def machine_info() -> dict[str, Any]:

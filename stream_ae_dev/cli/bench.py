@@ -4,8 +4,9 @@ Sections (all by default, or ``--only``):
 
 - ``model``: the naive per-window ``model.predict`` loop vs the batched Scorer;
 - ``store``: events/s, Redis round trips per poll batch, Redis memory per stream;
-- ``e2e``: broker -> worker -> alerts vs the raw consume rate and the model alone, and the
-  event-to-alert latency at half load;
+- ``e2e``: broker -> worker -> alerts vs the raw consume rate (kafka-python, and confluent
+  where installed) and the model alone, each pair interleaved and repeated; the event-to-alert
+  latency at half load;
 - ``scaling``: the e2e figure with 1, 2, 4 partitions/workers and 1k, 10k, 100k streams;
 - ``swap``: model hot-swap latency;
 - ``overlap``: the worker with ``STREAM_AE_OVERLAP`` on against off, interleaved and repeated:
@@ -59,8 +60,9 @@ class Plan:
     model_min_seconds: float = 1.0
     store_streams: int = 100_000
     store_batches: int = 10
-    cheap_events: int = 20_000
-    heavy_events: int = 4_000
+    cheap_events: int = 60_000  # a drain of ~3-4 s by either client here
+    heavy_events: int = 12_000
+    e2e_repeats: int = 3  # interleaved pairs per e2e ratio (issue 13: at least 3)
     latency_s: float = 6.0
     latency_loads: tuple[float, ...] = (0.25, 0.5)
     scaling_workers: tuple[int, ...] = (1, 2, 4)
@@ -326,6 +328,7 @@ def _e2e(
         workdir=workdir,
         cheap_events=plan.cheap_events,
         heavy_events=plan.heavy_events,
+        repeats=plan.e2e_repeats,
         latency_s=plan.latency_s,
         latency_loads=plan.latency_loads,
         profile=profile_dir is not None,

@@ -245,26 +245,55 @@ def test_e2e_bench_smallest_configuration(
         cheap_events=300,
         heavy_events=300,
         streams=20,
+        repeats=2,
         latency_s=2.0,
         latency_loads=(0.5,),
     )
     assert_well_formed(result, "e2e")
     targets = {f.name: f.target for f in result.figures if f.target}
     assert targets == {
-        "e2e / raw consume, cheap model": ">= 0.5",
-        "e2e / model alone, H=64 model": ">= 0.8",
-        "event-to-alert p99, 50% load, cheap": "<= 200",
-        "event-to-alert p99, 50% load, H=64": "<= 200",
+        "e2e / raw kafka-python consume, cheap model": ">= 0.8",
+        "e2e / raw confluent consume, cheap model": ">= 0.6",
+        "e2e confluent / e2e kafka-python, cheap model": ">= 3",
+        "e2e / model alone, H=64 model": ">= 0.9",
+        "event-to-alert p99, 50% load, cheap": "<= 100",
+        "event-to-alert p99, 50% load, H=64": "<= 100",
     }
-    for run in (result.details["cheap"], result.details["h64"]):
-        # Every event of the backlog was consumed, and every one completed a window.
-        assert run["events_measured"] + run["consumed_before_measuring"] >= 300
-        assert run["windows_measured"] == run["events_measured"]
+    for f in result.figures:
+        if f.unit == "x":  # every ratio: a median of interleaved pairs, its range and spread
+            assert "median of " in f.note and "spread" in f.note, f
+        if f.name.startswith(("e2e,", "raw ", "model alone")):
+            assert "CPU" in f.note and "broker" not in f.note, f  # no broker pid given here
+    cheap, heavy = result.details["cheap"], result.details["h64"]
+    assert cheap["clients"] == ["kafka-python", "confluent"]
+    # Two rounds, and up to two more where a ratio's spread was over 25%.
+    assert 2 <= len(cheap["rounds"]) <= 4 and 2 <= len(heavy["rounds"]) <= 4
+    for measured in cheap["rounds"]:
+        for client in ("kafka-python", "confluent"):
+            drained = measured[client]["e2e"]
+            # Every event of the backlog was consumed, and every one completed a window.
+            assert drained["events_measured"] + drained["consumed_before_measuring"] >= 300
+            assert drained["windows_measured"] == drained["events_measured"]
+            assert measured[client]["raw"]["per_s"] > 0
+    for measured in heavy["rounds"]:
+        assert measured["e2e"]["windows_measured"] == measured["e2e"]["events_measured"]
+        assert measured["model"]["per_s"] > 0 and measured["model"]["batch"] >= 1
+    for run in (cheap, heavy):
         latency = run["latency"]
         assert latency is run["latency_by_load"]["0.5"]
         assert latency["alerts"] > 0  # the spikes alerted: the latency has samples
         assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
         assert latency["sent"] > 0 and latency["batches"] > 0
+
+
+def test_pairs_alternate_which_side_goes_first() -> None:
+    from stream_ae_dev.bench.e2e_bench import alternate
+    from stream_ae_dev.bench.report import noise_flag, spread
+
+    assert [alternate(k, ("A", "B")) for k in range(3)] == [["A", "B"], ["B", "A"], ["A", "B"]]
+    assert spread([1.0, 1.0, 1.0]) == 0.0
+    assert noise_flag([0.9, 1.0, 1.1]) == ""
+    assert "noise" in noise_flag([0.7, 1.0, 1.1])
 
 
 @pytest.mark.integration
