@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -398,20 +398,7 @@ def policy_predictions(scores: np.ndarray, policy: AlertPolicy) -> tuple[np.ndar
     and the rows where alerts opened."""
     rows = np.flatnonzero(~np.isnan(scores))
     _, transitions = policy.step(AlertState(), scores[rows])
-    predictions = np.zeros(len(scores), dtype=np.int64)
-    opened: list[int] = []
-    open_row: int | None = None
-    for index, status in transitions:
-        row = int(rows[index])
-        if status == OPEN:
-            open_row = row
-            opened.append(row)
-        elif open_row is not None:
-            predictions[open_row:row] = 1
-            open_row = None
-    if open_row is not None:
-        predictions[open_row:] = 1
-    return predictions, opened
+    return _open_spans(((int(rows[i]), status) for i, status in transitions), len(scores))
 
 
 def predict_rows(
@@ -435,12 +422,19 @@ def alert_predictions(
 ) -> tuple[np.ndarray, list[int]]:
     """The processor's own alerts as 0/1 per row (1 from an open to its resolve), and the rows
     alerts opened at."""
+    return _open_spans(((int(a["source"]["offset"]), a["status"]) for a in alerts), n_rows)
+
+
+def _open_spans(
+    transitions: Iterable[tuple[int, str]], n_rows: int
+) -> tuple[np.ndarray, list[int]]:
+    """0/1 per row from ``(row, status)`` transitions in row order (1 from an open up to, not
+    including, the row that resolves it; to the end if none does), and the rows opened at."""
     predictions = np.zeros(n_rows, dtype=np.int64)
     opened: list[int] = []
     open_row: int | None = None
-    for alert in alerts:
-        row = int(alert["source"]["offset"])
-        if alert["status"] == OPEN:
+    for row, status in transitions:
+        if status == OPEN:
             open_row = row
             opened.append(row)
         elif open_row is not None:
