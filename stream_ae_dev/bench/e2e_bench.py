@@ -1077,17 +1077,9 @@ def _compare_cheap(
         # What the scaling section reads from its baseline run: the medians.
         out["e2e_events_per_s"] = median(rates["e2e"])
         out["raw_consume_per_s"] = median(rates["raw"])
-        kp_side = sides["kafka-python"]
-        out["latency_by_load"] = _latency_phases(
-            kp_side, out["e2e_events_per_s"], bootstrap, servers, progress
-        )
-        if "0.5" in out["latency_by_load"]:
-            out["latency"] = out["latency_by_load"]["0.5"]
+        _record_latency(out, sides["kafka-python"], bootstrap, servers, progress)
     finally:
-        for side in sides.values():
-            if side.worker is not None:
-                side.worker.stop()
-            delete_prefix(client, side.prefix)
+        close_sides(sides.values(), client)
     _attach_profile(out, sides["kafka-python"])
     return out
 
@@ -1141,17 +1133,35 @@ def _compare_heavy(
             out["rounds"].append(measured)
             k += 1
         out["e2e_events_per_s"] = median(r["e2e"]["e2e_events_per_s"] for r in out["rounds"])
-        out["latency_by_load"] = _latency_phases(
-            side, out["e2e_events_per_s"], bootstrap, servers, progress
-        )
-        if "0.5" in out["latency_by_load"]:
-            out["latency"] = out["latency_by_load"]["0.5"]
+        _record_latency(out, side, bootstrap, servers, progress)
     finally:
+        close_sides([side], client)
+    _attach_profile(out, side)
+    return out
+
+
+def _record_latency(
+    out: dict[str, Any],
+    side: Side,
+    bootstrap: str,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> None:
+    """``side``'s latency phases at fractions of ``out``'s median drain rate, into ``out``
+    (``latency``: the half-load phase, the one the target is set at)."""
+    out["latency_by_load"] = _latency_phases(
+        side, out["e2e_events_per_s"], bootstrap, servers, progress
+    )
+    if "0.5" in out["latency_by_load"]:
+        out["latency"] = out["latency_by_load"]["0.5"]
+
+
+def close_sides(sides: Iterable[Side], client: Any) -> None:
+    """Stop each side's worker (SIGTERM: it commits) and delete its Redis prefix."""
+    for side in sides:
         if side.worker is not None:
             side.worker.stop()
         delete_prefix(client, side.prefix)
-    _attach_profile(out, side)
-    return out
 
 
 def _latency_phases(

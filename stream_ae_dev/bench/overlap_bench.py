@@ -39,6 +39,7 @@ from stream_ae_dev.bench.e2e_bench import (
     Side,
     _measure_latency,
     alternate,
+    close_sides,
     drain,
     open_side,
     produce_paced,
@@ -47,7 +48,6 @@ from stream_ae_dev.bench.e2e_bench import (
     warm_producer,
 )
 from stream_ae_dev.bench.report import BenchResult, Figure, describe, noise_flag
-from stream_ae_dev.bench.workload import delete_prefix
 
 SECTION = "overlap"
 MODES = ("on", "off")
@@ -199,10 +199,7 @@ def _compare(
                 )
             out["latency"].append(phase)
     finally:
-        for side in sides.values():
-            if side.worker is not None:
-                side.worker.stop()
-            delete_prefix(client, side.prefix)
+        close_sides(sides.values(), client)
         client.close()
     return out
 
