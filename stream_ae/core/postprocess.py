@@ -21,8 +21,8 @@ stream's windows in time order with a small fixed-size state:
    For any alert threshold this turns a run of high scores into its first crossing: one alert
    per incident, as an alert policy with a cool-down would give.
 
-Two more stages serve detectors whose anomalies last long (SKAB's, ``docs/skab.md``), where a
-likelihood's adapting baseline absorbs the anomaly:
+One more stage serves every detector, and one more those whose anomalies last long (SKAB's,
+``docs/skab.md``), where a likelihood's adapting baseline absorbs the anomaly:
 
 * **Smoothed distance** (:class:`DistanceParams`, instead of the likelihood and the profile):
   the mean of the last ``smoothing`` distances, scaled so that the distance ``level`` scores
@@ -31,11 +31,14 @@ likelihood's adapting baseline absorbs the anomaly:
 * **Running-range check** (:class:`RangeParams`, before the peak hold): a window whose last row
   has some feature outside the range of every earlier row of the stream, by more than
   ``margin`` times that range, scores 1. The range is the running one, from the stream's first
-  row (its first window's rows) to the row before: no look-ahead.
+  row (its first window's rows) to the row before: no look-ahead. On by default, at margin
+  0.02 (:data:`DEFAULT_RANGE`, chosen by cross-validation on NAB, ``docs/nab.md``): a value
+  the stream has never come near is caught even where the model predicted it well.
 
 :func:`post_scores` chains them: the score (the larger of the two tail scores, or the smoothed
 distance), the range check, then the peak hold. Its state is one float64 array
-(:func:`new_post_state`, ``PostParams.state_size_of(features)`` numbers: 53 with the defaults),
+(:func:`new_post_state`, ``PostParams.state_size_of(features)`` numbers: 56 with the defaults
+and one feature),
 the concatenation of the stages' states, kept in each stream's state (``StreamState.post``).
 :func:`post_batch` runs the chain over the windows of many streams at once (the worker's poll
 batch: one vectorised step per window index, not per window), and gives each stream bit for bit
@@ -513,6 +516,11 @@ class RangeParams:
         return 1 + 2 * features
 
 
+# The range check of the default post-processing: cross-validated on NAB (docs/nab.md), where
+# every fold chose margin 0.02; it starts with the likelihood's learning period.
+DEFAULT_RANGE = RangeParams(margin=0.02, learning_windows=100)
+
+
 def new_range_state(features: int) -> np.ndarray:
     """The range state of a stream that has seen no window: an empty range."""
     return np.r_[0.0, np.full(features, np.inf), np.full(features, -np.inf)]
@@ -563,17 +571,17 @@ CALIBRATION, LIKELIHOOD, SEASONAL, DISTANCE, RANGE = range(len(STAGES))
 class PostParams:
     """The whole post-processing: the score (the anomaly ``likelihood`` with the time-of-day
     profile ``seasonal`` (None: off), or the smoothed ``distance``: exactly one of
-    ``likelihood`` and ``distance``), the running-range check ``range`` (None: off), the peak
-    hold, and ``threshold``, the final score at which the alert policy opens an alert unless
-    the settings give one (0.5715: the threshold NAB's sweep picked for the standard profile,
-    docs/nab.md)."""
+    ``likelihood`` and ``distance``), the running-range check ``range`` (None: off; by default
+    :data:`DEFAULT_RANGE`), the peak hold, and ``threshold``, the final score at which the alert
+    policy opens an alert unless the settings give one (0.5715: the threshold NAB's sweep
+    picks for the standard profile, docs/nab.md)."""
 
     likelihood: LikelihoodParams | None = field(default_factory=LikelihoodParams)
     seasonal: SeasonalParams | None = field(default_factory=SeasonalParams)
     hold: int = 250
     threshold: float = 0.5715
     distance: DistanceParams | None = None
-    range: RangeParams | None = None
+    range: RangeParams | None = DEFAULT_RANGE
 
     def __post_init__(self) -> None:
         if self.hold < 0:
@@ -610,7 +618,8 @@ class PostParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PostParams:
         """From :meth:`to_dict`'s output; a missing ``likelihood`` is the default one (a
-        ``detector.json`` written before the distance score), a null one none."""
+        ``detector.json`` written before the distance score), a null one none; a missing
+        ``range`` is none (written before the range check: it loads as it ran)."""
         likelihood = data.get("likelihood", {})
         seasonal = data.get("seasonal", {})
         distance = data.get("distance")

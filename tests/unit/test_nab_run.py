@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from stream_ae.cli import app as cli
-from stream_ae.core.postprocess import LikelihoodParams, PostParams, new_post_state, post_scores
+from stream_ae.core.postprocess import (
+    LikelihoodParams,
+    PostParams,
+    RangeParams,
+    new_post_state,
+    post_scores,
+)
 from stream_ae.model.artifacts import load_artifact, read_manifest
 from tests.support.paths import NAB_DIR, requires_nab
 from tests.support.timeline_png import timeline_description
@@ -49,7 +55,10 @@ TINY = DetectorParams.of(
     patience=1,
     batch_size=64,
     batch_events=128,
-    post=PostParams(likelihood=LikelihoodParams(long_window=200, learning_windows=20)),
+    post=PostParams(
+        likelihood=LikelihoodParams(long_window=200, learning_windows=20),
+        range=RangeParams(margin=0.02, learning_windows=20),
+    ),
 )
 FIVE_MIN_MS = 300_000
 START_MS = 1_396_310_400_000  # 2014-04-01 00:00 UTC
@@ -89,10 +98,14 @@ def test_no_look_ahead_rows_are_scored_the_same_whatever_comes_later(tmp_path: P
     assert not np.allclose(first.distances[600:], second.distances[600:])
     # The final scores are the processor's, from the detector.json every fit carries: exactly
     # the post-processing of the distances in one pass, its state kept across the refit's swap.
+    # Each row's window (the rows before the first window: no distance, never read).
+    padded = np.r_[np.full(params.window - 1, series.values[0]), series.values]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, params.window)[:, :, None]
     expected, _ = post_scores(
-        params.post, new_post_state(params.post), first.distances, series.ts_ms
+        params.post, new_post_state(params.post), first.distances, series.ts_ms, windows
     )
     np.testing.assert_array_equal(first.final_scores, expected)
+    assert np.any(second.final_scores[600:] == 1.0)  # the jump leaves the running range
     # The first window ends at row window - 1; rows from the refit on are scored by fit 1.
     assert np.all(np.isnan(first.distances[: params.window - 1]))
     assert np.all(np.isfinite(first.distances[params.window - 1 :]))

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from stream_ae.core.postprocess import (
     DAY_MS,
+    DEFAULT_RANGE,
     LIKELIHOOD,
+    RANGE,
     SEASONAL,
     DistanceParams,
     LikelihoodParams,
@@ -225,6 +227,7 @@ CHAIN = PostParams(
     likelihood=LikelihoodParams(short_window=1, long_window=100, learning_windows=10),
     seasonal=SeasonalParams(slots=4, memory=5, learning_windows=2),
     hold=7,
+    range=None,
 )
 
 
@@ -257,7 +260,7 @@ def test_the_chain_takes_the_larger_tail_then_holds_peaks() -> None:
     got, state = post_scores(CHAIN, new_post_state(CHAIN), d, ts)
     np.testing.assert_array_equal(got, expected)
     assert state.shape == (CHAIN.state_size,) == (6 + 12 + 2,)
-    assert PostParams().state_size == 53  # the default: small enough for every window state
+    assert PostParams().state_size == 56  # the default: small enough for every window state
 
 
 def test_post_params_round_trip_and_can_switch_the_profile_off() -> None:
@@ -280,6 +283,7 @@ CLIPPED = PostParams(
     likelihood=LikelihoodParams(short_window=9, long_window=20, learning_windows=3, clip_z=2.0),
     seasonal=SeasonalParams(slots=5, memory=4, learning_windows=1, min_std=0.05),
     hold=3,
+    range=None,
 )
 
 
@@ -363,6 +367,13 @@ RANGED = PostParams(
     distance=DistanceParams(smoothing=3, level=4.0),
     range=RangeParams(margin=0.2, learning_windows=5),
 )
+# The default's composition: likelihood, time-of-day profile, range check, peak hold.
+LIKELY_RANGED = PostParams(
+    likelihood=LikelihoodParams(short_window=3, long_window=40, learning_windows=6),
+    seasonal=SeasonalParams(slots=4, memory=5, learning_windows=2),
+    hold=5,
+    range=RangeParams(margin=0.02, learning_windows=4),
+)
 
 
 def stride_one_windows(values: np.ndarray, window: int) -> np.ndarray:
@@ -373,7 +384,11 @@ def stride_one_windows(values: np.ndarray, window: int) -> np.ndarray:
 def test_the_distance_score_is_the_trailing_mean_scaled_at_its_level() -> None:
     d = np.array([1.0, 2.0, 9.0, 3.0, 40.0, 0.0])
     params = PostParams(
-        likelihood=None, seasonal=None, hold=0, distance=DistanceParams(smoothing=3, level=4.0)
+        likelihood=None,
+        seasonal=None,
+        hold=0,
+        distance=DistanceParams(smoothing=3, level=4.0),
+        range=None,
     )
     scores, state = post_scores(params, new_post_state(params), d, np.zeros(6, dtype=np.int64))
     means = np.array([1.0, 1.5, 4.0, 14 / 3, 52 / 3, 43 / 3])
@@ -407,20 +422,23 @@ def test_the_range_check_flags_rows_outside_the_running_range_after_learning() -
     seed=st.integers(0, 1000),
     cuts=st.lists(st.integers(0, 60), max_size=5),
     nan_at=st.lists(st.integers(0, 59), max_size=3),
+    params=st.sampled_from([RANGED, LIKELY_RANGED]),
 )
-def test_distance_and_range_are_the_same_for_any_split_into_batches(
-    seed: int, cuts: list[int], nan_at: list[int]
+def test_the_range_check_is_the_same_for_any_split_into_batches(
+    seed: int, cuts: list[int], nan_at: list[int], params: PostParams
 ) -> None:
+    """With the smoothed distance (SKAB's detector) or the likelihood and the time-of-day
+    profile (the default): any split, and a batch of streams, give each stream the same."""
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(64, 3)) * rng.uniform(0.5, 3.0, size=(64, 1))
     windows = stride_one_windows(values, 5)
     d = np.abs(rng.normal(size=len(windows))) * 6
     d[nan_at] = np.nan  # a window the model could not score: no score, no state change
-    ts = np.zeros(len(d), dtype=np.int64)
-    whole, whole_state = post_scores(RANGED, new_post_state(RANGED, 3), d, ts, windows)
-    state, parts = new_post_state(RANGED, 3), []
+    ts = 1_396_310_400_000 + 1_800_000 * np.arange(len(d), dtype=np.int64)
+    whole, whole_state = post_scores(params, new_post_state(params, 3), d, ts, windows)
+    state, parts = new_post_state(params, 3), []
     for lo, hi in itertools.pairwise(sorted({0, len(d), *(c for c in cuts if c < len(d))})):
-        scores, state = post_scores(RANGED, state, d[lo:hi], ts[lo:hi], windows[lo:hi])
+        scores, state = post_scores(params, state, d[lo:hi], ts[lo:hi], windows[lo:hi])
         parts.append(scores)
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     np.testing.assert_array_equal(state, whole_state)
@@ -428,17 +446,33 @@ def test_distance_and_range_are_the_same_for_any_split_into_batches(
     # Many streams at once: each gets what it gets alone.
     lengths = np.array([len(d), 7, len(d)])
     batch = post_batch(
-        RANGED,
-        np.stack([new_post_state(RANGED, 3)] * 3),
+        params,
+        np.stack([new_post_state(params, 3)] * 3),
         np.r_[d, d[:7], d[::-1]],
-        np.zeros(int(lengths.sum()), dtype=np.int64),
+        np.r_[ts, ts[:7], ts],
         lengths,
         np.concatenate([windows, windows[:7], windows[::-1]]),
     )
     np.testing.assert_array_equal(batch.scores[: len(d)], whole)
     np.testing.assert_array_equal(batch.states[0], whole_state)
-    alone, _ = post_scores(RANGED, new_post_state(RANGED, 3), d[::-1], ts, windows[::-1])
+    alone, alone_state = post_scores(params, new_post_state(params, 3), d[::-1], ts, windows[::-1])
     np.testing.assert_array_equal(batch.scores[len(d) + 7 :], alone)
+    np.testing.assert_array_equal(batch.states[2], alone_state)
+
+
+def test_the_default_range_check_catches_a_value_the_stream_never_came_near() -> None:
+    """A daily wave the model predicts well (steady distances: the likelihood scores low),
+    then a value 5% of its range above its highest: the default's range check scores it 1."""
+    params = PostParams()
+    hours = np.arange(400)
+    values = np.sin(2 * np.pi * hours / 24)[:, None]
+    values[300, 0] = 1.1  # 0.05 of the range (2) above the highest value so far
+    windows = stride_one_windows(values, 4)
+    d = np.full(len(windows), 1.0)
+    ts = 1_396_310_400_000 + 3_600_000 * (hours[3:]).astype(np.int64)
+    result = post_batch(params, new_post_state(params)[None], d, ts, np.array([len(d)]), windows)
+    assert result.scores[300 - 3] == 1.0 and result.stages[300 - 3] == RANGE
+    assert result.scores[: 300 - 3].max() < params.threshold
 
 
 def test_no_window_looks_ahead() -> None:
@@ -460,9 +494,11 @@ def test_no_window_looks_ahead() -> None:
 def test_post_params_take_one_score_and_load_old_definitions() -> None:
     assert PostParams.from_dict(RANGED.to_dict()) == RANGED
     assert RANGED.state_size_of(3) == (1 + 3) + (1 + 2 * 3) + 2
-    # A detector.json written before the distance score: the likelihood chain, as it was.
+    # A detector.json written before the distance score and the range check: the likelihood
+    # chain, as it ran (the default has the range check since).
     old = {k: v for k, v in PostParams().to_dict().items() if k not in ("distance", "range")}
-    assert PostParams.from_dict(old) == PostParams()
+    assert PostParams.from_dict(old) == PostParams(range=None)
+    assert PostParams().range == DEFAULT_RANGE
     with pytest.raises(ValueError, match="exactly one of likelihood, distance"):
         PostParams(distance=DistanceParams())
     with pytest.raises(ValueError, match="exactly one of likelihood, distance"):

@@ -59,6 +59,7 @@ POST = PostParams(
     seasonal=SeasonalParams(slots=4, memory=5, learning_windows=1, min_std=0.01),
     hold=4,
     threshold=0.3,
+    range=None,
 )
 STRIDE = 2
 

@@ -12,11 +12,12 @@ keep (distances, calibrated scores). A candidate's row scores are computed once 
 cached; a fold only re-sweeps thresholds or re-counts.
 
 * **NAB** (:class:`NabCandidate`): the chain of :mod:`stream_ae.core.postprocess` (anomaly
-  likelihood, time-of-day profile, peak hold) with its parameters varied, plus a *running-range
-  check*: a row whose value lies outside the range of the rows before it by more than
-  ``range_margin`` times that range scores 1 (before the peak hold). On the training folds the
-  candidate with the best raw standard-profile score is chosen, then each profile's threshold
-  by NAB's sweep; both are applied to the held-out category.
+  likelihood, time-of-day profile, running-range check, peak hold) with its parameters varied;
+  the range check (a row whose value lies outside the range of the rows before it by more than
+  the margin times that range scores 1, before the peak hold) is replayed on the rows as the
+  processor runs it on windows. On the training folds the candidate with the best raw
+  standard-profile score is chosen, then each profile's threshold by NAB's sweep; both are
+  applied to the held-out category.
 * **SKAB** (:class:`SkabCandidate`): a trace set (a model) and a
   :class:`~training.evaluation.skab_run.Detection` (score, smoothing, running-range check,
   threshold, alert-policy runs): a post-processing the artifact carries (``detector.json``)
@@ -40,8 +41,10 @@ from typing import Any
 import numpy as np
 
 from stream_ae.core.postprocess import (
+    DEFAULT_RANGE,
     LikelihoodParams,
     PostParams,
+    RangeParams,
     SeasonalParams,
     hold_peaks,
     likelihood_scores,
@@ -61,7 +64,6 @@ from training.evaluation.nab_score import (
     load_profiles,
     load_windows,
     normalised_score,
-    probation_length,
 )
 from training.evaluation.skab_run import (
     Detection,
@@ -133,7 +135,6 @@ class NabCandidate:
     """One post-processing of the window distances into NAB row scores."""
 
     post: PostParams
-    range_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.post.likelihood is None:
@@ -148,14 +149,14 @@ class NabCandidate:
     def label(self) -> str:
         like = self.likelihood
         seasonal = "off" if self.post.seasonal is None else f"{self.post.seasonal.slots}"
-        margin = "off" if self.range_margin is None else f"{self.range_margin:g}"
+        margin = "off" if self.post.range is None else f"{self.post.range.margin:g}"
         return (
             f"smooth={like.short_window} min_std={like.min_std:g} slots={seasonal} "
             f"hold={self.post.hold} range={margin}"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"post": self.post.to_dict(), "range_margin": self.range_margin}
+        return {"post": self.post.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -175,16 +176,18 @@ def nab_grid(
     min_stds: Sequence[float] = (0.1, 0.2, 0.4),
     slots: Sequence[int | None] = (None, 12),
     holds: Sequence[int] = (100, 250, 500),
-    range_margins: Sequence[float | None] = (None, 0.0, 0.1, 0.3),
+    range_margins: Sequence[float | None] = (None, 0.0, 0.01, 0.02, 0.05, 0.1, 0.3),
 ) -> list[NabCandidate]:
-    """Every combination of the given values (the defaults: 216 candidates)."""
+    """Every combination of the given values (the defaults: 378 candidates); the range check
+    starts, as the default one, after the likelihood's learning period."""
     out = []
     for short, min_std, slot, hold, margin in itertools.product(
         short_windows, min_stds, slots, holds, range_margins
     ):
         likelihood = replace(LikelihoodParams(), short_window=short, min_std=min_std)
         seasonal = None if slot is None else replace(SeasonalParams(), slots=slot)
-        out.append(NabCandidate(PostParams(likelihood, seasonal, hold), margin))
+        range_check = None if margin is None else replace(DEFAULT_RANGE, margin=margin)
+        out.append(NabCandidate(PostParams(likelihood, seasonal, hold, range=range_check)))
     return out
 
 
@@ -196,7 +199,7 @@ class NabScoreCache:
         self.inputs = inputs
         self._likelihood: dict[tuple[str, LikelihoodParams], np.ndarray] = {}
         self._seasonal: dict[tuple[str, SeasonalParams], np.ndarray] = {}
-        self._range: dict[tuple[str, float], np.ndarray] = {}
+        self._range: dict[tuple[str, RangeParams], np.ndarray] = {}
         self._sweeps: dict[tuple[NabCandidate, str, str], _FileSweep] = {}
 
     def scores(self, candidate: NabCandidate, key: str) -> np.ndarray:
@@ -216,12 +219,10 @@ class NabScoreCache:
                     post.seasonal, state, data.distances, data.ts_ms
                 )[0]
             scores = np.fmax(scores, self._seasonal[season_key])
-        if candidate.range_margin is not None:
-            range_key = (key, candidate.range_margin)
+        if post.range is not None:
+            range_key = (key, post.range)
             if range_key not in self._range:
-                self._range[range_key] = running_range_flags(
-                    data.values, candidate.range_margin, probation_length(len(data.values))
-                )
+                self._range[range_key] = _range_flags_of(data, post.range)
             scores = np.where(self._range[range_key] & ~np.isnan(scores), 1.0, scores)
         held, _ = hold_peaks(post.hold, new_hold_state(), scores)
         return np.nan_to_num(held, nan=0.0)
@@ -251,6 +252,16 @@ class NabScoreCache:
         self, candidate: NabCandidate, key: str, profile: CostProfile, threshold: float
     ) -> FileScore:
         return _score_sweep(self.sweep(candidate, key, profile), profile, threshold)
+
+
+def _range_flags_of(data: NabInput, params: RangeParams) -> np.ndarray:
+    """The processor's range check on one file's rows: a window (a row with a distance) is
+    checked once ``learning_windows`` windows came before it, its last row against every row
+    before it (NAB's files have one feature and windows of consecutive rows)."""
+    windows = np.flatnonzero(~np.isnan(data.distances))
+    if params.learning_windows >= len(windows):
+        return np.zeros(len(data.values), dtype=bool)
+    return running_range_flags(data.values, params.margin, int(windows[params.learning_windows]))
 
 
 @dataclass
