@@ -37,7 +37,7 @@ class DetectorDefinition:
 
 
 # A small predictive model, fitted briefly (a refit warm-starts from it), and the shipped
-# post-processing (likelihood, time-of-day profile, peak hold).
+# post-processing (likelihood, time-of-day profile, running-range check, peak hold).
 DEFAULT_DETECTOR = DetectorDefinition(
     model=ModelSpec(kind="predict", window=32, horizon=4, hidden=32),
     fit=FitConfig(epochs=15, learning_rate=2e-3, patience=3),

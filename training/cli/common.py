@@ -238,7 +238,7 @@ def add_post_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write no detector.json: the worker alerts on the calibrated window score alone "
         "(default: the default detector's post-processing: likelihood, time-of-day profile, "
-        "peak hold; see docs/nab.md)",
+        "running-range check, peak hold; see docs/nab.md)",
     )
     group.add_argument(
         "--post-processing",
