@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_ae.core.postprocess import PostParams
+from stream_ae.core.postprocess import PostParams, RangeParams, new_post_state, post_scores
 from tests.unit.test_skab_score import SKAB_DIR, requires_skab
 from training.evaluation.cv import (
     NabCandidate,
     NabInput,
+    NabScoreCache,
     SkabCandidate,
     cross_validate_nab,
     cross_validate_skab,
@@ -122,6 +123,26 @@ def test_nab_alike_categories_score_the_same_held_out_as_in_sample() -> None:
 def test_nab_grid_covers_the_shipped_defaults() -> None:
     defaults = NabCandidate(PostParams())
     assert defaults in nab_grid()
+
+
+def test_nab_candidates_score_rows_as_the_processor_scores_windows() -> None:
+    """The cache replays the chain on the rows; the processor runs it on windows (the range
+    check reading their values): a row's score is the final score of the window ending on it."""
+    window = 8
+    data = _nab_input("c1/a.csv", 1500)
+    values = data.values.copy()
+    values[1200] = values[:1200].max() + 0.05 * np.ptp(values[:1200])  # leaves the range
+    distances = data.distances.copy()
+    distances[: window - 1] = np.nan  # no window ends on the first rows
+    data = NabInput(data.key, data.timestamps, data.ts_ms, values, distances, data.windows)
+    post = PostParams(hold=100, range=RangeParams(margin=0.02, learning_windows=30))
+    windows = np.lib.stride_tricks.sliding_window_view(values, window)[:, :, None]
+    expected, _ = post_scores(
+        post, new_post_state(post), distances[window - 1 :], data.ts_ms[window - 1 :], windows
+    )
+    got = NabScoreCache({data.key: data}).scores(NabCandidate(post), data.key)
+    np.testing.assert_array_equal(got, np.r_[np.zeros(window - 1), expected])
+    assert got[1200] == 1.0
 
 
 def test_thresholds_only_cross_validation_of_fixed_scores() -> None:
