@@ -198,7 +198,13 @@ class SkabParams:
     # Chosen by `evaluate cv skab` (docs/skab.md).
     detection: Detection = field(
         default_factory=lambda: Detection(
-            "distance", threshold=15.0, smoothing=5, range_margin=0.2, resolve_after=3
+            "distance",
+            threshold=20.0,
+            smoothing=5,
+            range_margin=0.2,
+            resolve_after=10,
+            drop=0.8,
+            drop_after=10,
         )
     )
 
