@@ -484,10 +484,13 @@ EPISODES = PostParams(
 )
 
 
-def episode_reference(d: np.ndarray, smoothing: int, level: float, drop: float, after: int):  # type: ignore[no-untyped-def]
+def episode_reference(
+    d: np.ndarray, smoothing: int, level: float, drop: float, after: int
+) -> np.ndarray:
     """A plain rendering of the episodes over a stream's distances (NaN: no window)."""
     valid = [x for x in d.tolist() if not math.isnan(x)]
-    scores, is_open, total, count, below, open_level = [], False, 0.0, 0, 0, level
+    scores: list[float] = []
+    is_open, total, count, below, open_level = False, 0.0, 0, 0, level
     for i in range(len(valid)):
         m = float(np.mean(valid[max(0, i - smoothing + 1) : i + 1]))
         if not is_open and m >= open_level:
