@@ -441,9 +441,9 @@ def _hold_peaks_one(hold: int, state: np.ndarray, scores: np.ndarray) -> np.ndar
 # --- smoothed distance --------------------------------------------------------------------------
 
 _D_COUNT, _D_RING = 0, 1
-# The episode's state (DistanceParams.drop), after the ring: in an episode (0/1), the sum and
-# count of its smoothed distances, the run of windows below the drop, the open level.
-_E_OPEN, _E_SUM, _E_COUNT, _E_BELOW, _E_LEVEL = range(5)
+# The episode's state (DistanceParams.drop), after the ring, in this order: in an episode
+# (0/1), the sum and count of its smoothed distances, the run of windows below the drop, the
+# open level (0 until the first window: then ``level``).
 _EPISODE_SIZE = 5
 
 

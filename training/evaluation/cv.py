@@ -18,10 +18,10 @@ cached; a fold only re-sweeps thresholds or re-counts.
   candidate with the best raw standard-profile score is chosen, then each profile's threshold
   by NAB's sweep; both are applied to the held-out category.
 * **SKAB** (:class:`SkabCandidate`): a trace set (a model) and a
-  :class:`~training.evaluation.skab_run.Detection` (score, smoothing, running-range check,
-  threshold, alert-policy runs): a post-processing the artifact carries (``detector.json``)
-  and the worker's alert policy, replayed by the same pure functions the processor runs;
-  chosen by pooled F1 on the training group.
+  :class:`~training.evaluation.skab_run.Detection` (score, smoothing, the distance's
+  episodes, running-range check, threshold, alert-policy runs): a post-processing the
+  artifact carries (``detector.json``) and the worker's alert policy, replayed by the same
+  pure functions the processor runs; chosen by pooled F1 on the training group.
 """
 
 from __future__ import annotations
