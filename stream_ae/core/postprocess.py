@@ -27,7 +27,11 @@ One more stage serves every detector, and one more those whose anomalies last lo
 * **Smoothed distance** (:class:`DistanceParams`, instead of the likelihood and the profile):
   the mean of the last ``smoothing`` distances, scaled so that the distance ``level`` scores
   0.5 (``min(mean / (2 level), 1)``): with the detector's threshold at 0.5 an alert opens at a
-  smoothed distance of ``level``.
+  smoothed distance of ``level``. Optionally (``drop``) relative to the stream's own episodes:
+  an episode that opened at ``level`` holds the score at 0.5 or more until the smoothed
+  distance falls below ``drop`` times the episode's mean for ``drop_after`` windows, and the
+  next one opens only at that distance over ``drop``: a rig that settles on a higher error
+  after an anomaly ends its alert instead of keeping it open (SKAB, ``docs/skab.md``).
 * **Running-range check** (:class:`RangeParams`, before the peak hold): a window whose last row
   has some feature outside the range of every earlier row of the stream, by more than
   ``margin`` times that range, scores 1. The range is the running one, from the stream's first
@@ -440,26 +444,46 @@ def _hold_peaks_one(hold: int, state: np.ndarray, scores: np.ndarray) -> np.ndar
 # --- smoothed distance --------------------------------------------------------------------------
 
 _D_COUNT, _D_RING = 0, 1
+# The episode's state (DistanceParams.drop), after the ring, in this order: in an episode
+# (0/1), the sum and count of its smoothed distances, the run of windows below the drop, the
+# open level (0 until the first window: then ``level``).
+_EPISODE_SIZE = 5
 
 
 @dataclass(frozen=True)
 class DistanceParams:
     """The window distance itself as the score: the mean of the last ``smoothing`` distances
-    (fewer at a stream's start), scaled so that ``level`` scores 0.5, capped at 1."""
+    (fewer at a stream's start), scaled so that ``level`` scores 0.5, capped at 1.
+
+    ``drop`` (None: off) makes the level relative to the stream's own episodes (see the module
+    docstring): an *episode* starts when the smoothed distance reaches the open level (``level``,
+    or above it after an episode ended) and scores at least 0.5 until, for ``drop_after``
+    windows in a row, the smoothed distance stays below ``drop`` times the mean of the smoothed
+    distances since the episode started. Then the open level becomes that window's smoothed
+    distance divided by ``drop`` (never below ``level``): a stream that settles on a higher
+    error after an anomaly, as a disturbed rig does, opens again only if its error rises by as
+    much again."""
 
     smoothing: int = 5
     level: float = 15.0
+    drop: float | None = None
+    drop_after: int = 10
 
     def __post_init__(self) -> None:
         if self.smoothing < 1:
             raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
         if not self.level > 0:
             raise ValueError(f"level must be > 0, got {self.level}")
+        if self.drop is not None and not 0.0 < self.drop < 1.0:
+            raise ValueError(f"drop must be in (0, 1), got {self.drop}")
+        if self.drop_after < 1:
+            raise ValueError(f"drop_after must be >= 1, got {self.drop_after}")
 
     @property
     def state_size(self) -> int:
-        """The count of distances seen and the last ``smoothing`` of them, oldest first."""
-        return _D_RING + self.smoothing
+        """The count of distances seen and the last ``smoothing`` of them, oldest first; with
+        ``drop``, the episode's state after them (:data:`_EPISODE_SIZE` numbers)."""
+        return _D_RING + self.smoothing + (_EPISODE_SIZE if self.drop is not None else 0)
 
 
 def _distance_scores(params: DistanceParams, states: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -473,21 +497,86 @@ def _distance_scores(params: DistanceParams, states: np.ndarray, d: np.ndarray) 
     # Each stream's distances, valid ones first in time order, after its last k held ones.
     order = np.argsort(~valid, axis=1, kind="stable")
     compact = np.take_along_axis(np.where(valid, d, 0.0), order, axis=1)
-    history = np.concatenate([states[:, _D_RING:], compact], axis=1)  # (S, k + J)
+    history = np.concatenate([states[:, _D_RING : _D_RING + k], compact], axis=1)  # (S, k + J)
     total = history[:, 1 : j + 1].copy()
     for lag in range(2, k + 1):
         total += history[:, lag : j + lag]
     seen = states[:, _D_COUNT][:, None] + np.arange(1, j + 1)
     means = total / np.minimum(seen, k)
-    scores_compact = np.minimum(means / (2.0 * params.level), 1.0)
+    if params.drop is None:
+        scores_compact = np.minimum(means / (2.0 * params.level), 1.0)
+    else:
+        scores_compact = _episode_scores(params, states[:, _D_RING + k :], means, counts)
     scores = np.full((s, j), np.nan)
     rows, cols = np.nonzero(np.arange(j) < counts[:, None])
     scores[rows, order[rows, cols]] = scores_compact[rows, cols]
     # The new ring: the last k of history and the valid distances.
     ends = k + counts
     take = ends[:, None] - k + np.arange(k)
-    states[:, _D_RING:] = np.take_along_axis(history, take, axis=1)
+    states[:, _D_RING : _D_RING + k] = np.take_along_axis(history, take, axis=1)
     states[:, _D_COUNT] += counts
+    return scores
+
+
+def _episode_scores(
+    params: DistanceParams, states: np.ndarray, means: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Scores of the smoothed distances ``means`` (S x J, stream ``s``'s first ``counts[s]``
+    in time order) under ``params.drop``'s episodes, advancing the episode ``states`` (S, 5)
+    in place. Sequential in time: one vectorised step per column over the streams that have a
+    window there (like :func:`_likelihood_z`), in Python floats for one stream; the same
+    operations in the same order either way, so the results are bit for bit the same."""
+    if len(states) == 1:
+        return _episode_scores_one(params, states[0], means[0], int(counts[0]))[None]
+    drop = params.drop
+    assert drop is not None  # only called with a drop
+    scores = np.full(means.shape, np.nan)
+    for j in range(means.shape[1]):
+        rows = np.flatnonzero(counts > j)
+        if not len(rows):
+            break
+        m = means[rows, j]
+        is_open, total, count, below, level = states[rows].T
+        level = np.maximum(level, params.level)
+        starts = (is_open == 0.0) & (m >= level)
+        going = is_open == 1.0
+        total = np.where(starts, m, np.where(going, total + m, total))
+        count = np.where(starts, 1.0, np.where(going, count + 1.0, count))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dropped = going & (m < drop * (total / count))
+        below = np.where(dropped, below + 1.0, 0.0)
+        ends = going & (below >= params.drop_after)
+        level = np.where(ends, np.maximum(m / drop, params.level), level)
+        is_open = np.where(starts | (going & ~ends), 1.0, 0.0)
+        below = np.where(ends, 0.0, below)
+        scaled = np.minimum(m / (2.0 * level), 1.0)
+        scores[rows, j] = np.where(is_open == 1.0, np.maximum(scaled, 0.5), scaled)
+        states[rows] = np.stack([is_open, total, count, below, level], axis=1)
+    return scores
+
+
+def _episode_scores_one(
+    params: DistanceParams, state: np.ndarray, means: np.ndarray, n: int
+) -> np.ndarray:
+    """:func:`_episode_scores` for one stream, in Python floats."""
+    drop = params.drop
+    assert drop is not None  # only called with a drop
+    is_open, total, count, below, level = state.tolist()
+    scores = np.full(len(means), np.nan)
+    for i, m in enumerate(means[:n].tolist()):
+        level = max(level, params.level)
+        going = is_open == 1.0
+        if not going and m >= level:
+            total, count, is_open = m, 1.0, 1.0
+        elif going:
+            total, count = total + m, count + 1.0
+            below = below + 1.0 if m < drop * (total / count) else 0.0
+            if below >= params.drop_after:
+                level = max(m / drop, params.level)
+                is_open, below = 0.0, 0.0
+        scaled = min(m / (2.0 * level), 1.0)
+        scores[i] = max(scaled, 0.5) if is_open == 1.0 else scaled
+    state[:] = (is_open, total, count, below, level)
     return scores
 
 

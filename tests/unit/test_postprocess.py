@@ -507,3 +507,127 @@ def test_post_params_take_one_score_and_load_old_definitions() -> None:
         PostParams(likelihood=None, distance=DistanceParams())
     with pytest.raises(ValueError, match="needs every window's values"):
         post_scores(RANGED, new_post_state(RANGED), np.ones(3), np.zeros(3, dtype=np.int64))
+
+
+# --- the distance's episodes (DistanceParams.drop) ---------------------------------------------
+
+EPISODES = PostParams(
+    likelihood=None,
+    seasonal=None,
+    hold=0,
+    threshold=0.5,
+    distance=DistanceParams(smoothing=3, level=4.0, drop=0.7, drop_after=2),
+)
+
+
+def episode_reference(
+    d: np.ndarray, smoothing: int, level: float, drop: float, after: int
+) -> np.ndarray:
+    """A plain rendering of the episodes over a stream's distances (NaN: no window)."""
+    valid = [x for x in d.tolist() if not math.isnan(x)]
+    scores: list[float] = []
+    is_open, total, count, below, open_level = False, 0.0, 0, 0, level
+    for i in range(len(valid)):
+        m = float(np.mean(valid[max(0, i - smoothing + 1) : i + 1]))
+        if not is_open and m >= open_level:
+            is_open, total, count, below = True, m, 1, 0
+        elif is_open:
+            total, count = total + m, count + 1
+            below = below + 1 if m < drop * total / count else 0
+            if below >= after:
+                is_open, below, open_level = False, 0, max(m / drop, level)
+        scaled = min(m / (2 * open_level), 1.0)
+        scores.append(max(scaled, 0.5) if is_open else scaled)
+    out = np.full(len(d), np.nan)
+    out[~np.isnan(d)] = scores
+    return out
+
+
+def test_an_episode_ends_when_the_distance_drops_and_the_next_needs_as_much_again() -> None:
+    # Quiet, an anomaly at 12, a disturbed normal at 6 (above the level 4), the anomaly again.
+    d = np.r_[np.full(10, 1.0), np.full(10, 12.0), np.full(10, 6.0), np.full(10, 12.0)]
+    scores, _ = post_scores(EPISODES, new_post_state(EPISODES), d, np.zeros(40, dtype=np.int64))
+    assert (scores[:10] < 0.5).all()
+    assert (scores[10:20] >= 0.5).all()  # the episode: opens at the level
+    # Its mean is about 12: the smoothed 6s are below 0.7 of it from the second, and the
+    # episode ends 2 windows later; the next opens only at 6 / 0.7 (about 8.6), not at 4.
+    first_low = 10 + int(np.argmax(scores[10:] < 0.5))
+    assert 20 < first_low <= 24 and (scores[first_low:30] < 0.5).all()
+    # A new episode once the smoothed distance passes 8.6 (at the second 12, (6+12+12)/3):
+    # scaled at its open level, not at 4.
+    assert scores[30] < 0.5 and (scores[31:] >= 0.5).all()
+    np.testing.assert_allclose(scores[32:], 12.0 / (2 * 6.0 / 0.7))
+    # Without the drop the disturbed normal scores as an anomaly.
+    plain = PostParams(
+        likelihood=None, seasonal=None, hold=0, distance=DistanceParams(smoothing=3, level=4.0)
+    )
+    no_drop, _ = post_scores(plain, new_post_state(plain), d, np.zeros(40, dtype=np.int64))
+    assert (no_drop[22:30] >= 0.5).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    cuts=st.lists(st.integers(0, 80), max_size=5),
+    nan_at=st.lists(st.integers(0, 79), max_size=3),
+    drop=st.sampled_from([0.5, 0.7, 0.9]),
+    after=st.integers(1, 4),
+)
+def test_episodes_match_the_reference_for_any_split_and_any_batch_of_streams(
+    seed: int, cuts: list[int], nan_at: list[int], drop: float, after: int
+) -> None:
+    params = PostParams(
+        likelihood=None,
+        seasonal=None,
+        hold=0,
+        distance=DistanceParams(smoothing=3, level=4.0, drop=drop, drop_after=after),
+    )
+    rng = np.random.default_rng(seed)
+    # Levels that move between quiet, anomalous and disturbed, with noise.
+    d = np.repeat(rng.choice([1.0, 5.0, 9.0, 20.0], size=8), 10) * rng.uniform(0.6, 1.4, 80)
+    d[nan_at] = np.nan
+    ts = np.zeros(len(d), dtype=np.int64)
+    whole, whole_state = post_scores(params, new_post_state(params), d, ts)
+    np.testing.assert_allclose(whole, episode_reference(d, 3, 4.0, drop, after), rtol=1e-12)
+    state, parts = new_post_state(params), []
+    for lo, hi in itertools.pairwise(sorted({0, len(d), *(c for c in cuts if c < len(d))})):
+        scores, state = post_scores(params, state, d[lo:hi], ts[lo:hi])
+        parts.append(scores)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(state, whole_state)
+    # Many streams at once (the vectorised path): each gets bit for bit what it gets alone.
+    lengths = np.array([len(d), 7, len(d)])
+    batch = post_batch(
+        params,
+        np.stack([new_post_state(params)] * 3),
+        np.r_[d, d[:7], d[::-1]],
+        np.zeros(int(lengths.sum()), dtype=np.int64),
+        lengths,
+    )
+    np.testing.assert_array_equal(batch.scores[: len(d)], whole)
+    np.testing.assert_array_equal(batch.states[0], whole_state)
+    alone, alone_state = post_scores(params, new_post_state(params), d[::-1], ts)
+    np.testing.assert_array_equal(batch.scores[len(d) + 7 :], alone)
+    np.testing.assert_array_equal(batch.states[2], alone_state)
+
+
+def test_episodes_do_not_look_ahead() -> None:
+    rng = np.random.default_rng(11)
+    d = np.r_[np.full(20, 1.0), np.full(20, 10.0), np.full(20, 5.0)] * rng.uniform(0.8, 1.2, 60)
+    changed = np.r_[d[:45], d[45:] * 3.0]
+    ts = np.zeros(60, dtype=np.int64)
+    first, _ = post_scores(EPISODES, new_post_state(EPISODES), d, ts)
+    second, _ = post_scores(EPISODES, new_post_state(EPISODES), changed, ts)
+    np.testing.assert_array_equal(first[:45], second[:45])
+
+
+def test_episode_parameters_are_checked_and_round_trip() -> None:
+    assert PostParams.from_dict(EPISODES.to_dict()) == EPISODES
+    assert EPISODES.state_size_of(1) == (1 + 3 + 5) + 2  # count, ring, episode, hold
+    # A detector.json written before the episodes: no drop.
+    old = EPISODES.to_dict()
+    del old["distance"]["drop"], old["distance"]["drop_after"]
+    assert PostParams.from_dict(old).distance == DistanceParams(smoothing=3, level=4.0)
+    for bad in ({"drop": 0.0}, {"drop": 1.0}, {"drop": 0.5, "drop_after": 0}):
+        with pytest.raises(ValueError, match="drop"):
+            DistanceParams(**bad)  # type: ignore[arg-type]

@@ -821,12 +821,15 @@ RANGED = PostParams(
     distance=DistanceParams(smoothing=3, level=2.0),
     range=RangeParams(margin=0.05, learning_windows=5),
 )
+# The same with the distance's episodes (DistanceParams.drop), whose state is per stream too.
+EPISODIC = replace(RANGED, distance=DistanceParams(smoothing=3, level=2.0, drop=0.8, drop_after=2))
 
 
+@pytest.mark.parametrize("detector", [RANGED, EPISODIC], ids=["plain", "episodes"])
 def test_the_distance_and_range_detector_runs_in_the_processor_for_any_split(
-    tiny: Tiny,
+    tiny: Tiny, detector: PostParams
 ) -> None:
-    scorer = Scorer(replace(tiny.artifact, post=RANGED), buckets=(16, 128, 1024))
+    scorer = Scorer(replace(tiny.artifact, post=detector), buckets=(16, 128, 1024))
 
     def run(batches: Sequence[Sequence[Event]], restart: bool = False) -> tuple[Any, ...]:
         store = InMemoryWindowStore(WINDOW, FEATURES)
@@ -851,8 +854,8 @@ def test_the_distance_and_range_detector_runs_in_the_processor_for_any_split(
         # Windows end at rows 7, 9, ..., 59 (stride 2): the processor's own windows.
         own = np.lib.stride_tricks.sliding_window_view(values, WINDOW, axis=0)[::STRIDE]
         expected, state = post_scores(
-            RANGED,
-            new_post_state(RANGED, FEATURES),
+            detector,
+            new_post_state(detector, FEATURES),
             windows.distances[rows],
             windows.end_ts_ms[rows],
             own.transpose(0, 2, 1),

@@ -33,13 +33,21 @@ from training.evaluation.skab_score import (
 )
 
 # Small and quick: the suite runs on a shared 2-core machine. The detection is the shipped
-# kind (smoothed distance, running-range check) at the shipped level.
+# kind (smoothed distance with episodes, running-range check) at the shipped level.
 TINY = SkabParams(
     epochs=2,
     hidden=8,
     window=16,
     batch_events=128,
-    detection=Detection("distance", threshold=15.0, smoothing=5, range_margin=0.05),
+    detection=Detection(
+        "distance",
+        threshold=20.0,
+        smoothing=5,
+        range_margin=0.05,
+        resolve_after=10,
+        drop=0.8,
+        drop_after=10,
+    ),
 )
 
 

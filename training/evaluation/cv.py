@@ -19,10 +19,10 @@ cached; a fold only re-sweeps thresholds or re-counts.
   standard-profile score is chosen, then each profile's threshold by NAB's sweep; both are
   applied to the held-out category.
 * **SKAB** (:class:`SkabCandidate`): a trace set (a model) and a
-  :class:`~training.evaluation.skab_run.Detection` (score, smoothing, running-range check,
-  threshold, alert-policy runs): a post-processing the artifact carries (``detector.json``)
-  and the worker's alert policy, replayed by the same pure functions the processor runs;
-  chosen by pooled F1 on the training group.
+  :class:`~training.evaluation.skab_run.Detection` (score, smoothing, the distance's
+  episodes, running-range check, threshold, alert-policy runs): a post-processing the
+  artifact carries (``detector.json``) and the worker's alert policy, replayed by the same
+  pure functions the processor runs; chosen by pooled F1 on the training group.
 """
 
 from __future__ import annotations
@@ -449,8 +449,9 @@ class SkabCandidate:
         threshold = "calibrated" if d.threshold is None else f"{d.threshold:g}"
         margin = "off" if d.range_margin is None else f"{d.range_margin:g}"
         memory = f" memory={d.memory}" if d.score == "likelihood" else ""
+        drop = f" drop={d.drop:g} drop_after={d.drop_after}" if d.drop is not None else ""
         return (
-            f"model={self.model} score={d.score}{memory} threshold={threshold} "
+            f"model={self.model} score={d.score}{memory}{drop} threshold={threshold} "
             f"smooth={d.smoothing} range={margin} open_after={d.open_after} "
             f"resolve_after={d.resolve_after}"
         )
@@ -465,20 +466,24 @@ def skab_grid(
     range_margins: Sequence[float | None] = (None, 0.05, 0.2),
     open_afters: Sequence[int] = (1, 3),
     resolve_afters: Sequence[int] = (3, 10, 30),
+    drops: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
 ) -> list[SkabCandidate]:
     """For every model and alert policy (``open_afters`` x ``resolve_afters``): the calibrated
     score at the model's own threshold (no post-processing), and for every smoothing and range
-    margin the distance at each of ``thresholds`` and the likelihood at each of
-    ``likelihood_thresholds`` and ``memories``. Every candidate is a detector the worker runs
-    (a ``detector.json`` and alert settings)."""
+    margin the distance at each of ``thresholds`` (plain, and with episodes at each of
+    ``drops``, their ``drop_after`` the policy's ``resolve_after``) and the likelihood at each
+    of ``likelihood_thresholds`` and ``memories``. Every candidate is a detector the worker
+    runs (a ``detector.json`` and alert settings)."""
     out = []
     for model, open_after, resolve_after in itertools.product(models, open_afters, resolve_afters):
         policy: dict[str, Any] = {"open_after": open_after, "resolve_after": resolve_after}
         out.append(SkabCandidate(model, Detection(**policy)))
         for smoothing, margin in itertools.product(smoothings, range_margins):
             common = {"smoothing": smoothing, "range_margin": margin, **policy}
-            for threshold in thresholds:
-                detection = Detection("distance", threshold=threshold, **common)
+            for threshold, drop in itertools.product(thresholds, (None, *drops)):
+                detection = Detection(
+                    "distance", threshold=threshold, drop=drop, drop_after=resolve_after, **common
+                )
                 out.append(SkabCandidate(model, detection))
             for threshold, memory in itertools.product(likelihood_thresholds, memories):
                 detection = Detection("likelihood", threshold=threshold, memory=memory, **common)
@@ -534,6 +539,8 @@ def cross_validate_skab(
                 d.range_margin,
                 d.memory,
                 threshold,
+                d.drop,
+                d.drop_after if d.drop is not None else None,
             )
             if score_key not in scores:
                 scores[score_key] = detection_scores(trace, data.values, d)

@@ -94,6 +94,10 @@ class Detection:
     ``range_margin``: if set, the running-range check (:class:`RangeParams`): a window whose
     last row has some feature outside the range of the stream's rows before it by more than
     ``range_margin`` times that range scores 1; it starts after the training rows' windows.
+    ``drop`` (distance only; None: off): the distance's episodes (:class:`DistanceParams`'s
+    ``drop``, with ``drop_after`` windows): an episode ends once the smoothed distance stays
+    below ``drop`` times the episode's mean, and the next opens only at that distance over
+    ``drop``.
     The alert policy (the worker's ``STREAM_AE_*`` alert settings) opens after ``open_after``
     windows at or above the threshold and resolves after ``resolve_after`` windows below
     ``threshold * resolve_ratio``.
@@ -107,10 +111,14 @@ class Detection:
     resolve_after: int = 3
     resolve_ratio: float = 0.9
     memory: int = 200
+    drop: float | None = None
+    drop_after: int = 10
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.drop is not None and self.score != "distance":
+            raise ValueError(f"drop goes with the distance score, not {self.score!r}")
         if self.smoothing < 1:
             raise ValueError(f"smoothing must be >= 1, got {self.smoothing}")
         if self.score == "calibrated" and (
@@ -142,7 +150,12 @@ class Detection:
                 seasonal=None,
                 hold=0,
                 threshold=DISTANCE_POLICY_LEVEL,
-                distance=DistanceParams(smoothing=self.smoothing, level=self.threshold),
+                distance=DistanceParams(
+                    smoothing=self.smoothing,
+                    level=self.threshold,
+                    drop=self.drop,
+                    drop_after=self.drop_after,
+                ),
                 range=range_check,
             )
         likelihood = LikelihoodParams(short_window=self.smoothing, long_window=self.memory)
@@ -185,7 +198,13 @@ class SkabParams:
     # Chosen by `evaluate cv skab` (docs/skab.md).
     detection: Detection = field(
         default_factory=lambda: Detection(
-            "distance", threshold=15.0, smoothing=5, range_margin=0.2, resolve_after=3
+            "distance",
+            threshold=20.0,
+            smoothing=5,
+            range_margin=0.2,
+            resolve_after=10,
+            drop=0.8,
+            drop_after=10,
         )
     )
 
