@@ -517,6 +517,7 @@ EPISODES = PostParams(
     hold=0,
     threshold=0.5,
     distance=DistanceParams(smoothing=3, level=4.0, drop=0.7, drop_after=2),
+    range=None,
 )
 
 
@@ -559,7 +560,11 @@ def test_an_episode_ends_when_the_distance_drops_and_the_next_needs_as_much_agai
     np.testing.assert_allclose(scores[32:], 12.0 / (2 * 6.0 / 0.7))
     # Without the drop the disturbed normal scores as an anomaly.
     plain = PostParams(
-        likelihood=None, seasonal=None, hold=0, distance=DistanceParams(smoothing=3, level=4.0)
+        likelihood=None,
+        seasonal=None,
+        hold=0,
+        distance=DistanceParams(smoothing=3, level=4.0),
+        range=None,
     )
     no_drop, _ = post_scores(plain, new_post_state(plain), d, np.zeros(40, dtype=np.int64))
     assert (no_drop[22:30] >= 0.5).all()
@@ -581,6 +586,7 @@ def test_episodes_match_the_reference_for_any_split_and_any_batch_of_streams(
         seasonal=None,
         hold=0,
         distance=DistanceParams(smoothing=3, level=4.0, drop=drop, drop_after=after),
+        range=None,
     )
     rng = np.random.default_rng(seed)
     # Levels that move between quiet, anomalous and disturbed, with noise.
