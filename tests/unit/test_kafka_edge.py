@@ -179,6 +179,15 @@ def test_dead_letter_ids_differ_by_source_and_repeat_for_the_same_one() -> None:
     assert dead_letter_id("a", 0, 1) == dead_letter_id("a", 0, 1)
 
 
+def test_kafka_python_checks_crcs_in_c() -> None:
+    """kafka-python verifies each fetched batch's CRC-32C with the ``crc32c`` package when it is
+    installed (a dependency for that reason), else with a pure-Python loop."""
+    from kafka.record import util
+
+    assert util._crc32c is not util.crc32c_py
+    assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283 == util.crc32c_py(b"123456789")
+
+
 def test_offset_spans_per_partition() -> None:
     records = [_record(b"", 5), _record(b"", 3), ConsumedRecord("other", 0, 9, None, None)]
     assert offset_spans(records) == {("metrics", 2): (3, 5), ("other", 0): (9, 9)}
