@@ -160,13 +160,26 @@ class AlertPolicy:
             for value in np.unique(threshold).tolist():
                 self.with_default_threshold(value)  # the same checks as stream by stream
         scores = np.asarray(scores, dtype=np.float64)
-        # Longest first: the streams that still have a window j are a prefix.
-        order = np.argsort(-lengths, kind="stable")
-        length, first = lengths[order], starts[order]
-        fields = {
-            name: np.fromiter(map(attrgetter(name), states), dtype=np.int64, count=m)[order]
+        given = {
+            name: np.fromiter(map(attrgetter(name), states), dtype=np.int64, count=m)
             for name in _STATE_FIELDS
         }
+        # Quiet streams, most of them: no alert open, no cool-down, every score below the
+        # threshold. Each of their windows resets the run above to 0 and changes nothing else.
+        owner = np.repeat(np.arange(m), lengths)
+        first_row = np.cumsum(lengths) - lengths
+        rows_of = np.repeat(starts - first_row, lengths) + np.arange(len(owner))
+        hot = np.zeros(m, dtype=bool)
+        hot[owner[scores[rows_of] >= threshold[owner]]] = True
+        quiet = (lengths > 0) & (given["open"] == 0) & (given["cooldown_left"] == 0) & ~hot
+        new_states = list(states)
+        for k in np.flatnonzero(quiet & (given["above_run"] != 0)).tolist():
+            new_states[k] = replace(states[k], above_run=0)
+        # The others, longest first: the streams that still have a window j are a prefix.
+        busy = np.flatnonzero((lengths > 0) & ~quiet)
+        order = busy[np.argsort(-lengths[busy], kind="stable")]
+        length, first = lengths[order], starts[order]
+        fields = {name: values[order] for name, values in given.items()}
         # Working copies: ``fields`` keeps the states as they came, to tell which changed.
         is_open = fields["open"].astype(bool)
         above, below = fields["above_run"].copy(), fields["below_run"].copy()
@@ -174,8 +187,7 @@ class AlertPolicy:
         level = threshold[order]
         resolve_level = level * self.resolve_ratio
         found: list[tuple[np.ndarray, np.ndarray, bool]] = []  # (sorted streams, rows, opened)
-        active = int(np.count_nonzero(length > 0))
-        j = 0
+        active, j = len(order), 0
         while active >= _MIN_VECTOR_STREAMS:
             a = slice(0, active)
             rows = first[a] + j
@@ -200,7 +212,6 @@ class AlertPolicy:
             j += 1
             active = int(np.count_nonzero(length > j))
 
-        new_states = list(states)
         changed = (
             (is_open != fields["open"].astype(bool))
             | (above != fields["above_run"])
