@@ -219,14 +219,11 @@ class AlertPolicy:
             | (cooldown != fields["cooldown_left"])
             | (open_offset != fields["open_offset"])
         )
-        for i in np.flatnonzero(changed).tolist():
-            new_states[int(order[i])] = AlertState(
-                bool(is_open[i]),
-                int(above[i]),
-                int(below[i]),
-                int(cooldown[i]),
-                int(open_offset[i]),
-            )
+        moved = np.flatnonzero(changed)
+        columns = (is_open, above, below, cooldown, open_offset)
+        settled = zip(order[moved].tolist(), *(c[moved].tolist() for c in columns), strict=True)
+        for k, *values in settled:
+            new_states[k] = AlertState(*values)  # Python bool and ints, as step makes them
         # The last few streams with windows left: one by one from where the arrays stand.
         for i in range(active):
             k, start = int(order[i]), int(first[i]) + j
