@@ -21,7 +21,9 @@ own threshold then applies (:meth:`AlertPolicy.with_default_threshold`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 import numpy as np
 
@@ -29,6 +31,11 @@ OPEN = "open"
 RESOLVED = "resolved"
 # A Kafka offset no record has: "no alert open" in AlertState, "nothing applied" in a state.
 NO_OFFSET = -1
+# step_streams runs window index by window index across the streams still having windows while
+# at least this many do; the last few long ones go on one by one through step (a numpy
+# operation over a handful of streams costs more than the Python loop over them).
+_MIN_VECTOR_STREAMS = 8
+_STATE_FIELDS = ("open", "above_run", "below_run", "cooldown_left", "open_offset")
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,137 @@ class AlertPolicy:
                     open_offset = int(offsets[i]) if offsets is not None else NO_OFFSET
                     transitions.append((i, OPEN))
         return AlertState(is_open, above, below, cooldown, open_offset), transitions
+
+    def step_streams(
+        self,
+        states: Sequence[AlertState],
+        scores: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        offsets: np.ndarray | None = None,
+        thresholds: np.ndarray | None = None,
+    ) -> tuple[list[AlertState], list[tuple[int, int, str]]]:
+        """:meth:`step` of many streams at once, with the same results bit for bit.
+
+        Stream ``k`` (state ``states[k]``) has the ``lengths[k]`` windows at rows
+        ``starts[k]:starts[k] + lengths[k]`` of ``scores`` (and ``offsets``), in time order.
+        ``thresholds``: each stream's threshold where the policy has none of its own (as
+        :meth:`with_default_threshold`). Returns the new states (the very objects of ``states``
+        where nothing changed) and the transitions as ``(stream k, row, status)``, by stream,
+        then in time order: what :meth:`step` gives stream by stream.
+
+        The policy runs window index by window index, each step an array operation across the
+        streams with that many windows: the Python work per poll batch is per window index, not
+        per stream.
+
+        >>> policy = AlertPolicy(threshold=0.9, resolve_after=1)
+        >>> states, events = policy.step_streams(
+        ...     [AlertState(), AlertState(open=True)],
+        ...     np.array([0.95, 0.2, 0.1, 0.95]), np.array([0, 2]), np.array([2, 2]))
+        >>> events
+        [(0, 0, 'open'), (0, 1, 'resolved'), (1, 2, 'resolved'), (1, 3, 'open')]
+        """
+        m = len(states)
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if self.threshold is not None:
+            threshold = np.full(m, self.threshold, dtype=np.float64)
+        elif thresholds is None:
+            raise ValueError("the policy has no threshold: use with_default_threshold first")
+        else:
+            threshold = np.asarray(thresholds, dtype=np.float64).reshape(m)
+            for value in np.unique(threshold).tolist():
+                self.with_default_threshold(value)  # the same checks as stream by stream
+        scores = np.asarray(scores, dtype=np.float64)
+        given = {
+            name: np.fromiter(map(attrgetter(name), states), dtype=np.int64, count=m)
+            for name in _STATE_FIELDS
+        }
+        # Quiet streams, most of them: no alert open, no cool-down, every score below the
+        # threshold. Each of their windows resets the run above to 0 and changes nothing else.
+        owner = np.repeat(np.arange(m), lengths)
+        first_row = np.cumsum(lengths) - lengths
+        rows_of = np.repeat(starts - first_row, lengths) + np.arange(len(owner))
+        hot = np.zeros(m, dtype=bool)
+        hot[owner[scores[rows_of] >= threshold[owner]]] = True
+        quiet = (lengths > 0) & (given["open"] == 0) & (given["cooldown_left"] == 0) & ~hot
+        new_states = list(states)
+        for k in np.flatnonzero(quiet & (given["above_run"] != 0)).tolist():
+            new_states[k] = replace(states[k], above_run=0)
+        # The others, longest first: the streams that still have a window j are a prefix.
+        busy = np.flatnonzero((lengths > 0) & ~quiet)
+        order = busy[np.argsort(-lengths[busy], kind="stable")]
+        length, first = lengths[order], starts[order]
+        fields = {name: values[order] for name, values in given.items()}
+        # Working copies: ``fields`` keeps the states as they came, to tell which changed.
+        is_open = fields["open"].astype(bool)
+        above, below = fields["above_run"].copy(), fields["below_run"].copy()
+        cooldown, open_offset = fields["cooldown_left"].copy(), fields["open_offset"].copy()
+        level = threshold[order]
+        resolve_level = level * self.resolve_ratio
+        found: list[tuple[np.ndarray, np.ndarray, bool]] = []  # (sorted streams, rows, opened)
+        active, j = len(order), 0
+        while active >= _MIN_VECTOR_STREAMS:
+            a = slice(0, active)
+            rows = first[a] + j
+            score = scores[rows]
+            was_open, cooling = is_open[a], ~is_open[a] & (cooldown[a] > 0)
+            watching = ~was_open & ~cooling
+            new_below = np.where(score < resolve_level[a], below[a] + 1, 0)
+            new_above = np.where(score >= level[a], above[a] + 1, 0)
+            resolving = was_open & (new_below >= self.resolve_after)
+            opening = watching & (new_above >= self.open_after)
+            below[a] = np.where(resolving | opening, 0, np.where(was_open, new_below, below[a]))
+            above[a] = np.where(cooling | opening, 0, np.where(watching, new_above, above[a]))
+            cooldown[a] = np.where(resolving, self.cooldown, cooldown[a] - cooling)
+            is_open[a] = (was_open & ~resolving) | opening
+            if opening.any():
+                opened = np.flatnonzero(opening)
+                open_offset[opened] = NO_OFFSET if offsets is None else offsets[rows[opened]]
+                found.append((opened, rows[opened], True))
+            if resolving.any():
+                resolved = np.flatnonzero(resolving)
+                found.append((resolved, rows[resolved], False))
+            j += 1
+            active = int(np.count_nonzero(length > j))
+
+        changed = (
+            (is_open != fields["open"].astype(bool))
+            | (above != fields["above_run"])
+            | (below != fields["below_run"])
+            | (cooldown != fields["cooldown_left"])
+            | (open_offset != fields["open_offset"])
+        )
+        moved = np.flatnonzero(changed)
+        columns = (is_open, above, below, cooldown, open_offset)
+        settled = zip(order[moved].tolist(), *(c[moved].tolist() for c in columns), strict=True)
+        for k, *values in settled:
+            new_states[k] = AlertState(*values)  # Python bool and ints, as step makes them
+        # The last few streams with windows left: one by one from where the arrays stand.
+        for i in range(active):
+            k, start = int(order[i]), int(first[i]) + j
+            tail = slice(start, int(first[i]) + int(length[i]))
+            policy = replace(self, threshold=float(level[i]))
+            new_states[k], rest = policy.step(
+                new_states[k], scores[tail], None if offsets is None else offsets[tail]
+            )
+            found.extend(
+                (np.array([i]), np.array([start + index]), status == OPEN) for index, status in rest
+            )
+
+        if not found:
+            return new_states, []
+        stream = order[np.concatenate([f[0] for f in found])]
+        row = np.concatenate([f[1] for f in found])
+        opened = np.concatenate([np.full(len(f[0]), f[2]) for f in found])
+        by_stream = np.lexsort((row, stream))
+        transitions = [
+            (k, r, OPEN if o else RESOLVED)
+            for k, r, o in zip(
+                stream[by_stream].tolist(),
+                row[by_stream].tolist(),
+                opened[by_stream].tolist(),
+                strict=True,
+            )
+        ]
+        return new_states, transitions

@@ -1,14 +1,15 @@
 """Where window states live between poll batches: Redis in production, memory in evaluations.
 
 The interface is two batch calls, so a poll batch costs two round trips whatever its size:
-:meth:`WindowStore.load` (one pipelined read) and :meth:`WindowStore.save` (one pipelined,
-fenced write). A write lands only if it is newer than what is stored: for the same
-topic-partition, its last applied offset must be greater than the stored one (compare-and-set
-in a Lua script, atomic in Redis 6.2+). So a zombie worker that lost its partitions cannot
-overwrite the newer state of the worker that took them over.
+:meth:`WindowStore.load` (one pipelined read) and :meth:`WindowStore.save` (one fenced write:
+a single Lua script call carrying every state of the batch). A write lands only if it is newer
+than what is stored: for the same topic-partition, its last applied offset must be greater than
+the stored one (compare-and-set in the script, atomic in Redis 6.2+). So a zombie worker that
+lost its partitions cannot overwrite the newer state of the worker that took them over.
 
 Keys are ``<prefix>:w:{<stream>}``: the braces are a Redis Cluster hash tag, so each stream's
-key lives in one slot and the store works unchanged on a cluster.
+key lives in one slot and the store works unchanged on a cluster, where the write is one script
+call per slot (in one pipeline) instead of one per batch.
 
 A value at a stream's key that is not a window state (corrupt, written by another program, of
 another Redis type) affects only that stream: :meth:`WindowStore.load` returns it as
@@ -38,24 +39,45 @@ from stream_ae.core.state_codec import (
 from stream_ae.errors import StateFormatError, StateShapeError, StoreError
 from stream_ae.io.redis import connect_redis, redis_errors
 
-# Fencing compare-and-set. Offsets are compared as Lua numbers (doubles): exact below 2**53.
+# Fencing compare-and-set over a batch: KEYS are state keys, ARGV[i] the new state of
+# KEYS[i]. The script reads the topic, partition and offset of both the stored and the new
+# state from their headers (the new state's header holds exactly its topic, partition and
+# offset), so a stream costs two arguments, not five. Per key it returns 1 (written), 0 (refused:
+# the stored state is at or past this offset of the same topic-partition), -1 (the value there
+# is not a window state, or of another Redis type: to quarantine) or the error text of any
+# other failure of its GET. Offsets are compared as Lua numbers (doubles): exact below 2**53.
+# The batch runs as one script, atomically; the keys of one call must share a Redis Cluster
+# slot (the store groups them so).
 _FENCED_SET = f"""
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  if string.sub(cur, 1, 4) ~= 'SAE1' or string.len(cur) < {HEADER_SIZE} then
-    return redis.error_reply('STATEFORMAT stored value is not a stream-ae window state')
-  end
-  local partition = struct.unpack('<i4', cur, {PARTITION_POS + 1})
-  local offset = struct.unpack('<i8', cur, {OFFSET_POS + 1})
-  local topic_len = struct.unpack('<I2', cur, {HEADER_SIZE - 1})
-  local topic = string.sub(cur, {HEADER_SIZE + 1}, {HEADER_SIZE} + topic_len)
-  if topic == ARGV[2] and partition == tonumber(ARGV[3]) and offset >= tonumber(ARGV[4]) then
-    return 0
+local function position(blob)
+  local partition = struct.unpack('<i4', blob, {PARTITION_POS + 1})
+  local offset = struct.unpack('<i8', blob, {OFFSET_POS + 1})
+  local topic_len = struct.unpack('<I2', blob, {HEADER_SIZE - 1})
+  return string.sub(blob, {HEADER_SIZE + 1}, {HEADER_SIZE} + topic_len), partition, offset
+end
+local out = {{}}
+for i = 1, #KEYS do
+  local cur = redis.pcall('GET', KEYS[i])
+  if type(cur) == 'table' then
+    if string.find(cur.err, 'WRONGTYPE', 1, true) then out[i] = -1 else out[i] = cur.err end
+  elseif cur and (string.sub(cur, 1, 4) ~= 'SAE1' or string.len(cur) < {HEADER_SIZE}) then
+    out[i] = -1
+  else
+    out[i] = 1
+    if cur then
+      local topic, partition, offset = position(cur)
+      local new_topic, new_partition, new_offset = position(ARGV[i])
+      if topic == new_topic and partition == new_partition and offset >= new_offset then
+        out[i] = 0
+      end
+    end
+    if out[i] == 1 then redis.call('SET', KEYS[i], ARGV[i]) end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
+return out
 """
+# What the fence script answers for a value that is not a window state.
+_FOREIGN = -1
 
 
 @dataclass(frozen=True)
@@ -248,32 +270,55 @@ class RedisWindowStore:
 
         streams = list(states)
         blobs = encode_states(list(states.values()))  # the whole batch's in one pass
-        args = [
-            (blob, s.topic, str(s.partition), str(s.offset))
-            for blob, s in zip(blobs, states.values(), strict=True)
-        ]
+        keys = [self.key(stream) for stream in streams]
+        # One script call for the whole batch; on a cluster, one per slot (the keys of a
+        # script must share a slot), all in one pipeline.
+        groups = self._slot_groups(keys)
         pipe = self.client.pipeline(transaction=False)
-        for stream, argv in zip(streams, args, strict=True):
-            pipe.evalsha(self._sha, 1, self.key(stream), *argv)
-        results = self._execute(pipe, raise_on_error=False)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+        for rows in groups:
+            pipe.evalsha(
+                self._sha,
+                len(rows),
+                *[keys[i] for i in rows],
+                *[blobs[i] for i in rows],
+            )
+        replies = self._execute(pipe, raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             # The script cache was flushed (Redis restarted): load it and write again; rows
             # that landed the first time are refused by the fence, harmlessly.
             with redis_errors("loading the fenced-write script"):
                 self._sha = self.client.script_load(_FENCED_SET)
             return self.save(states)
+        results: list[Any] = [None] * len(streams)
+        for rows, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise StoreError(f"fenced write of {len(rows)} states failed: {reply}")
+            for i, result in zip(rows, reply, strict=True):
+                results[i] = result
         foreign = []
         for stream, result in zip(streams, results, strict=True):
-            if isinstance(result, Exception):
-                if "STATEFORMAT" in str(result) or "WRONGTYPE" in str(result):
-                    foreign.append(stream)  # written there since our load: move it aside
-                    continue
-                raise StoreError(f"fenced write of {self.key(stream)} failed: {result}")
-        landed = {stream: bool(r) for stream, r in zip(streams, results, strict=True)}
+            if result == _FOREIGN:
+                foreign.append(stream)  # written there since our load: move it aside
+            elif not isinstance(result, int):
+                text = result.decode() if isinstance(result, bytes) else result
+                raise StoreError(f"fenced write of {self.key(stream)} failed: {text}")
+        landed = {stream: r == 1 for stream, r in zip(streams, results, strict=True)}
         if foreign:
             self.quarantine(foreign)
             landed.update(self.save({stream: states[stream] for stream in foreign}))
         return landed
+
+    def _slot_groups(self, keys: Sequence[str]) -> list[list[int]]:
+        """The positions of ``keys`` grouped so that each group's keys may share one command:
+        all of them on a single server, those of one hash slot on a Redis Cluster."""
+        from redis.cluster import RedisCluster
+
+        if not isinstance(self.client, RedisCluster):
+            return [list(range(len(keys)))]
+        slots: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            slots.setdefault(self.client.keyslot(key), []).append(i)
+        return list(slots.values())
 
     def delete(self, streams: Iterable[str]) -> None:
         keys = [self.key(s) for s in streams]

@@ -69,7 +69,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -82,7 +82,7 @@ from stream_ae.core.records import DeadLetter as DecodeFailure
 from stream_ae.core.records import EventBatch, decode_batch
 from stream_ae.errors import BrokerError, SchemaError, StoreError, StreamAEError
 from stream_ae.io.kafka import BatchConsumer, Partition, Producer, Record, lag
-from stream_ae.io.state_guard import StateGuard, next_offsets
+from stream_ae.io.state_guard import StateGuard
 from stream_ae.io.window_store import WindowStore
 from stream_ae.logs import fields
 from stream_ae.model.inference import Scorer
@@ -177,6 +177,8 @@ class _InFlight:
     stats: BatchStats
     started: float
     outcome: Future[BatchOutcome]
+    # The first and last offset of ``messages`` per partition (offset_spans), found once.
+    spans: dict[Partition, tuple[int, int]]
 
 
 class Worker:
@@ -471,7 +473,8 @@ class Worker:
             # 2. Bad messages to the dead-letter topic, acknowledged before anything else
             #    happens, so a retry of this batch does not send or count them again.
             self._dead_letter(messages, decoded.dead, stats)
-            self.dead_letters.flush(offset_spans(messages))
+            spans = offset_spans(messages)
+            self.dead_letters.flush(spans)
         except StreamAEError as exc:
             self._recover(messages, exc)
             return stats
@@ -485,7 +488,7 @@ class Worker:
                 outcome.set_result(self.processor.process(decoded.events))
             except Exception as exc:
                 outcome.set_exception(exc)
-        batch = _InFlight(messages, stats, started, outcome)
+        batch = _InFlight(messages, stats, started, outcome, spans)
         self._in_flight = batch
         return batch
 
@@ -531,10 +534,13 @@ class Worker:
         # 7b. Mark the partitions' states as written up to here (before the commit, so a
         #     healthy store's marker is never behind the committed offset).
         if self.state_guard is not None:
-            self.state_guard.record(next_offsets(batch.messages), outcome.touched)
+            next_offsets = {
+                (tp.topic, tp.partition): last + 1 for tp, (_, last) in batch.spans.items()
+            }
+            self.state_guard.record(next_offsets, outcome.touched)
         _fault_point("state_written", len(outcome.alerts))
         # 8. Commit what was consumed.
-        self._commit(batch.messages)
+        self._commit(batch.spans)
         self._backoff_s = 0.0
         stats = batch.stats
         stats.applied, stats.skipped = outcome.events_applied, outcome.events_skipped
@@ -622,9 +628,10 @@ class Worker:
             except BrokerError as exc:
                 log.info("seek failed", extra=fields(partition=str(tp), error=str(exc)))
 
-    def _commit(self, messages: Sequence[Record]) -> None:
+    def _commit(self, spans: Mapping[Partition, tuple[int, int]]) -> None:
+        """Commit the next offset after each partition's last in ``spans`` (offset_spans)."""
         # A failed commit loses nothing: the replay is skipped by the fenced state.
-        self.consumer.commit({tp: last + 1 for tp, (_, last) in offset_spans(messages).items()})
+        self.consumer.commit({tp: last + 1 for tp, (_, last) in spans.items()})
 
     def _recover(self, messages: Sequence[Record], exc: StreamAEError) -> None:
         """A retriable error: rewind to the batch's first offsets and retry after a backoff,

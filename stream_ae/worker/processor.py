@@ -170,55 +170,61 @@ class StreamProcessor:
                 stages=stages,
                 gaps=found.gaps,
             )
-            # 6. The alert policy, per stream over its final scores in order.
+            # 6. The alert policy, per stream over its final scores in order: all streams at
+            # once, window index by window index. The detector's threshold, where the policy
+            # has none: the post-processing's, else the calibration's.
             now_ms = self.clock_ms()
-            policies: dict[float, AlertPolicy] = {}  # one per default threshold, not stream
-            for stream_index, state, start, length in zip(
-                scored.tolist(), scored_states, first_rows.tolist(), lengths.tolist(), strict=True
-            ):
-                rows = slice(start, start + length)
-                # The detector's threshold: the post-processing's, else the calibration's.
-                default = post.threshold if post is not None else float(batch.thresholds[start])
-                policy = policies.get(default) or policies.setdefault(
-                    default, self.policy.with_default_threshold(default)
-                )
-                alert_state, transitions = policy.step(
-                    state.alert, final[rows], found.end_offsets[rows]
-                )
+            defaults = (
+                np.full(len(scored), post.threshold)
+                if post is not None
+                else np.asarray(batch.thresholds, dtype=np.float64)[first_rows]
+            )
+            alert_states, transitions = self.policy.step_streams(
+                [state.alert for state in scored_states],
+                final,
+                first_rows,
+                lengths,
+                found.end_offsets,
+                thresholds=defaults,
+            )
+            for state, alert_state in zip(scored_states, alert_states, strict=True):
                 # In place: append_runs made this state for this batch (a stream with windows
                 # applied events), nothing else holds it yet, and a dataclasses.replace per
                 # stream per batch was a measurable share of the batch (docs/performance.md).
                 state.alert = alert_state
-                for index, status in transitions:
-                    i = start + index
-                    explained = batch.deviations(np.array([i]))  # alerts are rare: on request
-                    alerts.append(
-                        build_alert(
-                            stream=streams[stream_index],
-                            status=status,
-                            score=float(final[i]),
-                            raw_score=float(batch.scores.scores[i]),
-                            stage=STAGES[stages[i]],
-                            threshold=float(policy.threshold or default),
-                            distance=float(batch.scores.distances[i]),
-                            start_ts_ms=int(found.start_ts_ms[i]),
-                            end_ts_ms=int(found.end_ts_ms[i]),
-                            window_size=spec.window,
-                            topic=state.topic,
-                            partition=state.partition,
-                            offset=int(found.end_offsets[i]),
-                            model_name=scorer.artifact.name,
-                            model_version=batch.model_version,
-                            feature_names=spec.feature_names,
-                            contributions=batch.scores.contributions[i],
-                            directions=batch.scores.directions[i],
-                            steps=explained.steps[0],
-                            observed=explained.observed[0],
-                            expected=explained.expected[0],
-                            emitted_at_ms=now_ms,
-                            gap=bool(found.gaps[i]) if self.gap_rule.checks else None,
-                        )
+            for k, i, status in transitions:
+                stream_index, state = int(scored[k]), scored_states[k]
+                threshold = (
+                    self.policy.threshold if self.policy.threshold is not None else defaults[k]
+                )
+                explained = batch.deviations(np.array([i]))  # alerts are rare: on request
+                alerts.append(
+                    build_alert(
+                        stream=streams[stream_index],
+                        status=status,
+                        score=float(final[i]),
+                        raw_score=float(batch.scores.scores[i]),
+                        stage=STAGES[stages[i]],
+                        threshold=float(threshold),
+                        distance=float(batch.scores.distances[i]),
+                        start_ts_ms=int(found.start_ts_ms[i]),
+                        end_ts_ms=int(found.end_ts_ms[i]),
+                        window_size=spec.window,
+                        topic=state.topic,
+                        partition=state.partition,
+                        offset=int(found.end_offsets[i]),
+                        model_name=scorer.artifact.name,
+                        model_version=batch.model_version,
+                        feature_names=spec.feature_names,
+                        contributions=batch.scores.contributions[i],
+                        directions=batch.scores.directions[i],
+                        steps=explained.steps[0],
+                        observed=explained.observed[0],
+                        expected=explained.expected[0],
+                        emitted_at_ms=now_ms,
+                        gap=bool(found.gaps[i]) if self.gap_rule.checks else None,
                     )
+                )
         touched = {streams[i]: states[i] for i in np.flatnonzero(applied_per_stream).tolist()}
         self.cache.update(touched)
         return BatchOutcome(

@@ -92,17 +92,40 @@ def test_keys_land_on_the_slot_of_their_hash_tag_across_all_masters(
     assert len(owners) == 3  # the streams spread over every master
 
 
-def test_the_fence_touches_one_key_in_one_slot(cluster_client: RedisCluster) -> None:
-    """The fence script is given exactly its state's key (redis-py routes EVALSHA by it, and a
-    script touching another slot's key would fail on a cluster): every fenced write lands
-    and refuses on the key's own master."""
+def test_the_fence_touches_only_its_keys_of_one_slot(cluster_client: RedisCluster) -> None:
+    """The fence script is given exactly the keys it writes, all of one slot (redis-py routes
+    EVALSHA by them and refuses keys of several slots, and a script touching another slot's key
+    would fail on a cluster): every fenced write lands and refuses on the key's own master."""
     store = RedisWindowStore(cluster_client, contract.WINDOW, contract.FEATURES, prefix="sae")
     streams = [f"s{i}" for i in range(40)]
     assert all(store.save({s: contract.state_at(10) for s in streams}).values())
     assert not any(store.save({s: contract.state_at(9) for s in streams}).values())
-    # Every key the script reads or writes is KEYS[1], the one it is given.
-    calls = re.findall(r"redis\.call\('(\w+)', ([^,)]+)", window_store._FENCED_SET)
-    assert calls and all(key == "KEYS[1]" for _, key in calls), calls
+    # Every key the script reads or writes is KEYS[i], one of those it is given.
+    calls = re.findall(r"redis\.p?call\('(\w+)', ([^,)]+)", window_store._FENCED_SET)
+    assert calls and all(key == "KEYS[i]" for _, key in calls), calls
+
+
+def test_streams_of_one_slot_share_one_script_call(cluster_client: RedisCluster) -> None:
+    """On a cluster the batch is one script call per slot: streams whose keys hash to the same
+    slot travel together, the others alone, and the fence holds for each."""
+    store = RedisWindowStore(cluster_client, contract.WINDOW, contract.FEATURES, prefix="sae")
+    by_slot: dict[int, list[str]] = {}
+    for name in (f"host-{i}/cpu" for i in range(200)):  # host-1/cpu and host-30/cpu collide
+        by_slot.setdefault(cluster_client.keyslot(store.key(name)), []).append(name)
+    shared = next(names for names in by_slot.values() if len(names) >= 2)[:2]
+    alone = [names[0] for names in by_slot.values() if shared[0] not in names][:3]
+    store.save({shared[0]: contract.state_at(50)})
+
+    def evalsha_calls() -> int:
+        stats = cluster_client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(node.get("cmdstat_evalsha", {}).get("calls", 0)) for node in stats.values())
+
+    before = evalsha_calls()
+    states = {shared[0]: contract.state_at(40), shared[1]: contract.state_at(40)}
+    states.update({name: contract.state_at(40) for name in alone})
+    landed = store.save(states)
+    assert evalsha_calls() - before == 1 + len(alone)
+    assert landed == {shared[0]: False, shared[1]: True, **{name: True for name in alone}}
 
 
 def test_the_state_guard_on_a_cluster(cluster_client: RedisCluster) -> None:

@@ -201,6 +201,30 @@ def test_fencing_is_per_stream_within_one_batch(backend: Backend) -> None:
     assert [loaded[s].offset for s in "abc"] == [50, 60, 1]
 
 
+def test_a_batch_of_fresh_and_stale_states_lands_exactly_the_fresh_ones(backend: Backend) -> None:
+    """One save of many streams, each fenced on its own: older, equal, newer, on another
+    partition, new streams, and a value that is not a state, all in one batch."""
+    store = backend.store
+    store.save({f"s{i}": state_at(100) for i in range(60)})
+    backend.put_raw("s59", b"not ours")
+    offsets = [90, 100, 101, 150] * 15  # per stream: older, equal, newer, newer
+    batch = {f"s{i}": state_at(offset, level=7.0) for i, offset in enumerate(offsets)}
+    batch["s3"] = state_at(5, partition=1, level=7.0)  # another partition: a new sequence
+    batch.update({f"new{i}": state_at(1, level=7.0) for i in range(5)})
+    expected = {stream: state.offset > 100 for stream, state in batch.items()}
+    expected.update({"s3": True, "s59": True, **{f"new{i}": True for i in range(5)}})
+
+    assert store.save(batch) == expected
+    assert backend.quarantined("s59") == [b"not ours"]
+    loaded = store.load(list(batch))
+    for stream, state in batch.items():
+        kept = loaded[stream]
+        assert isinstance(kept, StreamState)
+        assert kept.same_as(state) == expected[stream], stream
+        if not expected[stream]:
+            assert kept.offset == 100 and kept.values[0, 0] < 7.0  # the stored one, untouched
+
+
 def test_delete(backend: Backend) -> None:
     store = backend.store
     store.save({"gone": state_at(10), "kept": state_at(10)})
@@ -333,7 +357,8 @@ def test_redis_batch_cost_in_commands_and_network_round_trips(
     # INFO itself shows up in its own counter; everything else is the store's.
     save_cmds = {k: v for k, v in delta(between, before).items() if k != "info"}
     load_cmds = {k: v for k, v in delta(after, between).items() if k != "info"}
-    assert save_cmds == {"evalsha": 200, "get": 200, "set": 200}  # GET/SET run inside the script
+    # One script call carries the whole batch; its GETs and SETs run inside it.
+    assert save_cmds == {"evalsha": 1, "get": 200, "set": 200}
     assert load_cmds == {"get": 200}
     assert save_sends == 1 and load_sends == 1  # one pipelined write to the socket each way
 

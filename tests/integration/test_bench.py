@@ -207,9 +207,10 @@ def test_store_bench_counts_round_trips_and_holds_every_stream(
         # Cold cache: one pipelined load, one pipelined fenced write. Warm: the write only.
         assert cold["round_trips_per_batch"] == 2.0 == cold["socket_writes_per_batch"]
         assert warm["round_trips_per_batch"] == 1.0 == warm["socket_writes_per_batch"]
-        # One GET per stream loaded and one EVALSHA per stream written, nothing else.
-        assert cold["get_per_batch"] == 10 and cold["evalsha_per_batch"] == 10
-        assert warm["get_per_batch"] == 0 and warm["evalsha_per_batch"] == 10
+        # One GET per stream loaded and one EVALSHA per batch (all its states), nothing else.
+        assert cold["get_per_batch"] == 10 and cold["evalsha_per_batch"] == 1
+        assert warm["get_per_batch"] == 0 and warm["evalsha_per_batch"] == 1
+        assert cold["states_written_per_batch"] == 10 == warm["states_written_per_batch"]
         assert cold["other_commands"] == 0 == warm["other_commands"]
         assert cold["scripted_set_per_batch"] == 10  # every fenced write landed
     # Its keys are gone afterwards.

@@ -5,6 +5,7 @@ in pieces, carrying the state, is the same as running it in one go."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,3 +174,148 @@ def test_transitions_alternate_and_respect_the_policy(
     for (i, first), (j, _) in itertools.pairwise(events):
         if first == RESOLVED:
             assert j - i > policy.cooldown
+
+
+# --- many streams at once ---------------------------------------------------------------------
+
+alert_states = st.builds(
+    AlertState,
+    open=st.booleans(),
+    above_run=st.integers(0, 5),
+    below_run=st.integers(0, 5),
+    cooldown_left=st.integers(0, 6),
+    open_offset=st.sampled_from([NO_OFFSET, 3, 10**12]),
+)
+Stream = tuple[AlertState, list[float], float]  # its state, its scores, its default threshold
+
+
+def stepped_one_by_one(
+    policy: AlertPolicy, streams: list[Stream]
+) -> tuple[list[AlertState], list[tuple[int, int, str]]]:
+    """Each stream through :meth:`AlertPolicy.step` over all its scores: the reference."""
+    states, events = [], []
+    for k, (state, scores, default) in enumerate(streams):
+        offsets = np.arange(len(scores), dtype=np.int64) * 3 + 1000 * k
+        state, part = policy.with_default_threshold(default).step(
+            state, np.array(scores, dtype=np.float64), offsets
+        )
+        states.append(state)
+        events += [(k, index, status) for index, status in part]
+    return states, events
+
+
+def stepped_in_batches(
+    policy: AlertPolicy, streams: list[Stream], data: st.DataObject, batches: int
+) -> tuple[list[AlertState], list[tuple[int, int, str]]]:
+    """The streams through :meth:`AlertPolicy.step_streams`, each one's scores cut into
+    ``batches`` pieces, each batch's rows laid out in a drawn order of the streams."""
+    states = [state for state, _, _ in streams]
+    cuts = [
+        [
+            0,
+            *sorted(
+                data.draw(
+                    st.lists(st.integers(0, len(s)), min_size=batches - 1, max_size=batches - 1)
+                )
+            ),
+            len(s),
+        ]
+        for _, s, _ in streams
+    ]
+    defaults = np.array([default for _, _, default in streams])
+    events = []
+    for b in range(batches):
+        layout = data.draw(st.permutations(range(len(streams))), label="layout")
+        starts = np.zeros(len(streams), dtype=np.int64)
+        lengths = np.zeros(len(streams), dtype=np.int64)
+        scores: list[float] = []
+        offsets: list[int] = []
+        for k in layout:
+            lo, hi = cuts[k][b], cuts[k][b + 1]
+            starts[k], lengths[k] = len(scores), hi - lo
+            scores += streams[k][1][lo:hi]
+            offsets += [3 * i + 1000 * k for i in range(lo, hi)]
+        states, part = policy.step_streams(
+            states,
+            np.array(scores, dtype=np.float64),
+            starts,
+            lengths,
+            np.array(offsets, dtype=np.int64),
+            thresholds=defaults,
+        )
+        assert [k for k, _, _ in part] == sorted(k for k, _, _ in part)  # by stream
+        events += [(k, cuts[k][b] + row - int(starts[k]), status) for k, row, status in part]
+    # By stream, then in time order, as the reference.
+    return states, sorted(events, key=lambda e: (e[0], e[1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=policies,
+    own_threshold=st.booleans(),
+    streams=st.lists(
+        st.tuples(
+            alert_states,
+            st.lists(score_values, max_size=25),
+            st.sampled_from([0.5, 0.81, 0.9, 1.0]),
+        ),
+        max_size=30,
+    ),
+    batches=st.integers(1, 3),
+    data=st.data(),
+)
+def test_step_streams_equals_step_per_stream_for_any_split_into_batches(
+    policy: AlertPolicy,
+    own_threshold: bool,
+    streams: list[Stream],
+    batches: int,
+    data: st.DataObject,
+) -> None:
+    policy = policy if own_threshold else replace(policy, threshold=None)
+    expected_states, expected_events = stepped_one_by_one(policy, streams)
+    states, events = stepped_in_batches(policy, streams, data, batches)
+    assert events == expected_events
+    assert states == expected_states
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_step_streams_over_many_streams_of_many_lengths(seed: int) -> None:
+    """Hundreds of streams (the array path throughout) and a few long ones (the tail one by
+    one), scores around the threshold: the same as stream by stream."""
+    rng = np.random.default_rng(seed)
+    policy = AlertPolicy(threshold=None, open_after=2, resolve_after=2, cooldown=3)
+    lengths = np.concatenate([rng.integers(0, 4, 400), rng.integers(20, 60, 5)])
+    streams: list[Stream] = [
+        (
+            AlertState(open=bool(rng.integers(2)), cooldown_left=int(rng.integers(3))),
+            rng.choice([0.2, 0.8, 0.85, 0.9, 0.95], size=n).tolist(),
+            float(rng.choice([0.85, 0.9])),
+        )
+        for n in lengths.tolist()
+    ]
+    expected_states, expected_events = stepped_one_by_one(policy, streams)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    scores = np.concatenate([np.array(s, dtype=np.float64) for _, s, _ in streams])
+    offsets = np.concatenate(
+        [np.arange(n, dtype=np.int64) * 3 + 1000 * k for k, n in enumerate(lengths.tolist())]
+    )
+    states, events = policy.step_streams(
+        [s for s, _, _ in streams],
+        scores,
+        starts,
+        lengths,
+        offsets,
+        thresholds=np.array([d for _, _, d in streams]),
+    )
+    assert [(k, row - int(starts[k]), status) for k, row, status in events] == expected_events
+    assert states == expected_states
+    assert len(expected_events) > 20
+
+
+def test_step_streams_without_any_threshold_is_refused() -> None:
+    with pytest.raises(ValueError, match="no threshold"):
+        AlertPolicy().step_streams([AlertState()], np.zeros(1), np.zeros(1), np.ones(1))
+    with pytest.raises(ValueError, match="threshold must be in"):
+        AlertPolicy().step_streams(
+            [AlertState()], np.zeros(1), np.zeros(1), np.ones(1), thresholds=np.array([1.5])
+        )

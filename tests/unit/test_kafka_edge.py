@@ -9,11 +9,13 @@ from typing import Any
 import confluent_kafka
 import kafka.errors
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from stream_ae.core.records import Reason
 from stream_ae.errors import BrokerError, ConfigError, MessageTooLargeError
-from stream_ae.io.kafka import ConsumedRecord, KafkaConnection, security_config
+from stream_ae.io.kafka import ConsumedRecord, KafkaConnection, Partition, security_config
 from stream_ae.io.kafka import confluent as confluent_client
 from stream_ae.io.kafka import kafka_python as kafka_python_client
 from stream_ae.io.kafka.adapter import ConsumerOptions
@@ -179,6 +181,46 @@ def test_dead_letter_ids_differ_by_source_and_repeat_for_the_same_one() -> None:
     assert dead_letter_id("a", 0, 1) == dead_letter_id("a", 0, 1)
 
 
+def test_kafka_python_checks_crcs_in_c() -> None:
+    """kafka-python verifies each fetched batch's CRC-32C with the ``crc32c`` package when it is
+    installed (a dependency for that reason), else with a pure-Python loop."""
+    from kafka.record import util
+
+    assert util._crc32c is not util.crc32c_py
+    assert util.calc_crc32c(memoryview(b"123456789")) == 0xE3069283 == util.crc32c_py(b"123456789")
+
+
 def test_offset_spans_per_partition() -> None:
     records = [_record(b"", 5), _record(b"", 3), ConsumedRecord("other", 0, 9, None, None)]
     assert offset_spans(records) == {("metrics", 2): (3, 5), ("other", 0): (9, 9)}
+
+
+def _reference_spans(messages: list[ConsumedRecord]) -> dict[Partition, tuple[int, int]]:
+    """offset_spans as a plain loop over the messages."""
+    spans: dict[Partition, tuple[int, int]] = {}
+    for m in messages:
+        partition = Partition(m.topic, m.partition)
+        first, last = spans.get(partition, (m.offset, m.offset))
+        spans[partition] = (min(first, m.offset), max(last, m.offset))
+    return spans
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["metrics", "other", "b", "ü"]),
+            st.sampled_from([0, 1, 2, 7, 2**31 - 1]),
+            st.integers(0, 2**63 - 1),
+        ),
+        max_size=60,
+    )
+)
+def test_offset_spans_equal_a_plain_loop(rows: list[tuple[str, int, int]]) -> None:
+    messages = [
+        ConsumedRecord(topic, partition, offset, None, None) for topic, partition, offset in rows
+    ]
+    spans = offset_spans(messages)
+    expected = _reference_spans(messages)
+    assert list(spans.items()) == list(expected.items())  # the same partitions in the same order
+    assert all(type(v) is int for span in spans.values() for v in span)
+    assert all(type(p.partition) is int and isinstance(p, Partition) for p in spans)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.alerting import AlertPolicy, AlertState
 from stream_ae.core.postprocess import (
     STAGES,
     DistanceParams,
@@ -404,6 +404,45 @@ def test_score_is_the_old_behaviour_mark_flags_the_windows_across_a_gap_restart_
 
     for alert in [*mark.alerts, *restart.alerts]:
         jsonschema.validate(alert, alert_schema())
+
+
+@pytest.mark.parametrize("post", [False, True], ids=["calibrated", "post-processed"])
+def test_the_alert_policy_of_a_batch_is_the_policy_stream_by_stream(tiny: Tiny, post: bool) -> None:
+    """The processor runs the policy across the batch's streams at once: its alerts, in their
+    order, and the streams' alert states are :meth:`AlertPolicy.step` run per stream over the
+    stream's final scores."""
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    half = len(MANY) // 2
+    proc = processor(tiny, store, post)
+    alerts = 0
+    for batch in (MANY[:half], MANY[half:]):  # alert states carried over from a first batch
+        before = {stream: state.alert for stream, state in proc.cache.items()}
+        outcome = proc.process(batch)
+        windows = outcome.windows
+        default = POST.threshold if post else tiny.artifact.calibration.default.threshold
+        policy = POLICY.with_default_threshold(default)
+        expected, states = [], {}
+        owners = np.array(windows.streams)
+        for stream in dict.fromkeys(windows.streams):
+            rows = np.flatnonzero(owners == stream)
+            states[stream], transitions = policy.step(
+                before.get(stream, AlertState()),
+                windows.final_scores[rows],
+                windows.end_offsets[rows],
+            )
+            expected += [
+                (stream, status, int(windows.end_offsets[rows[i]]), float(default))
+                for i, status in transitions
+            ]
+        got = [
+            (a["stream"], a["status"], a["source"]["offset"], a["threshold"])
+            for a in outcome.alerts
+        ]
+        assert got == expected
+        assert {stream: outcome.touched[stream].alert for stream in states} == states
+        assert proc.save(outcome.touched) == []
+        alerts += len(got)
+    assert alerts > 2  # the policy really runs
 
 
 def test_one_model_call_per_batch(tiny: Tiny) -> None:
