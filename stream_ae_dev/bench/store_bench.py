@@ -13,8 +13,9 @@ counted three ways, which must agree:
   per state written) and SET are subtracted out.
 
 Memory: ``MEMORY USAGE`` of stored states (key, value and Redis's per-key overhead) against
-the raw window bytes ``W x F x 4``; and ``used_memory`` growth over all streams, which adds
-the keyspace's hash table.
+the raw window bytes ``W x F x 4`` (issue 13's budget: 1.5 x that + 250 B); and ``used_memory``
+growth over all streams, which adds the keyspace's hash table. The states carry the
+post-processing state of the shipped detector (``PostParams()``), as a worker's do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import redis
 
 from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.postprocess import PostParams
 from stream_ae.core.records import Event
 from stream_ae.core.scoring import fit_calibration
 from stream_ae.io.window_store import RedisWindowStore
@@ -40,10 +42,11 @@ from stream_ae_dev.bench.workload import bench_spec, delete_prefix, load_states,
 
 SECTION = "store"
 MAX_ROUND_TRIPS = 2.0
-MEMORY_FACTOR, MEMORY_EXTRA_BYTES = 1.5, 200
+MEMORY_FACTOR, MEMORY_EXTRA_BYTES = 1.5, 250
 TARGET_STREAMS = 100_000
 TOPIC = "bench.store"
 NO_WINDOWS_STRIDE = 1 << 40  # with states already past W events, no window ever completes
+SHIPPED_POST = PostParams()  # the post-processing whose state every stored state carries
 
 
 class CountingConnection(redis.Connection):
@@ -175,7 +178,15 @@ def run_store_bench(
             delete_prefix(client, key_prefix)
             used_before = int(client.info("memory")["used_memory"])
             load_s = load_states(
-                client, key_prefix, streams, window, f, topic=TOPIC, partition=0, offset=0
+                client,
+                key_prefix,
+                streams,
+                window,
+                f,
+                topic=TOPIC,
+                partition=0,
+                offset=0,
+                post=SHIPPED_POST,
             )
             used_after = int(client.info("memory")["used_memory"])
             held = sum(1 for _ in client.scan_iter(match=f"{key_prefix}:*", count=10_000))
@@ -187,6 +198,7 @@ def run_store_bench(
             raw = window * f * 4
             per_stream = float(np.mean(usage))
             budget = MEMORY_FACTOR * raw + MEMORY_EXTRA_BYTES
+            post_bytes = 4 + 8 * SHIPPED_POST.state_size_of(f)  # count, then float64 values
 
             store = RedisWindowStore(client, window, f, prefix=key_prefix)
             scorer = state_only_scorer(window, f)
@@ -234,7 +246,8 @@ def run_store_bench(
                     "bytes",
                     "<=",
                     budget,
-                    note=f"raw window {raw} B, stored value {value_bytes} B",
+                    note=f"raw window {raw} B, stored value {value_bytes} B, of which "
+                    f"post-processing state {post_bytes} B",
                 ),
                 Figure.info(
                     SECTION,
@@ -290,6 +303,7 @@ def run_store_bench(
                 "memory_usage_bytes_min": min(usage),
                 "memory_usage_bytes_max": max(usage),
                 "memory_budget_bytes": budget,
+                "post_state_bytes": post_bytes,
                 "used_memory_growth_bytes": used_after - used_before,
                 "cold": cold_stats,
                 "warm": warm_stats,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_ae.core.postprocess import PostParams, new_post_state
 from stream_ae.core.scoring import fit_calibration, window_errors
 from stream_ae.core.state import StreamState, new_state
 from stream_ae.core.state_codec import encode_state
@@ -92,8 +93,11 @@ def full_state(
     partition: int = -1,
     offset: int = -1,
     last_ts_ms: int = 1_700_000_000_000,
+    post: PostParams | None = None,
 ) -> StreamState:
-    """The state of a stream that has seen one full window (steps -W..-1 of its sine).
+    """The state of a stream that has seen one full window (steps -W..-1 of its sine), with
+    the fresh post-processing state of ``post`` where given (what a stream of a detector with
+    that post-processing keeps: its size, not its values, is what the store bench measures).
 
     With the default position (no topic, partition -1, offset -1) no event is skipped as a
     replay and every fenced write lands, whatever topic the events come from.
@@ -111,6 +115,7 @@ def full_state(
         offset=offset,
         stat_mean=x.mean(axis=0),
         stat_m2=((x - x.mean(axis=0)) ** 2).sum(axis=0),
+        post=state.post if post is None else new_post_state(post, features),
     )
 
 
@@ -125,6 +130,7 @@ def load_states(
     partition: int = -1,
     offset: int = -1,
     batch: int = 5_000,
+    post: PostParams | None = None,
 ) -> float:
     """SET ``streams`` full window states under ``<prefix>:w:{s<i>}`` (the keys of
     :class:`RedisWindowStore` for streams ``s0``, ``s1``...) in pipelined batches; returns the
@@ -132,7 +138,9 @@ def load_states(
     their sizes do not, and encoding 100k of them would dominate the run."""
     templates = [
         encode_state(
-            full_state(i, window, features, topic=topic, partition=partition, offset=offset)
+            full_state(
+                i, window, features, topic=topic, partition=partition, offset=offset, post=post
+            )
         )
         for i in range(min(streams, 256))
     ]
