@@ -54,7 +54,8 @@ def test_refit_warm_starts_and_leaves_out_windows_that_raised_alerts(tmp_path: P
 
     # Stream a alerted from the window over steps 89..100 until the one over 119..130.
     alerts = [_alert("a", "open", at(89), at(100)), _alert("a", "resolved", at(119), at(130))]
-    second = refit_once(registry, replace(plan, spec=None), lambda: series, lambda: alerts)
+    refit = replace(plan, spec=None, detector_policy=AlertPolicy(resolve_after=3))  # not used
+    second = refit_once(registry, refit, lambda: series, lambda: alerts)
     assert second.warm_start
     assert policy_of(second.version) == {"resolve_after": 10}
     # Windows of a (12 steps, one ending at every odd step) touching steps 89..130 end at
