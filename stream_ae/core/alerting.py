@@ -24,9 +24,11 @@ default (:data:`BUILT_IN`); a threshold neither sets is the detector's own score
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
+from numbers import Integral
 from operator import attrgetter
+from types import MappingProxyType
 
 import numpy as np
 
@@ -41,12 +43,9 @@ _MIN_VECTOR_STREAMS = 8
 _STATE_FIELDS = ("open", "above_run", "below_run", "cooldown_left", "open_offset")
 # The rules where neither the operator nor the detector sets them (the threshold has none: it
 # is the detector's own score threshold then).
-BUILT_IN: dict[str, float | int] = {
-    "resolve_ratio": 0.9,
-    "open_after": 1,
-    "resolve_after": 3,
-    "cooldown": 0,
-}
+BUILT_IN: Mapping[str, float | int] = MappingProxyType(
+    {"resolve_ratio": 0.9, "open_after": 1, "resolve_after": 3, "cooldown": 0}
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class AlertPolicy:
         for name, least in (("open_after", 1), ("resolve_after", 1), ("cooldown", 0)):
             value = getattr(self, name)
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < least
+                not isinstance(value, Integral) or isinstance(value, bool) or value < least
             ):
                 raise ValueError(f"{name} must be an integer >= {least}, got {value}")
 
