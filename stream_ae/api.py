@@ -73,8 +73,9 @@ class Scores:
 class Detector:
     """One model and the worker's whole scoring chain, over an in-memory store.
 
-    ``policy`` overrides the alert policy (threshold, hysteresis); by default the artifact's
-    calibrated threshold and the worker's default policy apply. ``gap_rule`` is the worker's
+    ``policy`` overrides the alert policy (threshold, hysteresis), the fields it sets; the
+    others are the detector's own (its ``detector.json``), else the built-in ones, as in a
+    worker. ``gap_rule`` is the worker's
     rule for windows across a gap in a stream (``STREAM_AE_GAP_POLICY``; by default they are
     scored as any other).
     """

@@ -34,7 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from stream_ae.core.alerting import AlertPolicy
+from stream_ae.core.alerting import BUILT_IN, AlertPolicy
 from stream_ae.core.windowing import GapRule
 from stream_ae.errors import ConfigError
 from stream_ae.logs import mask_urls
@@ -234,22 +234,32 @@ class Settings(BaseSettings):
         "not exist stops the worker at once (exit 2).",
     )
     # The alert policy: bounds live in AlertPolicy only (checked by _alert_policy_field below).
+    # None (unset): the running detector's policy (its detector.json), else the built-in
+    # default; a value set here wins over both, field by field.
     threshold: float | None = Field(
-        None, description="Alert threshold on the final anomaly score; defaults to the detector's."
+        None,
+        description="Alert threshold on the final anomaly score; defaults to the detector's.",
     )
-    resolve_ratio: float = Field(
-        0.9,
+    resolve_ratio: float | None = Field(
+        None,
         description="Hysteresis: an open alert resolves when the score falls below "
-        "threshold * resolve_ratio.",
+        "threshold * resolve_ratio; defaults to the detector's, else "
+        f"{BUILT_IN['resolve_ratio']}.",
     )
-    open_after_windows: int = Field(
-        1, description="Consecutive windows above threshold before an alert opens."
+    open_after_windows: int | None = Field(
+        None,
+        description="Consecutive windows above threshold before an alert opens; defaults to "
+        f"the detector's, else {BUILT_IN['open_after']}.",
     )
-    resolve_after_windows: int = Field(
-        3, description="Consecutive windows below the resolve level before it resolves."
+    resolve_after_windows: int | None = Field(
+        None,
+        description="Consecutive windows below the resolve level before it resolves; defaults "
+        f"to the detector's, else {BUILT_IN['resolve_after']}.",
     )
-    cooldown_windows: int = Field(
-        0, description="Windows after a resolve during which no new alert opens."
+    cooldown_windows: int | None = Field(
+        None,
+        description="Windows after a resolve during which no new alert opens; defaults to the "
+        f"detector's, else {BUILT_IN['cooldown']}.",
     )
 
     # --- Operations -------------------------------------------------------------------------
@@ -350,7 +360,8 @@ class Settings(BaseSettings):
         return GapRule(self.gap_policy, self.gap_periods)
 
     def alert_policy(self) -> AlertPolicy:
-        """The alert policy these settings describe."""
+        """The alert policy these settings set: the fields left unset (None) are the running
+        detector's, else the built-in ones (:meth:`AlertPolicy.over`, in the processor)."""
         return AlertPolicy(
             **{policy: getattr(self, setting) for setting, policy in _POLICY_FIELDS.items()}
         )

@@ -59,4 +59,6 @@ def fit_detector(
         spec,
         config,
     )
-    return fitting.save_fit(result, Path(out_dir), name=name, post=post)
+    return fitting.save_fit(
+        result, Path(out_dir), name=name, post=post, policy=DEFAULT_DETECTOR.policy
+    )

@@ -1,11 +1,12 @@
 """The default detector: the one the NAB evaluation chose (``docs/nab.md``), in one place.
 
 A *detector* is a model and its whole scoring chain: the model spec, how it is fitted (which
-also fixes its scaling and calibration), and the post-processing of its window distances
-(``detector.json`` in the artifact, run by the worker's processor). ``stream-ae-train train``
-and ``refit``'s first fit start from :data:`DEFAULT_DETECTOR`, and ``stream-ae evaluate nab``
-measures it, so what is measured is what ships. Only what differs from :class:`ModelSpec`'s,
-:class:`FitConfig`'s and :class:`PostParams`' own defaults is written here.
+also fixes its scaling and calibration), the post-processing of its window distances and its
+alert policy (``detector.json`` in the artifact, run by the worker's processor).
+``stream-ae-train train`` and ``refit``'s first fit start from :data:`DEFAULT_DETECTOR`, and
+``stream-ae evaluate nab`` measures it, so what is measured is what ships. Only what differs
+from :class:`ModelSpec`'s, :class:`FitConfig`'s and :class:`PostParams`' own defaults is
+written here.
 
 >>> DEFAULT_DETECTOR.model.kind, DEFAULT_DETECTOR.model.window, DEFAULT_DETECTOR.model.horizon
 ('predict', 32, 4)
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.postprocess import PostParams
 from stream_ae.model.network import ModelSpec
 from training.fit import FitConfig
@@ -29,15 +31,18 @@ from training.fit import FitConfig
 @dataclass(frozen=True)
 class DetectorDefinition:
     """A detector's definition: ``model`` and ``fit`` make the artifact's model, scaling and
-    calibration; ``post`` is its post-processing (the artifact's ``detector.json``)."""
+    calibration; ``post`` is its post-processing and ``policy`` its alert policy, the fields
+    it sets (the artifact's ``detector.json``; the operator's settings win over it)."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     fit: FitConfig = field(default_factory=FitConfig)
     post: PostParams = field(default_factory=PostParams)
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
 
 
 # A small predictive model, fitted briefly (a refit warm-starts from it), and the shipped
-# post-processing (likelihood, time-of-day profile, running-range check, peak hold).
+# post-processing (likelihood, time-of-day profile, running-range check, peak hold); the
+# built-in alert policy (docs/nab.md measured it).
 DEFAULT_DETECTOR = DetectorDefinition(
     model=ModelSpec(kind="predict", window=32, horizon=4, hidden=32),
     fit=FitConfig(epochs=15, learning_rate=2e-3, patience=3),

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.postprocess import PostParams
 from stream_ae.core.scoring import ThresholdMethod
 from stream_ae.model.artifacts import Artifact, CalibrationSet, Scaling, write_artifact
@@ -239,10 +240,12 @@ class FitResult:
         version: str | None = None,
         extra_metrics: dict[str, Any] | None = None,
         post: PostParams | None = None,
+        policy: AlertPolicy | None = None,
     ) -> Artifact:
         """The fit as an in-memory artifact, ready for
         :func:`stream_ae.model.artifacts.write_artifact` (an empty version: a new one), with
-        the detector's post-processing ``post`` (None: the calibrated score is final)."""
+        the detector's post-processing ``post`` (None: the calibrated score is final) and
+        alert ``policy`` (None: none of its own, the built-in one)."""
         return Artifact(
             name=name,
             version=version or "",
@@ -254,6 +257,7 @@ class FitResult:
             model=self.model,
             manifest={},
             post=post,
+            policy=policy or AlertPolicy(),
         )
 
 
@@ -372,10 +376,12 @@ def save_fit(
     version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
     post: PostParams | None = None,
+    policy: AlertPolicy | None = None,
 ) -> Path:
     """Write a fit as an artifact directory (see :mod:`stream_ae.model.artifacts`), with the
-    detector's post-processing ``post`` (``detector.json``) when given."""
-    return write_artifact(result.to_artifact(name, version, extra_metrics, post), out_dir)
+    detector's post-processing ``post`` and alert ``policy`` (``detector.json``) when given."""
+    artifact = result.to_artifact(name, version, extra_metrics, post, policy)
+    return write_artifact(artifact, out_dir)
 
 
 def train_artifact(

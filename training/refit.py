@@ -139,12 +139,21 @@ def publish_gated(
     shadow_series: Sequence[Series] = (),
     policy: AlertPolicy | None = None,
     post: PostParams | None = None,
+    detector_policy: AlertPolicy | None = None,
 ) -> GatedPublish:
-    """Publish ``result`` with the post-processing ``post``, then :func:`gate_and_promote` it."""
+    """Publish ``result`` with the post-processing ``post`` and the detector's alert policy
+    ``detector_policy`` (its ``detector.json``), then :func:`gate_and_promote` it; ``policy``
+    is the operator's, for the shadow replay."""
     version = registry.publish(
         name,
         lambda directory, v: save_fit(
-            result, directory, name=name, version=v, extra_metrics=extra_metrics, post=post
+            result,
+            directory,
+            name=name,
+            version=v,
+            extra_metrics=extra_metrics,
+            post=post,
+            policy=detector_policy,
         ),
     )
     if champion is None:
@@ -253,8 +262,10 @@ class RefitPlan:
     spec_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
     fit_changes: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": False})
     gate: GateConfig = field(default_factory=GateConfig, metadata={"cli": False})
-    # A first fit's post-processing (detector.json; None: none); a refit keeps the champion's.
+    # A first fit's post-processing and alert policy (detector.json; None: none); a refit
+    # keeps the champion's.
     post: PostParams | None = field(default=None, metadata={"cli": False})
+    detector_policy: AlertPolicy | None = field(default=None, metadata={"cli": False})
     gate_fraction: float = field(
         default=0.2,
         metadata={
@@ -281,7 +292,8 @@ class RefitPlan:
             "challenger that opens several times the champion's alerts (--max-alert-ratio)"
         },
     )
-    # The worker's alert policy (the settings' open/resolve/cooldown rules) for the shadow replay.
+    # The operator's alert policy (the settings' open/resolve/cooldown rules, those set) for
+    # the shadow replay; each model's detector policy fills the rest.
     policy: AlertPolicy | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
@@ -411,6 +423,15 @@ def refit_once(
     except ValueError as exc:
         held = f", {plan.gate_fraction:g} of each series held out for the gate" if recent else ""
         raise RefitError(f"refit of {plan.name!r}: {exc}; data: {describe(series)}{held}") from None
+    # What comes after the model (detector.json): a first fit's is the plan's, a refit keeps
+    # the champion's.
+    after_model: tuple[PostParams | None, AlertPolicy | None] = (
+        (plan.post, plan.detector_policy)
+        if plan.spec is not None
+        else (champion.post, champion.policy)
+        if champion
+        else (None, None)
+    )
     published = publish_gated(
         registry,
         plan.name,
@@ -425,7 +446,8 @@ def refit_once(
         # own training data are false by construction, and the shadow verdict counts them.
         shadow_series=series if plan.shadow and champion is not None else (),
         policy=plan.policy,
-        post=plan.post if plan.spec is not None else champion.post if champion else None,
+        post=after_model[0],
+        detector_policy=after_model[1],
         extra_metrics={
             "train_span_ms": time_span(older),
             "refit": {

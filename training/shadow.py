@@ -100,6 +100,9 @@ def shadow_run(
 ) -> ShadowResult:
     """Replay ``series`` through a fresh processor on ``artifact``; count what it alerts on.
 
+    ``policy``: the operator's alert policy (the fields set); the artifact's own policy, else
+    the built-in one, fills the rest, as in a worker.
+
     ``training_span_ms`` defaults to the span the trainer recorded in the artifact's metrics
     (``train_span_ms``), when it did.
     """

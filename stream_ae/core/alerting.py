@@ -8,9 +8,12 @@ opens for ``cooldown`` windows. The policy's :class:`AlertState` lives in the st
 (:mod:`stream_ae.core.state`), so it survives restarts and is replayed exactly.
 
 :class:`AlertPolicy` is the one shape of these settings: the worker's settings build it
-(:meth:`stream_ae.settings.Settings.alert_policy`), the processor and the evaluators use it,
-and its bounds are checked here only. Its ``threshold`` may be left out (None): the detector's
-own threshold then applies (:meth:`AlertPolicy.with_default_threshold`).
+(:meth:`stream_ae.settings.Settings.alert_policy`), a detector carries one in its artifact
+(``detector.json``), the processor and the evaluators use it, and its bounds are checked here
+only. Any field may be left out (None): the processor runs the operator's policy over the
+detector's (:meth:`AlertPolicy.over`), field by field, and what neither sets is the built-in
+default (:data:`BUILT_IN`); a threshold neither sets is the detector's own score threshold
+(:meth:`AlertPolicy.with_default_threshold`).
 
 >>> import numpy as np
 >>> policy = AlertPolicy(threshold=0.9, resolve_after=2)
@@ -21,9 +24,11 @@ own threshold then applies (:meth:`AlertPolicy.with_default_threshold`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
+from numbers import Integral
 from operator import attrgetter
+from types import MappingProxyType
 
 import numpy as np
 
@@ -36,6 +41,11 @@ NO_OFFSET = -1
 # operation over a handful of streams costs more than the Python loop over them).
 _MIN_VECTOR_STREAMS = 8
 _STATE_FIELDS = ("open", "above_run", "below_run", "cooldown_left", "open_offset")
+# The rules where neither the operator nor the detector sets them (the threshold has none: it
+# is the detector's own score threshold then).
+BUILT_IN: Mapping[str, float | int] = MappingProxyType(
+    {"resolve_ratio": 0.9, "open_after": 1, "resolve_after": 3, "cooldown": 0}
+)
 
 
 @dataclass(frozen=True)
@@ -54,27 +64,69 @@ class AlertState:
 class AlertPolicy:
     """When alerts open and resolve; see the module docstring.
 
-    ``threshold`` in (0, 1] on the final anomaly score, or None for the detector's own;
-    ``resolve_ratio`` in (0, 1]; ``open_after`` and ``resolve_after`` at least 1 window;
-    ``cooldown`` at least 0 windows.
+    ``threshold`` in (0, 1] on the final anomaly score; ``resolve_ratio`` in (0, 1];
+    ``open_after`` and ``resolve_after`` at least 1 window; ``cooldown`` at least 0 windows.
+    None (every field's default): not set here, so another policy's (:meth:`over`), else the
+    built-in one (:data:`BUILT_IN`; for the threshold, the detector's own).
+
+    >>> AlertPolicy(resolve_after=10).rules()
+    (0.9, 1, 10, 0)
     """
 
     threshold: float | None = None
-    resolve_ratio: float = 0.9
-    open_after: int = 1
-    resolve_after: int = 3
-    cooldown: int = 0
+    resolve_ratio: float | None = None
+    open_after: int | None = None
+    resolve_after: int | None = None
+    cooldown: int | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if not 0.0 < self.resolve_ratio <= 1.0:
+        if self.resolve_ratio is not None and not 0.0 < self.resolve_ratio <= 1.0:
             raise ValueError(f"resolve_ratio must be in (0, 1], got {self.resolve_ratio}")
-        if self.open_after < 1 or self.resolve_after < 1 or self.cooldown < 0:
-            raise ValueError(
-                "open_after and resolve_after must be >= 1 and cooldown >= 0, got "
-                f"{self.open_after}, {self.resolve_after}, {self.cooldown}"
+        for name, least in (("open_after", 1), ("resolve_after", 1), ("cooldown", 0)):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, Integral) or isinstance(value, bool) or value < least
+            ):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+
+    def over(self, other: AlertPolicy) -> AlertPolicy:
+        """This policy's fields where set, ``other``'s where not: the operator's policy over the
+        detector's.
+
+        >>> AlertPolicy(open_after=2).over(AlertPolicy(open_after=5, resolve_after=10)).as_dict()
+        {'open_after': 2, 'resolve_after': 10}
+        """
+        return AlertPolicy(
+            *(
+                mine if mine is not None else theirs
+                for mine, theirs in zip(astuple(self), astuple(other), strict=True)
             )
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The fields set (not None), by name: what ``detector.json`` holds as its policy.
+
+        >>> AlertPolicy(resolve_after=10).as_dict()
+        {'resolve_after': 10}
+        """
+        return {
+            name: value
+            for name in ("threshold", *BUILT_IN)
+            if (value := getattr(self, name)) is not None
+        }
+
+    def rules(self) -> tuple[float, int, int, int]:
+        """``resolve_ratio``, ``open_after``, ``resolve_after`` and ``cooldown`` as run: this
+        policy's, the built-in ones where it sets none."""
+        full = {**BUILT_IN, **self.as_dict()}
+        return (
+            float(full["resolve_ratio"]),
+            int(full["open_after"]),
+            int(full["resolve_after"]),
+            int(full["cooldown"]),
+        )
 
     def with_default_threshold(self, threshold: float) -> AlertPolicy:
         """This policy, with ``threshold`` where it has none of its own.
@@ -97,23 +149,24 @@ class AlertPolicy:
         if self.threshold is None:
             raise ValueError("the policy has no threshold: use with_default_threshold first")
         threshold = self.threshold
+        resolve_ratio, open_after, resolve_after, cooldown_windows = self.rules()
         is_open = state.open
         above, below, cooldown = state.above_run, state.below_run, state.cooldown_left
         open_offset = state.open_offset
-        resolve_level = threshold * self.resolve_ratio
+        resolve_level = threshold * resolve_ratio
         transitions: list[tuple[int, str]] = []
         for i, score in enumerate(np.asarray(scores, dtype=np.float64).tolist()):
             if is_open:
                 below = below + 1 if score < resolve_level else 0
-                if below >= self.resolve_after:
-                    is_open, below, cooldown = False, 0, self.cooldown
+                if below >= resolve_after:
+                    is_open, below, cooldown = False, 0, cooldown_windows
                     transitions.append((i, RESOLVED))
             elif cooldown > 0:
                 cooldown -= 1
                 above = 0
             else:
                 above = above + 1 if score >= threshold else 0
-                if above >= self.open_after:
+                if above >= open_after:
                     is_open, above, below = True, 0, 0
                     open_offset = int(offsets[i]) if offsets is not None else NO_OFFSET
                     transitions.append((i, OPEN))
@@ -149,6 +202,7 @@ class AlertPolicy:
         [(0, 0, 'open'), (0, 1, 'resolved'), (1, 2, 'resolved'), (1, 3, 'open')]
         """
         m = len(states)
+        resolve_ratio, open_after, resolve_after, cooldown_windows = self.rules()
         starts = np.asarray(starts, dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64)
         if self.threshold is not None:
@@ -185,7 +239,7 @@ class AlertPolicy:
         above, below = fields["above_run"].copy(), fields["below_run"].copy()
         cooldown, open_offset = fields["cooldown_left"].copy(), fields["open_offset"].copy()
         level = threshold[order]
-        resolve_level = level * self.resolve_ratio
+        resolve_level = level * resolve_ratio
         found: list[tuple[np.ndarray, np.ndarray, bool]] = []  # (sorted streams, rows, opened)
         active, j = len(order), 0
         while active >= _MIN_VECTOR_STREAMS:
@@ -196,11 +250,11 @@ class AlertPolicy:
             watching = ~was_open & ~cooling
             new_below = np.where(score < resolve_level[a], below[a] + 1, 0)
             new_above = np.where(score >= level[a], above[a] + 1, 0)
-            resolving = was_open & (new_below >= self.resolve_after)
-            opening = watching & (new_above >= self.open_after)
+            resolving = was_open & (new_below >= resolve_after)
+            opening = watching & (new_above >= open_after)
             below[a] = np.where(resolving | opening, 0, np.where(was_open, new_below, below[a]))
             above[a] = np.where(cooling | opening, 0, np.where(watching, new_above, above[a]))
-            cooldown[a] = np.where(resolving, self.cooldown, cooldown[a] - cooling)
+            cooldown[a] = np.where(resolving, cooldown_windows, cooldown[a] - cooling)
             is_open[a] = (was_open & ~resolving) | opening
             if opening.any():
                 opened = np.flatnonzero(opening)

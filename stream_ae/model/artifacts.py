@@ -7,9 +7,13 @@ An artifact is a directory::
     preprocessing.json   the Scaling
     calibration.json     the CalibrationSet (global error model and per-stream overrides)
     metrics.json         training metrics (free-form)
-    detector.json        optional: the post-processing of the detector's window scores
-                         (stream_ae.core.postprocess.PostParams); without it the calibrated
-                         window score is the final score, as in artifacts before it existed
+    detector.json        optional: what comes after the model, {"post": ..., "policy": ...}:
+                         the post-processing of the detector's window scores
+                         (stream_ae.core.postprocess.PostParams; without it the calibrated
+                         window score is the final score, as in artifacts before it existed)
+                         and the detector's alert policy (stream_ae.core.alerting.AlertPolicy,
+                         the fields it sets; without it the built-in policy, unless the
+                         operator's settings say otherwise)
     manifest.json        name, version, sha256 of every file above; written last
 
 Where artifacts live in a registry, and which one is the champion: :mod:`stream_ae.model.registry`.
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stream_ae.core.alerting import BUILT_IN, AlertPolicy
 from stream_ae.core.postprocess import PostParams
 from stream_ae.core.scoring import Calibration
 from stream_ae.errors import ArtifactError, IncompatibleModelError
@@ -39,7 +44,7 @@ MODEL_FILE = "model.keras"
 _JSON_FILES = ("spec.json", "preprocessing.json", "calibration.json", "metrics.json")
 DETECTOR_FILE = "detector.json"
 # Every file the loader always reads: the manifest must hash each of them, or a changed file
-# that it leaves out would load unchecked (detector.json, optional, is checked by read_post).
+# that it leaves out would load unchecked (detector.json, optional, is checked by read_detector).
 LOADED_FILES = (MODEL_FILE, *_JSON_FILES)
 
 
@@ -166,6 +171,9 @@ class Artifact:
     model: Any  # keras.Model
     manifest: dict[str, Any]
     post: PostParams | None = None  # the detector's post-processing (detector.json), if any
+    # The detector's alert policy (detector.json): the fields it sets; the operator's settings
+    # win over it, field by field, and the built-in policy fills what neither sets.
+    policy: AlertPolicy = field(default_factory=AlertPolicy)
 
 
 @dataclass(frozen=True)
@@ -247,9 +255,13 @@ def save_artifact(
     version: str | None = None,
     metrics: dict[str, Any] | None = None,
     post: PostParams | None = None,
+    policy: AlertPolicy | None = None,
 ) -> Path:
     """Write an artifact into ``directory`` (created; must be empty). The manifest, with the
-    sha256 of every file, is written last, so a directory without one is incomplete."""
+    sha256 of every file, is written last, so a directory without one is incomplete.
+
+    ``post`` and ``policy`` (the fields it sets) go into ``detector.json``, written only when
+    there is either."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
@@ -261,8 +273,9 @@ def save_artifact(
     _write_json(directory / "calibration.json", calibration.to_dict())
     _write_json(directory / "metrics.json", metrics or {})
     written = [MODEL_FILE, *_JSON_FILES]
-    if post is not None:
-        _write_json(directory / DETECTOR_FILE, {"post": post.to_dict()})
+    detector = detector_dict(post, policy)
+    if detector:
+        _write_json(directory / DETECTOR_FILE, detector)
         written.append(DETECTOR_FILE)
     import keras
 
@@ -297,7 +310,68 @@ def write_artifact(artifact: Artifact, directory: Path, *, version: str | None =
         version=version or artifact.version or None,
         metrics=artifact.metrics,
         post=artifact.post,
+        policy=artifact.policy,
     )
+
+
+def detector_dict(post: PostParams | None, policy: AlertPolicy | None) -> dict[str, Any]:
+    """What ``detector.json`` holds for ``post`` and ``policy``: each only when there is one
+    (a policy that sets no field is none), so an artifact without a policy is written as
+    before policies existed.
+
+    >>> detector_dict(None, AlertPolicy(resolve_after=10))
+    {'policy': {'resolve_after': 10}}
+    """
+    detector: dict[str, Any] = {}
+    if post is not None:
+        detector["post"] = post.to_dict()
+    if policy is not None and policy.as_dict():
+        detector["policy"] = policy.as_dict()
+    return detector
+
+
+def parse_policy(data: Any) -> AlertPolicy:
+    """The alert policy of a detector definition (``detector.json``'s ``"policy"``): an object
+    with any of ``threshold``, ``resolve_ratio``, ``open_after``, ``resolve_after`` and
+    ``cooldown``. ``ValueError`` with one line naming the offending key or value.
+
+    >>> parse_policy({"resolve_after": 10}).resolve_after
+    10
+    >>> parse_policy({"resolve_afterr": 10})
+    Traceback (most recent call last):
+    ...
+    ValueError: policy: unknown key 'resolve_afterr' (known: threshold, resolve_ratio, open_after, resolve_after, cooldown)
+    """  # noqa: E501
+    known = ("threshold", *BUILT_IN)
+    if not isinstance(data, dict):
+        raise ValueError(f"policy: expected an object of {', '.join(known)}, got {data!r}")
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"policy: unknown key {key!r} (known: {', '.join(known)})")
+        integral = key in ("open_after", "resolve_after", "cooldown")
+        if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+            kind = "an integer" if integral else "a number"
+            raise ValueError(f"policy: {key} must be {kind}, got {value!r}")
+    try:
+        return AlertPolicy(**data)
+    except ValueError as exc:
+        raise ValueError(f"policy: {exc}") from None
+
+
+def parse_detector(data: Any) -> tuple[PostParams | None, AlertPolicy]:
+    """The post-processing (None without one) and the alert policy of a ``detector.json``'s
+    content: ``{"post": {...}, "policy": {...}}``, each optional. ``ValueError`` (one line) for
+    anything else."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object with 'post' and/or 'policy', got {data!r}")
+    unknown = sorted(set(data) - {"post", "policy"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} (known: post, policy)")
+    try:
+        post = PostParams.from_dict(data["post"]) if data.get("post") is not None else None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"post: {exc}") from None
+    return post, parse_policy(data.get("policy", {}))
 
 
 def parse_manifest(text: str, where: str) -> dict[str, Any]:
@@ -377,18 +451,22 @@ def read_metadata(
     return manifest, spec, scaling, calibration, metrics
 
 
-def read_post(directory: Path, manifest: dict[str, Any]) -> PostParams | None:
-    """The detector's post-processing from ``detector.json``, or None without one. Read only
-    when the manifest lists (and so hashes) it: an unlisted file is refused, not trusted."""
+def read_detector(
+    directory: Path, manifest: dict[str, Any]
+) -> tuple[PostParams | None, AlertPolicy]:
+    """The detector's post-processing (None without one) and alert policy (the fields it sets)
+    from ``detector.json``; without the file, neither. Read only when the manifest lists (and
+    so hashes) it: an unlisted file is refused, not trusted."""
     path = Path(directory) / DETECTOR_FILE
     if DETECTOR_FILE not in manifest.get("files", {}):
         if path.exists():
             raise ArtifactError(f"{directory}: {DETECTOR_FILE} is not in the manifest")
-        return None
+        return None, AlertPolicy()
     try:
-        return PostParams.from_dict(json.loads(path.read_text())["post"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"{directory}: invalid {DETECTOR_FILE}: {exc}") from None
+        return parse_detector(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the parser said
+        raise ArtifactError(f"{directory}: invalid {DETECTOR_FILE}: {message}") from None
 
 
 def load_artifact(directory: Path, expect: StateShape | ModelSpec | None = None) -> Artifact:
@@ -400,7 +478,7 @@ def load_artifact(directory: Path, expect: StateShape | ModelSpec | None = None)
     """
     directory = Path(directory)
     manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=True)
-    post = read_post(directory, manifest)
+    post, policy = read_detector(directory, manifest)
     if expect is not None:
         running = expect if isinstance(expect, StateShape) else StateShape.of(expect)
         check_compatible(StateShape.of(spec), running, str(directory))
@@ -433,4 +511,5 @@ def load_artifact(directory: Path, expect: StateShape | ModelSpec | None = None)
         model=model,
         manifest=manifest,
         post=post,
+        policy=policy,
     )

@@ -79,7 +79,10 @@ class StreamProcessor:
     ``scorer`` is a callable returning the current :class:`Scorer`, read once per batch, so a
     hot-swapped model takes effect between batches, never inside one. ``gap_rule``: what
     becomes of windows that span a gap in their stream's events (scored as any other by
-    default; see :class:`~stream_ae.core.windowing.GapRule`).
+    default; see :class:`~stream_ae.core.windowing.GapRule`). ``policy``: the alert policy's
+    fields the operator set (the settings); the running detector's policy (its artifact's
+    ``detector.json``) gives the others, else the built-in ones, so a swapped model brings its
+    policy along from the next batch (:meth:`policy_for`).
     """
 
     def __init__(
@@ -102,6 +105,12 @@ class StreamProcessor:
         self.gap_rule = gap_rule
         self.cache: dict[str, StreamState] = {}
         self.quarantined_total = 0  # undecodable states moved aside since start
+
+    def policy_for(self, scorer: Scorer) -> AlertPolicy:
+        """The alert policy run on ``scorer``'s windows: the operator's fields over the
+        detector's (:meth:`AlertPolicy.over`); its threshold, if neither sets one, is the
+        detector's score threshold, stream by stream."""
+        return self.policy.over(scorer.artifact.policy)
 
     def process(self, events: Sequence[Event] | EventBatch) -> BatchOutcome:
         """Steps 3-6 of the poll-batch protocol (see :mod:`stream_ae.worker.loop`).
@@ -172,14 +181,16 @@ class StreamProcessor:
             )
             # 6. The alert policy, per stream over its final scores in order: all streams at
             # once, window index by window index. The detector's threshold, where the policy
-            # has none: the post-processing's, else the calibration's.
+            # has none: the post-processing's, else the calibration's. The policy is resolved
+            # once per batch, from the model read for it (a swap takes it from the next batch).
+            policy = self.policy_for(scorer)
             now_ms = self.clock_ms()
             defaults = (
                 np.full(len(scored), post.threshold)
                 if post is not None
                 else np.asarray(batch.thresholds, dtype=np.float64)[first_rows]
             )
-            alert_states, transitions = self.policy.step_streams(
+            alert_states, transitions = policy.step_streams(
                 [state.alert for state in scored_states],
                 final,
                 first_rows,
@@ -194,9 +205,7 @@ class StreamProcessor:
                 state.alert = alert_state
             for k, i, status in transitions:
                 stream_index, state = int(scored[k]), scored_states[k]
-                threshold = (
-                    self.policy.threshold if self.policy.threshold is not None else defaults[k]
-                )
+                threshold = policy.threshold if policy.threshold is not None else defaults[k]
                 explained = batch.deviations(np.array([i]))  # alerts are rare: on request
                 alerts.append(
                     build_alert(

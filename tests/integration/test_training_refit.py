@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from stream_ae.core.alerting import AlertPolicy
 from stream_ae.core.records import encode_event, ms_to_iso
 from stream_ae_dev.devstack import BrokerProcess
 from tests.support.training_data import START_MS, STEP_MS, TINY_FIT, sine_series, tiny_spec
@@ -34,19 +35,29 @@ def _alert(stream: str, status: str, start_ms: int, end_ms: int, model: str = "m
 def test_refit_warm_starts_and_leaves_out_windows_that_raised_alerts(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     series = [sine_series("a", 400, seed=1), sine_series("b", 400, seed=2)]
-    plan = RefitPlan(name="m", spec=tiny_spec(), fit=TINY_FIT, exclude="alerts")
+    # A first fit writes the plan's detector policy; the refit keeps the champion's.
+    detector_policy = AlertPolicy(resolve_after=10)
+    plan = RefitPlan(
+        name="m", spec=tiny_spec(), fit=TINY_FIT, exclude="alerts", detector_policy=detector_policy
+    )
+
+    def policy_of(version: str) -> object:
+        return json.loads((registry.path("m", version) / "detector.json").read_text())["policy"]
 
     first = refit_once(registry, plan, lambda: series)
     assert first.promoted and first.reason == "first champion"
     assert not first.warm_start and first.excluded_windows == 0
+    assert policy_of(first.version) == {"resolve_after": 10}
 
     def at(step: int) -> int:
         return START_MS + STEP_MS * step
 
     # Stream a alerted from the window over steps 89..100 until the one over 119..130.
     alerts = [_alert("a", "open", at(89), at(100)), _alert("a", "resolved", at(119), at(130))]
-    second = refit_once(registry, replace(plan, spec=None), lambda: series, lambda: alerts)
+    refit = replace(plan, spec=None, detector_policy=AlertPolicy(resolve_after=3))  # not used
+    second = refit_once(registry, refit, lambda: series, lambda: alerts)
     assert second.warm_start
+    assert policy_of(second.version) == {"resolve_after": 10}
     # Windows of a (12 steps, one ending at every odd step) touching steps 89..130 end at
     # 89, 91, ..., 141: 27 windows.
     assert second.excluded_windows == 27

@@ -399,3 +399,35 @@ def test_a_non_retriable_error_stops_the_worker_with_one_fatal_line(
     assert len(fatal_lines) == 1 and "\n" not in fatal_lines[0], fatal_lines
     assert worker.totals.consumed == 0
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, input_topic) == {0: None}
+
+
+def test_a_worker_runs_the_alert_policy_its_artifact_carries(
+    broker: BrokerProcess,
+    new_worker_config: WorkerConfigFactory,
+    tiny_model: TinyModel,
+    tmp_path: Path,
+) -> None:
+    """An artifact whose detector.json resolves after 10 windows (and cools down 5): the worker,
+    with no alert settings of its own, opens and resolves exactly the alerts of that policy,
+    not those of the built-in one."""
+    from stream_ae.core.alerting import AlertPolicy
+    from stream_ae.model.artifacts import load_artifact, write_artifact
+    from stream_ae.model.inference import Scorer
+    from tests.support.tiny_model import DEFAULT_BUCKETS
+
+    policy = AlertPolicy(resolve_after=10, cooldown=5)
+    path = write_artifact(
+        dataclasses.replace(load_artifact(tiny_model.path), policy=policy), tmp_path / "policy"
+    )
+    settings = settings_of(new_worker_config(model_path=str(path)))
+    assert settings.alert_policy() == AlertPolicy()  # nothing set: the detector's
+    (input_topic,) = settings.input_topics
+    sent = produce(broker.bootstrap_servers, input_topic, live_messages(fleet()))
+    scorer = Scorer(load_artifact(path), DEFAULT_BUCKETS)
+    expected = expected_outcome(sent, settings, scorer)
+    built_in = expected_outcome(sent, settings, load_tiny_scorer(tiny_model))
+    assert expected.alert_ids and expected.alert_ids != built_in.alert_ids
+    with running_worker(settings) as worker:
+        wait_until(lambda: worker.totals.applied >= len(sent), PROCESS_TIMEOUT_S, "events applied")
+    parsed = alerts_of(read_records(broker.bootstrap_servers, settings.alerts_topic))
+    assert {a["alert_id"] for a in parsed} == expected.alert_ids

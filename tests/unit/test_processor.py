@@ -43,6 +43,7 @@ from stream_ae.model.artifacts import (
     Scaling,
     load_artifact,
     save_artifact,
+    sha256_file,
 )
 from stream_ae.model.inference import Scorer
 from stream_ae.model.network import ModelSpec, build_model, split_window
@@ -673,6 +674,152 @@ def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path)
     (without / "detector.json").write_text(json.dumps({"post": POST.to_dict()}))
     with pytest.raises(ArtifactError, match=r"detector\.json is not in the manifest"):
         load_artifact(without)
+
+
+def test_the_alert_policy_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
+    artifact = tiny.artifact
+    common = {
+        "model": artifact.model,
+        "spec": artifact.spec,
+        "scaling": artifact.scaling,
+        "calibration": artifact.calibration,
+        "name": "tiny",
+    }
+    policy = AlertPolicy(open_after=2, resolve_after=10)
+    both = save_artifact(tmp_path / "both", **common, version="b", post=POST, policy=policy)
+    loaded = load_artifact(both)
+    assert (loaded.post, loaded.policy) == (POST, policy)
+    assert json.loads((both / "detector.json").read_text())["policy"] == {
+        "open_after": 2,
+        "resolve_after": 10,
+    }
+    # A policy without post-processing: the calibrated score is final, the policy the file's.
+    alone = load_artifact(save_artifact(tmp_path / "alone", **common, version="a", policy=policy))
+    assert (alone.post, alone.policy) == (None, policy)
+    # No policy (a detector.json written before policies existed): none of its own.
+    old = load_artifact(save_artifact(tmp_path / "old", **common, version="o", post=POST))
+    assert json.loads((old.path / "detector.json").read_text()) == {"post": POST.to_dict()}
+    assert old.policy == AlertPolicy()
+    plain = load_artifact(save_artifact(tmp_path / "plain", **common, version="p"))
+    assert not (plain.path / "detector.json").exists() and plain.policy == AlertPolicy()
+
+
+@pytest.mark.parametrize(
+    ("detector", "message"),
+    [
+        ({"post": None, "policy": {"resolve_afterr": 10}}, r"unknown key 'resolve_afterr'"),
+        ({"policy": {"resolve_after": 0}}, r"resolve_after must be an integer >= 1, got 0"),
+        ({"policy": {"resolve_after": 2.5}}, r"resolve_after must be an integer, got 2.5"),
+        ({"policy": {"open_after": True}}, r"open_after must be an integer, got True"),
+        ({"policy": {"resolve_ratio": "0.9"}}, r"resolve_ratio must be a number, got '0.9'"),
+        ({"policy": {"threshold": 1.5}}, r"threshold must be in \(0, 1\], got 1.5"),
+        ({"policy": [10]}, r"policy: expected an object"),
+        ({"post": None, "polcy": {}}, r"unknown key\(s\) 'polcy'"),
+    ],
+)
+def test_a_bad_detector_policy_is_refused_in_one_line(
+    tiny: Tiny, tmp_path: Path, detector: dict[str, Any], message: str
+) -> None:
+    artifact = tiny.artifact
+    directory = save_artifact(
+        tmp_path / "bad",
+        model=artifact.model,
+        spec=artifact.spec,
+        scaling=artifact.scaling,
+        calibration=artifact.calibration,
+        name="tiny",
+        version="x",
+        policy=AlertPolicy(resolve_after=5),
+    )
+    (directory / "detector.json").write_text(json.dumps(detector))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["detector.json"] = sha256_file(directory / "detector.json")
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"invalid detector\.json: .*" + message) as caught:
+        load_artifact(directory)
+    assert "\n" not in str(caught.value)
+
+
+def _alert_transitions(outcomes: Sequence[BatchOutcome]) -> list[tuple[str, int, str]]:
+    return sorted(
+        (a["stream"], a["source"]["offset"], a["status"]) for o in outcomes for a in o.alerts
+    )
+
+
+def _policy_reference(
+    outcomes: Sequence[BatchOutcome], policies: Sequence[AlertPolicy], threshold: float
+) -> list[tuple[str, int, str]]:
+    """The transitions ``policies[k]`` (one per batch) give, stream by stream, over the final
+    scores the processor recorded: the alert policy run by hand."""
+    states: dict[str, AlertState] = {}
+    found = []
+    for outcome, policy in zip(outcomes, policies, strict=True):
+        windows, run = outcome.windows, policy.with_default_threshold(threshold)
+        streams = np.asarray(windows.streams)
+        for stream in dict.fromkeys(windows.streams):
+            rows = np.flatnonzero(streams == stream)
+            states[stream], events = run.step(
+                states.get(stream, AlertState()), windows.final_scores[rows]
+            )
+            found += [(stream, int(windows.end_offsets[rows[i]]), s) for i, s in events]
+    return sorted(found)
+
+
+def test_the_detectors_alert_policy_runs_unless_the_operator_sets_one(tiny: Tiny) -> None:
+    """An artifact whose detector.json resolves after 10 windows: its alerts resolve after 10
+    windows below the resolve level, not the built-in 3, unless the operator's policy sets
+    resolve_after; the operator's fields win one by one (the detector's others still apply)."""
+    detector = AlertPolicy(resolve_after=10, cooldown=2)
+    scorer = Scorer(replace(tiny.scorer.artifact, policy=detector), buckets=(16, 128, 1024))
+    threshold = float(tiny.artifact.calibration.default.threshold)
+
+    def run(operator: AlertPolicy) -> list[BatchOutcome]:
+        store = InMemoryWindowStore(WINDOW, FEATURES)
+        proc = StreamProcessor(
+            store, lambda: scorer, stride=STRIDE, policy=operator, clock_ms=lambda: NOW_MS
+        )
+        assert proc.policy_for(scorer) == operator.over(detector)
+        outcomes = []
+        for lo in range(0, len(EVENTS), 60):
+            outcomes.append(proc.process(EVENTS[lo : lo + 60]))
+            proc.save(outcomes[-1].touched)
+        return outcomes
+
+    by_detector = run(AlertPolicy())
+    batches = len(by_detector)
+    expected = _policy_reference(by_detector, [detector] * batches, threshold)
+    built_in = _policy_reference(by_detector, [AlertPolicy()] * batches, threshold)
+    assert _alert_transitions(by_detector) == expected
+    assert any(status == "resolved" for _, _, status in expected)
+    assert expected != built_in  # resolving after 10 windows, not 3, shows
+    operator = AlertPolicy(resolve_after=3)
+    by_operator = run(operator)
+    overridden = _policy_reference(
+        by_operator, [AlertPolicy(resolve_after=3, cooldown=2)] * batches, threshold
+    )
+    assert _alert_transitions(by_operator) == overridden != expected
+
+
+def test_a_swapped_model_brings_its_alert_policy_from_the_next_batch(tiny: Tiny) -> None:
+    detector = AlertPolicy(resolve_after=10)
+    first = tiny.scorer  # no policy of its own: the built-in one
+    second = Scorer(replace(tiny.scorer.artifact, policy=detector), buckets=(16, 128, 1024))
+    current = [first]
+    store = InMemoryWindowStore(WINDOW, FEATURES)
+    proc = StreamProcessor(
+        store, lambda: current[0], stride=STRIDE, policy=AlertPolicy(), clock_ms=lambda: NOW_MS
+    )
+    outcomes, policies = [], []
+    for k, lo in enumerate(range(0, len(EVENTS), 40)):
+        if k == 2:
+            current[0] = second  # a hot swap lands between batches
+        outcomes.append(proc.process(EVENTS[lo : lo + 40]))
+        proc.save(outcomes[-1].touched)
+        policies.append(AlertPolicy() if k < 2 else detector)
+    threshold = float(tiny.artifact.calibration.default.threshold)
+    assert _alert_transitions(outcomes) == _policy_reference(outcomes, policies, threshold)
+    never_swapped = _policy_reference(outcomes, [AlertPolicy()] * len(outcomes), threshold)
+    assert _alert_transitions(outcomes) != never_swapped
 
 
 # --- an undecodable state affects only its own stream ------------------------------------------

@@ -213,7 +213,24 @@ def test_the_alert_policy_settings_build_the_one_alert_policy() -> None:
     assert settings.alert_policy() == AlertPolicy(
         threshold=0.8, resolve_ratio=0.5, open_after=2, resolve_after=4, cooldown=7
     )
-    assert load_settings().alert_policy() == AlertPolicy()  # the same defaults
+    assert load_settings().alert_policy() == AlertPolicy()  # nothing set: the detector's
+
+
+def test_an_alert_setting_set_wins_over_the_detectors_policy_field_by_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per field: what the operator set (env or .env) > the detector's policy (detector.json) >
+    the built-in default. A setting equal to the built-in default still wins: set is set."""
+    detector = AlertPolicy(open_after=2, resolve_after=10)
+    # (resolve_ratio, open_after, resolve_after, cooldown) as the processor runs them.
+    assert load_settings().alert_policy().over(detector).rules() == (0.9, 2, 10, 0)
+    assert load_settings().alert_policy().over(AlertPolicy()).rules() == (0.9, 1, 3, 0)
+    monkeypatch.setenv("STREAM_AE_RESOLVE_AFTER_WINDOWS", "3")
+    monkeypatch.setenv("STREAM_AE_COOLDOWN_WINDOWS", "5")
+    operator = load_settings().alert_policy()
+    assert operator == AlertPolicy(resolve_after=3, cooldown=5)
+    assert operator.over(detector).rules() == (0.9, 2, 3, 5)
+    assert operator.over(detector).threshold is None  # still the detector's score threshold
 
 
 @pytest.mark.parametrize(

@@ -65,8 +65,11 @@ def test_one_file_through_the_processor(tmp_path: Path) -> None:
     data = read_skab_file(key, path)
     trace = stream_file(data, TINY, tmp_path / "artifact")
     n = len(data.timestamps)
-    # The artifact carries the detector: the worker loading it runs the same post-processing.
-    assert load_artifact(tmp_path / "artifact").post == TINY.post()
+    # The artifact carries the detector: the worker loading it runs the same post-processing
+    # and alert policy (the processor here takes it from the artifact, as a worker does).
+    loaded = load_artifact(tmp_path / "artifact")
+    assert (loaded.post, loaded.policy) == (TINY.post(), TINY.policy())
+    assert loaded.policy.resolve_after == 10
     assert TINY.post() is not None and TINY.post().range is not None  # type: ignore[union-attr]
     # Every row from the first full window on has a window, scored once.
     assert np.isnan(trace.distances[: TINY.window - 1]).all()

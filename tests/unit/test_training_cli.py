@@ -422,6 +422,9 @@ def test_post_processing_from_a_detector_file(tmp_path: Path) -> None:
     shipped = Path(__file__).parents[2] / "docs" / "skab" / "detector.json"
     args = _command("train").parse_args(["--csv", "x.csv", "--post-processing", str(shipped)])
     assert common.build_post(args) == SkabParams().post()
+    # Its alert policy too: the one `evaluate skab` runs (resolve after 10 windows).
+    assert common.build_detector(args) == (SkabParams().post(), SkabParams().policy())
+    assert SkabParams().policy().resolve_after == 10
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(PostParams(hold=100).to_dict()))
     args = _command("train").parse_args(["--csv", "x.csv", "--post-processing", str(bare)])
@@ -436,6 +439,9 @@ def test_post_processing_from_a_detector_file(tmp_path: Path) -> None:
         "list.json": "[1, 2]",
         "unknown.json": json.dumps({"post": {"hold": 1, "smoothing": 3}}),
         "invalid.json": json.dumps({"post": {"hold": -5}}),
+        "policy_key.json": json.dumps({"post": {"hold": 1}, "policy": {"resolve": 3}}),
+        "policy_value.json": json.dumps({"policy": {"resolve_after": 0}}),
+        "top_key.json": json.dumps({"post": {"hold": 1}, "polcy": {}}),
     }
     for name, text in bad.items():
         path = tmp_path / name
@@ -445,3 +451,27 @@ def test_post_processing_from_a_detector_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"^--post-processing: .*detector\.json") as caught:
             common.build_post(args)
         assert "\n" not in str(caught.value), name
+
+
+def test_train_writes_the_detector_files_alert_policy(tmp_path: Path) -> None:
+    """`train --post-processing FILE`: the file's "policy" lands in the artifact's
+    detector.json, which the worker and the evaluators read."""
+    from stream_ae.core.alerting import AlertPolicy
+    from stream_ae.core.postprocess import PostParams
+
+    rng = np.random.default_rng(0)
+    times = np.datetime64("2024-01-01T00:00") + np.arange(400) * np.timedelta64(5, "m")
+    values = rng.normal(size=400)
+    rows = [f"{str(t).replace('T', ' ')}:00,{v:.4f}" for t, v in zip(times, values, strict=True)]
+    (tmp_path / "data.csv").write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    detector = tmp_path / "detector.json"
+    detector.write_text(
+        json.dumps({"post": PostParams(hold=10).to_dict(), "policy": {"resolve_after": 10}})
+    )
+    out = tmp_path / "artifact"
+    argv = ["train", "--csv", str(tmp_path / "data.csv"), "--window", "8", "--hidden", "4"]
+    argv += ["--epochs", "1", "--quiet", "--post-processing", str(detector), "--out", str(out)]
+    assert main(argv) == 0
+    artifact = load_artifact(out)
+    assert (artifact.post, artifact.policy) == (PostParams(hold=10), AlertPolicy(resolve_after=10))
+    assert json.loads((out / "detector.json").read_text())["policy"] == {"resolve_after": 10}

@@ -46,7 +46,8 @@ def settings() -> Any:
 
 
 def alert_policy() -> Any:
-    """The worker's alert policy from the settings (open/resolve rules), for shadow replays."""
+    """The operator's alert policy from the settings (the open/resolve rules set there; each
+    detector's own policy fills the rest), for shadow replays."""
     return settings().alert_policy()
 
 
@@ -244,28 +245,44 @@ def add_post_options(parser: argparse.ArgumentParser) -> None:
         "--post-processing",
         metavar="DETECTOR_JSON",
         type=Path,
-        help="the post-processing of another detector: an artifact's detector.json, or "
-        "docs/skab/detector.json, the detector `stream-ae evaluate skab` measures (smoothed "
-        "distance and running-range check, for multivariate sensors; see docs/skab.md)",
+        help="the post-processing and alert policy of another detector: an artifact's "
+        "detector.json, or docs/skab/detector.json, the detector `stream-ae evaluate skab` "
+        "measures (smoothed distance and running-range check, resolving after 10 windows, for "
+        "multivariate sensors; see docs/skab.md)",
     )
 
 
 def build_post(args: argparse.Namespace) -> Any:
     """The post-processing the options ask for: the default detector's, another detector's
     (``--post-processing FILE``), or None."""
+    return build_detector(args)[0]
+
+
+def build_detector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """What comes after the model, as the options ask for it: the post-processing (None:
+    ``--no-post-processing``) and the detector's alert policy, the default detector's or
+    another detector's (``--post-processing FILE``, whose ``"policy"`` comes along)."""
     if args.no_post_processing:
-        return None
+        return None, DEFAULT_DETECTOR.policy
     path: Path | None = getattr(args, "post_processing", None)
     if path is None:
-        return DEFAULT_DETECTOR.post
-    return read_post_file(path)
+        return DEFAULT_DETECTOR.post, DEFAULT_DETECTOR.policy
+    return read_detector_file(path)
 
 
 def read_post_file(path: Path) -> Any:
-    """The post-processing in ``path``: a ``detector.json`` (``{"post": {...}}``) or the bare
-    post-processing object; one-line errors for a file that is missing, not JSON or invalid."""
+    """The post-processing in ``path`` (:func:`read_detector_file`)."""
+    return read_detector_file(path)[0]
+
+
+def read_detector_file(path: Path) -> tuple[Any, Any]:
+    """The post-processing and alert policy in ``path``: a ``detector.json``
+    (``{"post": {...}, "policy": {...}}``, each optional) or the bare post-processing object
+    (no policy of its own); one-line errors for a file that is missing, not JSON or invalid."""
+    from stream_ae.core.alerting import AlertPolicy
     from stream_ae.core.postprocess import PostParams
     from stream_ae.errors import ConfigError
+    from stream_ae.model.artifacts import parse_policy
 
     fix = "give an artifact's detector.json (--post-processing ARTIFACT_DIR/detector.json)"
     try:
@@ -276,11 +293,20 @@ def read_post_file(path: Path) -> Any:
         ) from None
     except ValueError as exc:
         raise ConfigError(f"--post-processing: {path} is not JSON ({exc})", fix=fix) from None
-    post = data.get("post", data) if isinstance(data, dict) else None
-    if not isinstance(post, dict):
+    if not isinstance(data, dict):
+        raise ConfigError(f"--post-processing: {path} holds no post-processing object", fix=fix)
+    detector = "post" in data or "policy" in data
+    unknown = sorted(set(data) - {"post", "policy"}) if detector else []
+    if unknown:
+        raise ConfigError(
+            f"--post-processing: {path}: unknown key(s) {', '.join(unknown)} (known: post, policy)",
+            fix=fix,
+        )
+    post = data.get("post") if detector else data
+    if post is not None and not isinstance(post, dict):
         raise ConfigError(f"--post-processing: {path} holds no post-processing object", fix=fix)
     known = {f.name for f in dataclasses.fields(PostParams)}
-    unknown = sorted(set(post) - known)
+    unknown = sorted(set(post or {}) - known)
     if unknown:
         raise ConfigError(
             f"--post-processing: {path}: unknown field(s) {', '.join(unknown)} "
@@ -288,7 +314,8 @@ def read_post_file(path: Path) -> Any:
             fix=fix,
         )
     try:
-        return PostParams.from_dict(post)
+        policy = parse_policy(data.get("policy", {})) if detector else AlertPolicy()
+        return (PostParams.from_dict(post) if post is not None else None), policy
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"--post-processing: {path}: {exc}", fix=fix) from None
 

@@ -125,6 +125,7 @@ def run_refit(args: argparse.Namespace) -> int:
             fit=common.build_fit_config(args, base=DEFAULT_DETECTOR.fit),
             fit_changes=fit_changes,
             post=DEFAULT_DETECTOR.post,
+            detector_policy=DEFAULT_DETECTOR.policy,
             policy=config.alert_policy(),
         )
         outcome = refit_once(

@@ -48,7 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     from training.fit import fit_series, save_fit
     from training.refit import publish_gated, refit_once
 
-    post = common.build_post(args)  # first: a bad --post-processing file costs no data read
+    # First: a bad --post-processing file costs no data read.
+    post, detector_policy = common.build_detector(args)
     series = load_data(args)
     if not series:
         raise ValueError("the data options selected no events")
@@ -63,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
             version=args.version,
             extra_metrics={"train_span_ms": time_span(series)},
             post=post,
+            policy=detector_policy,
         )
         print(
             f"wrote {path}: {result.metrics['train_windows']} training windows, "
@@ -78,6 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
             spec=spec,
             fit=config,
             post=post,
+            detector_policy=detector_policy,
             exclude="none",
             warm_start=False,
             policy=common.alert_policy(),
@@ -93,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
                 force=True,
                 extra_metrics={"train_span_ms": time_span(series)},
                 post=post,
+                detector_policy=detector_policy,
             )
             version, promoted, reason = published.version, True, published.reason
         else:

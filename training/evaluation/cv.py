@@ -20,9 +20,9 @@ cached; a fold only re-sweeps thresholds or re-counts.
   applied to the held-out category.
 * **SKAB** (:class:`SkabCandidate`): a trace set (a model) and a
   :class:`~training.evaluation.skab_run.Detection` (score, smoothing, the distance's
-  episodes, running-range check, threshold, alert-policy runs): a post-processing the
-  artifact carries (``detector.json``) and the worker's alert policy, replayed by the same
-  pure functions the processor runs; chosen by pooled F1 on the training group.
+  episodes, running-range check, threshold, alert-policy runs): the post-processing and alert
+  policy the artifact carries (``detector.json``), replayed by the same pure functions the
+  processor runs; chosen by pooled F1 on the training group.
 """
 
 from __future__ import annotations
@@ -473,7 +473,7 @@ def skab_grid(
     margin the distance at each of ``thresholds`` (plain, and with episodes at each of
     ``drops``, their ``drop_after`` the policy's ``resolve_after``) and the likelihood at each
     of ``likelihood_thresholds`` and ``memories``. Every candidate is a detector the worker
-    runs (a ``detector.json`` and alert settings)."""
+    runs (its ``detector.json``: post-processing and alert policy)."""
     out = []
     for model, open_after, resolve_after in itertools.product(models, open_afters, resolve_afters):
         policy: dict[str, Any] = {"open_after": open_after, "resolve_after": resolve_after}

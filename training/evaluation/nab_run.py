@@ -307,7 +307,8 @@ def stream_file(
     """Replay one file through the processor, fitting and refitting on rows already seen.
 
     ``artifacts_dir`` receives one artifact per fit (``fit-<k>``). Alerts come from ``policy``
-    (default: the worker's default policy) and name ``topic`` as their source, as a worker's
+    (the fields it sets; the detector's own policy, else the built-in one, fill the rest, as in
+    a worker) and name ``topic`` as their source, as a worker's
     would (their ids hash both).
     """
     n = len(series.values)

@@ -10,10 +10,12 @@ training rows only fill the window state; the rows after them are scored.
 
 The 0/1 prediction of a row is the processor's own alert state: 1 from the window that opened
 an alert to the window that resolved it (:func:`alert_predictions`). The detector is the one a
-worker runs: the model, the post-processing written into the artifact's ``detector.json``
-(:class:`Detection` names it SKAB's way: the smoothed distance or the anomaly likelihood, the
-running-range check; :mod:`stream_ae.core.postprocess`) and the alert policy
-(:mod:`stream_ae.core.alerting`). There is no scoring path of the evaluator's own. The
+worker runs: the model, and the post-processing and alert policy written into the artifact's
+``detector.json`` (:class:`Detection` names them SKAB's way: the smoothed distance or the
+anomaly likelihood, the running-range check, :mod:`stream_ae.core.postprocess`; the open and
+resolve runs, :mod:`stream_ae.core.alerting`). The processor takes the policy from the
+artifact, as a worker with no alert settings of its own does. There is no scoring path of the
+evaluator's own. The
 cross-validation (:mod:`training.evaluation.cv`) varies only what comes after the model, so it
 replays the same pure post-processing and policy over the processor's recorded distances
 (:func:`predict_rows`), which gives exactly the processor's predictions (tested).
@@ -81,8 +83,8 @@ SCORES = ("calibrated", "distance", "likelihood")
 
 @dataclass(frozen=True)
 class Detection:
-    """What comes after the model: a post-processing (:class:`PostParams`, the artifact's
-    ``detector.json``) and the worker's alert policy, in SKAB's terms.
+    """What comes after the model: a post-processing (:class:`PostParams`) and an alert policy,
+    both written into the artifact's ``detector.json``, in SKAB's terms.
 
     ``score``: ``calibrated`` (no post-processing: the processor's calibrated window score at
     the model's calibrated threshold, as a worker without ``detector.json``), ``distance`` (the
@@ -98,8 +100,9 @@ class Detection:
     ``drop``, with ``drop_after`` windows): an episode ends once the smoothed distance stays
     below ``drop`` times the episode's mean, and the next opens only at that distance over
     ``drop``.
-    The alert policy (the worker's ``STREAM_AE_*`` alert settings) opens after ``open_after``
-    windows at or above the threshold and resolves after ``resolve_after`` windows below
+    The alert policy (``detector.json``'s ``"policy"``, which a worker runs unless its
+    ``STREAM_AE_*`` alert settings say otherwise) opens after ``open_after`` windows at or above
+    the threshold and resolves after ``resolve_after`` windows below
     ``threshold * resolve_ratio``.
     """
 
@@ -168,8 +171,9 @@ class Detection:
         )
 
     def policy(self) -> AlertPolicy:
-        """The alert policy; its threshold is the detector's (the post-processing's, or the
-        model's calibrated one), as a worker with no threshold setting uses."""
+        """The detector's alert policy (``detector.json``): every rule but the threshold, which
+        is the detector's score threshold (the post-processing's, or the model's calibrated
+        one)."""
         return AlertPolicy(
             resolve_ratio=self.resolve_ratio,
             open_after=self.open_after,
@@ -222,6 +226,10 @@ class SkabParams:
         """The detector's post-processing (``detector.json``): the range check, if any, starts
         after the windows of the training rows."""
         return self.detection.post(range_learning_windows(self.window))
+
+    def policy(self) -> AlertPolicy:
+        """The detector's alert policy (``detector.json``)."""
+        return self.detection.policy()
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -325,13 +333,16 @@ def fit_file(data: SkabFile, params: SkabParams, directory: Path) -> Artifact:
         result = fit_series([(data.key, data.values[:TRAIN_ROWS])], spec, params.fit_config())
     except ValueError as exc:
         raise SkabError(f"{data.key}: cannot fit on its {TRAIN_ROWS} training rows: {exc}") from exc
-    save_fit(result, directory, name=data.key, version="skab", post=params.post())
+    save_fit(
+        result, directory, name=data.key, version="skab", post=params.post(), policy=params.policy()
+    )
     return load_artifact(directory, expect=spec)
 
 
 def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabTrace:
     """Fit on the training rows, then replay every row through the processor, which runs the
-    whole detector (post-processing from the artifact, the detection's alert policy)."""
+    whole detector from the artifact (its post-processing and alert policy: no alert settings
+    of the evaluator's own, as a worker with none set)."""
     started = time.perf_counter()
     artifact = fit_file(data, params, artifact_dir)
     scorer = _RecordingScorer(artifact, buckets=(params.batch_events,))
@@ -354,7 +365,7 @@ def stream_file(data: SkabFile, params: SkabParams, artifact_dir: Path) -> SkabT
         InMemoryWindowStore(params.window, features),
         lambda: scorer,
         stride=1,
-        policy=params.detection.policy(),
+        policy=AlertPolicy(),
         clock_ms=lambda: batch_time_ms[0],
     )
     events = replay_events(data)
