@@ -656,15 +656,20 @@ def test_version_1_states_continue_with_a_fresh_post_processing_state(tiny: Tiny
     assert encode_state(upgraded) == store.raw("s1")
 
 
-def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
+def _artifact_parts(tiny: Tiny) -> dict[str, Any]:
+    """What save_artifact needs besides a version and a detector: the tiny model's parts."""
     artifact = tiny.artifact
-    common = {
+    return {
         "model": artifact.model,
         "spec": artifact.spec,
         "scaling": artifact.scaling,
         "calibration": artifact.calibration,
         "name": "tiny",
     }
+
+
+def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
+    common = _artifact_parts(tiny)
     with_post = save_artifact(tmp_path / "post", **common, version="p", post=POST)
     assert load_artifact(with_post).post == POST
     assert "detector.json" in json.loads((with_post / "manifest.json").read_text())["files"]
@@ -677,14 +682,7 @@ def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path)
 
 
 def test_the_alert_policy_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
-    artifact = tiny.artifact
-    common = {
-        "model": artifact.model,
-        "spec": artifact.spec,
-        "scaling": artifact.scaling,
-        "calibration": artifact.calibration,
-        "name": "tiny",
-    }
+    common = _artifact_parts(tiny)
     policy = AlertPolicy(open_after=2, resolve_after=10)
     both = save_artifact(tmp_path / "both", **common, version="b", post=POST, policy=policy)
     loaded = load_artifact(both)
