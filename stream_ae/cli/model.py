@@ -249,11 +249,13 @@ def _text(value: Any) -> str:
 
 def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
     """What ``model show`` prints, as a dict: manifest, integrity, spec, scaling,
-    calibrations (threshold and derivation of each) and metrics. Raises
-    :class:`ArtifactError` when the artifact is incomplete or (``verify``) corrupt."""
-    from stream_ae.model.artifacts import read_metadata
+    calibrations (threshold and derivation of each), the detector (its post-processing and the
+    alert policy it sets, from ``detector.json``) and metrics. Raises :class:`ArtifactError`
+    when the artifact is incomplete or (``verify``) corrupt."""
+    from stream_ae.model.artifacts import read_detector, read_metadata
 
     manifest, spec, scaling, calibration, metrics = read_metadata(directory, verify=verify)
+    post, policy = read_detector(directory, manifest)
     calibrations = {"default": calibration.default, **calibration.per_stream}
     return {
         "path": str(directory),
@@ -278,6 +280,10 @@ def describe_artifact(directory: Path, verify: bool = True) -> dict[str, Any]:
                 },
             }
             for key, cal in calibrations.items()
+        },
+        "detector": {
+            "post": None if post is None else post.to_dict(),
+            "policy": policy.as_dict(),
         },
         "metrics": metrics,
     }
@@ -355,6 +361,19 @@ def format_description(info: dict[str, Any]) -> str:
             f"      tail: GPD above distance {tail['start']:.4g} (P={tail['prob']:.3g}), "
             f"xi={tail['shape']:.3f}, sigma={tail['scale']:.4g}"
         )
+    detector = info["detector"]
+    if detector["post"] is None:
+        lines.append("detector   no post-processing: the calibrated score is final")
+    else:
+        lines.append("detector   post-processing (detector.json)")
+        for key, value in detector["post"].items():
+            lines.append(f"  {key:<14} {json.dumps(value, default=str)}")
+    policy = detector["policy"]
+    lines.append(
+        "alert policy "
+        + (", ".join(f"{k}={v}" for k, v in policy.items()) if policy else "none of its own")
+        + " (settings the operator sets win; the built-in rules fill the rest)"
+    )
     if info["metrics"]:
         lines.append("metrics")
         for key, value in sorted(info["metrics"].items()):

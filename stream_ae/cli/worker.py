@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from stream_ae.core.alerting import BUILT_IN
 from stream_ae.errors import StreamAEError
 from stream_ae.logs import fields, setup_logging
 from stream_ae.settings import load_settings
@@ -72,7 +73,20 @@ def run(args: argparse.Namespace) -> int:
 
         worker = build_worker(settings, metrics)
         worker.install_signal_handlers()
-        log.info("running", extra=fields(model=worker.model.current().version))
+        artifact = worker.model.current().artifact
+        log.info(
+            "running",
+            extra=fields(
+                model=worker.model.current().version,
+                # The rules the alerts follow: the operator's settings over the detector's,
+                # the built-in ones where neither sets them (no threshold: the detector's).
+                alert_policy={
+                    **BUILT_IN,
+                    **settings.alert_policy().over(artifact.policy).as_dict(),
+                },
+                post_processing=artifact.post is not None,
+            ),
+        )
         return worker.run()
     except StreamAEError as exc:
         log.error(f"cannot start: {exc}")

@@ -175,7 +175,12 @@ class ModelManager:
         self.metrics.model_swaps.labels(result="swapped").inc()
         log.info(
             "model swapped",
-            extra=fields(model=new.artifact.name, version=new.version, was=old.version),
+            extra=fields(
+                model=new.artifact.name,
+                version=new.version,
+                was=old.version,
+                detector_policy=new.artifact.policy.as_dict(),  # settings still win over it
+            ),
         )
         self.watcher.request_beat()
 

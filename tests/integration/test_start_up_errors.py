@@ -13,6 +13,7 @@ a retry loop that never ends; a Redis that is merely away is still waited for.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -233,6 +234,8 @@ def test_a_worker_waiting_on_an_empty_registry_starts_when_a_champion_is_publish
         model_name=NAME,
         model_wait_s=0,  # forever
         model_poll_interval_s=1.0,
+        resolve_after_windows=7,  # the operator's; the rest of the policy is built in
+        log_format="json",
     )
     worker = WorkerProcess(config, tmp_path / "worker.log").start()
     try:
@@ -249,3 +252,17 @@ def test_a_worker_waiting_on_an_empty_registry_starts_when_a_champion_is_publish
     finally:
         worker.stop()
     assert worker.returncode == 0, worker.tail()
+    # Its start names the rules its alerts follow: the operator's over the detector's (this
+    # artifact sets none), the built-in ones for the rest.
+    running = [
+        entry
+        for line in worker.tail(200_000).splitlines()
+        if line.startswith("{") and (entry := json.loads(line)).get("msg") == "running"
+    ]
+    assert len(running) == 1, worker.tail()
+    assert running[0]["alert_policy"] == {
+        "resolve_ratio": 0.9,
+        "open_after": 1,
+        "resolve_after": 7,
+        "cooldown": 0,
+    }

@@ -681,6 +681,26 @@ def test_the_post_processing_travels_in_the_artifact(tiny: Tiny, tmp_path: Path)
         load_artifact(without)
 
 
+def test_model_show_names_the_detectors_post_processing_and_policy(
+    tiny: Tiny, tmp_path: Path
+) -> None:
+    from stream_ae.cli.model import describe_artifact, format_description
+
+    common = _artifact_parts(tiny)
+    policy = AlertPolicy(resolve_after=10)
+    both = save_artifact(tmp_path / "both", **common, version="b", post=POST, policy=policy)
+    info = describe_artifact(both)
+    assert info["detector"] == {"post": POST.to_dict(), "policy": {"resolve_after": 10}}
+    json.dumps(info, default=str)  # what --json prints
+    text = format_description(info)
+    assert "detector   post-processing (detector.json)" in text
+    assert "alert policy resolve_after=10 (" in text
+    plain = save_artifact(tmp_path / "plain", **common, version="n")
+    text = format_description(describe_artifact(plain))
+    assert "no post-processing: the calibrated score is final" in text
+    assert "alert policy none of its own" in text
+
+
 def test_the_alert_policy_travels_in_the_artifact(tiny: Tiny, tmp_path: Path) -> None:
     common = _artifact_parts(tiny)
     policy = AlertPolicy(open_after=2, resolve_after=10)
