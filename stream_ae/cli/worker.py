@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from stream_ae.core.alerting import BUILT_IN
 from stream_ae.errors import StreamAEError
 from stream_ae.logs import fields, setup_logging
 from stream_ae.settings import load_settings
@@ -80,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 model=worker.model.current().version,
                 # The rules the alerts follow: the operator's settings over the detector's,
                 # the built-in ones where neither sets them (no threshold: the detector's).
-                alert_policy={
-                    **BUILT_IN,
-                    **settings.alert_policy().over(artifact.policy).as_dict(),
-                },
+                alert_policy=settings.alert_policy().over(artifact.policy).as_run(),
                 post_processing=artifact.post is not None,
             ),
         )

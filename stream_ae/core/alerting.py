@@ -117,10 +117,19 @@ class AlertPolicy:
             if (value := getattr(self, name)) is not None
         }
 
+    def as_run(self) -> dict[str, float | int]:
+        """The rules as run, by name: this policy's fields, the built-in ones where it sets
+        none (the threshold only where set: else it is the detector's own).
+
+        >>> AlertPolicy(resolve_after=10).as_run()
+        {'resolve_ratio': 0.9, 'open_after': 1, 'resolve_after': 10, 'cooldown': 0}
+        """
+        return {**BUILT_IN, **self.as_dict()}
+
     def rules(self) -> tuple[float, int, int, int]:
         """``resolve_ratio``, ``open_after``, ``resolve_after`` and ``cooldown`` as run: this
         policy's, the built-in ones where it sets none."""
-        full = {**BUILT_IN, **self.as_dict()}
+        full = self.as_run()
         return (
             float(full["resolve_ratio"]),
             int(full["open_after"]),
