@@ -374,3 +374,142 @@ def _decode_ts(
     steps[2:] = dod
     np.cumsum(steps[1:], out=steps[1:])
     return np.cumsum(steps), pos
+
+
+def decode_states(blobs: Sequence[bytes], window: int, features: int) -> list[StreamState]:
+    """:func:`decode_state` of every blob, equal field for field, with array operations across
+    the blobs of one layout (same length, topic length and timestamp width: the common case).
+
+    A blob that is not a current-version state of this shape (an old version, a corrupt value,
+    another shape) goes through :func:`decode_state` alone and raises what it raises there.
+    """
+    out: list[StreamState | None] = [None] * len(blobs)
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    long_enough = np.flatnonzero(lengths >= HEADER_SIZE)
+    if len(long_enough):
+        heads = np.frombuffer(
+            b"".join([blobs[i][:HEADER_SIZE] for i in long_enough.tolist()]), dtype=_HEADER_DTYPE
+        )
+        width = heads["ts_width"].astype(np.int64)
+        topic_len = heads["topic_len"].astype(np.int64)
+        fast = (
+            (heads["magic"] == MAGIC)
+            & (heads["version"] == FORMAT_VERSION)
+            & (heads["window"] == window)
+            & (heads["features"] == features)
+            & np.isin(width, tuple(_TS_DTYPES))
+        )
+        # Rows of one layout share every byte position, so they decode as one matrix.
+        layout = np.stack([lengths[long_enough], topic_len, width], axis=1)[fast]
+        rows = long_enough[fast]
+        if len(rows):
+            keys, group_of = np.unique(layout, axis=0, return_inverse=True)
+            for g, (length, t_len, w_len) in enumerate(keys.tolist()):
+                members = rows[group_of.reshape(-1) == g].tolist()
+                decoded = _decode_layout(
+                    [blobs[i] for i in members], window, features, length, t_len, w_len
+                )
+                for i, state in zip(members, decoded, strict=True):
+                    out[i] = state
+    return [
+        s if s is not None else decode_state(blobs[i], window, features) for i, s in enumerate(out)
+    ]
+
+
+def _decode_layout(
+    blobs: list[bytes], window: int, features: int, length: int, topic_len: int, width: int
+) -> list[StreamState | None]:
+    """States of one layout, decoded as columns of one byte matrix; None for a row whose
+    length or topic does not check out (left to :func:`decode_state`)."""
+    n, w, f = len(blobs), window, features
+    matrix = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(n, length)
+    pos = HEADER_SIZE + topic_len
+    stats_at, ts_at = pos, pos + 16 * f
+    dod_at = ts_at + 16
+    ring_at = dod_at + width * max(w - 2, 0)
+    count_at = ring_at + 4 * w * f
+    post_at = count_at + _POST_COUNT.size
+    if post_at > length:
+        return [None] * n
+    post_bytes = length - post_at
+    post_count = matrix[:, count_at:post_at].copy().view("<u4").reshape(n)
+    usable = (post_count == post_bytes // 8) & (post_bytes % 8 == 0)
+    heads = matrix[:, :HEADER_SIZE].copy().view(_HEADER_DTYPE).reshape(n)
+    stats = matrix[:, stats_at:ts_at].copy().view("<f8").astype(np.float64)
+    first = matrix[:, ts_at:dod_at].copy().view("<i8").astype(np.int64)
+    if w >= 2:
+        steps = np.empty((n, w), dtype=np.int64)
+        steps[:, :2] = first
+        steps[:, 2:] = matrix[:, dod_at:ring_at].copy().view(_TS_DTYPES[width])
+        np.cumsum(steps[:, 1:], axis=1, out=steps[:, 1:])
+        ts_ms = np.cumsum(steps, axis=1)
+    else:
+        ts_ms = first[:, :1].copy()
+    ring = matrix[:, ring_at:count_at].copy().view("<f4").reshape(n, w, f)
+    head = heads["head"].astype(np.int64) % w
+    # Back to time order: row r's event k sits in slot (head + k) % W.
+    values = ring[np.arange(n)[:, None], (head[:, None] + np.arange(w)[None, :]) % w]
+    values = values.astype(np.float32, copy=False)
+    posts = (
+        matrix[:, post_at : post_at + 8 * (post_bytes // 8)].copy().view("<f8").astype(np.float64)
+    )
+    topic_bytes = [blob[HEADER_SIZE : HEADER_SIZE + topic_len] for blob in blobs]
+    topics: dict[bytes, str | None] = {}
+    for raw in set(topic_bytes):
+        try:
+            topics[raw] = raw.decode()
+        except UnicodeDecodeError:
+            topics[raw] = None
+    flags = (heads["flags"] & _FLAG_ALERT_OPEN).astype(bool).tolist()
+    columns = zip(
+        heads["partition"].tolist(),
+        heads["offset"].tolist(),
+        heads["count"].tolist(),
+        heads["above_run"].tolist(),
+        heads["below_run"].tolist(),
+        heads["cooldown_left"].tolist(),
+        heads["open_offset"].tolist(),
+        flags,
+        usable.tolist(),
+        strict=True,
+    )
+    out: list[StreamState | None] = []
+    for r, (
+        partition,
+        offset,
+        count,
+        above,
+        below,
+        cooldown,
+        open_offset,
+        is_open,
+        ok,
+    ) in enumerate(columns):
+        topic = topics[topic_bytes[r]]
+        if not ok or topic is None:
+            out.append(None)
+            continue
+        post = posts[r] if posts.shape[1] else np.zeros(0)
+        out.append(
+            StreamState(
+                window=w,
+                features=f,
+                values=values[r],
+                ts_ms=ts_ms[r],
+                count=count,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                stat_mean=stats[r, :f],
+                stat_m2=stats[r, f:],
+                alert=AlertState(
+                    open=is_open,
+                    above_run=above,
+                    below_run=below,
+                    cooldown_left=cooldown,
+                    open_offset=open_offset,
+                ),
+                post=post,
+            )
+        )
+    return out

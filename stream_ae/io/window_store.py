@@ -1,7 +1,8 @@
 """Where window states live between poll batches: Redis in production, memory in evaluations.
 
 The interface is two batch calls, so a poll batch costs two round trips whatever its size:
-:meth:`WindowStore.load` (one pipelined read) and :meth:`WindowStore.save` (one fenced write:
+:meth:`WindowStore.load` (one read script call for the whole batch, decoded with array
+operations across the states) and :meth:`WindowStore.save` (one fenced write:
 a single Lua script call carrying every state of the batch). A write lands only if it is newer
 than what is stored: for the same topic-partition, its last applied offset must be greater than
 the stored one (compare-and-set in the script, atomic in Redis 6.2+). So a zombie worker that
@@ -34,6 +35,7 @@ from stream_ae.core.state_codec import (
     OFFSET_POS,
     PARTITION_POS,
     decode_state,
+    decode_states,
     encode_states,
 )
 from stream_ae.errors import StateFormatError, StateShapeError, StoreError
@@ -78,6 +80,23 @@ return out
 """
 # What the fence script answers for a value that is not a window state.
 _FOREIGN = -1
+
+# A batch read: per key its value, nil if none, or -1 (:data:`_FOREIGN`) for a value of another
+# Redis type; any other error fails the call. One script call instead of a pipeline of GETs:
+# a few microseconds a key less on the client (one command to pack, one array to parse), and,
+# unlike MGET, a hash or list at a key is told apart from a missing one.
+_READ = """
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.pcall('GET', KEYS[i])
+  if type(v) == 'table' then
+    if string.find(v.err, 'WRONGTYPE', 1, true) then out[i] = -1 else return v end
+  else
+    out[i] = v
+  end
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -141,6 +160,33 @@ def _fenced_newer(stored: bytes, new: StreamState) -> bool:
     return not (topic == new.topic.encode() and partition == new.partition and offset >= new.offset)
 
 
+def decode_blobs(
+    blobs: Sequence[bytes | None], window: int, features: int
+) -> list[StreamState | Undecodable | None]:
+    """The stored values of a batch of streams as states (None where none is stored), decoded
+    together (:func:`~stream_ae.core.state_codec.decode_states`); when one of them is not a
+    state, each is decoded alone, so that only that stream gets :class:`Undecodable`.
+    Well-formed states of another shape raise :class:`~stream_ae.errors.StateShapeError`."""
+    present = [blob for blob in blobs if blob is not None]
+    try:
+        states: list[StreamState | Undecodable] = list(decode_states(present, window, features))
+    except StateShapeError:
+        raise
+    except StateFormatError:
+        states = [_decode_one(blob, window, features) for blob in present]
+    decoded = iter(states)
+    return [None if blob is None else next(decoded) for blob in blobs]
+
+
+def _decode_one(blob: bytes, window: int, features: int) -> StreamState | Undecodable:
+    try:
+        return decode_state(blob, window, features)
+    except StateShapeError:
+        raise
+    except StateFormatError as exc:
+        return Undecodable(blob, str(exc))
+
+
 class InMemoryWindowStore:
     """A dict of encoded states with the same semantics as Redis (encoding and fencing
     included, so the contract tests cover the binary format too)."""
@@ -153,17 +199,8 @@ class InMemoryWindowStore:
 
     def load(self, streams: Sequence[str]) -> dict[str, StreamState | Undecodable | None]:
         self.round_trips += bool(streams)  # counted like Redis: an empty batch costs nothing
-        return {s: self._decode(self._data.get(s)) for s in streams}
-
-    def _decode(self, blob: bytes | None) -> StreamState | Undecodable | None:
-        if blob is None:
-            return None
-        try:
-            return decode_state(blob, self.window, self.features)
-        except StateShapeError:
-            raise
-        except StateFormatError as exc:
-            return Undecodable(blob, str(exc))
+        blobs = [self._data.get(s) for s in streams]
+        return dict(zip(streams, decode_blobs(blobs, self.window, self.features), strict=True))
 
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
         self.round_trips += bool(states)
@@ -205,8 +242,9 @@ class RedisWindowStore:
     def __init__(self, client: Any, window: int, features: int, prefix: str = "sae") -> None:
         self.client = client
         self.window, self.features, self.prefix = window, features, prefix
-        with redis_errors("loading the fenced-write script"):
-            self._sha = client.script_load(_FENCED_SET)
+        self._shas: dict[str, str] = {}
+        for script in (_READ, _FENCED_SET):
+            self._load_script(script)
         self.round_trips = 0
 
     @classmethod
@@ -219,27 +257,25 @@ class RedisWindowStore:
     def load(self, streams: Sequence[str]) -> dict[str, StreamState | Undecodable | None]:
         if not streams:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.get(self.key(stream))
-        blobs = self._execute(pipe, raise_on_error=False)
+        keys = [self.key(stream) for stream in streams]
+        blobs: list[Any] = [None] * len(keys)
+        groups = self._slot_groups(keys)
+        for rows, reply in zip(groups, self._scripts(_READ, groups, keys), strict=True):
+            if isinstance(reply, Exception):
+                raise StoreError(f"read of {len(rows)} states failed: {reply}")
+            for i, blob in zip(rows, reply, strict=True):
+                blobs[i] = blob
         out: dict[str, StreamState | Undecodable | None] = {}
+        readable: list[bytes | None] = []
         for stream, blob in zip(streams, blobs, strict=True):
-            if isinstance(blob, Exception):
-                if "WRONGTYPE" not in str(blob):
-                    raise StoreError(f"read of {self.key(stream)} failed: {blob}")
+            if isinstance(blob, int):  # _FOREIGN
                 # A list/hash/... sits at our key: not a state, and not readable as bytes.
-                out[stream] = Undecodable(None, f"a value of another Redis type: {blob}")
-                continue
-            try:
-                out[stream] = (
-                    None if blob is None else decode_state(blob, self.window, self.features)
-                )
-            except StateShapeError:
-                raise
-            except StateFormatError as exc:
-                out[stream] = Undecodable(blob, str(exc))
-        return out
+                out[stream] = Undecodable(None, "a value of another Redis type (WRONGTYPE)")
+            else:
+                out[stream] = None
+                readable.append(blob)
+        decoded = iter(decode_blobs(readable, self.window, self.features))
+        return {stream: next(decoded) if value is None else value for stream, value in out.items()}
 
     def quarantine(self, streams: Sequence[str]) -> dict[str, str]:
         if not streams:
@@ -266,29 +302,13 @@ class RedisWindowStore:
     def save(self, states: Mapping[str, StreamState]) -> dict[str, bool]:
         if not states:
             return {}
-        import redis
-
         streams = list(states)
         blobs = encode_states(list(states.values()))  # the whole batch's in one pass
         keys = [self.key(stream) for stream in streams]
         # One script call for the whole batch; on a cluster, one per slot (the keys of a
         # script must share a slot), all in one pipeline.
         groups = self._slot_groups(keys)
-        pipe = self.client.pipeline(transaction=False)
-        for rows in groups:
-            pipe.evalsha(
-                self._sha,
-                len(rows),
-                *[keys[i] for i in rows],
-                *[blobs[i] for i in rows],
-            )
-        replies = self._execute(pipe, raise_on_error=False)
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            # The script cache was flushed (Redis restarted): load it and write again; rows
-            # that landed the first time are refused by the fence, harmlessly.
-            with redis_errors("loading the fenced-write script"):
-                self._sha = self.client.script_load(_FENCED_SET)
-            return self.save(states)
+        replies = self._scripts(_FENCED_SET, groups, keys, blobs)
         results: list[Any] = [None] * len(streams)
         for rows, reply in zip(groups, replies, strict=True):
             if isinstance(reply, Exception):
@@ -307,6 +327,40 @@ class RedisWindowStore:
             self.quarantine(foreign)
             landed.update(self.save({stream: states[stream] for stream in foreign}))
         return landed
+
+    def _load_script(self, script: str) -> str:
+        with redis_errors("loading a store script"):
+            self._shas[script] = sha = self.client.script_load(script)
+        return sha
+
+    def _scripts(
+        self,
+        script: str,
+        groups: Sequence[Sequence[int]],
+        keys: Sequence[str],
+        args: Sequence[bytes] | None = None,
+    ) -> list[Any]:
+        """One call of ``script`` per group of positions into ``keys`` (and ``args``), all in
+        one pipeline; the replies, errors included. The groups whose call found the script
+        cache flushed (Redis restarted) are sent once more after loading it again: the read
+        is pure, and a fenced write that landed the first time is refused the second, harmlessly."""
+        import redis
+
+        replies: list[Any] = [None] * len(groups)
+        todo = list(range(len(groups)))
+        for attempt in range(2):
+            sha = self._shas[script] if attempt == 0 else self._load_script(script)
+            pipe = self.client.pipeline(transaction=False)
+            for g in todo:
+                rows = groups[g]
+                own_args = [args[i] for i in rows] if args is not None else []
+                pipe.evalsha(sha, len(rows), *[keys[i] for i in rows], *own_args)
+            for g, reply in zip(todo, self._execute(pipe, raise_on_error=False), strict=True):
+                replies[g] = reply
+            todo = [g for g in todo if isinstance(replies[g], redis.exceptions.NoScriptError)]
+            if not todo:
+                break
+        return replies
 
     def _slot_groups(self, keys: Sequence[str]) -> list[list[int]]:
         """The positions of ``keys`` grouped so that each group's keys may share one command:

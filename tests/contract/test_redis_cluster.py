@@ -101,8 +101,9 @@ def test_the_fence_touches_only_its_keys_of_one_slot(cluster_client: RedisCluste
     assert all(store.save({s: contract.state_at(10) for s in streams}).values())
     assert not any(store.save({s: contract.state_at(9) for s in streams}).values())
     # Every key the script reads or writes is KEYS[i], one of those it is given.
-    calls = re.findall(r"redis\.p?call\('(\w+)', ([^,)]+)", window_store._FENCED_SET)
-    assert calls and all(key == "KEYS[i]" for _, key in calls), calls
+    for script in (window_store._FENCED_SET, window_store._READ):
+        calls = re.findall(r"redis\.p?call\('(\w+)', ([^,)]+)", script)
+        assert calls and all(key == "KEYS[i]" for _, key in calls), calls
 
 
 def test_streams_of_one_slot_share_one_script_call(cluster_client: RedisCluster) -> None:

@@ -23,6 +23,7 @@ from stream_ae.core.state_codec import (
     FORMAT_VERSION,
     HEADER_SIZE,
     decode_state,
+    decode_states,
     encode_state,
     encode_states,
 )
@@ -36,7 +37,7 @@ from stream_ae.core.windowing import (
     series_windows,
     window_gaps,
 )
-from stream_ae.errors import StateFormatError
+from stream_ae.errors import StateFormatError, StateShapeError
 
 TOPIC, PARTITION = "metrics", 3
 # Timestamps up to +-2**60 ms keep every delta-of-delta inside int64 (the encoder's domain).
@@ -627,6 +628,63 @@ def test_encoding_a_batch_of_states_gives_each_states_own_bytes(states: list[Str
     assert encode_states(states) == [encode_state(state) for state in states]
 
 
+def _same_decoding(got: StreamState, want: StreamState) -> bool:
+    """Equal field for field, with the same dtypes and shapes (same_as ignores dtypes)."""
+    arrays = ("values", "ts_ms", "stat_mean", "stat_m2", "post")
+    return (
+        got.same_as(want)
+        and got.topic == want.topic
+        and all(
+            getattr(got, a).dtype == getattr(want, a).dtype
+            and getattr(got, a).shape == getattr(want, a).shape
+            for a in arrays
+        )
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(states=batches_of_states())
+def test_decoding_a_batch_of_states_gives_each_blobs_own_state(states: list[StreamState]) -> None:
+    """decode_states over a batch equals decode_state of each blob, layouts mixed (topics of
+    several lengths, every timestamp width, post-processing states of several sizes)."""
+    blobs = encode_states(states)
+    if not states or any(
+        s.window != states[0].window or s.features != states[0].features for s in states
+    ):
+        return
+    window, features = states[0].window, states[0].features
+    decoded = decode_states(blobs, window, features)
+    assert len(decoded) == len(blobs)
+    for got, blob in zip(decoded, blobs, strict=True):
+        assert _same_decoding(got, decode_state(blob, window, features))
+        assert encode_state(got) == blob
+
+
+def test_decoding_a_batch_leaves_odd_values_to_decode_state() -> None:
+    """A version-1 state decodes as decode_state does it; a corrupt value or another shape in
+    the batch raises decode_state's error, whatever else the batch holds."""
+    blob = _valid_blob()
+    old = _as_version_1(blob)
+    decoded = decode_states([blob, old, blob], 4, 2)
+    assert all(
+        _same_decoding(d, decode_state(b, 4, 2))
+        for d, b in zip(decoded, [blob, old, blob], strict=True)
+    )
+    # The post-processing count of a same-length value disagrees with its length.
+    bad_count = bytearray(blob)
+    bad_count[-4:] = b"\x01\x00\x00\x00"
+    for bad, error in (
+        (blob[:-1], StateFormatError),
+        (b"junk", StateFormatError),
+        (bytes(bad_count), StateFormatError),
+        (blob[:HEADER_SIZE] + b"\xff" + blob[HEADER_SIZE + 1 :], StateFormatError),
+    ):
+        with pytest.raises(error):
+            decode_states([blob, bad, blob], 4, 2)
+    with pytest.raises(StateShapeError):
+        decode_states([blob], 8, 2)
+
+
 def test_a_batch_of_states_takes_each_states_own_timestamp_width() -> None:
     """Delta-of-deltas at the edge of every width, and a partly filled ring, in one batch."""
     states = []
@@ -639,6 +697,8 @@ def test_a_batch_of_states_takes_each_states_own_timestamp_width() -> None:
     blobs = encode_states(states)
     assert blobs == [encode_state(state) for state in states]
     assert len({blob[HEADER_SIZE - 4] for blob in blobs}) == 4  # widths 1, 2, 4 and 8
+    for got, blob in zip(decode_states(blobs, 5, 2), blobs, strict=True):
+        assert _same_decoding(got, decode_state(blob, 5, 2))
 
 
 @settings(max_examples=100, deadline=None)
