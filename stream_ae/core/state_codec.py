@@ -460,56 +460,34 @@ def _decode_layout(
             topics[raw] = raw.decode()
         except UnicodeDecodeError:
             topics[raw] = None
-    flags = (heads["flags"] & _FLAG_ALERT_OPEN).astype(bool).tolist()
-    columns = zip(
+    # Per row only the objects: row views made by list() (a C loop), positional arguments.
+    alerts = list(
+        map(
+            AlertState,
+            (heads["flags"] & _FLAG_ALERT_OPEN).astype(bool).tolist(),
+            heads["above_run"].tolist(),
+            heads["below_run"].tolist(),
+            heads["cooldown_left"].tolist(),
+            heads["open_offset"].tolist(),
+        )
+    )
+    post_rows = list(posts) if posts.shape[1] else [np.zeros(0) for _ in range(n)]
+    rows = zip(
+        list(values),
+        list(ts_ms),
+        heads["count"].tolist(),
+        [topics[raw] for raw in topic_bytes],
         heads["partition"].tolist(),
         heads["offset"].tolist(),
-        heads["count"].tolist(),
-        heads["above_run"].tolist(),
-        heads["below_run"].tolist(),
-        heads["cooldown_left"].tolist(),
-        heads["open_offset"].tolist(),
-        flags,
+        list(stats[:, :f]),
+        list(stats[:, f:]),
+        alerts,
+        post_rows,
         usable.tolist(),
         strict=True,
     )
-    out: list[StreamState | None] = []
-    for r, (
-        partition,
-        offset,
-        count,
-        above,
-        below,
-        cooldown,
-        open_offset,
-        is_open,
-        ok,
-    ) in enumerate(columns):
-        topic = topics[topic_bytes[r]]
-        if not ok or topic is None:
-            out.append(None)
-            continue
-        post = posts[r] if posts.shape[1] else np.zeros(0)
-        out.append(
-            StreamState(
-                window=w,
-                features=f,
-                values=values[r],
-                ts_ms=ts_ms[r],
-                count=count,
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                stat_mean=stats[r, :f],
-                stat_m2=stats[r, f:],
-                alert=AlertState(
-                    open=is_open,
-                    above_run=above,
-                    below_run=below,
-                    cooldown_left=cooldown,
-                    open_offset=open_offset,
-                ),
-                post=post,
-            )
-        )
+    out: list[StreamState | None] = [
+        StreamState(w, f, *fields[:-1]) if fields[-1] and fields[3] is not None else None
+        for fields in rows
+    ]
     return out

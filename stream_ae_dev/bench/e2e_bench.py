@@ -71,6 +71,7 @@ from stream_ae_dev.worker_probe import http_get, wait_ready
 SECTION = "e2e"
 SCALING_SECTION = "scaling"
 # The targets of issue 13.
+STREAMS_RATIO = 0.8  # e2e with the most streams >= this x with the fewest, caches warm
 RAW_CONSUME_RATIO = 0.8  # e2e >= this x the raw consume rate, cheap model, kafka-python client
 CONFLUENT_RAW_RATIO = 0.6  # e2e >= this x the raw confluent consume, cheap model, confluent
 CONFLUENT_OVER_KAFKA_PYTHON = 3.0  # confluent e2e >= this x kafka-python e2e, same run
@@ -1402,15 +1403,18 @@ def run_scaling_bench(
     workers: Sequence[int] = (1, 2, 4),
     streams: Sequence[int] = (1_000, 10_000, 100_000),
     events: int = 40_000,
+    repeats: int = 3,
     base_streams: int | None = None,
     baseline: dict[str, Any] | None = None,
     buckets: Sequence[int] | None = None,
+    servers: dict[str, int] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> BenchResult:
     """The e2e figure with K partitions and K worker processes (``base_streams`` streams,
-    default ``streams[0]``), and with each of ``streams`` streams on one worker. ``baseline``:
-    a finished run with 1 worker and ``base_streams`` streams on the same model and event count
-    (the cheap e2e run), reused instead of run again."""
+    default ``streams[0]``), one run each; then each of ``streams`` on one worker, compared
+    side by side (:func:`_compare_streams`). ``baseline``: a finished run with 1 worker and
+    ``base_streams`` streams on the same model and event count (the cheap e2e run), reused
+    instead of run again."""
     result = BenchResult(SCALING_SECTION)
     started = time.perf_counter()
     runs: dict[str, dict[str, Any]] = {}
@@ -1437,34 +1441,156 @@ def run_scaling_bench(
             model_alone=False,
             progress=progress,
         )
-    for s in streams:
-        key = f"workers=1 streams={s}"
-        if key in runs:
-            continue
-        runs[key] = run_pipeline(
-            PipelineRun(f"s{s}", model_dir, streams=s, events=events, buckets=bucket_sizes),
+    if runs:
+        base_key = f"workers=1 streams={default_streams}"
+        if base_key not in runs:
+            base_key = next(iter(runs))
+        base_rate = runs[base_key]["e2e_events_per_s"]
+        for key, run in runs.items():
+            rate = run["e2e_events_per_s"]
+            result.figures.append(
+                Figure.info(
+                    SCALING_SECTION,
+                    f"e2e, {key.replace('=', ' ')}",
+                    rate,
+                    "events/s",
+                    note=f"{rate / base_rate:.2f}x of {base_key.replace('=', ' ')}; "
+                    f"{rate / run['raw_consume_per_s']:.2f}x raw consume",
+                )
+            )
+    details: dict[str, Any] = dict(runs)
+    if len(streams) >= 2:
+        compared = _compare_streams(
+            [
+                PipelineRun(
+                    f"s{s}-{uuid.uuid4().hex[:8]}",
+                    model_dir,
+                    streams=s,
+                    events=events,
+                    buckets=bucket_sizes,
+                )
+                for s in sorted(streams)
+            ],
             bootstrap=bootstrap,
             redis_url=redis_url,
             workdir=workdir,
-            model_alone=False,
+            repeats=repeats,
+            servers=servers,
             progress=progress,
         )
-    base_key = f"workers=1 streams={default_streams}"
-    if base_key not in runs:
-        base_key = next(iter(runs))
-    base_rate = runs[base_key]["e2e_events_per_s"]
-    for key, run in runs.items():
-        rate = run["e2e_events_per_s"]
-        result.figures.append(
-            Figure.info(
-                SCALING_SECTION,
-                f"e2e, {key.replace('=', ' ')}",
-                rate,
-                "events/s",
-                note=f"{rate / base_rate:.2f}x of {base_key.replace('=', ' ')}; "
-                f"{rate / run['raw_consume_per_s']:.2f}x raw consume",
-            )
-        )
-    result.details = runs
+        details["streams"] = compared
+        result.figures += _streams_figures(compared)
+    result.details = details
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _compare_streams(
+    runs: Sequence[PipelineRun],
+    *,
+    bootstrap: str,
+    redis_url: str,
+    workdir: Path,
+    repeats: int,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """One worker per stream count (``runs``, fewest streams first), each started once with a
+    full window held in Redis for every stream. First the largest drains ``events`` events with
+    its cache cold: each stream's first touch loads its state from Redis, as after a restart.
+    Then every worker drains one event per stream not yet touched, unmeasured, so that every
+    state is in its cache, as in a worker that has run a while (the steady state the target is
+    about). Then drains of ``events`` events, interleaved (the order reversed every other
+    round), ``repeats`` times or up to :data:`EXTRA_ROUNDS` more while a ratio is noisy; per
+    round each count's rate over the fewest streams' rate."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    sides = [open_side(run, bootstrap=bootstrap, client=client) for run in runs]
+    events = runs[0].events
+    names = [str(run.streams) for run in runs]
+    out: dict[str, Any] = {"streams": [run.streams for run in runs], "events": events, "rounds": []}
+    try:
+        for side in sides:
+            start_worker(side, bootstrap=bootstrap, redis_url=redis_url, workdir=workdir)
+        progress(f"scaling: starting {len(sides)} workers for {', '.join(names)} streams")
+        out["ready_after_s"] = wait_all_ready(sides)
+        largest = sides[-1]
+        out["cold"] = drain(
+            largest, bootstrap, largest.source.payloads(events, largest.run.spike_fraction), servers
+        )
+        progress(
+            f"scaling: {largest.run.streams} streams, cold cache: "
+            f"{out['cold']['e2e_events_per_s']:,.0f} events/s"
+        )
+        for side in sides:
+            untouched = side.run.streams - side.source.sent
+            if untouched > 0:
+                drain(side, bootstrap, side.source.payloads(untouched, side.run.spike_fraction))
+        progress("scaling: every stream's state cached")
+
+        def ratios() -> dict[str, list[float]]:
+            return {
+                name: [
+                    r[name]["e2e_events_per_s"] / r[names[0]]["e2e_events_per_s"]
+                    for r in out["rounds"]
+                ]
+                for name in names[1:]
+            }
+
+        k = 0
+        while k < repeats or (k < repeats + EXTRA_ROUNDS and _noisy(ratios())):
+            measured: dict[str, Any] = {}
+            for name, side in alternate(k, list(zip(names, sides, strict=True))):
+                payloads = side.source.payloads(events, side.run.spike_fraction)
+                measured[name] = drain(side, bootstrap, payloads, servers)
+                progress(
+                    f"scaling, round {k + 1}: {name} streams "
+                    f"{measured[name]['e2e_events_per_s']:,.0f} events/s"
+                )
+            out["rounds"].append(measured)
+            k += 1
+        out["ratios"] = ratios()
+    finally:
+        close_sides(sides, client)
+        client.close()
+    return out
+
+
+def _streams_figures(compared: dict[str, Any]) -> list[Figure]:
+    names = [str(s) for s in compared["streams"]]
+    rounds = compared["rounds"]
+    figures = []
+    for name in names:
+        rates = [r[name]["e2e_events_per_s"] for r in rounds]
+        figures.append(
+            Figure.info(
+                SCALING_SECTION,
+                f"e2e, workers 1 streams {name}, states cached",
+                median(rates),
+                "events/s",
+                note=f"{describe(rates)}; "
+                + _cpu([r[name] for r in rounds], generator="metrics reader"),
+            )
+        )
+    for name, values in compared["ratios"].items():
+        note = f"{describe(values)}{noise_flag(values)}; interleaved with {names[0]} streams"
+        label = f"e2e {name} / {names[0]} streams, states cached"
+        figures.append(
+            Figure.check(SCALING_SECTION, label, median(values), "x", ">=", STREAMS_RATIO, note)
+            if name == names[-1]
+            else Figure.info(SCALING_SECTION, label, median(values), "x", note)
+        )
+    cold = compared["cold"]["e2e_events_per_s"]
+    base = median([r[names[0]]["e2e_events_per_s"] for r in rounds])
+    figures.append(
+        Figure.info(
+            SCALING_SECTION,
+            f"e2e, workers 1 streams {names[-1]}, cold cache (after a restart)",
+            cold,
+            "events/s",
+            note=f"{cold / base:.2f}x the median of {names[0]} streams cached; one drain, "
+            "each stream's first touch loads its state from Redis",
+        )
+    )
+    return figures

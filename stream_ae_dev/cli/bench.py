@@ -237,7 +237,13 @@ def _run_sections(
                 _guard(
                     "scaling",
                     lambda: _scaling(
-                        plan, stack.bootstrap_servers, redis_url, models, workdir, baseline
+                        plan,
+                        stack.bootstrap_servers,
+                        redis_url,
+                        models,
+                        workdir,
+                        baseline,
+                        {"broker": stack.broker.pid, "redis": stack.redis.pid},
                     ),
                 )
             )
@@ -392,6 +398,7 @@ def _scaling(
     models: dict[str, Path],
     workdir: Path,
     baseline: dict[str, Any] | None,
+    servers: dict[str, int],
 ) -> BenchResult:
     from stream_ae_dev.bench.e2e_bench import run_scaling_bench
 
@@ -404,8 +411,10 @@ def _scaling(
         workers=plan.scaling_workers,
         streams=plan.scaling_streams,
         events=plan.scaling_events,
+        repeats=plan.e2e_repeats,
         baseline=usable,
         buckets=plan.buckets,
+        servers=servers,
         progress=_progress,
     )
 

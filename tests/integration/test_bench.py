@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,6 +320,45 @@ def test_scaling_bench_smallest_configuration(
     run = result.details["workers=2 streams=20"]
     assert run["run"]["partitions"] == 2 and run["run"]["workers"] == 2
     assert run["raw_consume_per_s"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scaling_bench_compares_stream_counts_side_by_side(
+    broker: BrokerProcess, redis_server: RedisProcess, cheap_model: Path, tmp_path: Path
+) -> None:
+    """Two stream counts, each on its own worker: a cold drain of the larger, every state
+    cached, then interleaved drains; the ratio is checked against the target."""
+    from stream_ae_dev.bench.e2e_bench import run_scaling_bench
+
+    result = run_scaling_bench(
+        bootstrap=broker.bootstrap_servers,
+        redis_url=redis_server.url,
+        model_dir=cheap_model,
+        workdir=tmp_path,
+        workers=(),
+        streams=(40, 10),
+        events=200,
+        repeats=1,
+    )
+    assert_well_formed(result, "scaling")
+    assert [f.name for f in result.figures] == [
+        "e2e, workers 1 streams 10, states cached",
+        "e2e, workers 1 streams 40, states cached",
+        "e2e 40 / 10 streams, states cached",
+        "e2e, workers 1 streams 40, cold cache (after a restart)",
+    ]
+    ratio = result.figures[2]
+    assert ratio.target == ">= 0.8" and ratio.met is not None
+    compared = result.details["streams"]
+    assert compared["streams"] == [10, 40] and len(compared["rounds"]) >= 1
+
+    def drained(m: dict[str, Any]) -> float:
+        return m["consumed_before_measuring"] + m["events_measured"]
+
+    for measured in compared["rounds"]:
+        assert {k: drained(m) for k, m in measured.items()} == {"10": 200, "40": 200}
+    assert drained(compared["cold"]) == 200
 
 
 @pytest.mark.integration
