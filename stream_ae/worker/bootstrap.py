@@ -66,7 +66,7 @@ def load_scorer(settings: Settings, directory: Path | None = None) -> Scorer:
             f"window_size {settings.window_size} differs from the model's window "
             f"{artifact.spec.window} ({directory})"
         )
-    scorer = Scorer(artifact, settings.batch_buckets)
+    scorer = Scorer(artifact, settings.batch_buckets, jit=settings.model_jit)
     scorer.warm_up()
     return scorer
 

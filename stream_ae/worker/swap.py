@@ -226,7 +226,7 @@ class ModelManager:
         started = time.perf_counter()
         try:
             running = self.slots.current
-            scorer = Scorer(load_artifact(running.artifact.path), running.buckets)
+            scorer = Scorer(load_artifact(running.artifact.path), running.buckets, jit=running.jit)
             scorer.warm_up()
         except Exception as exc:  # only an optimisation: the first swap will trace instead
             log.warning("no spare model prepared", extra=fields(error=str(exc)))
@@ -343,7 +343,8 @@ class ModelManager:
         # warm-up: its graphs are traced at every bucket size already), else a warm-up call at
         # every bucket size, so that the first real batch does not trace them.
         artifact, recycled = self.slots.recycle_into(artifact, weights)
-        scorer = Scorer(artifact, self.slots.current.buckets)
+        current = self.slots.current
+        scorer = Scorer(artifact, current.buckets, jit=current.jit)
         if not recycled:
             scorer.warm_up()
         probe(scorer)

@@ -345,11 +345,21 @@ def produce_backlog(
 
 
 def warm_producer(bootstrap: str, topic: str, warm_up_topic: str) -> Any:
-    """A producer with its broker connection and ``topic``'s metadata in place: a cold one
-    spends its first seconds connecting, and events stamped meanwhile would count that."""
-    producer = make_producer(bootstrap, linger_ms=1)
-    producer.partitions_for(topic)
-    producer.send(warm_up_topic, value=b"warm-up").get(timeout=30)
+    """The latency phases' load generator: librdkafka where confluent-kafka is installed, as
+    ``stream-ae produce`` does (kafka-python's producer took 0.6-0.7 of a core at a few
+    thousand events/s, from the 2 cores the worker and the broker need), else kafka-python;
+    the project's own producer either way. Its broker connection is in place before it
+    returns: a cold one spends its first milliseconds connecting, and events stamped
+    meanwhile would count that. ``topic``: where it will send (kept for the callers)."""
+    from stream_ae.io.kafka import KafkaConnection
+
+    del topic
+    client = "confluent" if confluent_available() else "kafka-python"
+    producer = KafkaConnection(bootstrap, client_id="bench-load", client=client).producer(
+        linger_ms=1
+    )
+    producer.send(warm_up_topic, b"warm-up")
+    producer.flush(30.0)
     return producer
 
 
@@ -377,7 +387,7 @@ def produce_paced(
                 topic, key=source.keys[s], value=encode_event(source.names[s], now_ms, float(v))
             )
         sent += due
-    producer.flush()
+    producer.flush(60.0)
     return sent
 
 
