@@ -352,9 +352,10 @@ def warm_producer(bootstrap: str, topic: str, warm_up_topic: str) -> Any:
     returns: a cold one spends its first milliseconds connecting, and events stamped
     meanwhile would count that. ``topic``: where it will send (kept for the callers)."""
     from stream_ae.io.kafka import KafkaConnection
+    from stream_ae.io.kafka.connection import KafkaClient
 
     del topic
-    client = "confluent" if confluent_available() else "kafka-python"
+    client: KafkaClient = "confluent" if confluent_available() else "kafka-python"
     producer = KafkaConnection(bootstrap, client_id="bench-load", client=client).producer(
         linger_ms=1
     )
@@ -895,6 +896,28 @@ def drain(
     before = Counters.read([worker], servers)
     produce_backlog(bootstrap, side.topic, payloads, [worker])
     return _measure_drain([worker], before, len(payloads), servers)
+
+
+def drain_round(
+    k: int,
+    sides: dict[str, Side],
+    bootstrap: str,
+    events: int,
+    servers: dict[str, int] | None,
+    progress: Callable[[str], None],
+    what: str,
+) -> dict[str, dict[str, Any]]:
+    """Round ``k`` of interleaved drains: each side's worker drains ``events`` new events of
+    its source, in :func:`alternate` order; per side its :func:`drain` measurement."""
+    measured: dict[str, dict[str, Any]] = {}
+    for name in alternate(k, list(sides)):
+        side = sides[name]
+        payloads = side.source.payloads(events, side.run.spike_fraction)
+        measured[name] = drain(side, bootstrap, payloads, servers)
+        progress(
+            f"{what}, round {k + 1}, {name}: {measured[name]['e2e_events_per_s']:,.0f} events/s"
+        )
+    return measured
 
 
 def timed_reference(
@@ -1548,17 +1571,12 @@ def _compare_streams(
                 for name in names[1:]
             }
 
+        by_name = dict(zip(names, sides, strict=True))
         k = 0
         while k < repeats or (k < repeats + EXTRA_ROUNDS and _noisy(ratios())):
-            measured: dict[str, Any] = {}
-            for name, side in alternate(k, list(zip(names, sides, strict=True))):
-                payloads = side.source.payloads(events, side.run.spike_fraction)
-                measured[name] = drain(side, bootstrap, payloads, servers)
-                progress(
-                    f"scaling, round {k + 1}: {name} streams "
-                    f"{measured[name]['e2e_events_per_s']:,.0f} events/s"
-                )
-            out["rounds"].append(measured)
+            out["rounds"].append(
+                drain_round(k, by_name, bootstrap, events, servers, progress, "scaling, streams")
+            )
             k += 1
         out["ratios"] = ratios()
     finally:

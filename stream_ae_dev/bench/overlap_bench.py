@@ -40,7 +40,7 @@ from stream_ae_dev.bench.e2e_bench import (
     _measure_latency,
     alternate,
     close_sides,
-    drain,
+    drain_round,
     open_side,
     produce_paced,
     start_worker,
@@ -144,16 +144,9 @@ def _compare(
         progress(f"overlap {label}: starting a worker with the overlap and one without")
         wait_all_ready(list(sides.values()))
         for k in range(repeats):
-            pair: dict[str, Any] = {}
-            for mode in alternate(k, MODES):
-                side = sides[mode]
-                backlog = side.source.payloads(events, side.run.spike_fraction)
-                pair[mode] = drain(side, bootstrap, backlog, servers)
-                progress(
-                    f"overlap {label}: pair {k + 1}, {mode}: "
-                    f"{pair[mode]['e2e_events_per_s']:.0f} events/s"
-                )
-            out["throughput"].append(pair)
+            out["throughput"].append(
+                drain_round(k, sides, bootstrap, events, servers, progress, f"overlap {label}")
+            )
         drain_rate = {
             mode: statistics.median(p[mode]["e2e_events_per_s"] for p in out["throughput"])
             for mode in MODES
