@@ -265,17 +265,14 @@ class RedisWindowStore:
                 raise StoreError(f"read of {len(rows)} states failed: {reply}")
             for i, blob in zip(rows, reply, strict=True):
                 blobs[i] = blob
-        out: dict[str, StreamState | Undecodable | None] = {}
-        readable: list[bytes | None] = []
-        for stream, blob in zip(streams, blobs, strict=True):
-            if isinstance(blob, int):  # _FOREIGN
-                # A list/hash/... sits at our key: not a state, and not readable as bytes.
-                out[stream] = Undecodable(None, "a value of another Redis type (WRONGTYPE)")
-            else:
-                out[stream] = None
-                readable.append(blob)
-        decoded = iter(decode_blobs(readable, self.window, self.features))
-        return {stream: next(decoded) if value is None else value for stream, value in out.items()}
+        # A list/hash/... at our key (_FOREIGN): not a state, and not readable as bytes.
+        foreign = Undecodable(None, "a value of another Redis type (WRONGTYPE)")
+        readable = [i for i, blob in enumerate(blobs) if not isinstance(blob, int)]
+        out: list[StreamState | Undecodable | None] = [foreign] * len(blobs)
+        decoded = decode_blobs([blobs[i] for i in readable], self.window, self.features)
+        for i, state in zip(readable, decoded, strict=True):
+            out[i] = state
+        return dict(zip(streams, out, strict=True))
 
     def quarantine(self, streams: Sequence[str]) -> dict[str, str]:
         if not streams:

@@ -120,6 +120,17 @@ def test_unknown_streams_load_as_none(backend: Backend) -> None:
     }
 
 
+def test_a_stream_named_twice_loads_as_once(backend: Backend) -> None:
+    backend.store.save({"kept": state_at(10), "other": state_at(20)})
+    loaded = backend.store.load(["kept", "kept", "never-seen", "other"])
+    assert list(loaded) == ["kept", "never-seen", "other"] and loaded["never-seen"] is None
+    for stream in ("kept", "other"):
+        alone = backend.store.load([stream])[stream]
+        got = loaded[stream]
+        assert isinstance(alone, StreamState) and isinstance(got, StreamState)
+        assert alone.same_as(got)
+
+
 def test_empty_batches_cost_nothing(backend: Backend) -> None:
     before = backend.store.round_trips
     assert backend.store.load([]) == {}
