@@ -72,15 +72,15 @@ def run(args: argparse.Namespace) -> int:
 
         worker = build_worker(settings, metrics)
         worker.install_signal_handlers()
-        artifact = worker.model.current().artifact
+        scorer = worker.model.current()
         log.info(
             "running",
             extra=fields(
-                model=worker.model.current().version,
-                # The rules the alerts follow: the operator's settings over the detector's,
-                # the built-in ones where neither sets them (no threshold: the detector's).
-                alert_policy=settings.alert_policy().over(artifact.policy).as_run(),
-                post_processing=artifact.post is not None,
+                model=scorer.version,
+                # The rules the alerts follow, as the processor resolves them (no threshold:
+                # the detector's own).
+                alert_policy=worker.processor.policy_for(scorer).as_run(),
+                post_processing=scorer.artifact.post is not None,
             ),
         )
         return worker.run()

@@ -401,13 +401,20 @@ def decode_states(blobs: Sequence[bytes], window: int, features: int) -> list[St
         )
         # Rows of one layout share every byte position, so they decode as one matrix.
         layout = np.stack([lengths[long_enough], topic_len, width], axis=1)[fast]
-        rows = long_enough[fast]
+        rows, fast_heads = long_enough[fast], heads[fast]
         if len(rows):
             keys, group_of = np.unique(layout, axis=0, return_inverse=True)
             for g, (length, t_len, w_len) in enumerate(keys.tolist()):
-                members = rows[group_of.reshape(-1) == g].tolist()
+                in_group = group_of.reshape(-1) == g
+                members = rows[in_group].tolist()
                 decoded = _decode_layout(
-                    [blobs[i] for i in members], window, features, length, t_len, w_len
+                    [blobs[i] for i in members],
+                    fast_heads[in_group],
+                    window,
+                    features,
+                    length,
+                    t_len,
+                    w_len,
                 )
                 for i, state in zip(members, decoded, strict=True):
                     out[i] = state
@@ -417,10 +424,17 @@ def decode_states(blobs: Sequence[bytes], window: int, features: int) -> list[St
 
 
 def _decode_layout(
-    blobs: list[bytes], window: int, features: int, length: int, topic_len: int, width: int
+    blobs: list[bytes],
+    heads: np.ndarray,
+    window: int,
+    features: int,
+    length: int,
+    topic_len: int,
+    width: int,
 ) -> list[StreamState | None]:
-    """States of one layout, decoded as columns of one byte matrix; None for a row whose
-    length or topic does not check out (left to :func:`decode_state`)."""
+    """States of one layout (``heads``: their headers, parsed already), decoded as columns of
+    one byte matrix; None for a row whose length or topic does not check out (left to
+    :func:`decode_state`)."""
     n, w, f = len(blobs), window, features
     matrix = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(n, length)
     pos = HEADER_SIZE + topic_len
@@ -434,7 +448,6 @@ def _decode_layout(
     post_bytes = length - post_at
     post_count = matrix[:, count_at:post_at].copy().view("<u4").reshape(n)
     usable = (post_count == post_bytes // 8) & (post_bytes % 8 == 0)
-    heads = matrix[:, :HEADER_SIZE].copy().view(_HEADER_DTYPE).reshape(n)
     stats = matrix[:, stats_at:ts_at].copy().view("<f8").astype(np.float64)
     first = matrix[:, ts_at:dod_at].copy().view("<i8").astype(np.int64)
     if w >= 2:

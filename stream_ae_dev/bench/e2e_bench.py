@@ -344,17 +344,16 @@ def produce_backlog(
         producer.close()
 
 
-def warm_producer(bootstrap: str, topic: str, warm_up_topic: str) -> Any:
+def warm_producer(bootstrap: str, warm_up_topic: str) -> Any:
     """The latency phases' load generator: librdkafka where confluent-kafka is installed, as
     ``stream-ae produce`` does (kafka-python's producer took 0.6-0.7 of a core at a few
     thousand events/s, from the 2 cores the worker and the broker need), else kafka-python;
     the project's own producer either way. Its broker connection is in place before it
     returns: a cold one spends its first milliseconds connecting, and events stamped
-    meanwhile would count that. ``topic``: where it will send (kept for the callers)."""
+    meanwhile would count that."""
     from stream_ae.io.kafka import KafkaConnection
     from stream_ae.io.kafka.connection import KafkaClient
 
-    del topic
     client: KafkaClient = "confluent" if confluent_available() else "kafka-python"
     producer = KafkaConnection(bootstrap, client_id="bench-load", client=client).producer(
         linger_ms=1
@@ -718,7 +717,7 @@ def _measure_latency(
 ) -> dict[str, Any]:
     """Event-to-alert latency with events produced at ``rate_per_s``, the workers caught up."""
     rate = max(rate_per_s, 1.0)
-    producer = warm_producer(bootstrap, topic, warm_up_topic=dlq_topic)
+    producer = warm_producer(bootstrap, warm_up_topic=dlq_topic)
     collector = AlertCollector(bootstrap, alerts_topic)
     collector.start()
     before = Counters.read(workers, servers)

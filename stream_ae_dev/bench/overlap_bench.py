@@ -209,7 +209,7 @@ def _probe(
     meanwhile. Then wait until it has worked off what is left."""
     assert side.worker is not None
     worker = side.worker
-    producer = warm_producer(bootstrap, side.topic, warm_up_topic=side.dlq_topic)
+    producer = warm_producer(bootstrap, warm_up_topic=side.dlq_topic)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
